@@ -1,0 +1,96 @@
+"""The exception tree of imagetool and the exit codes the CLI maps it to.
+
+    ImagetoolError                  message + hint; exit 1 (125 under `run`)
+    ├── InvalidReference            a name that is not a valid image reference
+    ├── ImageNotFound               not in the local store
+    ├── ManifestError               a manifest/index/config imagetool cannot use
+    ├── RegistryError               the registry answered with an error (keeps .code)
+    │   ├── AuthError               401/403, bad credentials
+    │   └── NotFoundError           unknown repository, tag or blob
+    ├── TransportError              DNS, connect, TLS, timeouts, resets after retries
+    ├── DigestError                 bytes that do not match their digest / diff_id
+    ├── UnpackError                 a layer that cannot be applied
+    │   └── UnsafeLayer             a layer that tries to escape the root
+    ├── ArchiveError                a tarball or layout that cannot be loaded/saved
+    └── ContainerError              the runtime failed (exit 125)
+        ├── CommandNotExecutable    exit 126
+        └── CommandNotFound         exit 127
+
+Errors raised by the `store` package (store.errors.StoreError) are mapped by the CLI as well.
+"""
+
+from __future__ import annotations
+
+
+class ImagetoolError(Exception):
+    """Base class: `message` says what, where and why; `hint` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidReference(ImagetoolError):
+    pass
+
+
+class ImageNotFound(ImagetoolError):
+    pass
+
+
+class ManifestError(ImagetoolError):
+    pass
+
+
+class RegistryError(ImagetoolError):
+    def __init__(self, message: str, hint: str | None = None, code: str | None = None,
+                 status: int | None = None):
+        super().__init__(message, hint)
+        self.code = code
+        self.status = status
+
+
+class AuthError(RegistryError):
+    pass
+
+
+class NotFoundError(RegistryError):
+    pass
+
+
+class TransportError(ImagetoolError):
+    pass
+
+
+class DigestError(ImagetoolError):
+    pass
+
+
+class UnpackError(ImagetoolError):
+    pass
+
+
+class UnsafeLayer(UnpackError):
+    pass
+
+
+class ArchiveError(ImagetoolError):
+    pass
+
+
+class ContainerError(ImagetoolError):
+    exit_code = 125
+
+
+class CommandNotExecutable(ContainerError):
+    exit_code = 126
+
+
+class CommandNotFound(ContainerError):
+    exit_code = 127
