@@ -1,9 +1,20 @@
-"""Shared pytest fixtures: images built in code, a fresh store, the imagetool CLI as a subprocess
-and (in step 2) real docker-registry servers on loopback."""
+"""Shared pytest fixtures (see /docs and fixtures/*): real registries on loopback, images built
+in code, a fresh store per test and the imagetool CLI as a subprocess.
+
+    registry / auth_registry / tls_registry   session-scoped fixtures.registry.RegistryServer
+    store_dir                                 tmp_path / "store" (created empty)
+    cli("pull", ref, input=None, env=None, check=False, binary=False, timeout=300) -> CompletedProcess
+        (input: str or bytes; stdout/stderr are str unless binary=True)
+    busybox                                   BuiltImage of the host's busybox (session)
+
+Registries are shared per session: use repository names unique to your test (`unique_repo`).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +25,52 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+# ---------------------------------------------------------------- registries
+
+
+def _start_registry(**kw):
+    from fixtures.registry import RegistryServer, RegistryUnavailable
+
+    try:
+        return RegistryServer.start(**kw)
+    except RegistryUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """A real docker-registry on http://127.0.0.1:<random> (plain HTTP; loopback is allowed)."""
+    server = _start_registry()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry():
+    """docker-registry with htpasswd Basic auth: .username, .password."""
+    server = _start_registry(auth=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_registry():
+    """docker-registry over HTTPS with a CA made by the test: .ca_cert, .cert_dir (certs.d/<host>/ca.crt)."""
+    server = _start_registry(tls=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique_repo(request) -> str:
+    """A repository name unique to this test, e.g. "test-pull-resumes-after-reset"."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    return ("t/" + name)[:200]
+
+
+# ---------------------------------------------------------------- images
+
+
 @pytest.fixture(scope="session")
 def busybox():
     """busybox:latest built from the host's /bin/busybox (BuiltImage, one gzip layer, Cmd ["sh"])."""
@@ -22,3 +79,64 @@ def busybox():
     if not BUSYBOX.is_file():
         pytest.skip(f"{BUSYBOX} missing (install busybox-static)")
     return busybox_image()
+
+
+# ---------------------------------------------------------------- store and CLI
+
+
+@pytest.fixture
+def store_dir(tmp_path) -> Path:
+    """A fresh, empty store directory for this test."""
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+class Cli:
+    """Runs `python -m imagetool.cli --store <store_dir> ARGS…` as a subprocess.
+
+    The environment is isolated: IMAGETOOL_CONFIG_DIR, DOCKER_CONFIG and REGISTRY_AUTH_FILE
+    point into the test's tmp dir (never the host's /etc/imagetool or ~/.docker); `env=` adds to
+    or overrides it (a value of None removes a variable).
+    """
+
+    def __init__(self, store_dir: Path, tmp_path: Path):
+        self.store_dir = store_dir
+        self.config_dir = tmp_path / "imagetool-config"
+        self.docker_config = tmp_path / "docker-config"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
+        self.env.update({
+            "IMAGETOOL_CONFIG_DIR": str(self.config_dir),
+            "DOCKER_CONFIG": str(self.docker_config),
+            "REGISTRY_AUTH_FILE": str(self.docker_config / "config.json"),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        })
+
+    def argv(self, *args) -> list[str]:
+        return [sys.executable, "-m", "imagetool.cli", "--store", str(self.store_dir), *map(str, args)]
+
+    def __call__(self, *args, input=None, env: dict | None = None, check: bool = False,
+                 binary: bool = False, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+        full_env = dict(self.env)
+        for k, v in (env or {}).items():
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = str(v)
+        if isinstance(input, str):
+            input = input.encode()
+        r = subprocess.run(self.argv(*args), input=input, env=full_env, capture_output=True,
+                           timeout=timeout, cwd=cwd, stdin=None if input is not None else subprocess.DEVNULL)
+        if not binary:  # stdout/stderr as text; binary=True keeps bytes (e.g. `save` to stdout)
+            r.stdout = r.stdout.decode(errors="replace")
+            r.stderr = r.stderr.decode(errors="replace")
+        if check and r.returncode != 0:
+            err = r.stderr if isinstance(r.stderr, str) else r.stderr.decode(errors="replace")
+            raise AssertionError(f"imagetool {' '.join(map(str, args))} exited {r.returncode}:\n{err}")
+        return r
+
+
+@pytest.fixture
+def cli(store_dir, tmp_path) -> Cli:
+    """cli("images") runs imagetool against store_dir and returns the CompletedProcess (text by default)."""
+    return Cli(store_dir, tmp_path)

@@ -195,3 +195,75 @@ def test_busybox_tar_command_writes_a_docker25_archive(tmp_path):
     assert ann == {"io.containerd.image.name": "docker.io/library/busybox:latest",
                    "org.opencontainers.image.ref.name": "latest"}
     assert not list(tmp_path.glob(".imagetool-*")), "temp file left behind"
+
+
+# ---------------------------------------------------------------- registry servers
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker", "index"])
+def test_registry_push_keeps_bytes_and_digests(registry, unique_repo, kind):
+    _need("skopeo")
+    img = build_image([[file("k", kind.encode())]], config={"Cmd": ["/k"]}, docker=kind == "docker")
+    built = build_index([img, build_image([[file("arm")]], platform="linux/arm64/v8")]) if kind == "index" else img
+    mark = registry.mark()
+    registry.push(built, f"{unique_repo}:v1")
+    content_type, raw, digest = registry.manifest(f"{unique_repo}:v1")
+    assert (raw, digest, content_type) == (built.manifest, built.manifest_digest, built.manifest_media_type)
+    for blob_digest, data in built.blobs.items():
+        status, _, body = registry.get(f"/v2/{unique_repo}/blobs/{blob_digest}")
+        if status == 404:  # an index's child manifests live under /manifests/
+            _, body, _ = registry.manifest(f"{unique_repo}@{blob_digest}")
+            status = 200
+        assert status == 200 and body == data
+    seen = registry.requests(mark)
+    assert ("PUT", f"/v2/{unique_repo}/manifests/v1", 201) in seen
+    assert ("GET", f"/v2/{unique_repo}/manifests/v1", 200) in seen
+
+
+def test_auth_registry_refuses_anonymous_and_accepts_its_credentials(auth_registry, unique_repo):
+    _need("skopeo")
+    status, headers, _ = auth_registry.get("/v2/", auth=False)
+    assert status == 401 and headers["www-authenticate"].startswith("Basic ")
+    assert auth_registry.get("/v2/")[0] == 200
+    img = build_image([[file("secret", b"s")]])
+    auth_registry.push(img, f"{unique_repo}:v1")
+    assert auth_registry.manifest(f"{unique_repo}:v1")[2] == img.manifest_digest
+    assert auth_registry.get(f"/v2/{unique_repo}/manifests/v1", auth=False)[0] == 401
+
+
+def test_tls_registry_is_trusted_only_with_its_ca(tls_registry, unique_repo):
+    import ssl
+    import urllib.request
+
+    assert (tls_registry.cert_dir / "ca.crt").read_bytes() == tls_registry.ca_cert.read_bytes()
+    assert tls_registry.get("/v2/")[0] == 200
+    with pytest.raises(Exception) as e:  # the system CAs do not know ours
+        urllib.request.urlopen(tls_registry.url + "/v2/", timeout=5,
+                               context=ssl.create_default_context())
+    assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+    img = build_image([[file("tls", b"t")]])
+    tls_registry.push(img, f"{unique_repo}:v1")
+    assert tls_registry.manifest(f"{unique_repo}:v1")[2] == img.manifest_digest
+
+
+def test_registry_stop_removes_everything_it_made():
+    from fixtures.registry import RegistryServer, RegistryUnavailable
+
+    try:
+        server = RegistryServer.start()
+    except RegistryUnavailable as e:
+        pytest.skip(str(e))
+    pid, workdir = server.proc.pid, server.workdir
+    assert workdir.name.startswith("imagetool-registry-") and workdir.is_dir()
+    server.stop()
+    server.stop()  # idempotent
+    assert not workdir.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_cli_fixture_runs_imagetool_against_the_test_store(cli, store_dir):
+    r = cli("--help")
+    assert r.returncode == 0 and "pull" in r.stdout and r.stderr == ""
+    assert cli.argv("images")[-3:] == ["--store", str(store_dir), "images"]
+    assert cli.env["IMAGETOOL_CONFIG_DIR"].startswith(str(store_dir.parent))
