@@ -355,18 +355,21 @@ def _fail(message: str, hint: Optional[str], code: int) -> int:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the app and map exceptions to exit codes."""
-    import click
+    try:  # typer >= 0.2x vendors click as typer._click (the `click` package may be absent)
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
 
     from imagetool.errors import ImagetoolError
 
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="imagetool")
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         rc = e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("imagetool: aborted\n")
         rc = 130
-    except click.exceptions.ClickException as e:
+    except ClickException as e:
         e.show()
         rc = 125 if G.command == "run" else 2
     except KeyboardInterrupt:
