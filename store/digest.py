@@ -1,0 +1,68 @@
+"""Digest: the validated `algorithm:hex` name of some bytes (safe to use as a path component)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from store.errors import InvalidDigest
+
+#: algorithm -> length of its lowercase hex encoding
+ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
+CANONICAL = "sha256"
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Digest:
+    """A content digest. Construction validates, so `hex` never contains `/`, `.` or anything but
+    lowercase hex of the algorithm's exact length: a Digest can always be used as a file name."""
+
+    algorithm: str
+    hex: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.algorithm, str) or self.algorithm not in ALGORITHMS:
+            raise InvalidDigest(f"invalid digest algorithm {self.algorithm!r}: "
+                                f"expected one of {', '.join(sorted(ALGORITHMS))}")
+        want = ALGORITHMS[self.algorithm]
+        if not isinstance(self.hex, str) or len(self.hex) != want or not _HEX.fullmatch(self.hex):
+            raise InvalidDigest(f"invalid {self.algorithm} digest hex {self.hex!r}: "
+                                f"expected {want} lowercase hex characters")
+
+    @classmethod
+    def parse(cls, s: str) -> "Digest":
+        """Parse `algorithm:hex`; raises InvalidDigest (a ValueError) for anything else."""
+        if isinstance(s, Digest):
+            return s
+        if not isinstance(s, str):
+            raise InvalidDigest(f"invalid digest {s!r}: not a string")
+        algorithm, sep, hexpart = s.partition(":")
+        if not sep:
+            raise InvalidDigest(f"invalid digest {s!r}: expected 'algorithm:hex'")
+        return cls(algorithm, hexpart)
+
+    @classmethod
+    def of_bytes(cls, data: bytes, algorithm: str = CANONICAL) -> "Digest":
+        h = new_hasher(algorithm)
+        h.update(data)
+        return cls(algorithm, h.hexdigest())
+
+    def hasher(self):
+        """A fresh hashlib object of this digest's algorithm."""
+        return new_hasher(self.algorithm)
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex characters (as `docker images` shows them)."""
+        return self.hex[:12]
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+def new_hasher(algorithm: str = CANONICAL):
+    if algorithm not in ALGORITHMS:
+        raise InvalidDigest(f"invalid digest algorithm {algorithm!r}")
+    return hashlib.new(algorithm)

@@ -1,0 +1,177 @@
+"""Store: the content-addressed store (an OCI image layout) that every other module goes through."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from store import blobs, gc, refs
+from store.atomic import write_atomic
+from store.descriptor import Descriptor
+from store.digest import Digest
+from store.errors import CorruptStore, NotAStore, StoreError
+from store.ingest import IngestWriter
+from store.layout import KNOWN_ENTRIES, LAYOUT_VERSION, TEMP_PREFIX, Layout
+from store.locking import SHARED
+
+GCReport = gc.GCReport
+
+
+class _OpenDispatch:
+    """`Store.open(root)` opens a store; `st.open(digest)` opens a blob (both are contract names)."""
+
+    def __get__(self, obj, cls):
+        return cls.open_store if obj is None else obj.open_blob
+
+
+class Store:
+    """A store rooted at `root`. Create it with `Store.open(root)`; every method is safe to call
+    from several threads and processes at once (see ingest.py, refs.py and gc.py)."""
+
+    open = _OpenDispatch()
+
+    def __init__(self, root: Path):
+        self._layout = Layout(root)
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open_store(cls, root: Path | str) -> "Store":
+        """Open the store at `root`, creating the layout when missing (idempotent, concurrent safe).
+
+        Refuses (StoreError) an `oci-layout` of another version, a corrupt index.json, and a
+        non-empty directory that is not a store."""
+        root = Path(os.path.abspath(root))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NotAStore(f"cannot create store directory {root}: {e.strerror}") from None
+        if not root.is_dir():
+            raise NotAStore(f"store path {root} is not a directory")
+        st = cls(root)
+        lay = st._layout
+        if lay.oci_layout.exists():
+            _check_oci_layout(lay.oci_layout)
+        else:
+            foreign = sorted(n for n in os.listdir(root)
+                             if n not in KNOWN_ENTRIES and not n.startswith(TEMP_PREFIX))
+            if foreign:
+                raise NotAStore(f"{root} is not empty and is not an image store (no oci-layout; "
+                                f"found {', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})",
+                                hint="choose an empty or new directory with --store")
+            write_atomic(lay.oci_layout, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+        for d in (lay.blob_dir("sha256"), lay.ingest_dir, lay.snapshots_dir, lay.containers_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        refs.ensure_index(lay)
+        refs.read_index(lay)  # refuse a corrupt index.json now, not in the middle of a pull
+        return st
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self._layout.root
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self._layout.blobs_dir
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self._layout.ingest_dir
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self._layout.snapshots_dir
+
+    @property
+    def containers_dir(self) -> Path:
+        return self._layout.containers_dir
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    def snapshot_path(self, diff_id: Digest) -> Path:
+        """`snapshots/<hex>` for a layer's diff_id (whether or not it exists)."""
+        return self._layout.snapshot(diff_id)
+
+    # -- blobs ---------------------------------------------------------------------------------
+    def has(self, d: Digest) -> bool:
+        return blobs.has(self._layout, d)
+
+    def path(self, d: Digest) -> Path:
+        """The path of a committed blob (read-only file); BlobNotFound when absent."""
+        if not self.has(d):
+            raise blobs._not_found(self._layout, d)
+        return self._layout.blob(d)
+
+    def size(self, d: Digest) -> int:
+        return blobs.size(self._layout, d)
+
+    def open_blob(self, d: Digest) -> BinaryIO:
+        return blobs.open_blob(self._layout, d)
+
+    def read(self, d: Digest, limit: int = blobs.DEFAULT_READ_LIMIT) -> bytes:
+        """The whole blob, verified; BlobTooLarge (a StoreError) when bigger than `limit`."""
+        return blobs.read(self._layout, d, limit)
+
+    def delete(self, d: Digest) -> None:
+        blobs.delete(self._layout, d)
+
+    def put(self, data: bytes, expected: Digest | None = None) -> Digest:
+        """Store `data` (verified against `expected`); DigestMismatch stores nothing."""
+        with SHARED.hold(self._layout.gc_lock):
+            return blobs.put(self._layout, data, expected)
+
+    def ingest(self, expected: Digest, size: int | None = None) -> IngestWriter:
+        """A resumable writer for one blob; use as `with st.ingest(d, size) as w:` (see ingest.py)."""
+        return IngestWriter(self._layout, expected, size)
+
+    # -- refs ----------------------------------------------------------------------------------
+    def tag(self, name: str, desc: Descriptor) -> None:
+        with SHARED.hold(self._layout.gc_lock):
+            refs.tag(self._layout, name, desc)
+
+    def resolve(self, name: str) -> Descriptor:
+        return refs.resolve(self._layout, name)
+
+    def untag(self, name: str) -> None:
+        refs.untag(self._layout, name)
+
+    def refs(self) -> list[tuple[str, Descriptor]]:
+        return refs.refs(self._layout)
+
+    # -- gc ------------------------------------------------------------------------------------
+    @contextmanager
+    def lock_shared(self) -> Iterator[None]:
+        """Hold the store-wide GC lock shared: gc() waits until every holder is done.
+
+        Hold it across a whole pull / load / unpack / container creation, from the first blob or
+        snapshot written until the ref or state.json that makes them reachable is written.
+        Reentrant and thread-safe within a process; never call gc() while holding it."""
+        with SHARED.hold(self._layout.gc_lock):
+            yield
+
+    def gc(self, ingest_max_age: float = 86400) -> GCReport:
+        """Remove what no ref and no container reaches (see gc.py); waits for shared holders."""
+        return gc.collect(self._layout, ingest_max_age)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+
+def _check_oci_layout(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(1 << 16))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptStore(f"{path} is not valid JSON ({e})") from None
+    version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
+    if version != LAYOUT_VERSION:
+        raise NotAStore(f"{path.parent} has an OCI layout of version {version!r}; this tool "
+                        f"supports {LAYOUT_VERSION!r}", hint="use another --store directory")
+
+
+__all__ = ["Store", "GCReport", "StoreError", "CorruptStore"]
