@@ -1,0 +1,166 @@
+"""Find an image in the local store by name, manifest digest or digest prefix, and read its manifest and config.
+
+    img = image.load(store, "busybox")      # docker.io/library/busybox:latest
+    img = image.load(store, "sha256:…")     # a manifest digest held by some ref
+    img = image.load(store, "3f57d9401f8d") # a 12+ hex prefix of such a digest, unique among refs
+
+A ref that points at an index resolves to the manifest for the requested platform (default:
+the host's), which must be in the store too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from store import Descriptor, Digest
+from store.errors import BlobNotFound, BlobTooLarge, RefNotFound
+
+from imagetool import mediatypes as mt
+from imagetool import oci, reference
+from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
+
+MIN_PREFIX = 12
+_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX)
+MAX_INDEX_DEPTH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in the store: its ref name, the descriptor of its image manifest, manifest and config.
+
+    `name` is the full normalised name of the ref it was found through
+    ("docker.io/library/busybox:latest"). `index` is set when the ref points at an index.
+    """
+
+    name: str
+    descriptor: Descriptor
+    manifest: oci.Manifest
+    config: oci.ImageConfig
+    index: oci.Index | None = None
+
+    @property
+    def digest(self) -> Digest:
+        """The image manifest's digest."""
+        return self.descriptor.digest
+
+    @property
+    def layers(self) -> list:
+        return self.manifest.layers
+
+    @property
+    def size(self) -> int:
+        """Manifest + config + compressed layers, in bytes."""
+        return self.descriptor.size + self.manifest.config.size + sum(la.size for la in self.manifest.layers)
+
+
+def _not_found(text: str) -> ImageNotFound:
+    return ImageNotFound(f"image {text} not found in the store", hint=f"pull it with `imagetool pull {text}`")
+
+
+def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
+    """(ref name, descriptor as stored in index.json) for a name, a manifest digest or a unique prefix.
+
+    Order: the normalised name; for `name@digest` also any ref of that repository with that
+    digest; then a full digest (`sha256:<hex>`) or a 12+ hex prefix of a ref's digest.
+    """
+    text = ref_string.strip() if isinstance(ref_string, str) else ""
+    if not text:
+        raise InvalidReference('invalid reference "": repository name must have at least one component')
+    if _FULL_DIGEST.fullmatch(text):
+        return _by_prefix(store, text, text[len("sha256:"):])
+    ref = None
+    try:
+        ref = reference.parse(text)
+    except InvalidReference:
+        if not _PREFIX.fullmatch(text):
+            raise
+    if ref is not None:
+        try:
+            return str(ref), store.resolve(str(ref))
+        except RefNotFound:
+            pass
+        if ref.digest:
+            for name, desc in store.refs():
+                if str(desc.digest) == ref.digest and _same_repository(name, ref.name):
+                    return name, desc
+    try:
+        return text, store.resolve(text)     # a ref name written by another tool, verbatim
+    except (RefNotFound, ValueError):
+        pass
+    m = _PREFIX.fullmatch(text)
+    if m:
+        return _by_prefix(store, text, m.group(1))
+    raise _not_found(text)
+
+
+def is_id(text: str) -> bool:
+    """A full manifest digest or a 12+ hex prefix of one (what `docker` calls an image ID)."""
+    return bool(_FULL_DIGEST.fullmatch(text) or _PREFIX.fullmatch(text))
+
+
+def _same_repository(name: str, repository: str) -> bool:
+    try:
+        return reference.parse(name).name == repository
+    except InvalidReference:
+        return False
+
+
+def _by_prefix(store, text: str, hexprefix: str) -> tuple[str, Descriptor]:
+    matches: dict[str, tuple[str, Descriptor]] = {}
+    for name, desc in store.refs():
+        if desc.digest.hex.startswith(hexprefix):
+            matches.setdefault(str(desc.digest), (name, desc))
+    if not matches:
+        raise _not_found(text)
+    if len(matches) > 1:
+        raise ImageNotFound(f"image ID prefix {text} is ambiguous: it matches {len(matches)} images",
+                            hint="give more hex digits or the image name")
+    return next(iter(matches.values()))
+
+
+def read_json_blob(store, desc: Descriptor, what: str) -> bytes:
+    """The bytes of a manifest/index/config blob (bounded to 4 MiB); ManifestError when missing or too big."""
+    if desc.size > oci.MAX_JSON_SIZE:
+        raise ManifestError(f"{what} {desc.digest} is {desc.size} bytes, more than the "
+                            f"{oci.MAX_JSON_SIZE >> 20} MiB limit")
+    try:
+        return store.read(desc.digest, limit=oci.MAX_JSON_SIZE)
+    except BlobNotFound:
+        raise ManifestError(f"{what} blob {desc.digest} is missing from the store",
+                            hint="the image is incomplete: pull or load it again") from None
+    except BlobTooLarge as e:
+        raise ManifestError(f"{what} {desc.digest}: {e}") from None
+
+
+def manifest_for(store, desc: Descriptor, platform=None) -> tuple[Descriptor, oci.Manifest, oci.Index | None]:
+    """Follow `desc` (a manifest, or an index possibly nested) to the image manifest for `platform`."""
+    top_index = None
+    for _ in range(MAX_INDEX_DEPTH):
+        raw = read_json_blob(store, desc, "manifest")
+        doc = oci.parse_manifest(raw, desc.digest, desc.media_type or None)
+        if isinstance(doc, oci.Manifest):
+            return desc, doc, top_index
+        top_index = top_index or doc
+        desc = oci.select_platform(doc, platform)
+    raise ManifestError(f"index {desc.digest}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+
+
+def load(store, ref_string: str, platform=None) -> Image:
+    """The image named `ref_string` (see `resolve`), its manifest for `platform` and its parsed config.
+
+    Raises ImageNotFound (with a pull hint), InvalidReference, or ManifestError when the stored
+    content is unusable (missing blob, schema 1, bad JSON).
+    """
+    name, top = resolve(store, ref_string)
+    desc, manifest, index = manifest_for(store, top, platform)
+    if manifest.config.media_type and not (mt.is_config(manifest.config.media_type)):
+        raise ManifestError(f"{name}: manifest {desc.digest} is not a container image "
+                            f"(config media type {manifest.config.media_type!r})")
+    raw_config = read_json_blob(store, manifest.config, "config")
+    config = oci.parse_config(raw_config, manifest.config.digest)
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(f"{name}: manifest {desc.digest} has {len(manifest.layers)} layers but its config "
+                            f"lists {len(config.diff_ids)} diff_ids")
+    return Image(name, desc, manifest, config, index)

@@ -1,0 +1,194 @@
+"""Image references: the Docker grammar and its normalisation (`busybox` → `docker.io/library/busybox:latest`).
+
+The grammar is the one of distribution/reference:
+
+    reference   := name [ ":" tag ] [ "@" digest ]
+    name        := [ domain "/" ] path            (at most 255 characters, domain included)
+    domain      := host [ ":" port ]              host: DNS name (letters, digits, "-", ".") or "[ipv6]"
+    path        := component ( "/" component )*   component: [a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*
+    tag         := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+    digest      := "sha256:" 64 lowercase hex     (the only algorithm the store keeps)
+
+Normalisation (`splitDockerDomain`): the first path component is a registry host only when it
+contains "." or ":", equals "localhost", or has an uppercase letter; otherwise the domain is
+`docker.io`. `index.docker.io` is `docker.io`. On docker.io a one-component path gets `library/`.
+A reference with neither tag nor digest gets the tag `latest`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from imagetool.errors import InvalidReference
+
+DEFAULT_DOMAIN = "docker.io"
+LEGACY_DEFAULT_DOMAIN = "index.docker.io"
+DOCKER_HUB_HOST = "registry-1.docker.io"
+OFFICIAL_PREFIX = "library/"
+DEFAULT_TAG = "latest"
+NAME_MAX = 255
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+_DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = re.compile(rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])", re.ASCII)
+_PORT = re.compile(r"[0-9]+", re.ASCII)
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST_ALGORITHM = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*", re.ASCII)
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+_IMAGE_ID = re.compile(r"[a-f0-9]{64}", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A normalised reference. Build it with `parse()`; the fields are already valid.
+
+    domain: "docker.io", "localhost:5000", "ghcr.io"; path: "library/busybox";
+    tag: "latest" or None (only when a digest is given); digest: "sha256:<hex>" or None.
+    """
+
+    domain: str
+    path: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The full repository name: `docker.io/library/busybox`."""
+        return f"{self.domain}/{self.path}"
+
+    @property
+    def familiar_name(self) -> str:
+        """The short repository name Docker shows: `busybox`, `user/app`, `localhost:5000/app`."""
+        if self.domain != DEFAULT_DOMAIN:
+            return self.name
+        if self.path.startswith(OFFICIAL_PREFIX) and self.path.count("/") == 1:
+            return self.path[len(OFFICIAL_PREFIX):]
+        return self.path
+
+    @property
+    def familiar(self) -> str:
+        """The short form of the whole reference: `busybox:latest`, `user/app@sha256:…`."""
+        return self.familiar_name + self._suffix()
+
+    @property
+    def registry_host(self) -> str:
+        """The host to talk to: docker.io is served at registry-1.docker.io."""
+        return DOCKER_HUB_HOST if self.domain == DEFAULT_DOMAIN else self.domain
+
+    @property
+    def reference(self) -> str:
+        """What goes in `/v2/<path>/manifests/<reference>`: the digest when pinned, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def with_digest(self, digest) -> "Reference":
+        """The same reference pinned to `digest` (a Digest or "sha256:<hex>"); the tag is kept."""
+        d = str(digest)
+        if not _SHA256.fullmatch(d):
+            raise InvalidReference(f"invalid digest {d!r}: expected sha256:<64 lowercase hex>")
+        return dataclasses.replace(self, digest=d)
+
+    def with_tag(self, tag: str) -> "Reference":
+        """The same repository with another tag and no digest."""
+        if not _TAG.fullmatch(tag):
+            raise InvalidReference(f"invalid tag {tag!r}")
+        return dataclasses.replace(self, tag=tag, digest=None)
+
+    def _suffix(self) -> str:
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    def __str__(self) -> str:
+        return self.name + self._suffix()
+
+
+def _fail(text: str, why: str) -> InvalidReference:
+    return InvalidReference(f'invalid reference "{text}": {why}')
+
+
+def split_domain(name: str) -> tuple[str, str]:
+    """(domain, path) of a name without tag or digest, with the docker.io and library/ defaults."""
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        domain, path = first, rest
+    else:
+        domain, path = DEFAULT_DOMAIN, name
+    if domain == LEGACY_DEFAULT_DOMAIN:
+        domain = DEFAULT_DOMAIN
+    if domain == DEFAULT_DOMAIN and "/" not in path:
+        path = OFFICIAL_PREFIX + path
+    return domain, path
+
+
+def parse(text: str) -> Reference:
+    """Parse and normalise `text`; raise InvalidReference naming the offending part."""
+    if not isinstance(text, str):
+        raise InvalidReference(f"invalid reference {text!r}: not a string")
+    if text == "":
+        raise _fail(text, "repository name must have at least one component")
+    if _IMAGE_ID.fullmatch(text):
+        raise _fail(text, "a 64-character hexadecimal string is an image ID, not a repository name")
+    rest, at, digest = text.partition("@")
+    if at:
+        _check_digest(text, digest)
+    colon, slash = rest.rfind(":"), rest.rfind("/")
+    tag = None
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1:]
+        if not _TAG.fullmatch(tag):
+            if tag == "":
+                raise _fail(text, "empty tag after ':'")
+            raise _fail(text, f'invalid tag "{tag}" (allowed: letters, digits, "_", ".", "-"; '
+                              "first not \".\" or \"-\"; at most 128 characters)")
+    if rest == "":
+        raise _fail(text, "repository name must have at least one component")
+    domain, path = split_domain(rest)
+    _check_domain(text, domain)
+    if path.lower() != path:
+        raise _fail(text, "repository name must be lowercase")
+    for component in path.split("/"):
+        if component == "":
+            raise _fail(text, "repository name has an empty path component")
+        if not _COMPONENT.fullmatch(component):
+            raise _fail(text, f'invalid repository path component "{component}" (lowercase letters and digits, '
+                              'separated by ".", "_", "__" or "-")')
+    if len(domain) + 1 + len(path) > NAME_MAX:
+        raise _fail(text, f"repository name must not be more than {NAME_MAX} characters")
+    if tag is None and not digest:
+        tag = DEFAULT_TAG
+    return Reference(domain, path, tag, digest or None)
+
+
+def _check_digest(text: str, digest: str) -> None:
+    if digest == "":
+        raise _fail(text, "empty digest after '@'")
+    algorithm, colon, hexpart = digest.partition(":")
+    if not colon or not _DIGEST_ALGORITHM.fullmatch(algorithm):
+        raise _fail(text, f'invalid digest "{digest}" (expected sha256:<64 hex>)')
+    if algorithm != "sha256":
+        raise _fail(text, f'unsupported digest algorithm "{algorithm}" (only sha256)')
+    if not _SHA256.fullmatch(digest):
+        raise _fail(text, f'invalid digest "{digest}" (sha256 needs 64 lowercase hex digits)')
+
+
+def _check_domain(text: str, domain: str) -> None:
+    host, port = domain, None
+    if domain.startswith("["):
+        end = domain.find("]")
+        if end != -1 and domain[end + 1:end + 2] == ":":
+            host, port = domain[:end + 1], domain[end + 2:]
+    elif ":" in domain:
+        host, _, port = domain.partition(":")
+    if not _HOST.fullmatch(host):
+        raise _fail(text, f'invalid registry host "{host}"')
+    if port is not None and not _PORT.fullmatch(port):
+        raise _fail(text, f'invalid port "{port}" in registry "{domain}"')
+
+
+def is_valid(text: str) -> bool:
+    """True when `parse(text)` would succeed."""
+    try:
+        parse(text)
+    except InvalidReference:
+        return False
+    return True
