@@ -330,7 +330,8 @@ def parse_config(raw: bytes, digest) -> ImageConfig:
         diff_ids = [Digest.parse(x) for x in diff_ids_doc]
     except InvalidDigest as e:
         raise ManifestError(f"config {where}: rootfs.diff_ids: {e}") from None
-    cfg = doc.get("config") or {}
+    cfg = doc.get("config")
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise ManifestError(f"config {where}: config must be an object")
     strings = {}
@@ -344,7 +345,8 @@ def parse_config(raw: bytes, digest) -> ImageConfig:
         if v is not None and not isinstance(v, str):
             raise ManifestError(f"config {where}: config.{key} must be a string")
         strings[key] = v
-    labels = cfg.get("Labels") or {}
+    labels = cfg.get("Labels")
+    labels = {} if labels is None else labels
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ManifestError(f"config {where}: config.Labels must map strings to strings")
     return ImageConfig(
