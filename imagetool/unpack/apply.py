@@ -1,0 +1,503 @@
+"""Apply one layer tar onto a directory: plain (flattened rootfs) or overlay (a per-layer snapshot).
+
+Contract:
+- The tar is read as a stream (`tarfile` "r|", members in order, data copied in chunks); nothing
+  is extracted with `extractall`, and every name goes through `safepath` (see its docstring).
+- Changeset rules (OCI image-spec layer.md): an entry replaces what is at its path (unlink and
+  recreate) unless both are directories, in which case only the attributes change.
+  `.wh.<name>` deletes <name> from lower layers; `.wh..wh..opq` hides everything below its
+  directory from lower layers and applies *before* the rest of the layer whatever its position:
+  entries this layer created (tracked in `created`/`touched`) survive both.
+- mode="plain": whiteouts delete from the directory (flattened rootfs, `imagetool unpack`).
+  mode="overlay": the directory is a fresh snapshot of this layer alone; whiteouts become char
+  devices 0/0 and opaque dirs get `trusted.overlay.opaque=y` (needs root). A hardlink to a file
+  of a lower layer copies the file up from `lowers` (top first) into this snapshot first, as
+  overlayfs itself would; such a snapshot depends on its lower layers (documented limitation).
+  Parent directories missing from the tar are created 0755 root-owned (in overlay mode their
+  attributes then win over the lower layer's in the merged view).
+- Metadata: uid/gid (root only, lchown), then mode including setuid/setgid/sticky, xattrs from
+  PAX headers (user.*, security.capability, system.posix_acl_*; other security.* and trusted.*
+  are dropped, trusted.overlay.* is refused as UnsafeLayer), mtime (nanoseconds, not following
+  symlinks). Directories get their mode and mtime last (`Applier.finish`). Hardlinks take the
+  target's inode as is. Devices and fifos need root: otherwise skipped with a warning.
+- Refused (UnsafeLayer): ".." in names or hardlink targets, hardlinks to directories, an entry
+  that would make the root a non-directory, whiteouts of "." or "..", trusted.overlay.* xattrs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import BinaryIO, Callable
+
+from imagetool.errors import UnpackError, UnsafeLayer
+from imagetool.unpack.layers import CHUNK, Limits
+from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIRRD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_KEEP_XATTR_PREFIXES = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+
+
+def _warn(msg: str) -> None:
+    sys.stderr.write(f"imagetool: warning: {msg}\n")
+
+
+@dataclass
+class ApplyStats:
+    entries: int = 0
+    files: int = 0
+    bytes: int = 0
+    skipped: list = field(default_factory=list)
+
+
+def _mtime_ns(ti: tarfile.TarInfo) -> int:
+    raw = ti.pax_headers.get("mtime") if ti.pax_headers else None
+    if raw:
+        try:
+            return int(Decimal(raw) * 1_000_000_000)
+        except ArithmeticError:
+            pass
+    return int(ti.mtime) * 1_000_000_000
+
+
+def _xattrs(ti: tarfile.TarInfo) -> dict[str, bytes]:
+    if not ti.pax_headers:
+        return {}
+    out = {}
+    for k, v in ti.pax_headers.items():
+        if k.startswith("SCHILY.xattr."):
+            out[k[13:]] = v.encode("utf-8", "surrogateescape")
+        elif k.startswith("LIBARCHIVE.xattr."):
+            import base64
+            import urllib.parse
+
+            name = urllib.parse.unquote(k[17:])
+            try:
+                out[name] = base64.b64decode(v + "=" * (-len(v) % 4))
+            except ValueError:
+                raise UnpackError(f"{ti.name!r}: bad base64 in xattr {name!r}") from None
+    return out
+
+
+class Applier:
+    """Applies layers onto `root_dir` (one Applier per snapshot, or one for all layers of a flatten)."""
+
+    def __init__(self, root_dir, mode: str = "plain", lowers: tuple = (), limits: Limits | None = None,
+                 privileged: bool | None = None, warn: Callable[[str], None] = _warn):
+        if mode not in ("plain", "overlay"):
+            raise ValueError(mode)
+        self.mode = mode
+        self.overlay = mode == "overlay"
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        if self.overlay and not self.privileged:
+            raise UnpackError("overlay snapshots need root (whiteouts are device nodes)",
+                              hint="use `imagetool unpack` for a flattened copy")
+        self.root = Root(root_dir)
+        self.lowers = tuple(lowers)
+        self.limits = limits or Limits()
+        self.warn = warn
+        self.stats = ApplyStats()
+        self._dir_meta: dict[str, tuple[int, int]] = {}   # canon -> (mode, mtime_ns), set by finish()
+        self._reset_layer()
+
+    def _reset_layer(self) -> None:
+        self.created: set[str] = set()     # entries placed by the current layer
+        self.touched: set[str] = set()     # their ancestors
+        self.whiteouts: set[str] = set()   # overlay whiteout nodes made by the current layer
+        self._layer_entries = 0
+
+    def close(self) -> None:
+        self.root.close()
+
+    # ------------------------------------------------------------------ driver
+
+    def apply(self, stream: BinaryIO, name: str = "layer") -> ApplyStats:
+        """Apply one uncompressed tar stream (the caller drains and verifies it afterwards)."""
+        self._reset_layer()
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+        except tarfile.ReadError as e:
+            raise UnpackError(f"{name}: not a tar archive ({e})") from None
+        try:
+            for ti in tf:
+                self._layer_entries += 1
+                self.stats.entries += 1
+                if self._layer_entries > self.limits.max_entries:
+                    raise UnpackError(f"{name}: more than {self.limits.max_entries} entries",
+                                      hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
+                try:
+                    self._entry(ti, tf)
+                except OSError as e:
+                    raise UnpackError(f"{name}: cannot apply {ti.name!r}: {e.strerror or e}") from None
+        except tarfile.TarError as e:
+            raise UnpackError(f"{name}: corrupt tar stream ({e})") from None
+        except EOFError:
+            raise UnpackError(f"{name}: truncated tar stream") from None
+        return self.stats
+
+    def finish(self) -> None:
+        """Set directory modes and mtimes (deferred so that later entries do not disturb them)."""
+        for canon, (mode, mtime) in sorted(self._dir_meta.items(), key=lambda kv: -kv[0].count("/")):
+            try:
+                if canon:
+                    pfd, name, _ = self.root.lookup(tuple(canon.split("/")))
+                    if not self._is_dir(pfd, name):
+                        continue
+                    os.chmod(name, mode, dir_fd=pfd)   # a directory (checked just above), not a link
+                    os.utime(name, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
+                else:
+                    os.chmod(self.root.path, mode)
+                    os.utime(self.root.path, ns=(mtime, mtime))
+            except (MissingPath, FileNotFoundError, NotADirectoryError):
+                continue   # removed by a later entry or layer
+        self._dir_meta.clear()
+
+    @staticmethod
+    def _is_dir(pfd: int, name: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------ entries
+
+    def _mark(self, canon: str) -> None:
+        self.created.add(canon)
+        parent = canon.rpartition("/")[0]
+        while parent and parent not in self.touched:
+            self.touched.add(parent)
+            parent = parent.rpartition("/")[0]
+
+    def _implicit_mkdir(self, pfd: int, name: str, canon: str, st) -> None:
+        """A parent directory missing from the tar (or an overlay whiteout of this layer in the way)."""
+        if st is not None:
+            if self.overlay and canon in self.whiteouts and stat.S_ISCHR(st.st_mode):
+                os.unlink(name, dir_fd=pfd)
+                self.whiteouts.discard(canon)
+                os.mkdir(name, 0o755, dir_fd=pfd)
+                self._set_opaque(pfd, name)
+                return
+            raise UnpackError(f"{canon!r} is in the way of a directory (not a directory)")
+        os.mkdir(name, 0o755, dir_fd=pfd)
+
+    def _entry(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        comps = clean_name(ti.name)
+        if not comps:
+            if ti.isdir():
+                self._root_dir_meta(ti)
+                return
+            raise UnsafeLayer(f"layer entry {ti.name!r} would replace the root directory with a non-directory")
+        base = comps[-1]
+        if base.startswith(WHITEOUT):
+            if base == OPAQUE:
+                self._opaque(comps[:-1])
+            elif base.startswith(WHITEOUT + WHITEOUT):
+                pass   # other AUFS metadata (.wh..wh.plnk etc.): ignored, as Docker does
+            else:
+                target = base[len(WHITEOUT):]
+                if target in ("", ".", ".."):
+                    raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
+                self._whiteout(comps[:-1] + (target,))
+            return
+        xattrs = _xattrs(ti)
+        for k in xattrs:
+            if k.startswith("trusted.overlay."):
+                raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
+        mkdir = self._implicit_mkdir
+        pfd, name, pcanon = self.root.lookup(comps, mkdir)
+        canon = join(pcanon, name)
+        if ti.islnk():
+            self._hardlink(ti, pfd, name, canon)
+            self._mark(canon)
+            return
+        st = self.root.lstat(pfd, name)
+        if st is not None:
+            if ti.isdir() and stat.S_ISDIR(st.st_mode):
+                self._dir_attrs(ti, pfd, name, canon, xattrs)
+                self._mark(canon)
+                return
+            self._remove(pfd, name, st)
+        was_whiteout = canon in self.whiteouts
+        if was_whiteout:
+            self.whiteouts.discard(canon)
+        if ti.isreg():
+            self._file(ti, tf, pfd, name, xattrs)
+        elif ti.isdir():
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            self._dir_attrs(ti, pfd, name, canon, xattrs)
+            if was_whiteout:
+                self._set_opaque(pfd, name)
+        elif ti.issym():
+            os.symlink(ti.linkname, name, dir_fd=pfd)
+            if self.privileged:
+                os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+            m = _mtime_ns(ti)
+            os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
+        elif ti.ischr() or ti.isblk() or ti.isfifo():
+            if not self._special(ti, pfd, name, xattrs):
+                return
+        else:
+            self.warn(f"skipping {ti.name!r}: unsupported tar entry type {ti.type!r}")
+            self.stats.skipped.append(ti.name)
+            return
+        self._mark(canon)
+
+    def _root_dir_meta(self, ti: tarfile.TarInfo) -> None:
+        if self.privileged:
+            os.chown(self.root.path, ti.uid, ti.gid, follow_symlinks=False)
+        self._dir_meta[""] = (ti.mode & 0o7777, _mtime_ns(ti))
+
+    def _remove(self, pfd: int, name: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=pfd)
+            self.root.invalidate()
+        else:
+            os.unlink(name, dir_fd=pfd)
+            if stat.S_ISLNK(st.st_mode):
+                self.root.invalidate()
+
+    def _file(self, ti, tf, pfd: int, name: str, xattrs: dict) -> None:
+        fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+        try:
+            if ti.size:
+                src = tf.extractfile(ti)
+                left = ti.size
+                while left:
+                    buf = src.read(min(left, CHUNK))
+                    if not buf:
+                        raise UnpackError(f"truncated tar stream inside {ti.name!r}")
+                    left -= len(buf)
+                    view = memoryview(buf)
+                    while view:
+                        view = view[os.write(fd, view):]
+                self.stats.bytes += ti.size
+            if self.privileged:
+                os.fchown(fd, ti.uid, ti.gid)
+            os.fchmod(fd, ti.mode & 0o7777)
+            self._set_xattrs(fd, xattrs, ti.name)
+            m = _mtime_ns(ti)
+            os.utime(fd, ns=(m, m))
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+
+    def _dir_attrs(self, ti, pfd: int, name: str, canon: str, xattrs: dict) -> None:
+        fd = os.open(name, _O_DIRRD, dir_fd=pfd)
+        try:
+            if self.privileged:
+                os.fchown(fd, ti.uid, ti.gid)
+            os.fchmod(fd, (ti.mode & 0o7777) | 0o700)   # writable for us until finish()
+            self._set_xattrs(fd, xattrs, ti.name)
+        finally:
+            os.close(fd)
+        self._dir_meta[canon] = (ti.mode & 0o7777, _mtime_ns(ti))
+
+    def _special(self, ti, pfd: int, name: str, xattrs: dict) -> bool:
+        if ti.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+        elif not self.privileged:
+            self.warn(f"skipping device {ti.name!r}: creating device nodes needs root")
+            self.stats.skipped.append(ti.name)
+            return False
+        else:
+            kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
+            os.mknod(name, kind | 0o600, os.makedev(ti.devmajor, ti.devminor), dir_fd=pfd)
+        if self.privileged:
+            os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+        # chmod on a fifo/device path only touches the inode (no open), after lchown
+        os.chmod(name, ti.mode & 0o7777, dir_fd=pfd, follow_symlinks=True)
+        m = _mtime_ns(ti)
+        os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
+        if xattrs:
+            self.warn(f"{ti.name!r}: xattrs on device nodes and fifos are not restored")
+        return True
+
+    def _set_xattrs(self, fd: int, xattrs: dict, entry: str) -> None:
+        for k, v in xattrs.items():
+            if not k.startswith(_KEEP_XATTR_PREFIXES):
+                continue
+            if k.startswith("security.") and not self.privileged:
+                continue
+            try:
+                os.setxattr(fd, k, v)
+            except OSError as e:
+                raise UnpackError(f"{entry!r}: cannot set xattr {k!r}: {e.strerror}") from None
+
+    def _set_opaque(self, pfd: int, name: str) -> None:
+        fd = os.open(name, _O_DIRRD, dir_fd=pfd)
+        try:
+            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ links
+
+    def _hardlink(self, ti, pfd: int, name: str, canon: str) -> None:
+        tcomps = clean_name(ti.linkname)
+        if not tcomps:
+            raise UnsafeLayer(f"hardlink {ti.name!r} points at the root directory")
+        try:
+            tpfd, tname, tpcanon = self.root.lookup(tcomps)
+            tst = self.root.lstat(tpfd, tname)
+        except MissingPath:
+            tst = None
+        if tst is None or join(tpcanon, tname) in self.whiteouts:
+            if not self.overlay or not self._copy_up(tcomps):
+                raise UnpackError(f"hardlink {ti.name!r} points at {ti.linkname!r}, which does not exist")
+            tpfd, tname, tpcanon = self.root.lookup(tcomps)
+            tst = self.root.lstat(tpfd, tname)
+        if stat.S_ISDIR(tst.st_mode):
+            raise UnsafeLayer(f"hardlink {ti.name!r} points at a directory ({ti.linkname!r})")
+        # the path of the new link may have moved under us through the lookup above
+        pfd, name, pcanon = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
+        st = self.root.lstat(pfd, name)
+        if st is not None:
+            if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino):
+                return
+            self._remove(pfd, name, st)
+            tpfd, tname, _ = self.root.lookup(tcomps)
+            pfd, name, _ = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
+        self.whiteouts.discard(canon)
+        os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+
+    def _copy_up(self, tcomps: tuple[str, ...]) -> bool:
+        """Copy a lower layer's non-directory at `tcomps` into this snapshot; False if none is visible."""
+        for lower in self.lowers:
+            with Root(lower) as lr:
+                try:
+                    lpfd, lname, _ = lr.lookup(tcomps)
+                except (MissingPath, UnpackError):
+                    continue
+                lst = lr.lstat(lpfd, lname)
+                if lst is None:
+                    continue
+                if stat.S_ISCHR(lst.st_mode) and lst.st_rdev == 0:
+                    return False   # whited out by this lower layer
+                if not stat.S_ISREG(lst.st_mode):
+                    return False
+                pfd, name, _ = self.root.lookup(tcomps, self._implicit_mkdir)
+                src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
+                dst = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+                try:
+                    while True:
+                        buf = os.read(src, CHUNK)
+                        if not buf:
+                            break
+                        view = memoryview(buf)
+                        while view:
+                            view = view[os.write(dst, view):]
+                    os.fchown(dst, lst.st_uid, lst.st_gid)
+                    os.fchmod(dst, stat.S_IMODE(lst.st_mode))
+                    for k in os.listxattr(src):
+                        if k.startswith(_KEEP_XATTR_PREFIXES):
+                            os.setxattr(dst, k, os.getxattr(src, k))
+                    os.utime(dst, ns=(lst.st_atime_ns, lst.st_mtime_ns))
+                finally:
+                    os.close(src)
+                    os.close(dst)
+                return True
+        return False
+
+    # ------------------------------------------------------------------ whiteouts
+
+    def _whiteout(self, comps: tuple[str, ...]) -> None:
+        if self.overlay:
+            pfd, name, pcanon = self.root.lookup(comps, self._implicit_mkdir)
+        else:
+            try:
+                pfd, name, pcanon = self.root.lookup(comps)
+            except MissingPath:
+                return
+        canon = join(pcanon, name)
+        st = self.root.lstat(pfd, name)
+        if canon in self.created or canon in self.touched:
+            # made by this very layer: only lower content goes (a whiteout never hides its own layer)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._opaque_at(pfd, name, canon)
+            return
+        if self.overlay:
+            if st is not None:
+                self._remove(pfd, name, st)
+            os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
+            self.whiteouts.add(canon)
+        elif st is not None:
+            self._remove(pfd, name, st)
+
+    def _opaque(self, dcomps: tuple[str, ...]) -> None:
+        if not dcomps:
+            if self.overlay:
+                os.setxattr(self.root.path, OVERLAY_OPAQUE_XATTR, b"y")
+            else:
+                self._purge(self.root.fd, "", "")
+            return
+        if self.overlay:
+            pfd, name, pcanon = self.root.lookup(dcomps, self._implicit_mkdir)
+            canon = join(pcanon, name)
+            st = self.root.lstat(pfd, name)
+            if st is None or (canon in self.whiteouts and stat.S_ISCHR(st.st_mode)):
+                self._implicit_mkdir(pfd, name, canon, st)   # also sets opaque when over a whiteout
+                self.touched.add(canon)
+            elif not stat.S_ISDIR(st.st_mode):
+                return   # opaque marker under a non-directory of this layer: nothing below to hide
+            self._set_opaque(pfd, name)
+            return
+        try:
+            pfd, name, pcanon = self.root.lookup(dcomps)
+        except MissingPath:
+            return
+        st = self.root.lstat(pfd, name)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self._opaque_at(pfd, name, join(pcanon, name))
+
+    def _opaque_at(self, pfd: int, name: str, canon: str) -> None:
+        if self.overlay:
+            self._set_opaque(pfd, name)
+            return
+        fd = os.open(name, _O_DIRRD, dir_fd=pfd)
+        try:
+            self._purge(fd, canon, name)
+        finally:
+            os.close(fd)
+
+    def _purge(self, dfd: int, canon: str, _name: str) -> None:
+        """Plain mode: delete everything under a directory that this layer did not create."""
+        if dfd == self.root.fd:
+            dfd = os.open(".", _O_DIRRD, dir_fd=self.root.fd)
+            own = True
+        else:
+            own = False
+        try:
+            removed = False
+            for child in os.listdir(dfd):
+                c = join(canon, child)
+                st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
+                if c in self.touched or (c in self.created and stat.S_ISDIR(st.st_mode)):
+                    if stat.S_ISDIR(st.st_mode):
+                        sub = os.open(child, _O_DIRRD, dir_fd=dfd)
+                        try:
+                            self._purge(sub, c, child)
+                        finally:
+                            os.close(sub)
+                    continue
+                if c in self.created:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(child, dir_fd=dfd)
+                else:
+                    os.unlink(child, dir_fd=dfd)
+                removed = True
+            if removed:
+                self.root.invalidate()
+        finally:
+            if own:
+                os.close(dfd)

@@ -1,0 +1,69 @@
+"""A flattened root filesystem: every layer of an image applied in order onto one directory.
+
+`flatten(store, image, dest)` applies the layer blobs straight from the store in plain mode
+(whiteouts delete, no snapshots are made) into `dest`, which must be an empty directory; each
+layer's diff_id is verified as it streams. On failure `dest` may hold a partial tree: use
+`flatten_new(store, image, dest)` for the all-or-nothing version (temp dir + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from imagetool.errors import UnpackError
+from imagetool.unpack.apply import Applier
+from imagetool.unpack.layers import LayerStream, Limits
+from imagetool.unpack.snapshots import _layer_pairs
+
+TEMP_PREFIX = "imagetool-tmp-"
+
+
+def flatten(store, image, dest, limits: Limits | None = None) -> Path:
+    """Apply all of `image`'s layers onto the existing directory `dest` (see module docstring)."""
+    limits = limits or Limits.from_env()
+    dest = Path(dest)
+    applier = Applier(dest, "plain", limits=limits)
+    try:
+        for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
+            name = f"layer {i + 1} ({desc.digest})"
+            with store.open(desc.digest) as raw:
+                stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
+                try:
+                    applier.apply(stream, name)
+                    stream.finish()
+                finally:
+                    stream.close()
+        applier.finish()
+    finally:
+        applier.close()
+    return dest
+
+
+def new_dir_atomically(dest, fill) -> Path:
+    """Create directory `dest` by `fill(tmpdir)` in a sibling temp dir, then rename; all or nothing.
+
+    `dest` must not exist, or be an empty directory (it is then replaced)."""
+    dest = Path(os.path.abspath(dest))
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir() or dest.is_symlink() or any(os.scandir(dest)):
+            raise UnpackError(f"{dest} already exists and is not an empty directory",
+                              hint="choose a new directory, or remove it first")
+    if not dest.parent.is_dir():
+        raise UnpackError(f"{dest.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        fill(tmp)
+        os.rename(tmp, dest)   # point of no return
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def flatten_new(store, image, dest, limits: Limits | None = None) -> Path:
+    """`flatten` into a new directory `dest`, all or nothing."""
+    return new_dir_atomically(dest, lambda tmp: flatten(store, image, tmp, limits))

@@ -1,0 +1,115 @@
+"""Open a layer blob as its uncompressed tar stream, counting and hashing it against the diff_id.
+
+Contract: `LayerStream(raw, media_type, diff_id, limits)` is a read-only stream of the
+uncompressed tar. The media type decides the decompressor (plain tar, gzip, zstd; OCI and Docker
+names; anything else raises UnpackError before a byte is read). Every byte read is hashed and
+counted; passing `limits.max_bytes` raises UnpackError. `finish()` drains the stream to EOF (tar
+readers stop at the end-of-archive blocks, the digest covers everything) and raises DigestError
+when the hash is not the config's diff_id. Truncated or corrupt compressed data raises UnpackError.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from imagetool.errors import DigestError, UnpackError
+
+CHUNK = 1 << 20
+ZSTD_MAX_WINDOW = 1 << 27   # 128 MiB: zstd's own default limit; refuses --long=31 style bombs
+
+def compression_of(media_type: str) -> str | None:
+    """"gzip", "zstd" or None (plain tar) for a layer media type (OCI and Docker names).
+
+    Unknown media types raise (ManifestError, from imagetool.mediatypes: the one table of them)."""
+    from imagetool.mediatypes import layer_compression
+
+    return layer_compression(media_type)
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    try:
+        return int(v) if v else default
+    except ValueError:
+        raise UnpackError(f"{name}={v!r} is not an integer") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one layer may expand to (decompression and tar bombs)."""
+
+    max_bytes: int = 64 << 30        # uncompressed tar bytes per layer
+    max_entries: int = 2_000_000     # tar members per layer
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        """IMAGETOOL_MAX_LAYER_BYTES / IMAGETOOL_MAX_LAYER_ENTRIES override the defaults."""
+        d = cls()
+        return cls(_env_int("IMAGETOOL_MAX_LAYER_BYTES", d.max_bytes),
+                   _env_int("IMAGETOOL_MAX_LAYER_ENTRIES", d.max_entries))
+
+
+class LayerStream:
+    """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
+
+    def __init__(self, raw: BinaryIO, media_type: str, diff_id=None, limits: Limits | None = None,
+                 name: str = "layer"):
+        self.name = name
+        self.compression = compression_of(media_type)
+        self.limits = limits or Limits()
+        self.expected = str(diff_id) if diff_id is not None else None
+        algorithm = self.expected.partition(":")[0] if self.expected else "sha256"
+        if algorithm not in ("sha256", "sha512"):
+            raise UnpackError(f"{name}: unsupported diff_id algorithm {algorithm!r}")
+        self._hash = hashlib.new(algorithm)
+        self.bytes = 0
+        if self.compression == "gzip":
+            self._src = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif self.compression == "zstd":
+            import zstandard
+
+            dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+            self._src = dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True)
+        else:
+            self._src = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK
+        try:
+            data = self._src.read(n)
+        except EOFError:
+            raise UnpackError(f"{self.name}: truncated {self.compression} data (the blob ends early)") from None
+        except (OSError, zlib.error) as e:
+            raise UnpackError(f"{self.name}: corrupt {self.compression or 'tar'} data: {e}") from None
+        except Exception as e:  # zstandard.ZstdError has no common base we can import lazily
+            if type(e).__name__ == "ZstdError":
+                raise UnpackError(f"{self.name}: corrupt zstd data: {e}") from None
+            raise
+        if data:
+            self.bytes += len(data)
+            if self.bytes > self.limits.max_bytes:
+                raise UnpackError(f"{self.name}: expands past the limit of {self.limits.max_bytes} bytes",
+                                  hint="raise IMAGETOOL_MAX_LAYER_BYTES if the image is trusted")
+            self._hash.update(data)
+        return data
+
+    def finish(self) -> str:
+        """Drain to EOF and check the diff_id; returns "<alg>:<hex>" of the uncompressed stream."""
+        while self.read(CHUNK):
+            pass
+        got = f"{self._hash.name}:{self._hash.hexdigest()}"
+        if self.expected is not None and got != self.expected:
+            raise DigestError(f"{self.name}: uncompressed content is {got}, the image config says {self.expected}",
+                              hint="the blob or the image config is corrupt; pull the image again")
+        return got
+
+    def close(self) -> None:
+        close = getattr(self._src, "close", None)
+        if close is not None and self._src is not None:
+            close()

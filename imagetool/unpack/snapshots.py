@@ -1,0 +1,93 @@
+"""Per-layer snapshots: each layer extracted once into `snapshots/<diffid-hex>/`, overlay format.
+
+Snapshot lifecycle (the contract):
+1. `snapshots/<hex>/` exists  ⇒ it is complete and never changes again (read-only lowerdir).
+2. Creating one: extract into `snapshots/imagetool-tmp-<random>/` (overlay whiteouts, see apply.py),
+   drain and verify the diff_id, then `rename()` it to `<hex>` — the point of no return.
+3. Two processes racing on the same layer both extract; the loser's rename fails because the
+   name exists, and it discards its temp dir and uses the winner's. Both succeed.
+4. Any failure (diff_id mismatch, corrupt or truncated data, limits, unsafe entries) removes the
+   temp dir: no partial snapshot is ever visible under a diff_id.
+5. The store's shared GC lock is held while creating, so `gc` never removes a snapshot that is
+   being made; callers that make the snapshots reachable (a container's state.json) should hold
+   `store.lock_shared()` themselves across both steps.
+
+A snapshot whose layer hardlinks a file of a lower layer holds a copy of that file (copy-up, see
+apply.py); it is keyed by diff_id like every other, so it assumes the same lower layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from imagetool.errors import UnpackError
+from imagetool.unpack.apply import Applier
+from imagetool.unpack.layers import LayerStream, Limits
+
+TEMP_PREFIX = "imagetool-tmp-"
+
+
+def _layer_pairs(image) -> list:
+    layers = list(image.manifest.layers)
+    diff_ids = list(image.config.diff_ids)
+    if len(layers) != len(diff_ids):
+        raise UnpackError(f"image {image.name}: {len(layers)} layers but {len(diff_ids)} diff_ids in its config")
+    return list(zip(layers, diff_ids))
+
+
+def _lock(store):
+    lock = getattr(store, "lock_shared", None)
+    return lock() if lock is not None else contextlib.nullcontext()
+
+
+def snapshot_path(store, diff_id) -> Path:
+    return Path(store.snapshots_dir) / diff_id.hex
+
+
+def ensure_snapshots(store, image, limits: Limits | None = None) -> list[Path]:
+    """The snapshot directories of `image`'s layers, base first, creating those that are missing."""
+    limits = limits or Limits.from_env()
+    paths: list[Path] = []
+    with _lock(store):
+        for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
+            final = snapshot_path(store, diff_id)
+            if not final.is_dir():
+                _create(store, desc, diff_id, final, tuple(reversed(paths)), limits,
+                        f"layer {i + 1} ({desc.digest})")
+            paths.append(final)
+    return paths
+
+
+def _create(store, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        applier = Applier(tmp, "overlay", lowers=lowers, limits=limits)
+        try:
+            with store.open(desc.digest) as raw:
+                stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
+                try:
+                    applier.apply(stream, name)
+                    stream.finish()
+                finally:
+                    stream.close()
+            applier.finish()
+        finally:
+            applier.close()
+        # point of no return: the snapshot appears complete under its diff_id, or not at all
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
+                shutil.rmtree(tmp)   # another process won the race: use its snapshot
+                return
+            raise UnpackError(f"cannot commit snapshot {final}: {e.strerror}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
