@@ -1,0 +1,128 @@
+"""`benchmarks/run [--quick] [--only TEXT] [--runs N] [--warmups N] [--no-write]`: the one benchmark command.
+
+Installs missing peers (root + apt), generates the images (cached), mounts a tmpfs work dir,
+starts a loopback docker-registry, pushes the images with skopeo, runs every operation of
+`specs.operations`, writes benchmarks/results/<date>-<host>.md and prints a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+from benchmarks import common
+from benchmarks.common import RESULTS, log
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller images (1/10), fewer runs: a smoke check < 3 min")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only operations whose name contains TEXT (repeatable)")
+    p.add_argument("--runs", type=int, help="counted runs per tool (default 5, quick 3)")
+    p.add_argument("--warmups", type=int, help="warm-up runs per tool (default 1)")
+    p.add_argument("--no-write", action="store_true", help="print the report instead of writing results/")
+    p.add_argument("--output", help="write the report here instead of benchmarks/results/<date>-<host>.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    started = time.monotonic()
+    runs = args.runs or (3 if args.quick else 5)
+    warmups = 1 if args.warmups is None else args.warmups
+    scale = 0.1 if args.quick else 1.0
+
+    tools = common.ensure_peers()
+    for name in ("skopeo", "docker-registry"):
+        if not tools.get(name):
+            log(f"error: {name} is required (the registry and the image push need it)")
+            return 2
+
+    from benchmarks.imagegen import generate
+
+    images = generate(scale)
+    imagetool = common.imagetool_command()
+    log(f"imagetool: {' '.join(imagetool)}")
+
+    from fixtures.registry import RegistryServer
+
+    from benchmarks import specs
+    from benchmarks.measure import run_operation
+    from benchmarks.report import markdown, summary
+
+    results = []
+    with common.tmpfs_workdir() as work:
+        machine = common.machine_description(work, tools)
+        machine["imagetool"] = _imagetool_version(imagetool)
+        layouts = work / "layouts"
+        layouts.mkdir()
+        local = {}
+        for name, img in images.items():  # the sources the peers read live on the tmpfs too
+            dst = layouts / name
+            shutil.copytree(img.layout, dst)
+            local[name] = type(img)(img.name, dst, img.layers, img.files, img.tar_bytes, img.blob_bytes)
+        old_tmp = tempfile.tempdir
+        tempfile.tempdir = str(work)  # the registry's storage on the tmpfs as well
+        try:
+            registry = RegistryServer.start()
+        finally:
+            tempfile.tempdir = old_tmp
+        try:
+            for name, img in local.items():
+                registry.push_layout(img.layout, "latest", f"bench/{name}:latest")
+            log(f"registry {registry.host}: pushed {', '.join(local)}")
+            ctx = specs.Context(work=work, registry=registry.host, images=local, imagetool=imagetool,
+                                python=common.python_command(), tools=tools, quick=args.quick)
+            ops = specs.operations(ctx)
+            if args.only:
+                ops = [o for o in ops if any(t.lower() in o.name.lower() for t in args.only)]
+            try:
+                for op in ops:
+                    t0 = time.monotonic()
+                    log(f"{op.name} …")
+                    scratch = work / "scratch"
+                    scratch.mkdir(exist_ok=True)
+                    results.append(run_operation(op, warmups, runs, scratch))
+                    log(f"{op.name}: done in {time.monotonic() - t0:.0f} s")
+            finally:
+                specs.cleanup(ctx)
+        finally:
+            registry.stop()
+
+    now = dt.datetime.now(dt.timezone.utc)
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "mode": "quick" if args.quick else "full",
+            "command": "benchmarks/run" + (" --quick" if args.quick else "") +
+                       "".join(f" --only {o!r}" for o in args.only),
+            "warmups": warmups, "runs": runs, "elapsed": time.monotonic() - started}
+    text = markdown(results, machine, meta, [i.describe for i in images.values()])
+    print(summary(results))
+    if args.no_write:
+        print(text)
+    else:
+        out = args.output or RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'host'}{'-quick' if args.quick else ''}.md"
+        out = RESULTS.__class__(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        log(f"report written to {out}")
+    log(f"total {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _imagetool_version(argv) -> str:
+    import subprocess
+
+    try:
+        r = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        return f"? ({e})"
+    return (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["?"])[0] + f" ({argv[0]})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

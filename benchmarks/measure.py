@@ -1,0 +1,201 @@
+"""The measurement core: operations as small specs, run alternately (A B C A B C …), timed per child.
+
+An `Operation` has one imagetool `Contender` and its peers. Each contender builds its argv for
+run i, and may have per-run setup/teardown (fresh destinations: not timed) and a one-off
+`prepare` (pre-pull, bundle, …). `run_operation` does the warm-up rounds, then the counted
+rounds; every round runs every contender once, in the same order, so drifts of the machine
+hit all of them alike. One sample = wall time (time.perf_counter around spawn + os.wait4)
+and the child's peak RSS (ru_maxrss of wait4, which covers the child and its waited-for
+descendants). A contender that is missing or fails keeps its row with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from benchmarks.common import log
+
+Argv = list  # list[str]
+Hook = Optional[Callable[[int], None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    seconds: float
+    maxrss_kb: int
+
+
+@dataclass(slots=True)
+class Contender:
+    """One tool doing the operation. `command(i)` returns the argv of run i."""
+
+    name: str
+    command: Callable[[int], Argv]
+    setup: Hook = None  # before run i (not timed)
+    teardown: Hook = None  # after run i (not timed)
+    prepare: Optional[Callable[[], None]] = None  # once, before the first round
+    missing: Optional[str] = None  # set when the tool is not installed: the reason
+    env: Optional[dict] = None
+    timeout: float = 600.0
+
+
+@dataclass(slots=True)
+class Operation:
+    name: str
+    imagetool: Contender
+    peers: list
+    note: str = ""
+    group: str = ""  # pull | re-pull | unpack | run | load | save | baseline (for goals)
+    image: str = ""
+
+    @property
+    def contenders(self) -> list:
+        return [self.imagetool, *self.peers]
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of one contender in one operation."""
+
+    name: str
+    samples: list = field(default_factory=list)
+    status: str = "ok"  # ok | missing: … | failed: …
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and bool(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def peak_rss_kb(self) -> int:
+        return max(s.maxrss_kb for s in self.samples)
+
+
+@dataclass(slots=True)
+class OpResult:
+    op: Operation
+    results: list  # Result per contender, imagetool first
+
+    @property
+    def imagetool(self) -> Result:
+        return self.results[0]
+
+    def ratios(self, peer: Result) -> list[float]:
+        """imagetool/peer per round (the samples were taken in the same rounds, in order)."""
+        it = self.imagetool
+        if not (it.ok and peer.ok):
+            return []
+        return [a.seconds / b.seconds for a, b in zip(it.samples, peer.samples) if b.seconds > 0]
+
+
+class RunFailed(Exception):
+    pass
+
+
+def run_once(argv: Argv, timeout: float, env: dict | None = None, errfile: Path | None = None) -> Sample:
+    """Spawn argv (stdout to /dev/null, stderr to errfile), wait with wait4; raise RunFailed on non-zero."""
+    err = open(errfile, "wb+") if errfile else subprocess.DEVNULL
+    try:
+        full_env = None if env is None else {**os.environ, **env}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env=full_env, start_new_session=True)
+        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        timer.start()
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        t1 = time.perf_counter()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it was reaped
+        if proc.returncode != 0:
+            tail = ""
+            if errfile:
+                err.seek(0)
+                tail = error_line(err.read().decode(errors="replace"))
+            what = f"exit {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
+            if t1 - t0 >= timeout:
+                what = f"timed out after {timeout:.0f}s"
+            raise RunFailed(f"{what}: {tail}" if tail else what)
+        return Sample(t1 - t0, rusage.ru_maxrss)
+    finally:
+        if errfile:
+            err.close()
+
+
+def error_line(stderr: str) -> str:
+    """The most telling line of a tool's stderr: imagetool's `error:` line, a Go tool's msg=, else the last."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("imagetool: error:"):
+            return ln
+    if not lines:
+        return ""
+    last = lines[-1]
+    m = re.search(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"', last)
+    return m.group(1).replace('\\"', '"') if m else last
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _short(reason: str, limit: int = 160) -> str:
+    reason = " ".join(str(reason).split()).replace("|", "/")
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def run_operation(op: Operation, warmups: int, runs: int, scratch: Path) -> OpResult:
+    results = [Result(c.name) for c in op.contenders]
+    for c, r in zip(op.contenders, results):
+        if c.missing:
+            r.status = f"missing: {c.missing}"
+            continue
+        if c.prepare:
+            try:
+                c.prepare()
+            except Exception as e:  # noqa: BLE001 - any failure of a tool becomes its row's reason
+                r.status = f"failed: prepare: {_short(e)}"
+    errfile = scratch / "stderr.txt"
+    for i in range(warmups + runs):
+        for c, r in zip(op.contenders, results):
+            if r.status != "ok":
+                continue
+            try:
+                if c.setup:
+                    c.setup(i)
+                sample = run_once(c.command(i), c.timeout, c.env, errfile)
+            except RunFailed as e:
+                r.status = f"failed: {_short(e)}"
+                log(f"  {op.name} / {c.name}: {r.status}")
+            except Exception as e:  # noqa: BLE001
+                r.status = f"failed: {_short(f'{type(e).__name__}: {e}')}"
+                log(f"  {op.name} / {c.name}: {r.status}")
+            else:
+                if i >= warmups:
+                    r.samples.append(sample)
+            finally:
+                if c.teardown:
+                    try:
+                        c.teardown(i)
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {op.name} / {c.name}: teardown failed: {e}")
+    for r in results:
+        if r.status == "ok" and not r.samples:
+            r.status = "failed: no sample"
+    return OpResult(op, results)

@@ -1,0 +1,141 @@
+"""The report: one Markdown table (operation, imagetool median, each peer's median, ratio with its
+min–max over the pairs, imagetool's peak RSS), the goals of issues 3-6 checked, the machine."""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.measure import OpResult
+
+MB = 1024  # ru_maxrss is in KiB
+
+
+def fmt_s(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(ratios: list[float]) -> str:
+    if not ratios:
+        return "—"
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
+def table(ops: list[OpResult]) -> str:
+    lines = ["| operation | imagetool median | peer | peer median | ratio imagetool/peer (min–max) | imagetool peak RSS |",
+             "|---|---|---|---|---|---|"]
+    for o in ops:
+        it = o.imagetool
+        it_cell = fmt_s(it.median) if it.ok else it.status
+        rss = f"{it.peak_rss_kb / MB:.0f} MB" if it.ok else "—"
+        for n, peer in enumerate(o.results[1:]):
+            first = n == 0
+            lines.append("| {} | {} | {} | {} | {} | {} |".format(
+                f"**{o.op.name}**" if first else "", it_cell if first else "", peer.name,
+                fmt_s(peer.median) if peer.ok else peer.status, fmt_ratio(o.ratios(peer)), rss if first else ""))
+    return "\n".join(lines)
+
+
+def _find(ops: list[OpResult], group: str, image: str | None = None) -> list[OpResult]:
+    return [o for o in ops if o.op.group == group and (image is None or o.op.image == image)]
+
+
+def _peer(o: OpResult, prefix: str):
+    for r in o.results[1:]:
+        if r.name.startswith(prefix):
+            return r
+    return None
+
+
+def goals(ops: list[OpResult]) -> list[str]:
+    """The goals of the pull/unpack/run/archive issues, each checked: '✅ …', '❌ …' or '— … (why not)'."""
+    out = []
+
+    def ratio_goal(o: OpResult, prefix: str, limit: float, text: str) -> None:
+        peer = _peer(o, prefix)
+        if peer is None:
+            return
+        rs = o.ratios(peer)
+        if not rs:
+            why = o.imagetool.status if not o.imagetool.ok else peer.status
+            out.append(f"— {o.op.name}: {text} — not measured ({why})")
+            return
+        med = statistics.median(rs)
+        out.append(f"{'✅' if med <= limit else '❌'} {o.op.name}: {text} — ratio {med:.2f}")
+
+    def rss_goal(o: OpResult) -> None:
+        if o.imagetool.ok:
+            mb = o.imagetool.peak_rss_kb / MB
+            out.append(f"{'✅' if mb < 100 else '❌'} {o.op.name}: imagetool peak RSS < 100 MB — {mb:.0f} MB")
+
+    for o in _find(ops, "pull"):
+        ratio_goal(o, "skopeo", 1.0, "imagetool/skopeo ≤ 1.0")
+        rss_goal(o)
+    for o in _find(ops, "unpack"):
+        ratio_goal(o, "umoci", 1.0, "faster than umoci")
+        ratio_goal(o, "GNU tar", 1.3, "within 1.3× of GNU tar")
+        rss_goal(o)
+    runs = {o.op.image: o for o in _find(ops, "run")}
+    base = _find(ops, "baseline")
+    for o in runs.values():
+        ratio_goal(o, "podman", 0.4, "under 0.4× podman run")
+    bb = runs.get("busybox")
+    if bb and base and bb.imagetool.ok and base[0].imagetool.ok:
+        own = bb.imagetool.median - base[0].imagetool.median
+        crun, runc = _peer(bb, "crun"), _peer(bb, "runc")
+        if crun and crun.ok:
+            ref, name = crun.median, "crun"
+        elif runc and runc.ok:
+            ref, name = runc.median, "runc (crun did not run)"
+        else:
+            ref, name = None, ""
+        if ref:
+            ok = own <= 2 * ref
+            out.append(f"{'✅' if ok else '❌'} run busybox: imagetool's own work (run − `imagetool --version`) "
+                       f"within 2× {name}'s whole run — {fmt_s(own)} vs 2 × {fmt_s(ref)}")
+    deb = runs.get("debian")
+    if bb and deb and bb.imagetool.ok and deb.imagetool.ok:
+        r = deb.imagetool.median / bb.imagetool.median
+        out.append(f"{'✅' if r <= 1.10 else '❌'} run: 300 MB image within 10% of busybox — "
+                   f"{fmt_s(deb.imagetool.median)} vs {fmt_s(bb.imagetool.median)} ({(r - 1) * 100:+.0f}%)")
+    for o in _find(ops, "load") + _find(ops, "save"):
+        if not o.imagetool.ok:
+            out.append(f"— {o.op.name}: imagetool fastest — not measured ({o.imagetool.status})")
+            continue
+        peers = [p for p in o.results[1:] if p.ok]
+        fastest = all(o.imagetool.median <= p.median for p in peers)
+        others = ", ".join(f"{p.name} {fmt_s(p.median)}" for p in peers)
+        out.append(f"{'✅' if fastest else '❌'} {o.op.name}: imagetool fastest — {fmt_s(o.imagetool.median)} "
+                   f"vs {others}")
+        rss_goal(o)
+    return out
+
+
+def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str]) -> str:
+    parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
+    parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + {meta['runs']} counted "
+                 f"runs per tool, alternating A B C … each round; total {meta['elapsed']:.0f} s). "
+                 "Medians of wall time; the ratio is imagetool/peer per round (median, min–max); "
+                 "peak RSS is the largest ru_maxrss of imagetool's process tree over the counted runs.")
+    parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6)", ""]
+    parts += [f"- {g}" for g in goals(ops)] or ["- (nothing to check)"]
+    parts += ["", "## Images", ""] + [f"- {d}" for d in images]
+    parts += ["", "## Notes", ""] + [f"- **{o.op.name}**: {o.op.note}" for o in ops if o.op.note]
+    parts += ["", "## Machine", "", "| | |", "|---|---|"]
+    parts += [f"| {k} | {v.replace('|', '/')} |" for k, v in machine.items()]
+    return "\n".join(parts) + "\n"
+
+
+def summary(ops: list[OpResult]) -> str:
+    lines = []
+    for o in ops:
+        it = o.imagetool
+        head = f"{o.op.name:<34} imagetool {fmt_s(it.median) if it.ok else it.status}"
+        cells = []
+        for p in o.results[1:]:
+            rs = o.ratios(p)
+            cells.append(f"{p.name.split(' (')[0]} {fmt_s(p.median) if p.ok else p.status.split(':')[0]}"
+                         + (f" ×{statistics.median(rs):.2f}" if rs else ""))
+        lines.append(head + " | " + "; ".join(cells))
+    return "\n".join(lines)
