@@ -168,7 +168,7 @@ def _sweep_blobs(layout: Layout, live: set[Digest], now: float) -> tuple[int, in
             if d in live:
                 continue
             st = e.stat(follow_symlinks=False)
-            os.unlink(e.path)
+            _remove_any(Path(e.path))
             count += 1
             size += st.st_size
     return count, size
@@ -213,8 +213,8 @@ def _sweep_ingest(layout: Layout, max_age: float, now: float) -> int:
                 partials.add(e.name[: -len(".partial")])
         elif e.name.startswith(TEMP_PREFIX) and _old(st, now, TEMP_GRACE):
             _remove_any(Path(e.path))
-    # Lock files: nobody holds one now (ingest holds the gc lock shared while it does), so the
-    # ones without a partial can go.
+    # Lock files (normally removed by their holder): nobody holds one now, since ingest holds
+    # the gc lock shared while it does, so the ones left by a killed writer can go.
     for e in entries:
         if e.name.endswith(".lock") and e.name[: -len(".lock")] not in partials:
             try:

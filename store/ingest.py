@@ -3,14 +3,16 @@
 Lifecycle of `with store.ingest(expected, size) as w:`
 
 1. enter: take the store's shared GC lock, then the per-digest lock `ingest/<hex>.lock`
-   (exclusive, blocking: a second writer of the same digest waits here).
+   (exclusive, blocking: a second writer of the same digest waits here; the lock file is
+   removed by its holder on exit, so ingest/ holds only partials).
 2. if `blobs/<alg>/<hex>` exists: `w.exists` is True, `w.offset` is its size; do nothing else.
 3. otherwise open `ingest/<hex>.partial` and re-hash what it holds: `w.offset` says where to
    resume (this is how a writer killed by SIGKILL is recovered).
 4. `w.write(chunk)` appends and hashes; `w.reset()` truncates to 0 (the source ignored Range).
 5. `w.commit()` checks size and digest, fsyncs, makes the file 0444 and renames it into blobs/.
    DigestMismatch removes the partial; SizeMismatch for a short blob keeps it (resumable).
-6. leave without commit: the partial stays for the next attempt (GC removes it when old).
+6. leave without commit: the partial stays for the next attempt (GC removes it when old);
+   an empty partial is removed.
 """
 
 from __future__ import annotations
@@ -63,10 +65,26 @@ class IngestWriter:
         self._fd = None
 
     def _lock(self) -> None:
+        """Take ingest/<hex>.lock exclusively. The holder unlinks it when done, so after flock
+        returns we check the path still names the file we locked (else retry on the new one)."""
         self.layout.ingest_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.layout.ingest_lock(self.expected), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path = self.layout.ingest_lock(self.expected)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
         self._stack.callback(os.close, fd)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._stack.callback(_unlink_quietly, path)  # runs before the close: still ours
 
     def _open(self) -> None:
         blob = self.layout.blob(self.expected)
@@ -78,8 +96,10 @@ class IngestWriter:
             self.exists = True
             self.offset = have
             return
-        fd = os.open(self.layout.partial(self.expected), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        partial = self.layout.partial(self.expected)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._stack.callback(os.close, fd)
+        self._stack.callback(self._drop_if_empty, partial)
         self._fd = fd
         # Recover the hash state: the partial's bytes are the prefix written so far.
         n = 0
@@ -92,6 +112,10 @@ class IngestWriter:
         self.offset = n
         if self.size is not None and n > self.size:  # not a prefix of the blob we want
             self.reset()
+
+    def _drop_if_empty(self, partial) -> None:
+        if not self.committed and self.offset == 0:
+            _unlink_quietly(partial)  # nothing to resume: leave no empty partial behind
 
     # -- writing -------------------------------------------------------------------------------
     def _need_open(self, what: str) -> int:
@@ -149,3 +173,10 @@ class IngestWriter:
         self.exists = True
         self.committed = True
         return self.expected
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

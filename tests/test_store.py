@@ -250,10 +250,31 @@ def test_ingest_writes_hashes_and_commits_read_only(tmp_path):
         w.commit()
     assert st.has(d) and st.open(d).read() == DATA
     assert stat.S_IMODE(os.stat(st.path(d)).st_mode) == 0o444
-    assert not any(p.name.endswith(".partial") for p in st.ingest_dir.iterdir())
+    assert list(st.ingest_dir.iterdir()) == []  # no partial, no lock file left behind
     with st.ingest(d, len(DATA)) as w:
         assert w.exists
         w.commit()  # no-op
+    assert list(st.ingest_dir.iterdir()) == []
+
+
+def test_ingest_abandoned_before_any_byte_leaves_nothing(tmp_path):
+    st = Store.open(tmp_path / "s")
+    with st.ingest(Digest.of_bytes(b"never"), 5) as w:
+        assert w.offset == 0
+    assert list(st.ingest_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["put", "ingest"])
+def test_sha512_blobs_live_under_blobs_sha512(tmp_path, how):
+    st = Store.open(tmp_path / "s")
+    d = Digest.of_bytes(b"five!", "sha512")
+    if how == "put":
+        assert st.put(b"five!", d) == d
+    else:
+        with st.ingest(d, 5) as w:
+            w.write(b"five!")
+            w.commit()
+    assert st.path(d) == st.blobs_dir / "sha512" / d.hex and st.read(d) == b"five!"
 
 
 def test_ingest_without_commit_keeps_a_resumable_partial(tmp_path):
