@@ -1,0 +1,238 @@
+"""The pull service: resolve a reference at a registry and bring its image into the store.
+
+Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=None, insecure=False)`:
+1. Parse the reference (InvalidReference before any network or store write).
+2. Resolve a tag with HEAD (free against Docker Hub's pull limit). When that digest is stored,
+   the name already points at the image it selects and all its blobs are present: done
+   ("Image is up to date"), nothing else is fetched.
+3. GET the manifest by digest (verified, ≤ 4 MiB, mediaType == Content-Type); for an index or
+   manifest list, select the platform (default: the host's; nested indexes are followed) or
+   fail listing the platforms that exist.
+4. Download the config and the layers, `max_concurrent` at a time, each through `fetch.fetch_blob`
+   (verified, resumable, skipped when present).
+5. Only then store the manifest(s) and tag the name. Tagging rule: the name
+   ("docker.io/library/busybox:latest", or "…@sha256:<digest>" for a digest reference) points at
+   the *platform-specific image manifest* that was pulled (with its index entry's platform); the
+   index blob is stored too, so the next pull can check "up to date" without a GET. The digest
+   reported (`PullResult.digest`) is the one the registry resolved the reference to (the index
+   digest for a multi-platform image), as `docker pull` prints it.
+A failure leaves refs untouched; completed blobs stay (unreferenced, removed by `prune`) and
+partial downloads stay resumable in ingest/.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from store import Descriptor, Digest
+from store.errors import RefNotFound
+
+from imagetool import mediatypes as mt
+from imagetool import oci, reference, settings
+from imagetool.errors import ManifestError, RegistryError, TransportError
+from imagetool.fetch import fetch_blob
+from imagetool.progress import NullProgress, Progress
+
+UP_TO_DATE = "Image is up to date"
+DOWNLOADED = "Downloaded newer image"
+MAX_INDEX_DEPTH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    name: str      # the full name tagged in the store
+    digest: str    # the digest the registry resolved the reference to
+    status: str    # UP_TO_DATE or DOWNLOADED
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    manifest: oci.Manifest
+    descriptor: Descriptor             # what the name is tagged to
+    documents: tuple                   # (raw, Digest) of every index/manifest on the way down
+
+
+def pull(store, ref_string: str, platform: str | None = None, max_concurrent: int = 3,
+         progress: Progress | None = None, insecure: bool = False) -> PullResult:
+    """Pull `ref_string` into `store` (see the module docstring for the steps and guarantees)."""
+    from imagetool.registry.client import RegistryClient
+
+    ref = reference.parse(ref_string)
+    want = oci.Platform.parse(platform) if platform else None
+    progress = progress or NullProgress()
+    mirrors = list((settings.registries_config().get("mirrors") or {}).get(ref.domain) or [])
+    endpoints = mirrors + [None]
+    for i, endpoint in enumerate(endpoints):
+        client = RegistryClient(ref, insecure=insecure, endpoint=endpoint)
+        try:
+            return _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
+        except (TransportError, RegistryError) as e:
+            if endpoint is None or i == len(endpoints) - 1:
+                raise
+            progress.message(f"mirror {client.host} failed ({e}); trying the next endpoint")
+        finally:
+            client.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress) -> PullResult:
+    name = str(ref)
+    previous = _local_ref(store, name)
+    if ref.digest:
+        top = Digest.parse(ref.digest)
+    else:
+        progress.message(f"{ref.tag}: Pulling from {ref.familiar_name}")
+        top = _head(client, ref.tag)
+
+    if top is not None and previous is not None and store.has(top):
+        local = _resolve_local(store, top, want)
+        if local is not None and local.digest == previous.digest and _complete(store, local):
+            _warn_ratelimit(client, progress)
+            return PullResult(name, str(top), UP_TO_DATE)
+
+    resolved = _resolve_remote(store, client, ref, top, want)
+    top = resolved.documents[0][1]
+    manifest = resolved.manifest
+    if want is not None and not resolved.descriptor.platform:
+        _fetch_all(store, client, [manifest.config], 1, progress)
+        _check_config_platform(store, manifest, want, ref)
+    blobs = _unique([manifest.config] + list(manifest.layers))
+    _fetch_all(store, client, blobs, max_concurrent, progress)
+    for raw, digest in resolved.documents:  # manifests last: they are what makes the image visible
+        store.put(raw, expected=digest)
+    store.tag(name, resolved.descriptor)
+    _warn_ratelimit(client, progress)
+    status = UP_TO_DATE if previous is not None and previous.digest == resolved.descriptor.digest \
+        else DOWNLOADED
+    return PullResult(name, str(top), status)
+
+
+# ------------------------------------------------------------------ resolution
+
+
+def _head(client, tag: str) -> Digest | None:
+    """The digest a tag points at (None when the registry's HEAD does not say; GET will tell)."""
+    try:
+        return client.head_manifest(tag).digest
+    except RegistryError as e:
+        if e.status in (401, 403) and e.code not in (None, "UNAUTHORIZED", "DENIED"):
+            raise
+        return None  # the GET that follows reports the precise error (HEAD has no body)
+
+
+def _manifest_bytes(store, client, reference_: str, expected: Digest | None,
+                    media_type: str | None = None) -> tuple[bytes, Digest, str]:
+    if expected is not None and store.has(expected):
+        return store.read(expected), expected, media_type or ""
+    got = client.get_manifest(reference_, expected)
+    return got.raw, got.digest, got.media_type or media_type or ""
+
+
+def _resolve_remote(store, client, ref, top: Digest | None, want) -> _Resolved:
+    raw, digest, ctype = _manifest_bytes(store, client, str(top) if top else ref.reference, top)
+    documents = [(raw, digest)]
+    doc = oci.parse_manifest(raw, digest, ctype or None)
+    descriptor = Descriptor(doc.media_type, digest, len(raw))
+    depth = 0
+    while isinstance(doc, oci.Index):
+        depth += 1
+        if depth > MAX_INDEX_DEPTH:
+            raise ManifestError(f"{ref}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+        entry = oci.select_platform(doc, want)
+        raw, digest, ctype = _manifest_bytes(store, client, str(entry.digest), entry.digest, entry.media_type)
+        if len(raw) != entry.size:
+            raise ManifestError(f"{ref}: manifest {entry.digest} is {len(raw)} bytes but the index "
+                                f"says {entry.size}")
+        documents.append((raw, digest))
+        doc = oci.parse_manifest(raw, digest, ctype or entry.media_type)
+        if mt.base(doc.media_type) != mt.base(entry.media_type) and entry.media_type:
+            raise ManifestError(f"{ref}: index entry {entry.digest} says {entry.media_type} but the "
+                                f"manifest is {doc.media_type}")
+        descriptor = Descriptor(doc.media_type, digest, len(raw), platform=entry.platform)
+    return _Resolved(doc, descriptor, tuple(documents))
+
+
+def _resolve_local(store, top: Digest, want) -> Descriptor | None:
+    """The image manifest descriptor `top` selects using only stored blobs, or None."""
+    try:
+        raw = store.read(top)
+        doc = oci.parse_manifest(raw, top)
+        descriptor = Descriptor(doc.media_type, top, len(raw))
+        for _ in range(MAX_INDEX_DEPTH):
+            if not isinstance(doc, oci.Index):
+                return descriptor
+            entry = oci.select_platform(doc, want)
+            if not store.has(entry.digest):
+                return None
+            doc = oci.parse_manifest(store.read(entry.digest), entry.digest, entry.media_type)
+            descriptor = Descriptor(doc.media_type, entry.digest, entry.size, platform=entry.platform)
+        return None if isinstance(doc, oci.Index) else descriptor
+    except (ManifestError, OSError, ValueError):
+        return None
+    except Exception as e:  # noqa: BLE001 - store errors: treat as "not stored", fetch again
+        from store.errors import StoreError
+
+        if isinstance(e, StoreError):
+            return None
+        raise
+
+
+def _complete(store, desc: Descriptor) -> bool:
+    try:
+        manifest = oci.parse_manifest(store.read(desc.digest), desc.digest, desc.media_type)
+    except Exception:  # noqa: BLE001 - anything unreadable means "not complete"
+        return False
+    return isinstance(manifest, oci.Manifest) and store.has(manifest.config.digest) \
+        and all(store.has(layer.digest) for layer in manifest.layers)
+
+
+def _local_ref(store, name: str) -> Descriptor | None:
+    try:
+        return store.resolve(name)
+    except RefNotFound:
+        return None
+
+
+def _check_config_platform(store, manifest, want, ref) -> None:
+    config = oci.parse_config(store.read(manifest.config.digest), manifest.config.digest)
+    have = config.platform
+    if have is not None and not want.matches(have):
+        raise ManifestError(f"{ref} is an image for {have}, not for the requested platform {want}")
+
+
+# ------------------------------------------------------------------ blobs
+
+
+def _unique(descs: list[Descriptor]) -> list[Descriptor]:
+    seen, out = set(), []
+    for d in descs:
+        if d.digest not in seen:
+            seen.add(d.digest)
+            out.append(d)
+    return out
+
+
+def _fetch_all(store, client, descs: list[Descriptor], max_concurrent: int, progress: Progress) -> None:
+    """Fetch blobs in parallel; the first failure cancels the others and is raised."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="imagetool-pull") as pool:
+        futures = [pool.submit(fetch_blob, store, client, d, progress, cancel) for d in descs]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    raise f.exception()
+        finally:
+            cancel.set()
+            for f in futures:
+                f.cancel()
+    for f in futures:
+        f.result()
+
+
+def _warn_ratelimit(client, progress: Progress) -> None:
+    if client.ratelimit_low:
+        progress.message(f"warning: {client.host} pull rate limit nearly reached: "
+                         f"{client.ratelimit_remaining} pulls remaining")
