@@ -1,0 +1,1 @@
+"""The container runtime: executes an OCI runtime spec with namespaces, cgroups and pivot_root."""

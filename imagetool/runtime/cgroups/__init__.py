@@ -1,0 +1,174 @@
+"""Cgroups for containers: one manager interface, a v1 and a v2 implementation chosen at run time.
+
+Layouts: `v2` (cgroup2 at /sys/fs/cgroup), `v1` (one cgroup mount per controller) and `hybrid`
+(v1 controllers plus an empty cgroup2 at /sys/fs/cgroup/unified, as on systemd hosts of the
+late 2010s) which is driven through its v1 controllers. Every container's group lives under an
+`imagetool/` parent group, removed again when it is empty.
+
+Manager lifecycle (both versions): `create()` → `apply(resources)` (the spec's
+linux.resources) → the container's first process writes itself with `enter()` → … →
+`oom_killed()` → `destroy()` (kills what is left, removes the group, and the parent when empty).
+`paths` are kept in the container's state.json so a later `ps` can clean up after a SIGKILLed
+imagetool with `destroy_paths()`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+PARENT = "imagetool"
+
+
+def mountinfo_cgroups(mountinfo: str | None = None) -> tuple[dict[str, str], str | None]:
+    """({v1 controller: mount point}, cgroup2 mount point or None) from /proc/self/mountinfo."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    v1: dict[str, str] = {}
+    v2 = None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rf = right.split()
+        if len(fields) < 5 or len(rf) < 3:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        fstype = rf[0]
+        if fstype == "cgroup2":
+            if v2 is None or mnt == "/sys/fs/cgroup":
+                v2 = mnt
+        elif fstype == "cgroup":
+            for opt in rf[2].split(","):
+                if opt in ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio",
+                           "devices", "net_cls", "net_prio", "hugetlb", "perf_event", "rdma", "misc"):
+                    v1.setdefault(opt, mnt)
+    return v1, v2
+
+
+def detect(mountinfo: str | None = None) -> str:
+    """'v2', 'hybrid' or 'v1' (or 'none' when no cgroup filesystem is mounted)."""
+    v1, v2 = mountinfo_cgroups(mountinfo)
+    if v1:
+        return "hybrid" if v2 else "v1"
+    return "v2" if v2 else "none"
+
+
+def own_cgroups(text: str | None = None) -> dict[str, str]:
+    """{controller or '' for the unified hierarchy: path} from /proc/self/cgroup."""
+    if text is None:
+        with open("/proc/self/cgroup") as f:
+            text = f.read()
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            out[""] = parts[2]
+        for c in parts[1].split(","):
+            if c:
+                out[c] = parts[2]
+    return out
+
+
+def create(container_id: str, layout: str | None = None):
+    """A manager (not yet created) for a container's cgroup on this host's layout."""
+    layout = layout or detect()
+    if layout == "v2":
+        from imagetool.runtime.cgroups.v2 import V2Cgroup
+
+        _, mnt = mountinfo_cgroups()
+        return V2Cgroup(Path(mnt), container_id)
+    if layout in ("v1", "hybrid"):
+        from imagetool.runtime.cgroups.v1 import V1Cgroup
+
+        return V1Cgroup.for_host(container_id)
+    from imagetool.errors import ContainerError
+
+    raise ContainerError("no cgroup filesystem is mounted", hint="mount cgroup2 at /sys/fs/cgroup")
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def write(path: Path, value) -> None:
+    """Write a control file (it must exist, as on cgroupfs)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def read_keyed(path: Path) -> dict[str, int]:
+    """A `key value` per line file (memory.events, memory.oom_control, cpu.stat)."""
+    out = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            pass
+    return out
+
+
+def pids_in(group: Path) -> list[int]:
+    try:
+        return [int(x) for x in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def kill_and_remove(group: Path, use_kill_file: bool = False, timeout: float = 5.0) -> None:
+    """SIGKILL every process in `group`, then rmdir it (retrying while the kernel lets go)."""
+    if not group.exists():
+        return
+    if use_kill_file and (group / "cgroup.kill").exists():
+        try:
+            write(group / "cgroup.kill", 1)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        for pid in pids_in(group):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.rmdir(group)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def remove_parent_if_empty(parent: Path) -> None:
+    try:
+        os.rmdir(parent)
+    except OSError:
+        pass  # other containers' groups, or already gone
+
+
+def destroy_paths(paths: list[str]) -> None:
+    """Remove the groups at `paths` (from a state.json), killing what is left in them."""
+    for p in paths:
+        group = Path(p)
+        try:
+            kill_and_remove(group, use_kill_file=True)
+        except OSError:
+            pass
+        if group.parent.name == PARENT:
+            remove_parent_if_empty(group.parent)

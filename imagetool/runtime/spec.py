@@ -1,0 +1,189 @@
+"""Helpers for building and reading an OCI runtime spec: sizes, env, volumes, users, defaults.
+
+Pure functions on strings and dicts; no syscalls. `imagetool.specgen` assembles the spec with them
+and `imagetool.runtime.init` reads it back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagetool.errors import ContainerError, ImagetoolError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)b?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str, what: str = "memory") -> int:
+    """Docker's memory strings: `7m`, `1g`, `512k`, `1.5g`, `7mb`, plain bytes (binary units)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ImagetoolError(f"invalid {what} size {text!r}", hint="use bytes or a number with k, m, g (e.g. 7m)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ImagetoolError(f"invalid {what} size {text!r}: must be positive")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A bind mount from the host: `-v SRC:DST[:ro|rw]`."""
+
+    source: str
+    destination: str
+    readonly: bool = False
+
+    def to_mount(self) -> dict:
+        return {"destination": self.destination, "type": "bind", "source": self.source,
+                "options": ["rbind", "ro" if self.readonly else "rw"]}
+
+
+def parse_volume(text: str) -> Volume:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ImagetoolError(f"invalid volume {text!r}", hint="use -v /host/path:/container/path[:ro]")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ImagetoolError(f"invalid volume mode {mode!r} in {text!r} (use ro or rw)")
+    if not src.startswith("/"):
+        raise ImagetoolError(f"invalid volume {text!r}: named volumes are not supported",
+                             hint="give an absolute host path")
+    if not dst.startswith("/"):
+        raise ImagetoolError(f"invalid volume {text!r}: the destination must be an absolute path")
+    if not Path(src).exists():
+        raise ImagetoolError(f"volume source {src} does not exist")
+    return Volume(str(Path(src).resolve()), _clean(dst), mode == "ro")
+
+
+def _clean(path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    out: list[str] = []
+    for p in parts:
+        if p == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(p)
+    return "/" + "/".join(out)
+
+
+def read_env_file(path: str) -> list[str]:
+    """docker's --env-file: KEY=VALUE lines, `#` comments, a bare KEY takes the host's value."""
+    import os
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ImagetoolError(f"cannot read env file {path}: {e.strerror}") from None
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" in line:
+            out.append(line)
+        elif line in os.environ:
+            out.append(f"{line}={os.environ[line]}")
+    return out
+
+
+def merge_env(base: list[str], overrides: list[str]) -> list[str]:
+    """Later KEY=VALUE entries replace earlier ones with the same key; order of first appearance kept."""
+    import os
+
+    result: dict[str, str] = {}
+    for item in list(base) + list(overrides):
+        if "=" in item:
+            k, v = item.split("=", 1)
+        elif item in os.environ:  # `-e NAME`: the host's value, like docker
+            k, v = item, os.environ[item]
+        else:
+            continue
+        if not k:
+            raise ImagetoolError(f"invalid environment variable {item!r}")
+        result[k] = v
+    return [f"{k}={v}" for k, v in result.items()]
+
+
+def env_get(env: list[str], key: str) -> str | None:
+    for item in env:
+        if item.startswith(key + "="):
+            return item[len(key) + 1:]
+    return None
+
+
+# ------------------------------------------------------------------ users
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+    home: str | None = None
+
+
+def _read_db(path: Path, limit: int = 4 << 20) -> list[list[str]]:
+    """Rows of a passwd/group file (bounded read; a missing file is empty)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    rows = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def resolve_user(spec_user: str | None, etc: Path | str = "/etc") -> User:
+    """`name|uid[:group|gid]` to numeric ids using `etc`/passwd and `etc`/group of the rootfs.
+
+    Numeric ids need no files. A name that is not in the files raises ContainerError.
+    """
+    etc = Path(etc)
+    text = (spec_user or "").strip() or "0"
+    user_part, _, group_part = text.partition(":")
+    passwd = None
+    home = None
+    if user_part.isdigit():
+        uid = int(user_part)
+        gid = 0
+        passwd = next((r for r in _read_db(etc / "passwd") if len(r) >= 4 and r[2] == user_part), None)
+    else:
+        passwd = next((r for r in _read_db(etc / "passwd") if r and r[0] == user_part), None)
+        if passwd is None or len(passwd) < 4:
+            raise ContainerError(f"unable to find user {user_part}: no matching entries in passwd file")
+        uid = int(passwd[2])
+    if passwd is not None and len(passwd) >= 4 and passwd[3].isdigit():
+        gid = int(passwd[3])
+        home = passwd[5] if len(passwd) >= 6 else None
+    groups = _read_db(etc / "group")
+    if group_part:
+        if group_part.isdigit():
+            gid = int(group_part)
+        else:
+            row = next((r for r in groups if r and r[0] == group_part), None)
+            if row is None or len(row) < 3 or not row[2].isdigit():
+                raise ContainerError(f"unable to find group {group_part}: no matching entries in group file")
+            gid = int(row[2])
+    extra: list[int] = []
+    name = passwd[0] if passwd else None
+    if name and not group_part:
+        for r in groups:
+            if len(r) >= 4 and r[2].isdigit() and name in r[3].split(",") and int(r[2]) != gid:
+                extra.append(int(r[2]))
+    return User(uid, gid, tuple(extra), home)
