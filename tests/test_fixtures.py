@@ -267,3 +267,28 @@ def test_cli_fixture_runs_imagetool_against_the_test_store(cli, store_dir):
     assert r.returncode == 0 and "pull" in r.stdout and r.stderr == ""
     assert cli.argv("images")[-3:] == ["--store", str(store_dir), "images"]
     assert cli.env["IMAGETOOL_CONFIG_DIR"].startswith(str(store_dir.parent))
+
+
+def test_busybox_image_runs_under_runc(busybox, tmp_path):
+    """The busybox fixture is a working root filesystem (umoci unpacks it, runc runs it)."""
+    _need("umoci")
+    runc = _need("runc")
+    if os.geteuid() != 0:
+        pytest.skip("runc needs root")
+    layout = write_oci_layout(tmp_path / "layout", {"latest": busybox})
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", str(bundle)], capture_output=True, check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["sh", "-c", "echo hello from $(busybox | head -1 | cut -d' ' -f1) as $(id -un)"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    cid = f"imagetool-fixture-{os.getpid()}"
+    root = tmp_path / "runc-root"
+    try:
+        r = subprocess.run([runc, "--root", str(root), "run", "--bundle", str(bundle), cid],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        subprocess.run([runc, "--root", str(root), "delete", "--force", cid], capture_output=True)
+    if r.returncode != 0 and "cgroup" in r.stderr:
+        pytest.skip(f"runc cannot run containers here: {r.stderr.strip()[-200:]}")
+    assert (r.returncode, r.stdout) == (0, "hello from BusyBox as root\n"), r.stderr
