@@ -157,22 +157,25 @@ def test_open_creates_the_oci_layout_idempotently(tmp_path):
     assert again.resolve("example.test/a:1").digest == d
 
 
-@pytest.mark.parametrize("name,files", [
-    ("other layout version", {"oci-layout": '{"imageLayoutVersion": "2.0.0"}'}),
-    ("oci-layout not json", {"oci-layout": "{not json"}),
-    ("index.json not json", {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": '{"schemaVer'}),
-    ("index.json not an index", {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": "[]"}),
+@pytest.mark.parametrize("name,files,error", [
+    ("other layout version", {"oci-layout": '{"imageLayoutVersion": "2.0.0"}'}, NotAStore),
+    ("oci-layout not json", {"oci-layout": "{not json"}, CorruptStore),
+    ("index.json not json", {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": '{"schemaVer'},
+     CorruptStore),
+    ("index.json not an index", {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": "[]"},
+     CorruptStore),
     ("index.json manifests not a list",
-     {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": '{"schemaVersion":2,"manifests":{}}'}),
-    ("a foreign non-empty directory", {"notes.txt": "mine"}),
+     {"oci-layout": '{"imageLayoutVersion": "1.0.0"}', "index.json": '{"schemaVersion":2,"manifests":{}}'},
+     CorruptStore),
+    ("a foreign non-empty directory", {"notes.txt": "mine"}, NotAStore),
 ])
-def test_open_refuses_what_is_not_a_store(tmp_path, name, files):
+def test_open_refuses_what_is_not_a_store(tmp_path, name, files, error):
     root = tmp_path / "s"
     root.mkdir()
     for rel, text in files.items():
         (root / rel).write_text(text)
     before = sorted(os.listdir(root))
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(error) as e:
         Store.open(root)
     assert str(root) in str(e.value) and "\n" not in str(e.value)
     if "oci-layout" not in files:
