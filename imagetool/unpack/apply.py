@@ -37,6 +37,7 @@ from typing import BinaryIO, Callable
 
 from imagetool.errors import UnpackError, UnsafeLayer
 from imagetool.unpack.layers import CHUNK, Limits
+from imagetool.unpack.lowerview import LowerView
 from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
 
 WHITEOUT = ".wh."
@@ -104,6 +105,7 @@ class Applier:
                               hint="use `imagetool unpack` for a flattened copy")
         self.root = Root(root_dir)
         self.lowers = tuple(lowers)
+        self.lowerview = LowerView(self.lowers) if self.overlay else None
         self.limits = limits or Limits()
         self.warn = warn
         self.stats = ApplyStats()
@@ -118,6 +120,8 @@ class Applier:
 
     def close(self) -> None:
         self.root.close()
+        if self.lowerview is not None:
+            self.lowerview.close()
 
     # ------------------------------------------------------------------ driver
 
@@ -178,17 +182,51 @@ class Applier:
             self.touched.add(parent)
             parent = parent.rpartition("/")[0]
 
-    def _implicit_mkdir(self, pfd: int, name: str, canon: str, st) -> None:
-        """A parent directory missing from the tar (or an overlay whiteout of this layer in the way)."""
+    def _implicit_mkdir(self, pfd: int, name: str, canon: str, st, copy_up_only: bool = False):
+        """A parent directory missing from this layer (or an overlay whiteout of this layer in the way).
+
+        Overlay mode looks at the lower layers first: a lower symlink is followed (its target is
+        returned to the resolver), a lower directory is copied up with its attributes; only a
+        path absent everywhere becomes a new 0755 root-owned directory (never with copy_up_only)."""
         if st is not None:
             if self.overlay and canon in self.whiteouts and stat.S_ISCHR(st.st_mode):
                 os.unlink(name, dir_fd=pfd)
                 self.whiteouts.discard(canon)
                 os.mkdir(name, 0o755, dir_fd=pfd)
                 self._set_opaque(pfd, name)
-                return
+                return None
             raise UnpackError(f"{canon!r} is in the way of a directory (not a directory)")
+        if self.overlay:
+            hit = self.lowerview.lookup(canon)
+            if hit is not None:
+                _, lfd, lname, lst = hit
+                if stat.S_ISLNK(lst.st_mode):
+                    return os.readlink(lname, dir_fd=lfd)
+                if not stat.S_ISDIR(lst.st_mode):
+                    raise UnpackError(f"{canon!r} is not a directory in a lower layer")
+                os.mkdir(name, 0o700, dir_fd=pfd)
+                fd = os.open(name, _O_DIRRD, dir_fd=pfd)
+                try:
+                    os.fchown(fd, lst.st_uid, lst.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(lst.st_mode) | 0o700)
+                    src = os.open(lname, _O_DIRRD, dir_fd=lfd)
+                    try:
+                        for k in os.listxattr(src):
+                            if k.startswith(_KEEP_XATTR_PREFIXES):
+                                os.setxattr(fd, k, os.getxattr(src, k))
+                    finally:
+                        os.close(src)
+                finally:
+                    os.close(fd)
+                self._dir_meta.setdefault(canon, (stat.S_IMODE(lst.st_mode), lst.st_mtime_ns))
+                return None
+            if copy_up_only:
+                raise MissingPath(f"{canon!r} does not exist in this or a lower layer")
         os.mkdir(name, 0o755, dir_fd=pfd)
+        return None
+
+    def _copy_up_only(self, pfd: int, name: str, canon: str, st):
+        return self._implicit_mkdir(pfd, name, canon, st, copy_up_only=True)
 
     def _entry(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         comps = clean_name(ti.name)
@@ -346,20 +384,21 @@ class Applier:
         tcomps = clean_name(ti.linkname)
         if not tcomps:
             raise UnsafeLayer(f"hardlink {ti.name!r} points at the root directory")
+        hook = self._copy_up_only if self.overlay else None
         try:
-            tpfd, tname, tpcanon = self.root.lookup(tcomps)
+            tpfd, tname, tpcanon = self.root.lookup(tcomps, hook)
             tst = self.root.lstat(tpfd, tname)
         except MissingPath:
-            tst = None
+            raise UnpackError(f"hardlink {ti.name!r} points at {ti.linkname!r}, which does not exist") from None
         if tst is None or join(tpcanon, tname) in self.whiteouts:
-            if not self.overlay or not self._copy_up(tcomps):
+            if tst is None and self.overlay and self._copy_up(tpfd, tname, join(tpcanon, tname)):
+                tst = self.root.lstat(tpfd, tname)
+            else:
                 raise UnpackError(f"hardlink {ti.name!r} points at {ti.linkname!r}, which does not exist")
-            tpfd, tname, tpcanon = self.root.lookup(tcomps)
-            tst = self.root.lstat(tpfd, tname)
         if stat.S_ISDIR(tst.st_mode):
             raise UnsafeLayer(f"hardlink {ti.name!r} points at a directory ({ti.linkname!r})")
-        # the path of the new link may have moved under us through the lookup above
-        pfd, name, pcanon = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
+        # resolve the link's own path again: the lookups above may have invalidated fds
+        pfd, name, _ = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
         st = self.root.lstat(pfd, name)
         if st is not None:
             if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino):
@@ -370,54 +409,42 @@ class Applier:
         self.whiteouts.discard(canon)
         os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
 
-    def _copy_up(self, tcomps: tuple[str, ...]) -> bool:
-        """Copy a lower layer's non-directory at `tcomps` into this snapshot; False if none is visible."""
-        for lower in self.lowers:
-            with Root(lower) as lr:
-                try:
-                    lpfd, lname, _ = lr.lookup(tcomps)
-                except (MissingPath, UnpackError):
-                    continue
-                lst = lr.lstat(lpfd, lname)
-                if lst is None:
-                    continue
-                if stat.S_ISCHR(lst.st_mode) and lst.st_rdev == 0:
-                    return False   # whited out by this lower layer
-                if not stat.S_ISREG(lst.st_mode):
-                    return False
-                pfd, name, _ = self.root.lookup(tcomps, self._implicit_mkdir)
-                src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
-                dst = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
-                try:
-                    while True:
-                        buf = os.read(src, CHUNK)
-                        if not buf:
-                            break
-                        view = memoryview(buf)
-                        while view:
-                            view = view[os.write(dst, view):]
-                    os.fchown(dst, lst.st_uid, lst.st_gid)
-                    os.fchmod(dst, stat.S_IMODE(lst.st_mode))
-                    for k in os.listxattr(src):
-                        if k.startswith(_KEEP_XATTR_PREFIXES):
-                            os.setxattr(dst, k, os.getxattr(src, k))
-                    os.utime(dst, ns=(lst.st_atime_ns, lst.st_mtime_ns))
-                finally:
-                    os.close(src)
-                    os.close(dst)
-                return True
-        return False
+    def _copy_up(self, pfd: int, name: str, canon: str) -> bool:
+        """Copy the lower layers' regular file at `canon` into this snapshot; False if none is visible."""
+        hit = self.lowerview.lookup(canon)
+        if hit is None or not stat.S_ISREG(hit[3].st_mode):
+            return False
+        _, lpfd, lname, lst = hit
+        src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
+        try:
+            dst = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+            try:
+                while True:
+                    buf = os.read(src, CHUNK)
+                    if not buf:
+                        break
+                    view = memoryview(buf)
+                    while view:
+                        view = view[os.write(dst, view):]
+                os.fchown(dst, lst.st_uid, lst.st_gid)
+                os.fchmod(dst, stat.S_IMODE(lst.st_mode))
+                for k in os.listxattr(src):
+                    if k.startswith(_KEEP_XATTR_PREFIXES):
+                        os.setxattr(dst, k, os.getxattr(src, k))
+                os.utime(dst, ns=(lst.st_atime_ns, lst.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        return True
 
     # ------------------------------------------------------------------ whiteouts
 
     def _whiteout(self, comps: tuple[str, ...]) -> None:
-        if self.overlay:
-            pfd, name, pcanon = self.root.lookup(comps, self._implicit_mkdir)
-        else:
-            try:
-                pfd, name, pcanon = self.root.lookup(comps)
-            except MissingPath:
-                return
+        try:
+            pfd, name, pcanon = self.root.lookup(comps, self._copy_up_only if self.overlay else None)
+        except MissingPath:
+            return   # nothing there to delete
         canon = join(pcanon, name)
         st = self.root.lstat(pfd, name)
         if canon in self.created or canon in self.touched:
@@ -425,13 +452,11 @@ class Applier:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 self._opaque_at(pfd, name, canon)
             return
-        if self.overlay:
-            if st is not None:
-                self._remove(pfd, name, st)
+        if st is not None:
+            self._remove(pfd, name, st)
+        if self.overlay and self.lowerview.lookup(canon) is not None:
             os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
             self.whiteouts.add(canon)
-        elif st is not None:
-            self._remove(pfd, name, st)
 
     def _opaque(self, dcomps: tuple[str, ...]) -> None:
         if not dcomps:
@@ -440,24 +465,31 @@ class Applier:
             else:
                 self._purge(self.root.fd, "", "")
             return
-        if self.overlay:
-            pfd, name, pcanon = self.root.lookup(dcomps, self._implicit_mkdir)
-            canon = join(pcanon, name)
-            st = self.root.lstat(pfd, name)
-            if st is None or (canon in self.whiteouts and stat.S_ISCHR(st.st_mode)):
-                self._implicit_mkdir(pfd, name, canon, st)   # also sets opaque when over a whiteout
-                self.touched.add(canon)
-            elif not stat.S_ISDIR(st.st_mode):
-                return   # opaque marker under a non-directory of this layer: nothing below to hide
-            self._set_opaque(pfd, name)
-            return
         try:
-            pfd, name, pcanon = self.root.lookup(dcomps)
+            pfd, name, pcanon = self.root.lookup(dcomps, self._copy_up_only if self.overlay else None)
         except MissingPath:
             return
+        canon = join(pcanon, name)
         st = self.root.lstat(pfd, name)
+        if self.overlay:
+            if st is None:
+                if self.lowerview.lookup(canon) is None:
+                    return   # nothing below to hide; this layer's own entries need no marker
+                try:
+                    if self._copy_up_only(pfd, name, canon, None) is not None:
+                        return   # a lower symlink: nothing to make opaque
+                except UnpackError:
+                    return
+                self.touched.add(canon)
+            elif canon in self.whiteouts and stat.S_ISCHR(st.st_mode):
+                self._implicit_mkdir(pfd, name, canon, st)   # dir + opaque over this layer's whiteout
+                self.touched.add(canon)
+            elif not stat.S_ISDIR(st.st_mode):
+                return
+            self._set_opaque(pfd, name)
+            return
         if st is not None and stat.S_ISDIR(st.st_mode):
-            self._opaque_at(pfd, name, join(pcanon, name))
+            self._opaque_at(pfd, name, canon)
 
     def _opaque_at(self, pfd: int, name: str, canon: str) -> None:
         if self.overlay:

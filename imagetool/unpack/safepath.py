@@ -30,10 +30,11 @@ MAX_CACHED_FDS = 512       # keep well below common RLIMIT_NOFILE values
 
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# mkdir hook: (parent_fd, name, canonical_path_of_new_dir, lstat_or_None) -> None.
+# mkdir hook: (parent_fd, name, canonical_path_of_new_dir, lstat_or_None) -> None | str.
 # Called when a component is missing (lstat None) or is not a directory; it must leave a
-# directory named `name` in parent_fd, or raise.
-MkdirHook = Callable[[int, str, str, "os.stat_result | None"], None]
+# directory named `name` in parent_fd and return None, or return a symlink target to follow
+# instead (a symlink that exists in a lower layer only), or raise.
+MkdirHook = Callable[[int, str, str, "os.stat_result | None"], "str | None"]
 
 
 class MissingPath(UnpackError):
@@ -164,8 +165,18 @@ class Root:
                 if st is None:
                     raise MissingPath(f"{'/'.join(comps)!r}: {join(cur, c)!r} does not exist")
                 raise UnpackError(f"{'/'.join(comps)!r}: {join(cur, c)!r} is not a directory")
-            mkdir(fd, c, join(cur, c), st)
-            canon.append(c)
+            target = mkdir(fd, c, join(cur, c), st)
+            if target is None:
+                canon.append(c)
+                continue
+            links += 1           # the hook says: follow this as a symlink (one of a lower layer)
+            if links > MAX_SYMLINKS:
+                raise UnpackError(f"too many levels of symbolic links resolving {'/'.join(comps)!r}")
+            if not target:
+                raise UnpackError(f"empty symlink {join(cur, c)!r} in the path of {'/'.join(comps)!r}")
+            if target.startswith("/"):
+                canon = []
+            todo.extend(reversed(target.split("/")))
         return canon
 
     def lookup(self, comps: tuple[str, ...], mkdir: MkdirHook | None = None) -> tuple[int, str, str]:

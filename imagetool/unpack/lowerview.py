@@ -1,0 +1,85 @@
+"""The merged view of an image's lower snapshots (top first), as overlayfs shows it.
+
+Used while building a snapshot, so that a layer's paths resolve as they would on the mounted
+rootfs: a symlink or directory that exists only in a lower layer is followed or copied up
+(directory attributes kept), and whiteouts (char 0/0) and opaque directories hide what is below.
+Every lookup goes through safepath.Root with canonical (symlink-free) paths only.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from imagetool.errors import UnpackError
+from imagetool.unpack.safepath import MissingPath, Root
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class LowerView:
+    def __init__(self, paths):
+        self.paths = [os.fspath(p) for p in paths]
+        self._roots: list[Root | None] = [None] * len(self.paths)
+        self._opaque: dict[tuple[int, str], bool] = {}
+
+    def _root(self, i: int) -> Root:
+        r = self._roots[i]
+        if r is None:
+            r = self._roots[i] = Root(self.paths[i])
+        return r
+
+    def close(self) -> None:
+        for r in self._roots:
+            if r is not None:
+                r.close()
+        self._roots = [None] * len(self.paths)
+
+    def _is_opaque(self, i: int, canon: str, fd: int) -> bool:
+        key = (i, canon)
+        v = self._opaque.get(key)
+        if v is None:
+            try:
+                v = os.getxattr(f"/proc/self/fd/{fd}", OPAQUE_XATTR) == b"y"
+            except OSError:
+                v = False
+            self._opaque[key] = v
+        return v
+
+    def lookup(self, canon: str):
+        """(root, parent fd, name, lstat) of the topmost visible entry at `canon`, or None."""
+        if not self.paths or not canon:
+            return None
+        comps = canon.split("/")
+        for i in range(len(self.paths)):
+            root = self._root(i)
+            hidden_below = self._is_opaque(i, "", root.fd)
+            fd = root.fd
+            present = True
+            for j in range(len(comps) - 1):
+                prefix = "/".join(comps[:j + 1])
+                try:
+                    fd = root.dir_fd(prefix)
+                except MissingPath:
+                    present = False
+                    break
+                except UnpackError:
+                    return None          # a non-directory (or whiteout) hides everything below
+                if self._is_opaque(i, prefix, fd):
+                    hidden_below = True
+            if present:
+                try:
+                    st = os.stat(comps[-1], dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None:
+                    if is_whiteout(st):
+                        return None
+                    return root, fd, comps[-1], st
+            if hidden_below:
+                return None
+        return None

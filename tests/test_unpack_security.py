@@ -1,0 +1,94 @@
+"""Hostile layers: nothing outside the target is ever created or changed, and each class of attack
+gets the outcome documented in fixtures/corpus.py (refuse = exit 1 UnsafeLayer, error = exit 1,
+ok = applied with the escape clamped inside the root, like a chroot would)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fixtures.corpus import hostile_corpus, import_image, tree_digest
+from fixtures.images import Layer, build_image
+
+CASES = {h.name: h for h in hostile_corpus("/placeholder")}
+HOST_PWNED = Path("/etc/imagetool-pwned")
+
+
+def _canary(tmp_path: Path) -> Path:
+    c = tmp_path / "canary"
+    (c / "sub").mkdir(parents=True)
+    (c / "victim").write_bytes(b"original victim\n")
+    (c / "sub" / "inner").write_bytes(b"inner\n")
+    os.symlink("victim", c / "link")
+    os.chmod(c / "victim", 0o640)
+    return c
+
+
+def _case(name: str, canary: Path):
+    (h,) = [h for h in hostile_corpus(str(canary)) if h.name == name]
+    return h, build_image([Layer(list(la), "gzip") for la in h.layers])
+
+
+def test_corpus_is_big_enough():
+    assert len(CASES) >= 15
+    assert {h.outcome for h in CASES.values()} == {"ok", "refuse", "error"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_layer_flatten_cli(name, tmp_path, store_dir, cli):
+    canary = _canary(tmp_path)
+    before = tree_digest(canary)
+    h, img = _case(name, canary)
+    from store import Store
+
+    ref = import_image(Store.open(store_dir), img, f"localhost/hostile/{name}")
+    out = tmp_path / "out"
+    r = cli("unpack", ref, out)
+    assert tree_digest(canary) == before, "the canary outside the target changed"
+    assert not HOST_PWNED.exists()
+    if h.outcome == "ok":
+        assert r.returncode == 0, r.stderr
+        for p in h.inside:
+            assert os.path.lexists(out / p), f"{p} should have landed inside the root"
+    else:
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert lines[0].startswith("imagetool: error: "), r.stderr
+        assert "Traceback" not in r.stderr
+        if h.message:
+            assert h.message in r.stderr
+        assert not out.exists(), "a failed unpack left a partial tree"
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("imagetool-tmp-")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root (whiteout device nodes)")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_layer_snapshots(name, tmp_path, store_dir):
+    from store import Store
+
+    from imagetool import image as images
+    from imagetool.errors import UnpackError, UnsafeLayer
+    from imagetool.unpack.snapshots import ensure_snapshots
+
+    canary = _canary(tmp_path)
+    before = tree_digest(canary)
+    h, img = _case(name, canary)
+    st = Store.open(store_dir)
+    image = images.load(st, import_image(st, img, f"localhost/hostile/{name}"))
+    if h.outcome == "ok":
+        snaps = ensure_snapshots(st, image)
+        assert len(snaps) == len(h.layers)
+    else:
+        expected = UnsafeLayer if h.outcome == "refuse" else UnpackError
+        with pytest.raises(expected) as ei:
+            ensure_snapshots(st, image)
+        if h.message:
+            assert h.message in str(ei.value)
+        made = {p.name for p in st.snapshots_dir.iterdir()}
+        assert not [n for n in made if n.startswith("imagetool-")], "temp snapshot left behind"
+        # only the layers before the failing one may exist
+        assert len(made) < len(h.layers)
+    assert tree_digest(canary) == before, "the canary outside the target changed"
+    assert not HOST_PWNED.exists()
