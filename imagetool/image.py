@@ -150,8 +150,10 @@ def manifest_for(store, desc: Descriptor, platform=None) -> tuple[Descriptor, oc
 def load(store, ref_string: str, platform=None) -> Image:
     """The image named `ref_string` (see `resolve`), its manifest for `platform` and its parsed config.
 
-    Raises ImageNotFound (with a pull hint), InvalidReference, or ManifestError when the stored
-    content is unusable (missing blob, schema 1, bad JSON).
+    An explicit `platform` must also match a single-platform image's config (else ImageNotFound,
+    as `docker run --platform` treats it). Raises ImageNotFound (with a pull hint),
+    InvalidReference, or ManifestError when the stored content is unusable (missing blob, schema 1,
+    bad JSON).
     """
     name, top = resolve(store, ref_string)
     desc, manifest, index = manifest_for(store, top, platform)
@@ -160,6 +162,11 @@ def load(store, ref_string: str, platform=None) -> Image:
                             f"(config media type {manifest.config.media_type!r})")
     raw_config = read_json_blob(store, manifest.config, "config")
     config = oci.parse_config(raw_config, manifest.config.digest)
+    if platform is not None and index is None and config.os and config.architecture:
+        want = oci.Platform.parse(platform) if isinstance(platform, str) else platform
+        if not want.matches(config.platform):
+            raise ImageNotFound(f"image {ref_string} in the store is {config.platform}, not {want}",
+                                hint=f"pull it with `imagetool pull --platform {want} {ref_string}`")
     if len(config.diff_ids) != len(manifest.layers):
         raise ManifestError(f"{name}: manifest {desc.digest} has {len(manifest.layers)} layers but its config "
                             f"lists {len(config.diff_ids)} diff_ids")

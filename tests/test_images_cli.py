@@ -277,3 +277,20 @@ def _human(n: int) -> str:
     from imagetool.images import human_size
 
     return human_size(n)
+
+
+def test_load_with_an_explicit_platform(store_dir):
+    """In process: image.load picks the index entry for a platform and refuses a single image of another."""
+    from imagetool import image
+    from imagetool.errors import ImageNotFound, ManifestError
+
+    amd, arm = app_image("amd", platform="linux/amd64"), app_image("arm", platform="linux/arm64")
+    st = put(store_dir, build_index([amd, arm]), "docker.io/library/multi:latest")
+    put(store_dir, amd, "docker.io/library/single:latest")
+    assert str(image.load(st, "multi", platform="linux/arm64/v8").digest) == arm.manifest_digest
+    assert str(image.load(st, "multi", platform=Platform.parse("linux/amd64")).digest) == amd.manifest_digest
+    with pytest.raises(ManifestError, match="available: linux/amd64, linux/arm64/v8"):
+        image.load(st, "multi", platform="linux/s390x")
+    assert image.load(st, "single", platform="linux/x86_64").config.env == ["APP=amd"]
+    with pytest.raises(ImageNotFound, match="is linux/amd64, not linux/arm64/v8"):
+        image.load(st, "single", platform="linux/arm64")
