@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -260,7 +261,7 @@ def lookup(domain: str) -> Credentials | None:
 
 
 class TokenCache:
-    """Bearer tokens per (realm, service, scope, user), valid until their expiry (thread-safe)."""
+    """Bearer tokens per (realm, service, scope, credentials), valid until their expiry (thread-safe)."""
 
     def __init__(self):
         self._items: dict[tuple, tuple[str, float]] = {}
@@ -338,7 +339,8 @@ class Authenticator:
         service = ch.params.get("service", "")
         scope = ch.params.get("scope") or self.scope or ""
         creds = self.credentials()
-        key = (realm, service, scope, creds.username if creds else None)
+        who = hashlib.sha256(creds.basic().encode()).hexdigest() if creds else None
+        key = (realm, service, scope, who)
         if not force:
             cached = self.cache.get(key)
             if cached:

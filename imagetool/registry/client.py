@@ -65,8 +65,11 @@ class BlobStream:
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """Raw body bytes (no content decoding); network errors propagate to the caller."""
         raw = self._resp.raw
+        # read1: whatever has arrived (≤ size), so bytes before a dropped connection reach the
+        # caller (and the partial file) instead of dying in a half-filled read buffer
+        read = getattr(raw, "read1", None) or raw.read
         while True:
-            chunk = raw.read(size, decode_content=False)
+            chunk = read(size, decode_content=False)
             if not chunk:
                 return
             yield chunk
