@@ -111,7 +111,7 @@ def parse_challenges(header: str) -> list[Challenge]:
                     if sc.peek() == '"':
                         params[name.lower()] = sc.quoted()
                     else:
-                        value = sc.token()
+                        value = _bare_value(sc)
                         if not value and not params and sc.peek() in ("=", ",", ""):
                             sc.i = save
                             token68 = _token68(sc)
@@ -131,6 +131,15 @@ def parse_challenges(header: str) -> list[Challenge]:
     except ValueError:
         pass
     return out
+
+
+def _bare_value(sc: _Scanner) -> str:
+    """An unquoted value: a token, leniently extended to any run without comma or space (some
+    registries send `realm=https://…` unquoted)."""
+    start = sc.i
+    while sc.i < len(sc.s) and sc.s[sc.i] not in ' \t,"':
+        sc.i += 1
+    return sc.s[start:sc.i]
 
 
 def _token68(sc: _Scanner) -> str:

@@ -1,0 +1,235 @@
+"""Registry authentication: the RFC 7235 challenge parser, credentials from every source, Basic
+auth against an htpasswd registry, and Docker Hub's Bearer token flow verified by the real registry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+
+import pytest
+
+from test_pull_support import refs, store_state
+
+
+# ---------------------------------------------------------------- challenge parsing (no network)
+
+@pytest.mark.parametrize("header, expected", [
+    ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+     'scope="repository:samalba/my-app:pull,push"',
+     [("bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                  "scope": "repository:samalba/my-app:pull,push"})]),
+    ('Basic realm="imagetool-test"', [("basic", {"realm": "imagetool-test"})]),
+    ('Basic realm="a \\"quoted\\", comma", Bearer realm=https://x/t, error=insufficient_scope',
+     [("basic", {"realm": 'a "quoted", comma'}),
+      ("bearer", {"realm": "https://x/t", "error": "insufficient_scope"})]),
+    ('bearer  realm = "r" ,  service=s ,scope="a b"', [("bearer", {"realm": "r", "service": "s", "scope": "a b"})]),
+    ("Basic", [("basic", {})]),
+    ("", []),
+    ('Bearer realm="unterminated', [])
+])
+def test_challenge_parser_handles_quoted_commas_and_several_challenges(header, expected):
+    from imagetool.registry.auth import parse_challenges
+
+    assert [(c.scheme, c.params) for c in parse_challenges(header)] == expected
+
+
+def test_retry_after_seconds_and_http_date():
+    import email.utils
+    import time
+
+    import requests
+
+    from imagetool.registry.transport import retry_after
+
+    r = requests.Response()
+    r.headers["Retry-After"] = "7"
+    assert retry_after(r) == 7
+    r.headers["Retry-After"] = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 20 < retry_after(r) <= 31
+    r.headers["Retry-After"] = "soon"
+    assert retry_after(r) is None
+
+
+def test_token_cache_expires_and_separates_scopes(monkeypatch):
+    import imagetool.registry.auth as auth
+
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    cache = auth.TokenCache()
+    cache.put(("realm", "svc", "repository:a:pull", None), "tok-a", 60)
+    assert cache.get(("realm", "svc", "repository:a:pull", None)) == "tok-a"
+    assert cache.get(("realm", "svc", "repository:b:pull", None)) is None
+    now[0] += 61
+    assert cache.get(("realm", "svc", "repository:a:pull", None)) is None
+
+
+# ---------------------------------------------------------------- credential sources
+
+def _auth_entry(user: str, password: str) -> dict:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_credentials_from_docker_config_helpers_and_store(tmp_path, monkeypatch):
+    from imagetool.registry import auth
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-imagetooltest"
+    helper.write_text("#!/bin/sh\nread server\n"
+                      'if [ "$server" = "helped.example:5000" ]; then\n'
+                      '  echo "{\\"ServerURL\\":\\"$server\\",\\"Username\\":\\"hu\\",\\"Secret\\":\\"hs\\"}"\n'
+                      'else echo "credentials not found in native keychain"; exit 1; fi\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps({
+        "auths": {"https://index.docker.io/v1/": _auth_entry("hub", "hubpw"),
+                  "plain.example": {"username": "pu", "password": "pp"}},
+        "credHelpers": {"helped.example:5000": "imagetooltest"},
+        "credsStore": "imagetooltest",
+    }))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert auth.lookup("docker.io") == auth.Credentials("hub", "hubpw")
+    assert auth.lookup("plain.example") == auth.Credentials("pu", "pp")
+    assert auth.lookup("helped.example:5000") == auth.Credentials("hu", "hs")
+    assert auth.lookup("unknown.example") is None  # credsStore says "not found"
+    # REGISTRY_AUTH_FILE comes first
+    other = tmp_path / "auth.json"
+    other.write_text(json.dumps({"auths": {"docker.io": _auth_entry("first", "pw")}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(other))
+    assert auth.lookup("docker.io").username == "first"
+    assert "hubpw" not in repr(auth.lookup("docker.io"))
+
+
+# ---------------------------------------------------------------- Basic auth (htpasswd registry)
+
+def _write_docker_config(cli, host: str, user: str, password: str) -> None:
+    cli.docker_config.mkdir(parents=True, exist_ok=True)
+    (cli.docker_config / "config.json").write_text(json.dumps({"auths": {host: _auth_entry(user, password)}}))
+
+
+def test_login_pull_logout_with_basic_auth(auth_registry, busybox, cli, store_dir):
+    auth_registry.push(busybox, "auth/busybox:latest")
+    host = auth_registry.host
+    ref = f"{host}/auth/busybox"
+    r = cli("pull", ref)
+    assert r.returncode == 1 and "imagetool login" in r.stderr
+    r = cli("login", "-u", auth_registry.username, "--password-stdin", host, input=auth_registry.password + "\n")
+    assert r.returncode == 0, r.stderr
+    assert "Login Succeeded" in r.stdout
+    path = cli.docker_config / "config.json"
+    saved = json.loads(path.read_text())["auths"][host]["auth"]
+    assert base64.b64decode(saved).decode() == f"{auth_registry.username}:{auth_registry.password}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    r = cli("pull", ref)
+    assert r.returncode == 0, r.stderr
+    assert refs(store_dir)[f"{ref}:latest"]["digest"] == busybox.manifest_digest
+    r = cli("logout", host)
+    assert r.returncode == 0, r.stderr
+    assert host not in json.loads(path.read_text()).get("auths", {})
+
+
+def test_login_with_wrong_password_fails_and_writes_nothing(auth_registry, cli):
+    r = cli("login", "-u", auth_registry.username, "-p", "wrong", auth_registry.host)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"imagetool: error: login to {auth_registry.host} failed: incorrect username or password"]
+    assert not (cli.docker_config / "config.json").exists()
+
+
+def test_pull_with_wrong_password_is_one_line_error(auth_registry, busybox, cli, store_dir):
+    auth_registry.push(busybox, "auth/wrongpw:latest")
+    _write_docker_config(cli, auth_registry.host, auth_registry.username, "not-the-password")
+    from store import Store
+
+    Store.open(store_dir)
+    before = store_state(store_dir)
+    r = cli("pull", f"{auth_registry.host}/auth/wrongpw")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"imagetool: error: authentication to {auth_registry.host} as {auth_registry.username} "
+        "failed: incorrect username or password")
+    assert len([x for x in r.stderr.splitlines() if x.startswith("imagetool: error")]) == 1
+    assert store_state(store_dir) == before
+
+
+def test_pull_with_credentials_from_docker_config_and_helper(auth_registry, busybox, cli, store_dir, tmp_path):
+    auth_registry.push(busybox, "auth/fromconfig:latest")
+    _write_docker_config(cli, auth_registry.host, auth_registry.username, auth_registry.password)
+    r = cli("pull", f"{auth_registry.host}/auth/fromconfig", env={"REGISTRY_AUTH_FILE": None})
+    assert r.returncode == 0, r.stderr
+    # the same through a credential helper named by credHelpers
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-imagetoolfake"
+    helper.write_text("#!/bin/sh\ncat >/dev/null\n"
+                      f"echo '{{\"Username\":\"{auth_registry.username}\",\"Secret\":\"{auth_registry.password}\"}}'\n")
+    helper.chmod(0o755)
+    (cli.docker_config / "config.json").write_text(json.dumps({"credHelpers": {auth_registry.host: "imagetoolfake"}}))
+    cli.store_dir = tmp_path / "store2"
+    r = cli("pull", f"{auth_registry.host}/auth/fromconfig",
+            env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- Bearer tokens (Docker Hub flow)
+
+@pytest.fixture(scope="module")
+def token_registry():
+    from fixtures.registry import RegistryUnavailable
+    from fixtures.tokenserver import TokenRegistry, TokenServer
+
+    try:
+        ts = TokenServer(users={"alice": "wonderland"}, anonymous=False)
+    except RegistryUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        reg = TokenRegistry.start(ts)
+    except Exception:
+        ts.stop()
+        raise
+    yield ts, reg
+    reg.stop()
+    ts.stop()
+
+
+def test_bearer_token_flow_verified_by_registry(token_registry, busybox, cli, store_dir):
+    ts, reg = token_registry
+    reg.push(busybox, "tok/busybox:latest")
+    _write_docker_config(cli, reg.host, "alice", "wonderland")
+    mark = len(ts.requests)
+    r = cli("pull", f"{reg.host}/tok/busybox")
+    assert r.returncode == 0, r.stderr
+    issued = ts.requests[mark:]
+    # one token for the pull scope, reused for every manifest and blob request
+    assert [(t.scopes, t.user) for t in issued] == [(("repository:tok/busybox:pull",), "alice")]
+    served = [x for x in reg.requests() if x[1].startswith("/v2/tok/busybox/") and x[2] == 200]
+    assert len(served) >= 4  # HEAD + GET manifest + config + layer, all with the token
+
+
+def test_bearer_wrong_password_and_anonymous_are_refused(token_registry, busybox, cli, store_dir):
+    ts, reg = token_registry
+    reg.push(busybox, "tok/refused:latest")
+    _write_docker_config(cli, reg.host, "alice", "not-wonderland")
+    r = cli("pull", f"{reg.host}/tok/refused")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"imagetool: error: authentication to {reg.host} as alice failed: incorrect username or password")
+    (cli.docker_config / "config.json").unlink()
+    r = cli("pull", f"{reg.host}/tok/refused")
+    assert r.returncode == 1
+    assert "imagetool: error:" in r.stderr and "credentials" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_login_against_token_registry(token_registry, cli):
+    ts, reg = token_registry
+    r = cli("login", "-u", "alice", "-p", "wonderland", reg.host)
+    assert r.returncode == 0, r.stderr
+    r = cli("login", "-u", "alice", "-p", "bad", reg.host)
+    assert r.returncode == 1 and "incorrect username or password" in r.stderr

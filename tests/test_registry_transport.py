@@ -1,0 +1,228 @@
+"""Transport under faults: TLS with and without the registry's CA, and a fault-injecting proxy in
+front of the real registry (5xx, resets mid-blob, 429, corruption, redirects, silence)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from test_pull_support import assert_consistent, pull_env, random_layer, refs, store_state
+
+
+@pytest.fixture(scope="module")
+def big(registry):
+    """An image with one ~1 MB random layer, pushed once for the module."""
+    from fixtures.images import build_image
+
+    layer = random_layer(1_000_000, name="big")
+    img = build_image([layer])
+    registry.push(img, "faults/big:v1")
+    return img, layer
+
+
+@pytest.fixture
+def proxy(registry):
+    from fixtures.proxy import FaultProxy
+
+    with FaultProxy(registry.url) as p:
+        yield p
+
+
+def _blob_path(layer) -> str:
+    return f"/blobs/{layer.digest}"
+
+
+# ---------------------------------------------------------------- TLS
+
+def test_tls_registry_with_certs_d_ca(tls_registry, busybox, cli, store_dir):
+    tls_registry.push(busybox, "tls/busybox:latest")
+    certs = cli.config_dir / "certs.d" / tls_registry.host
+    certs.mkdir(parents=True)
+    shutil.copy(tls_registry.ca_cert, certs / "ca.crt")
+    r = cli("pull", f"{tls_registry.host}/tls/busybox")
+    assert r.returncode == 0, r.stderr
+    assert refs(store_dir)[f"{tls_registry.host}/tls/busybox:latest"]["digest"] == busybox.manifest_digest
+
+
+def test_tls_registry_without_ca_is_a_clear_certificate_error(tls_registry, busybox, cli, store_dir):
+    tls_registry.push(busybox, "tls/untrusted:latest")
+    from store import Store
+
+    Store.open(store_dir)
+    before = store_state(store_dir)
+    r = cli("pull", f"{tls_registry.host}/tls/untrusted", env=pull_env())
+    assert r.returncode == 1
+    first = r.stderr.strip().splitlines()
+    errors = [x for x in first if x.startswith("imagetool: error:")]
+    assert len(errors) == 1
+    assert f"TLS certificate of {tls_registry.host} is not trusted" in errors[0]
+    assert "certs.d" in r.stderr  # the hint says where the CA goes
+    assert store_state(store_dir) == before
+
+
+# ---------------------------------------------------------------- faults through the proxy
+
+def test_5xx_are_retried(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("status", r"/manifests/", times=1, status=503, method="HEAD"))
+    proxy.add(Fault("status", _blob_path(layer), times=2, status=500))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    statuses = [rec.status for rec in proxy.records(_blob_path(layer), "GET")]
+    assert statuses == [500, 500, 200]
+    assert assert_consistent(store_dir) == 3
+
+
+def test_5xx_forever_fails_after_bounded_retries(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("status", _blob_path(layer), times=None, status=502))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env(IMAGETOOL_RETRIES=3))
+    assert r.returncode == 1
+    assert "imagetool: error:" in r.stderr and "502" in r.stderr
+    assert len(proxy.records(_blob_path(layer), "GET")) == 3
+    assert f"{proxy.host}/faults/big:v1" not in refs(store_dir)
+
+
+def test_connection_reset_mid_blob_resumes_with_range(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("reset", _blob_path(layer), times=1, after=400_000))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    gets = proxy.records(_blob_path(layer), "GET")
+    assert len(gets) == 2
+    assert gets[0].fault == "reset" and "Range" not in gets[0].headers
+    assert gets[1].headers.get("Range", "").startswith("bytes=") and gets[1].status == 206
+    resumed_at = int(gets[1].headers["Range"][len("bytes="):].rstrip("-"))
+    assert resumed_at > 0
+    served = sum(g.sent for g in gets)
+    assert served < 2 * layer.size and served == layer.size + (400_000 - resumed_at)
+    assert assert_consistent(store_dir) == 3
+
+
+def test_server_ignoring_range_restarts_the_blob(big, proxy, cli, store_dir):
+    """A partial from an earlier run, and a server that answers 200 to Range: start over."""
+    from store import Digest, Store
+
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    st = Store.open(store_dir)
+    with st.ingest(Digest.parse(layer.digest), layer.size) as w:
+        w.write(layer.blob[:300_000])
+    proxy.add(Fault("norange", _blob_path(layer), times=None))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    [get] = proxy.records(_blob_path(layer), "GET")
+    assert get.headers.get("Range") == "bytes=300000-" and get.status == 200
+    assert get.sent == layer.size
+    assert assert_consistent(store_dir) == 3
+
+
+def test_corrupt_partial_from_earlier_run_is_refetched(big, registry, cli, store_dir):
+    """A partial that is not a prefix of the blob fails verification once; the blob is then
+    fetched again from the start instead of failing the pull."""
+    from store import Digest, Store
+
+    img, layer = big
+    st = Store.open(store_dir)
+    with st.ingest(Digest.parse(layer.digest), layer.size) as w:
+        w.write(b"x" * 1000)
+    mark = registry.mark()
+    r = cli("pull", f"{registry.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    gets = [p for m, p, s in registry.requests(mark) if m == "GET" and layer.digest in p]
+    assert len(gets) == 2
+    assert assert_consistent(store_dir) == 3
+
+
+def test_429_with_retry_after_is_honoured(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("status", r"/manifests/", times=1, status=429, method="HEAD",
+                    headers={"Retry-After": "1"}))
+    proxy.add(Fault("status", _blob_path(layer), times=1, status=429, headers={"Retry-After": "0"}))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    assert [rec.status for rec in proxy.records(r"/manifests/v1", "HEAD")] == [429, 200]
+    assert [rec.status for rec in proxy.records(_blob_path(layer), "GET")] == [429, 200]
+
+
+def test_corrupted_blob_is_a_digest_error_and_nothing_is_stored(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("corrupt", _blob_path(layer), times=None))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and layer.digest in errors[0] and "corrupt" in errors[0]
+    hexd = layer.digest.split(":")[1]
+    assert not (store_dir / "blobs/sha256" / hexd).exists()
+    assert not (store_dir / "ingest" / f"{hexd}.partial").exists()
+    assert refs(store_dir) == {}
+    assert_consistent(store_dir)
+
+
+def test_blob_redirect_to_other_host_never_carries_authorization(auth_registry, busybox, cli, store_dir):
+    """Blobs 307 to a second loopback host (a "CDN", 127.0.0.2) that records what it receives."""
+    from fixtures.proxy import Fault, FaultProxy
+
+    auth_registry.push(busybox, "faults/redirect:latest")
+    try:
+        cdn = FaultProxy(auth_registry.url, bind="127.0.0.2", upstream_headers=auth_registry.auth_header())
+    except OSError as e:
+        pytest.skip(f"cannot bind 127.0.0.2: {e}")
+    with cdn, FaultProxy(auth_registry.url) as front:
+        front.add(Fault("redirect", r"/blobs/", times=None, to=cdn.url))
+        cli.docker_config.mkdir(parents=True, exist_ok=True)
+        import base64
+
+        token = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
+        (cli.docker_config / "config.json").write_text(json.dumps({"auths": {front.host: {"auth": token}}}))
+        r = cli("pull", f"{front.host}/faults/redirect", env=pull_env())
+        assert r.returncode == 0, r.stderr
+        assert any("Authorization" in rec.headers for rec in front.records(r"/manifests/"))
+        cdn_gets = cdn.records(r"/blobs/", "GET")
+        assert len(cdn_gets) == len(busybox.blobs)
+        assert all("Authorization" not in rec.headers for rec in cdn_gets), [rec.headers for rec in cdn_gets]
+    assert assert_consistent(store_dir) == len(busybox.blobs) + 1
+
+
+def test_registry_that_never_answers_fails_in_bounded_time(cli, store_dir):
+    from fixtures.proxy import SilentServer
+
+    with SilentServer() as silent:
+        r = cli("pull", f"{silent.host}/faults/silent:v1", timeout=60,
+                env=pull_env(IMAGETOOL_CONNECT_TIMEOUT=1, IMAGETOOL_READ_TIMEOUT=1, IMAGETOOL_RETRIES=2))
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and f"{silent.host} did not answer within 1s" in errors[0]
+
+
+def test_throttled_serving_still_completes(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    proxy.add(Fault("throttle", _blob_path(layer), times=None, rate=2_000_000))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    assert proxy.body_bytes(_blob_path(layer)) == layer.size
+
+
+def test_docker_io_mirror_from_registries_json(registry, busybox, cli, store_dir):
+    """registries.json mirrors docker.io to the test registry: `busybox-mirror-test` resolves there."""
+    registry.push(busybox, "library/busybox-mirror-test:latest")
+    cli.config_dir.mkdir(parents=True, exist_ok=True)
+    (cli.config_dir / "registries.json").write_text(json.dumps({"mirrors": {"docker.io": [registry.url]}}))
+    r = cli("pull", "busybox-mirror-test", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    assert refs(store_dir)["docker.io/library/busybox-mirror-test:latest"]["digest"] == busybox.manifest_digest
