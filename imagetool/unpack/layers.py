@@ -54,6 +54,56 @@ class Limits:
                    _env_int("IMAGETOOL_MAX_LAYER_ENTRIES", d.max_entries))
 
 
+class _ZstdReader:
+    """Multi-frame zstd decompression with bounded memory that notices truncation.
+
+    (zstandard's stream_reader silently stops at a truncated frame.) Input is fed in small
+    pieces so one call can expand to at most ZSTD_FEED * 32768 bytes (a 128 KiB block per
+    4 input bytes is zstd's worst case)."""
+
+    ZSTD_FEED = 2048
+
+    def __init__(self, raw, dctx):
+        self._raw = raw
+        self._dctx = dctx
+        self._obj = dctx.decompressobj()
+        self._buf = b""           # compressed bytes read from raw
+        self._pos = 0             # how much of _buf was fed
+        self._out = bytearray()
+        self._started = False     # a frame has begun (bytes fed since the last frame end)
+        self._eof = False
+
+    def read(self, n: int) -> bytes:
+        while len(self._out) < n and not self._eof:
+            if self._pos >= len(self._buf):
+                self._buf, self._pos = self._raw.read(CHUNK), 0
+                if not self._buf:
+                    if self._started:
+                        raise EOFError("zstd frame truncated")
+                    self._eof = True
+                    break
+            end = self._pos + self.ZSTD_FEED
+            piece = self._buf[self._pos:end]
+            self._pos = end
+            self._started = True
+            self._out += self._obj.decompress(piece)
+            if self._obj.eof:     # frame complete: the rest belongs to the next frame
+                rest = self._obj.unused_data
+                self._obj = self._dctx.decompressobj()
+                self._started = False
+                self._buf, self._pos = rest + self._buf[self._pos:], 0
+        if len(self._out) <= n:
+            data = bytes(self._out)
+            self._out.clear()
+        else:
+            data = bytes(self._out[:n])
+            del self._out[:n]
+        return data
+
+    def close(self) -> None:
+        pass
+
+
 class LayerStream:
     """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
 
@@ -73,8 +123,7 @@ class LayerStream:
         elif self.compression == "zstd":
             import zstandard
 
-            dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-            self._src = dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True)
+            self._src = _ZstdReader(raw, zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW))
         else:
             self._src = raw
 

@@ -1,0 +1,116 @@
+"""Bad layers: a clear one-line error, exit 1, and nothing left behind (no partial tree, no snapshot)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fixtures.corpus import import_image
+from fixtures.images import Layer, build_image
+from fixtures.tarbuild import build_tar, compress, directory, file
+
+ENTRIES = [directory("etc"), file("etc/a", b"a" * 5000), file("etc/b", os.urandom(20000)), file("etc/c", b"c")]
+TAR = build_tar(ENTRIES)
+
+
+def _layer(kind: str) -> Layer:
+    if kind == "diffid-mismatch":
+        return Layer(TAR, "gzip", blob=compress(build_tar(ENTRIES[:-1]), "gzip"))
+    if kind == "truncated-gzip":
+        blob = compress(TAR, "gzip")
+        return Layer(TAR, "gzip", blob=blob[: len(blob) // 2])
+    if kind == "gzip-garbage":
+        return Layer(TAR, "gzip", blob=b"\x1f\x8b\x08\x00" + os.urandom(3000))
+    if kind == "zstd-garbage":
+        return Layer(TAR, "zstd", blob=b"\x28\xb5\x2f\xfd" + os.urandom(3000))
+    if kind == "truncated-zstd":
+        blob = compress(TAR, "zstd")
+        return Layer(TAR, "zstd", blob=blob[: len(blob) // 2])
+    if kind == "not-a-tar":
+        return Layer(TAR, None, blob=os.urandom(4096))
+    if kind == "unknown-media-type":
+        la = Layer(TAR, "gzip")
+        la.media_type = "application/vnd.example.layer.v1.tar+lz4"
+        return la
+    if kind in ("expansion-limit", "entry-limit"):
+        return Layer(TAR, "gzip")
+    raise AssertionError(kind)
+
+
+# kind -> (words expected in the error line, environment)
+CASES = {
+    "diffid-mismatch": ("the image config says", {}),
+    "truncated-gzip": ("truncated", {}),
+    "gzip-garbage": ("corrupt", {}),
+    "zstd-garbage": ("corrupt zstd", {}),
+    "truncated-zstd": ("", {}),
+    "not-a-tar": ("", {}),
+    "unknown-media-type": ("unsupported layer media type", {}),
+    "expansion-limit": ("expands past the limit", {"IMAGETOOL_MAX_LAYER_BYTES": "15000"}),
+    "entry-limit": ("more than 2 entries", {"IMAGETOOL_MAX_LAYER_ENTRIES": "2"}),
+}
+
+
+def _image(kind):
+    good = Layer([directory("base"), file("base/ok", b"ok")], "gzip")
+    return build_image([good, _layer(kind)])
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_bad_layer_unpack_cli(kind, tmp_path, store_dir, cli):
+    from store import Store
+
+    words, env = CASES[kind]
+    ref = import_image(Store.open(store_dir), _image(kind), f"localhost/bad/{kind}")
+    out = tmp_path / "out"
+    r = cli("unpack", ref, out, env=env)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    first = r.stderr.strip().splitlines()[0]
+    assert first.startswith("imagetool: error: ") and words in first, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("imagetool-")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_bad_layer_leaves_no_snapshot(kind, store_dir, monkeypatch):
+    from store import Store
+
+    from imagetool import image as images
+    from imagetool.errors import ImagetoolError
+    from imagetool.unpack.snapshots import ensure_snapshots
+
+    words, env = CASES[kind]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    st = Store.open(store_dir)
+    built = _image(kind)
+    image = images.load(st, import_image(st, built, f"localhost/bad/{kind}"))
+    with pytest.raises(ImagetoolError) as ei:
+        ensure_snapshots(st, image)
+    assert words in str(ei.value)
+    left = sorted(p.name for p in st.snapshots_dir.iterdir())
+    # the good base layer is complete and kept; the bad one left nothing, not even a temp dir
+    assert left == [built.layers[0].diff_id.split(":")[1]]
+
+
+def test_same_layer_twice_in_one_tar_replaces(tmp_path):
+    """Duplicate paths in one layer (spec says they should not occur): the last one wins."""
+    import io
+
+    from imagetool.unpack.apply import Applier
+    from imagetool.unpack.layers import LayerStream
+
+    tar = build_tar([file("x", b"first"), file("x", b"second"), directory("d"), file("d", b"now a file")])
+    a = Applier(tmp_path, "plain")
+    try:
+        s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
+        a.apply(s)
+        s.finish()
+        a.finish()
+    finally:
+        a.close()
+    assert (tmp_path / "x").read_bytes() == b"second"
+    assert (tmp_path / "d").read_bytes() == b"now a file"
