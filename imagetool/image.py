@@ -60,16 +60,18 @@ def _not_found(text: str) -> ImageNotFound:
 
 
 def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
-    """(ref name, descriptor as stored in index.json) for a name, a manifest digest or a unique prefix.
+    """(ref name, descriptor) for a name, a manifest digest or a unique 12+ hex prefix of one.
 
-    Order: the normalised name; for `name@digest` also any ref of that repository with that
-    digest; then a full digest (`sha256:<hex>`) or a 12+ hex prefix of a ref's digest.
+    Order: the normalised name; for `name@digest` a ref of that repository holding that digest;
+    the name verbatim (refs written by other tools); then a full digest (`sha256:<hex>`) or a
+    prefix. Digests match what refs point at first, else the image manifests listed in indexes
+    that refs point at (then the descriptor returned is that index entry).
     """
     text = ref_string.strip() if isinstance(ref_string, str) else ""
     if not text:
         raise InvalidReference('invalid reference "": repository name must have at least one component')
     if _FULL_DIGEST.fullmatch(text):
-        return _by_prefix(store, text, text[len("sha256:"):])
+        return _by_digest(store, text, text[len("sha256:"):])
     ref = None
     try:
         ref = reference.parse(text)
@@ -82,16 +84,16 @@ def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
         except RefNotFound:
             pass
         if ref.digest:
-            for name, desc in store.refs():
-                if str(desc.digest) == ref.digest and _same_repository(name, ref.name):
-                    return name, desc
+            found = _matching(store, lambda d: str(d) == ref.digest, lambda n: _same_repository(n, ref.name))
+            if found:
+                return found[0]
     try:
         return text, store.resolve(text)     # a ref name written by another tool, verbatim
     except (RefNotFound, ValueError):
         pass
     m = _PREFIX.fullmatch(text)
     if m:
-        return _by_prefix(store, text, m.group(1))
+        return _by_digest(store, text, m.group(1))
     raise _not_found(text)
 
 
@@ -107,13 +109,33 @@ def _same_repository(name: str, repository: str) -> bool:
         return False
 
 
-def _by_prefix(store, text: str, hexprefix: str) -> tuple[str, Descriptor]:
+def _matching(store, digest_ok, name_ok=lambda n: True) -> list[tuple[str, Descriptor]]:
+    """Refs whose descriptor satisfies `digest_ok`; if none, (ref, entry) for matching entries of
+    the indexes refs point at (attestations skipped; unreadable indexes ignored)."""
+    refs = [(n, d) for n, d in store.refs() if name_ok(n)]
+    top = [(n, d) for n, d in refs if digest_ok(d.digest)]
+    if top:
+        return top
+    inner = []
+    for name, desc in refs:
+        if not mt.is_index(desc.media_type) or not store.has(desc.digest):
+            continue
+        try:
+            doc = oci.parse_manifest(read_json_blob(store, desc, "index"), desc.digest, desc.media_type)
+        except ManifestError:
+            continue
+        inner += [(name, e) for e in getattr(doc, "manifests", ())
+                  if digest_ok(e.digest) and not oci.is_attestation(e)]
+    return inner
+
+
+def _by_digest(store, text: str, hexprefix: str) -> tuple[str, Descriptor]:
     matches: dict[str, tuple[str, Descriptor]] = {}
-    for name, desc in store.refs():
-        if desc.digest.hex.startswith(hexprefix):
-            matches.setdefault(str(desc.digest), (name, desc))
+    for name, desc in _matching(store, lambda d: d.hex.startswith(hexprefix)):
+        matches.setdefault(str(desc.digest), (name, desc))
     if not matches:
-        raise _not_found(text)
+        raise ImageNotFound(f"image {text} not found in the store",
+                            hint="list the images with `imagetool images`")
     if len(matches) > 1:
         raise ImageNotFound(f"image ID prefix {text} is ambiguous: it matches {len(matches)} images",
                             hint="give more hex digits or the image name")

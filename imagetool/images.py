@@ -125,7 +125,8 @@ def tag(store, src: str, dst: str) -> str:
     if target.digest:
         raise InvalidReference(f'invalid tag target "{dst}": a tag cannot contain a digest',
                                hint="give a name with an optional :tag")
-    images_lookup.manifest_for(store, desc)  # refuse to name content the store cannot use
+    raw = images_lookup.read_json_blob(store, desc, "manifest")   # refuse to name what the store cannot use
+    oci.parse_manifest(raw, desc.digest, desc.media_type or None)
     store.tag(str(target), Descriptor(desc.media_type, desc.digest, desc.size, platform=desc.platform))
     return str(target)
 

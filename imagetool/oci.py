@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform as _host
+import re
 from dataclasses import dataclass, field
 
 from store import Descriptor, Digest
@@ -35,6 +36,7 @@ _ARCH_ALIASES = {
 }
 _ARCH_VARIANT = {"armhf": "v7", "armv7l": "v7", "armv7": "v7", "armel": "v6", "armv6l": "v6", "armv5l": "v5"}
 _OS_ALIASES = {"macos": "darwin"}
+_PLATFORM_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 
 
 def _norm_arch(architecture: str, variant: str | None) -> tuple[str, str | None]:
@@ -77,8 +79,7 @@ class Platform:
     def parse(cls, text: str) -> "Platform":
         """"linux/amd64", "linux/arm64/v8", "linux/arm/v7"; an ImagetoolError for anything else."""
         parts = text.strip().split("/") if isinstance(text, str) else []
-        if len(parts) not in (2, 3) or not all(p and p.replace("-", "").replace("_", "").replace(".", "").isalnum()
-                                               for p in parts):
+        if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
             raise ImagetoolError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
@@ -181,13 +182,33 @@ class ImageConfig:
 # ---------------------------------------------------------------- parsers
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are unique even case-folded: Go clients (registries, containerd)
+    match struct fields case-insensitively, so {"layers": A, "Layers": B} would mean B to them
+    and A to Python. Refusing such documents closes that parser differential."""
+    seen = set()
+    for k, _ in pairs:
+        folded = k.casefold()
+        if folded in seen:
+            raise _DuplicateKey(k)
+        seen.add(folded)
+    return dict(pairs)
+
+
 def _load_json(raw: bytes, what: str, where: str) -> dict:
     if not isinstance(raw, (bytes, bytearray)):
         raise ManifestError(f"{what} {where}: expected bytes, got {type(raw).__name__}")
     if len(raw) > MAX_JSON_SIZE:
         raise ManifestError(f"{what} {where} is {len(raw)} bytes, more than the {MAX_JSON_SIZE >> 20} MiB limit")
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise ManifestError(f"{what} {where} is ambiguous: key {e.args[0]!r} appears more than once "
+                            "(keys are compared case-insensitively, as Go's JSON decoder does)") from None
     except (ValueError, RecursionError) as e:
         raise ManifestError(f"{what} {where} is not valid JSON: {e}") from None
     if not isinstance(doc, dict):

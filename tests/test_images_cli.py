@@ -144,6 +144,36 @@ def test_inspect_of_an_index_follows_the_host_platform(cli, store_dir):
     assert out["config"]["config"]["Env"] == ["APP=host"]
 
 
+def test_an_index_entry_digest_finds_the_image_through_its_index(cli, store_dir):
+    host = app_image("host")
+    other = app_image("other", platform="linux/s390x" if "s390x" not in host_platform() else "linux/amd64")
+    index = build_index([other, host])
+    put(store_dir, index, APP)
+    for ref in (other.manifest_digest, other.manifest_digest[7:19], "localhost:5000/app@" + other.manifest_digest):
+        out = json.loads(cli("inspect", ref, check=True).stdout)
+        assert out["digest"] == other.manifest_digest, ref
+        assert out["config"]["config"]["Env"] == ["APP=other"]
+        assert out["name"] == APP
+    one_line_error(cli("inspect", "localhost:5000/other@" + other.manifest_digest), "not found in the store")
+    # an entry's digest can be tagged: the new name points at that manifest
+    cli("tag", other.manifest_digest, "localhost:5000/other:1", check=True)
+    out = json.loads(cli("inspect", "localhost:5000/other:1", check=True).stdout)
+    assert out["digest"] == other.manifest_digest and "index" not in out
+
+
+def test_a_foreign_only_index_can_be_tagged_but_not_inspected_for_this_host(cli, store_dir):
+    other = app_image("other", platform="linux/s390x" if "s390x" not in host_platform() else "linux/amd64")
+    foreign = build_index([other])
+    put(store_dir, foreign, "localhost:5000/foreign:1")
+    cli("tag", "localhost:5000/foreign:1", "localhost:5000/foreign:2", check=True)
+    rows = json.loads(cli("images", "--format", "json", check=True).stdout)
+    assert {r["name"]: r["digest"] for r in rows} == {"localhost:5000/foreign:1": foreign.manifest_digest,
+                                                      "localhost:5000/foreign:2": foreign.manifest_digest}
+    r = cli("inspect", "localhost:5000/foreign:2")
+    one_line_error(r, "no image for platform")
+    assert str(Platform.parse(other.platform["os"] + "/" + other.platform["architecture"])) in r.stderr
+
+
 def test_inspect_of_a_docker_schema2_image(cli, store_dir):
     app = app_image("docker", docker=True)
     put(store_dir, app, APP)

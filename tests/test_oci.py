@@ -174,6 +174,21 @@ def test_malformed_manifests_are_refused(raw, content_type, fragment):
     assert str(WHERE) in str(exc.value)
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"schemaVersion": 2, "mediaType": "%s", "config": %s, "layers": [], "Layers": %s}'
+    % (mt.OCI_MANIFEST.encode(), js(desc(mt.OCI_CONFIG, DG2, 1)), js([desc()])),
+    b'{"schemaVersion": 2, "schemaVersion": 1, "mediaType": "%s", "config": %s, "layers": []}'
+    % (mt.OCI_MANIFEST.encode(), js(desc(mt.OCI_CONFIG, DG2, 1))),
+    b'{"schemaVersion": 2, "mediaType": "%s", "config": {"mediaType": "%s", "digest": "%s", "Digest": "%s",'
+    b' "size": 1}, "layers": []}' % (mt.OCI_MANIFEST.encode(), mt.OCI_CONFIG.encode(), DG.encode(), DG2.encode()),
+], ids=["Layers-vs-layers", "duplicate-schemaVersion", "nested-Digest"])
+def test_duplicate_keys_are_refused_to_avoid_parser_differentials(raw):
+    """Go decoders match keys case-insensitively and keep the last duplicate: such a document
+    could mean one image to a registry and another to us."""
+    with pytest.raises(ManifestError, match="appears more than once"):
+        oci.parse_manifest(raw, WHERE, mt.OCI_MANIFEST)
+
+
 def test_oversized_manifest_is_refused_before_parsing():
     doc = oci_manifest(annotations={"pad": "x" * (oci.MAX_JSON_SIZE)})
     with pytest.raises(ManifestError, match="4 MiB"):
