@@ -386,7 +386,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise
         code = 125 if G.command == "run" else 1
         if _is_expected(e):
-            rc = _fail(str(e), None, code)
+            rc = _fail(str(e), getattr(e, "hint", None), code)
         else:
             rc = _fail(f"internal error: {type(e).__name__}: {e}",
                        "run with --debug for a traceback and report it", code)
