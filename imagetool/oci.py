@@ -186,16 +186,30 @@ class _DuplicateKey(Exception):
     pass
 
 
+# Fields Go decodes into structs (matched case-insensitively there); map keys such as labels or
+# annotations are matched exactly, so "Foo" and "foo" labels stay legal.
+_STRUCT_FIELDS = frozenset(k.casefold() for k in (
+    "schemaVersion", "mediaType", "artifactType", "config", "layers", "manifests", "subject", "annotations",
+    "digest", "size", "urls", "platform", "os", "architecture", "variant", "os.version", "os.features",
+    "features", "data", "rootfs", "type", "diff_ids", "history", "created", "author",
+    "Entrypoint", "Cmd", "Env", "WorkingDir", "User", "Labels", "StopSignal", "ExposedPorts", "Volumes"))
+
+
 def _unique_keys(pairs: list) -> dict:
-    """A JSON object whose keys are unique even case-folded: Go clients (registries, containerd)
-    match struct fields case-insensitively, so {"layers": A, "Layers": B} would mean B to them
-    and A to Python. Refusing such documents closes that parser differential."""
-    seen = set()
+    """A JSON object without duplicate keys, and without two spellings of one struct field:
+    Go clients (registries, containerd) keep the last duplicate and match struct fields
+    case-insensitively, so {"layers": A, "Layers": B} would mean B to them and A to Python.
+    Refusing such documents closes that parser differential."""
+    seen, folded = set(), set()
     for k, _ in pairs:
-        folded = k.casefold()
-        if folded in seen:
+        if k in seen:
             raise _DuplicateKey(k)
-        seen.add(folded)
+        seen.add(k)
+        f = k.casefold()
+        if f in _STRUCT_FIELDS:
+            if f in folded:
+                raise _DuplicateKey(k)
+            folded.add(f)
     return dict(pairs)
 
 
@@ -208,7 +222,7 @@ def _load_json(raw: bytes, what: str, where: str) -> dict:
         doc = json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
         raise ManifestError(f"{what} {where} is ambiguous: key {e.args[0]!r} appears more than once "
-                            "(keys are compared case-insensitively, as Go's JSON decoder does)") from None
+                            "(field names compared case-insensitively, as Go's JSON decoder does)") from None
     except (ValueError, RecursionError) as e:
         raise ManifestError(f"{what} {where} is not valid JSON: {e}") from None
     if not isinstance(doc, dict):

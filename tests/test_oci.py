@@ -189,6 +189,17 @@ def test_duplicate_keys_are_refused_to_avoid_parser_differentials(raw):
         oci.parse_manifest(raw, WHERE, mt.OCI_MANIFEST)
 
 
+def test_labels_and_annotations_differing_in_case_are_distinct():
+    m = oci.parse_manifest(js(oci_manifest(annotations={"Foo": "1", "foo": "2"})), WHERE)
+    assert m.annotations == {"Foo": "1", "foo": "2"}
+    c = oci.parse_config(js({"rootfs": {"type": "layers", "diff_ids": []},
+                             "config": {"Labels": {"Version": "1", "version": "2"}}}), WHERE)
+    assert c.labels == {"Version": "1", "version": "2"}
+    with pytest.raises(ManifestError, match="appears more than once"):
+        oci.parse_config(b'{"rootfs": {"type": "layers", "diff_ids": []}, "config": {"Cmd": ["a"], "cmd": ["b"]}}',
+                         WHERE)
+
+
 def test_oversized_manifest_is_refused_before_parsing():
     doc = oci_manifest(annotations={"pad": "x" * (oci.MAX_JSON_SIZE)})
     with pytest.raises(ManifestError, match="4 MiB"):
