@@ -231,6 +231,7 @@ def machine_description(workdir: Path, tools: dict[str, str | None]) -> dict[str
         "distribution": distro,
         "cgroups": cgroups,
         "work dir fs": f"{fs_type(workdir)} ({workdir})",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": f"{platform.python_version()} ({python_command()})",
     }
     for t, p in tools.items():

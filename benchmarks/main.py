@@ -8,6 +8,7 @@ starts a loopback docker-registry, pushes the images with skopeo, runs every ope
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import platform
 import shutil
@@ -26,6 +27,9 @@ def parse(argv):
                    help="run only operations whose name contains TEXT (repeatable)")
     p.add_argument("--runs", type=int, help="counted runs per tool (default 5, quick 3)")
     p.add_argument("--warmups", type=int, help="warm-up runs per tool (default 1)")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                   help="two extra runs of each imagetool command (-X importtime, cProfile) for the report "
+                        "(default: on, off with --quick)")
     p.add_argument("--no-write", action="store_true", help="print the report instead of writing results/")
     p.add_argument("--output", help="write the report here instead of benchmarks/results/<date>-<host>.md")
     return p.parse_args(argv)
@@ -37,7 +41,11 @@ def main(argv=None) -> int:
     runs = args.runs or (3 if args.quick else 5)
     warmups = 1 if args.warmups is None else args.warmups
     scale = 0.1 if args.quick else 1.0
+    profile = (not args.quick) if args.profile is None else args.profile
 
+    # imagetool runs from this checkout even when the installed (editable) copy is stale or elsewhere
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(common.REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     tools = common.ensure_peers()
     for name in ("skopeo", "docker-registry"):
         if not tools.get(name):
@@ -53,13 +61,20 @@ def main(argv=None) -> int:
     from fixtures.registry import RegistryServer
 
     from benchmarks import specs
-    from benchmarks.measure import run_operation
+    from benchmarks.measure import profile_imagetool, run_operation
     from benchmarks.report import markdown, summary
 
     results = []
+    profiles = {}
     with common.tmpfs_workdir() as work:
         machine = common.machine_description(work, tools)
         machine["imagetool"] = _imagetool_version(imagetool)
+        # no host configuration or credentials leak in: every tool gets empty config dirs
+        cfg = work / "config"
+        (cfg / "imagetool").mkdir(parents=True)
+        os.environ.update(IMAGETOOL_CONFIG_DIR=str(cfg / "imagetool"), DOCKER_CONFIG=str(cfg / "docker"),
+                          REGISTRY_AUTH_FILE=str(cfg / "auth.json"))
+        os.environ.pop("IMAGETOOL_STORE", None)
         layouts = work / "layouts"
         layouts.mkdir()
         local = {}
@@ -88,7 +103,10 @@ def main(argv=None) -> int:
                     log(f"{op.name} …")
                     scratch = work / "scratch"
                     scratch.mkdir(exist_ok=True)
-                    results.append(run_operation(op, warmups, runs, scratch))
+                    res = run_operation(op, warmups, runs, scratch)
+                    results.append(res)
+                    if profile and res.imagetool.ok and op.group != "baseline":
+                        profiles[op.name] = profile_imagetool(op, imagetool, common.python_command(), scratch)
                     log(f"{op.name}: done in {time.monotonic() - t0:.0f} s")
             finally:
                 specs.cleanup(ctx)
@@ -100,7 +118,8 @@ def main(argv=None) -> int:
             "command": "benchmarks/run" + (" --quick" if args.quick else "") +
                        "".join(f" --only {o!r}" for o in args.only),
             "warmups": warmups, "runs": runs, "elapsed": time.monotonic() - started}
-    text = markdown(results, machine, meta, [i.describe for i in images.values()])
+    meta["fallbacks"] = list(ctx.fallbacks) if "ctx" in locals() else []
+    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles)
     print(summary(results))
     if args.no_write:
         print(text)
@@ -121,7 +140,8 @@ def _imagetool_version(argv) -> str:
         r = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30)
     except OSError as e:
         return f"? ({e})"
-    return (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["?"])[0] + f" ({argv[0]})"
+    text = (r.stdout or r.stderr).strip().splitlines()
+    return f"{text[0] if text else '?'} ({' '.join(argv)})"
 
 
 if __name__ == "__main__":

@@ -199,3 +199,66 @@ def run_operation(op: Operation, warmups: int, runs: int, scratch: Path) -> OpRe
         if r.status == "ok" and not r.samples:
             r.status = "failed: no sample"
     return OpResult(op, results)
+
+
+def profile_imagetool(op: Operation, imagetool: list, python: str, scratch: Path, top: int = 14) -> str:
+    """Two extra runs of imagetool's command, not counted in the table: one under `-X importtime`
+    (what the imports cost) and one under cProfile (imagetool's and the store's functions by
+    cumulative time, then every function by own time). Returns the text (or why there is none)."""
+    import io
+    import pstats
+
+    c = op.imagetool
+    argv = c.command(10_000)
+    if argv[: len(imagetool)] != imagetool:
+        return "(not profiled: not an imagetool command)"
+    out = scratch / "profile.out"
+    out.unlink(missing_ok=True)
+    rest = argv[len(imagetool):]
+    runs = {"imports": [python, "-X", "importtime", "-m", "imagetool.cli", *rest],
+            "profile": [python, "-m", "cProfile", "-o", str(out), "-m", "imagetool.cli", *rest]}
+    samples = {}
+    try:
+        if c.prepare:
+            c.prepare()
+        for what, cmd in runs.items():
+            try:
+                if c.setup:
+                    c.setup(10_000)
+                samples[what] = run_once(cmd, c.timeout, c.env, scratch / f"{what}.err")
+            finally:
+                if c.teardown:
+                    c.teardown(10_000)
+    except Exception as e:  # noqa: BLE001
+        return f"(not profiled: {_short(e)})"
+    text = [f"wall {samples['imports'].seconds:.3f} s with -X importtime; "
+            f"{samples['profile'].seconds:.3f} s under cProfile (which inflates Python-heavy parts)"]
+    text.append(_imports_summary((scratch / "imports.err").read_text(errors="replace")))
+    buf = io.StringIO()
+    st = pstats.Stats(str(out), stream=buf)
+    st.sort_stats("cumulative").print_stats(r"imagetool/|store/", top)
+    st.sort_stats("tottime").print_stats(top)
+    lines = [ln.rstrip() for ln in buf.getvalue().splitlines()]
+    noise = ("/profile.out", "List reduced from")
+    keep = [ln for ln in lines if ln and not any(n in ln for n in noise)]
+    prof = "\n".join(keep)
+    prof = prof.replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+    prof = re.sub(r"/\S*/site-packages/", "", prof)
+    prof = re.sub(r"/\S*/lib/python3\.\d+/", "", prof)
+    text.append(prof)
+    return "\n".join(text)
+
+
+def _imports_summary(stderr: str, top: int = 10) -> str:
+    """From `-X importtime` output: the total, and the costliest top-level imports (cumulative)."""
+    rows = []
+    for ln in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", ln)
+        if m:
+            rows.append((int(m.group(1)), int(m.group(2)), len(m.group(3)), m.group(4)))
+    if not rows:
+        return "imports: (no -X importtime output)"
+    total = sum(r[0] for r in rows) / 1000
+    tops = sorted((r for r in rows if r[2] == 1), key=lambda r: -r[1])[:top]
+    listed = ", ".join(f"{name} {cum / 1000:.0f} ms" for _, cum, _, name in tops)
+    return f"imports: {total:.0f} ms in {len(rows)} modules; top-level by cumulative time: {listed}"

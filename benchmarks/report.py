@@ -112,7 +112,7 @@ def goals(ops: list[OpResult]) -> list[str]:
     return out
 
 
-def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str]) -> str:
+def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None) -> str:
     parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
     parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + {meta['runs']} counted "
                  f"runs per tool, alternating A B C … each round; total {meta['elapsed']:.0f} s). "
@@ -122,8 +122,13 @@ def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str]) 
     parts += [f"- {g}" for g in goals(ops)] or ["- (nothing to check)"]
     parts += ["", "## Images", ""] + [f"- {d}" for d in images]
     parts += ["", "## Notes", ""] + [f"- **{o.op.name}**: {o.op.note}" for o in ops if o.op.note]
+    parts += [f"- {f}" for f in meta.get("fallbacks", [])]
     parts += ["", "## Machine", "", "| | |", "|---|---|"]
     parts += [f"| {k} | {v.replace('|', '/')} |" for k, v in machine.items()]
+    if profiles:
+        parts += ["", "## Where imagetool's time goes (extra runs under `-X importtime` and cProfile, not counted above)", ""]
+        for name, text in profiles.items():
+            parts += [f"<details><summary>{name}</summary>", "", "```", text, "```", "", "</details>", ""]
     return "\n".join(parts) + "\n"
 
 
