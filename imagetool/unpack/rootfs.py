@@ -62,7 +62,8 @@ def overlay_plan(store, image, container_dir) -> RootfsPlan:
     cdir = Path(os.path.abspath(container_dir))
     snaps = ensure_snapshots(store, image)
     links = cdir / "l"
-    for d in (cdir, links, cdir / "upper", cdir / "work", cdir / "rootfs"):
+    cdir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for d in (links, cdir / "upper", cdir / "work", cdir / "rootfs"):
         d.mkdir(mode=0o700 if d == cdir / "work" else 0o755, exist_ok=True)
     if not snaps:   # an image without layers: overlay still needs one lowerdir
         empty = cdir / "empty"
