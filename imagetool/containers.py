@@ -218,7 +218,10 @@ def run(store, opts: RunOptions) -> int:
         from imagetool.specgen import spec_from_image
 
         cid = secrets.token_hex(32)
-        spec = spec_from_image(img.config, opts, hostname=cid[:12])
+        import socket
+
+        default_host = socket.gethostname() if opts.network == "host" else cid[:12]
+        spec = spec_from_image(img.config, opts, hostname=default_host)
         trace.mark("spec")
         with _Lock(store):
             if opts.name and any(s.get("name") == opts.name for _, s in _all_states(store)):

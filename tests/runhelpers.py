@@ -1,0 +1,104 @@
+"""Helpers shared by the run/cgroup tests: a store with busybox images, host-state snapshots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kernel_skip_reason() -> str | None:
+    """Why containers cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces, mounts, cgroups)"
+    if not Path("/bin/busybox").is_file():
+        return "needs /bin/busybox (busybox-static)"
+    try:
+        with open("/proc/filesystems") as f:
+            if "overlay" not in f.read():
+                return "overlayfs is not available"
+    except OSError:
+        return "no /proc/filesystems"
+    from imagetool.runtime import cgroups
+
+    if cgroups.detect() == "none":
+        return "no cgroup filesystem mounted"
+    return None
+
+
+def add_image(store_root: Path, built, name: str) -> None:
+    """Put a fixtures BuiltImage into the store under `name` (through the store's public API)."""
+    from store import Descriptor, Digest, Store
+
+    st = Store.open(store_root)
+    for d, data in built.blobs.items():
+        st.put(data, Digest.parse(d))
+    st.put(built.manifest, Digest.parse(built.manifest_digest))
+    st.put(built.config_bytes, Digest.parse(built.config_digest))
+    st.tag(name, Descriptor(built.manifest_media_type, Digest.parse(built.manifest_digest), len(built.manifest)))
+
+
+class Imagetool:
+    """`imagetool --store STORE …` as a subprocess (python -m imagetool.cli)."""
+
+    def __init__(self, store: Path):
+        self.store = store
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+    def argv(self, *args) -> list[str]:
+        return [sys.executable, "-m", "imagetool.cli", "--store", str(self.store), *map(str, args)]
+
+    def __call__(self, *args, input=None, timeout=120, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout,
+                              env=self.env, stdin=None if input is not None else subprocess.DEVNULL, **kw)
+
+    def popen(self, *args, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kw)
+
+
+def cgroup_children() -> set[str]:
+    """Every directory below an `imagetool` parent group, in every cgroup hierarchy."""
+    from imagetool.runtime import cgroups
+
+    v1, v2 = cgroups.mountinfo_cgroups()
+    out = set()
+    for mnt in set(v1.values()) | ({v2} if v2 else set()):
+        for dirpath, dirnames, _ in os.walk(mnt):
+            if Path(dirpath).name == cgroups.PARENT:
+                out.update(os.path.join(dirpath, d) for d in dirnames)
+                dirnames[:] = []
+            elif dirpath.count("/") - mnt.count("/") >= 4:
+                dirnames[:] = []
+    return out
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Lines of the host's mountinfo that mention `path`."""
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line for line in f if str(path) in line)
+
+
+def new_cgroups_that_stay(before: set[str], grace: float = 3.0) -> set[str]:
+    """Groups that appeared since `before`, hold no process and did not go away within `grace`
+    seconds: leaked ones (other containers may start and finish concurrently on a shared host)."""
+    from imagetool.runtime.cgroups import pids_in
+
+    deadline = time.monotonic() + grace
+    while True:
+        extra = {p for p in cgroup_children() - before if Path(p).exists() and not pids_in(Path(p))}
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.1)
+
+
+def have_tool(name: str) -> bool:
+    return shutil.which(name) is not None

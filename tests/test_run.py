@@ -1,0 +1,403 @@
+"""`imagetool run` for real: namespaces, overlay, pivot_root, cgroups, capabilities, exit codes.
+
+Every test leaves the host as it found it: an autouse fixture compares the host's mount table
+(entries under the test store) and the imagetool cgroup groups before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runhelpers import (Imagetool, add_image, cgroup_children, kernel_skip_reason, mounts_under,
+                              new_cgroups_that_stay)
+
+_reason = kernel_skip_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+CFG_ENV = ["PATH=/usr/local/bin:/usr/bin:/bin", "FROM_IMAGE=yes", "OVERRIDE=image"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from fixtures.images import Layer, build_image, busybox_image
+    from fixtures.tarbuild import directory, file
+
+    root = tmp_path_factory.mktemp("imagetool-run") / "store"
+    bb = busybox_image()
+    add_image(root, bb, "docker.io/library/busybox:latest")
+    # the same layers with a config carrying Env, WorkingDir, User and an Entrypoint
+    layers = [Layer(bb_layer_tar, compression="gzip") for bb_layer_tar in _layer_tars(bb)]
+    layers.append(Layer([directory("srv", mode=0o755), directory("srv/app", mode=0o777),
+                         file("srv/app/hello.txt", b"hi from the image\n")]))
+    cfg = build_image(layers, config={"Env": CFG_ENV, "WorkingDir": "/srv/app", "User": "nobody",
+                                      "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["id -u; pwd; echo $FROM_IMAGE"]})
+    add_image(root, cfg, "docker.io/library/cfgimage:latest")
+    return root
+
+
+def _layer_tars(built):
+    """The uncompressed tars of a built image's layers (to rebuild them into another image)."""
+    import gzip
+
+    manifest = json.loads(built.manifest)
+    return [gzip.decompress(built.blobs[layer["digest"]]) for layer in manifest["layers"]]
+
+
+@pytest.fixture
+def it(store):
+    return Imagetool(store)
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged(store):
+    """The host's mount table and imagetool cgroups are the same after the test as before."""
+    mounts_before = mounts_under(store.parent)
+    cgroups_before = cgroup_children()
+    yield
+    assert mounts_under(store.parent) == mounts_before
+    assert new_cgroups_that_stay(cgroups_before) == set()
+
+
+def run_ok(it, *args, **kw) -> str:
+    r = it("run", "--rm", *args, **kw)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+# ---------------------------------------------------------------- the seed example
+
+
+def _need_controller(name: str):
+    from imagetool.runtime import cgroups
+
+    layout = cgroups.detect()
+    v1, v2 = cgroups.mountinfo_cgroups()
+    if layout in ("v1", "hybrid") and name not in v1:
+        pytest.skip(f"the cgroup v1 {name} controller is not mounted")
+    if layout == "v2" and name not in Path(v2, "cgroup.controllers").read_text().split():
+        pytest.skip(f"the cgroup v2 {name} controller is not available")
+
+
+def test_seed_memory_limit_kills_7_5MB_and_allows_2MB(it):
+    _need_controller("memory")
+    r = it("run", "--rm", "-m", "7m", "busybox", "sh", "-c", "data=$(head -c 7500000 /dev/urandom)")
+    assert r.returncode == 137, r.stderr
+    assert "imagetool: container was killed: out of memory" in r.stderr
+    r = it("run", "--rm", "-m", "7m", "busybox", "sh", "-c", "data=$(head -c 2000000 /dev/urandom)")
+    assert r.returncode == 0, r.stderr
+    assert "out of memory" not in r.stderr
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_command_is_pid_1_and_sees_only_its_processes(it):
+    assert run_ok(it, "busybox", "sh", "-c", "echo $$").strip() == "1"
+    lines = run_ok(it, "busybox", "ps", "-A").strip().splitlines()
+    assert lines[1:] == ["    1 root     ps -A"], lines
+
+
+def test_hostname_is_private_and_settable(it):
+    import socket
+
+    default = run_ok(it, "busybox", "hostname").strip()
+    assert default != socket.gethostname() and len(default) == 12
+    assert run_ok(it, "-h", "box.example", "busybox", "hostname").strip() == "box.example"
+    assert socket.gethostname() != "box.example"
+
+
+def test_host_files_and_mounts_are_unreachable(it, tmp_path):
+    marker = tmp_path / "imagetool-host-marker"
+    marker.write_text("secret")
+    out = run_ok(it, "busybox", "sh", "-c",
+                 f"test -e {marker} && echo VISIBLE; cat /proc/1/mountinfo | wc -l; ls /; true")
+    assert "VISIBLE" not in out
+    assert int(out.splitlines()[0]) < 20  # only the container's own mounts
+    assert "srv" not in out.split()
+
+
+def test_network_private_loopback_up_none_down(it):
+    assert run_ok(it, "busybox", "cat", "/sys/class/net/lo/operstate").strip() in ("unknown", "up")
+    assert run_ok(it, "busybox", "ls", "/sys/class/net").split() == ["lo"]
+    assert run_ok(it, "--network", "none", "busybox", "cat", "/sys/class/net/lo/operstate").strip() == "down"
+
+
+def test_capabilities_are_dockers_default_and_no_new_privs(it):
+    out = run_ok(it, "busybox", "cat", "/proc/self/status")
+    fields = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+    assert fields["CapEff"].strip() == "00000000a80425fb"
+    assert fields["CapPrm"].strip() == "00000000a80425fb"
+    assert fields["CapBnd"].strip() == "00000000a80425fb"
+    assert fields["CapInh"].strip() == "0000000000000000"
+    assert fields["CapAmb"].strip() == "0000000000000000"
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_only_fds_0_1_2_reach_the_command(it):
+    extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
+    try:
+        for fd in extra:
+            os.set_inheritable(fd, True)
+        r = it("run", "--rm", "busybox", "sh", "-c", "ls /proc/$$/fd; true", pass_fds=extra)
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.split()) == ["0", "1", "2"]
+    finally:
+        for fd in extra:
+            os.close(fd)
+
+
+def test_proc_is_masked_and_read_only(it):
+    masked = [p for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug")
+              if os.path.exists(p)]
+    script = "; ".join(f"echo {p}=$(head -c 100 {p} 2>/dev/null | wc -c)" for p in masked)
+    out = run_ok(it, "busybox", "sh", "-c", script + "; echo 1 > /proc/sys/vm/overcommit_memory && echo WROTE; "
+                 "echo 1 > /proc/sysrq-trigger && echo WROTE2; grep -c ' /proc/sys ro,' /proc/self/mountinfo; true")
+    for p in masked:
+        assert f"{p}=0" in out
+    assert "WROTE" not in out
+    assert int(out.strip().splitlines()[-1]) >= 1
+
+
+def test_sys_is_read_only_and_dev_is_minimal(it):
+    out = run_ok(it, "busybox", "sh", "-c", "ls /dev; touch /sys/x 2>&1; echo hi > /dev/null && echo devnull-ok")
+    names = set(out.split())
+    assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue"} <= names
+    assert "sda" not in names and "kmsg" not in names
+    assert "Read-only file system" in out
+    assert "devnull-ok" in out
+
+
+def test_writes_do_not_survive_the_container(it):
+    run_ok(it, "busybox", "sh", "-c", "echo x > /written-by-run-1")
+    assert "ABSENT" in run_ok(it, "busybox", "sh", "-c", "test -e /written-by-run-1 || echo ABSENT")
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_pids_limit_contains_a_fork_loop(it):
+    _need_controller("pids")
+    r = it("run", "--rm", "--pids-limit", "20", "busybox", "sh", "-c",
+           "i=0; while [ $i -lt 60 ]; do sleep 3 & i=$((i+1)); done; echo spawned; wait")
+    assert "can't fork" in r.stderr or "Resource temporarily unavailable" in r.stderr, r.stderr
+    # the host is fine: it can still start processes
+    assert subprocess.run(["true"]).returncode == 0
+
+
+def test_cpus_quota_throttles_a_busy_loop(it, store):
+    _need_controller("cpu")
+    p = it.popen("run", "--name", "cpu-quota-probe", "--cpus", "0.5", "busybox", "sh", "-c",
+                 "for w in 1 2 3 4; do (while :; do :; done) & done; echo started; sleep 60")
+    try:
+        assert p.stdout.readline().strip() == "started"
+        state = _state_by_name(store, "cpu-quota-probe")
+        from imagetool.runtime import cgroups
+
+        group = next(Path(g) for g in state["cgroups"] if (Path(g) / "cpu.stat").exists())
+        quota = (group / "cpu.max").read_text().split()[0] if (group / "cpu.max").exists() else \
+            (group / "cpu.cfs_quota_us").read_text().strip()
+        assert quota == "50000"
+        throttled = 0  # four busy workers want more than half a CPU even on a loaded host
+        deadline = time.monotonic() + 50
+        while p.poll() is None and throttled == 0 and time.monotonic() < deadline:
+            throttled = cgroups.read_keyed(group / "cpu.stat").get("nr_throttled", 0)
+            time.sleep(0.05)
+        assert throttled > 0
+    finally:
+        it("rm", "-f", "cpu-quota-probe")  # kills the container; imagetool then cleans up and exits
+        p.wait(timeout=30)
+
+
+def _state_by_name(store: Path, name: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in (store / "containers").iterdir():
+            try:
+                st = json.loads((d / "state.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if st.get("name") == name and st.get("status") == "running":
+                return st
+        time.sleep(0.02)
+    raise AssertionError(f"no running container named {name}")
+
+
+def test_bad_memory_and_volume_are_one_line_errors(it):
+    for args in (["-m", "lots"], ["-v", "relative:/x"], ["-v", "/nonexistent-imagetool-src:/x"],
+                 ["--memory-swap", "1g"], ["--network", "bridge0"]):
+        r = it("run", "--rm", *args, "busybox", "true")
+        assert r.returncode == 125, (args, r.stderr)
+        assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- config and options
+
+
+def test_env_workdir_user_entrypoint_from_the_image_config(it):
+    out = run_ok(it, "cfgimage").splitlines()
+    assert out == ["65534", "/srv/app", "yes"]
+
+
+def test_options_override_the_image_config(it, tmp_path):
+    envfile = tmp_path / "env.list"
+    envfile.write_text("# comment\nFROM_FILE=1\nOVERRIDE=file\n")
+    out = run_ok(it, "--env-file", envfile, "-e", "OVERRIDE=flag", "-e", "NEW=2", "-w", "/made/by/run",
+                 "-u", "1234:4321", "cfgimage", "id; pwd; env | sort").splitlines()
+    assert out[0].startswith("uid=1234 gid=4321")
+    assert out[1] == "/made/by/run"
+    env = set(out[2:])
+    assert {"OVERRIDE=flag", "NEW=2", "FROM_FILE=1", "FROM_IMAGE=yes", "PATH=/usr/local/bin:/usr/bin:/bin"} <= env
+    out = run_ok(it, "--entrypoint", "/bin/echo", "-u", "root", "cfgimage", "plain", "args").strip()
+    assert out == "plain args"
+
+
+def test_volumes_read_write_and_read_only(it, tmp_path):
+    src = tmp_path / "vol"
+    src.mkdir()
+    (src / "in.txt").write_text("from host\n")
+    out = run_ok(it, "-v", f"{src}:/data", "busybox", "sh", "-c", "cat /data/in.txt; echo back > /data/out.txt")
+    assert out == "from host\n"
+    assert (src / "out.txt").read_text() == "back\n"
+    r = it("run", "--rm", "-v", f"{src}:/data:ro", "busybox", "sh", "-c", "cat /data/in.txt; echo x > /data/ro.txt")
+    assert r.stdout == "from host\n" and r.returncode != 0
+    assert "Read-only file system" in r.stderr
+    assert not (src / "ro.txt").exists()
+
+
+def test_read_only_root(it):
+    r = it("run", "--rm", "--read-only", "busybox", "sh", "-c", "echo x > /etc/x; echo x > /dev/shm/x && echo shm-ok")
+    assert "Read-only file system" in r.stderr
+    assert "shm-ok" in r.stdout
+
+
+# ---------------------------------------------------------------- exit codes and signals
+
+
+@pytest.mark.parametrize("args, code", [
+    (["busybox", "true"], 0),
+    (["busybox", "sh", "-c", "exit 42"], 42),
+    (["busybox", "/etc/passwd"], 126),
+    (["busybox", "no-such-command"], 127),
+    (["busybox", "sh", "-c", "sleep 5 & kill -9 $!; wait $!"], 137),
+])
+def test_exit_codes(it, args, code):
+    r = it("run", "--rm", *args)
+    assert r.returncode == code, r.stderr
+    if code in (126, 127):
+        assert r.stderr.startswith("imagetool: error: exec")
+
+
+def test_sigterm_to_imagetool_reaches_the_container(it):
+    p = it.popen("run", "--rm", "busybox", "sh", "-c", "trap 'echo got TERM; exit 143' TERM; echo ready; sleep 60 & wait")
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 143
+    assert "got TERM" in out
+
+
+def test_tty_interactive_shell(it):
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(it.argv("run", "--rm", "-it", "busybox", "sh"), stdin=slave, stdout=slave,
+                         stderr=slave, env=it.env, start_new_session=True)
+    os.close(slave)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not sent and b"# " in out:  # type at the prompt, as a person would (Enter is \r in raw mode)
+            os.write(master, b"echo h''i; exit 3\r")
+            sent = True
+        r, _, _ = select.select([master], [], [], 1)
+        if r:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif p.poll() is not None:
+            break
+    p.wait(timeout=30)
+    os.close(master)
+    assert p.returncode == 3, out
+    assert b"\nhi" in out.replace(b"\r", b"")
+
+
+# ---------------------------------------------------------------- ps, rm, state
+
+
+def test_ps_rm_and_names(it, store):
+    r = it("run", "--name", "keepme", "busybox", "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    rows = json.loads(it("ps", "-a", "--format", "json").stdout)
+    row = next(x for x in rows if x["name"] == "keepme")
+    assert row["exit_code"] == 7 and row["status"].startswith("exited")
+    cid = row["id"]
+    state = json.loads((store / "containers" / cid / "state.json").read_text())
+    assert state["snapshots"] and all(s.startswith("sha256:") for s in state["snapshots"])
+    assert "keepme" not in it("ps").stdout  # not running
+    r = it("run", "--name", "keepme", "busybox", "true")
+    assert r.returncode == 125 and "already in use" in r.stderr
+    assert it("rm", "keepme").returncode == 0
+    assert not (store / "containers" / cid).exists()
+    r = it("rm", "keepme")
+    assert r.returncode == 1 and "no such container" in r.stderr
+
+
+def test_rm_leaves_no_container_directory(it, store):
+    before = set(os.listdir(store / "containers"))
+    run_ok(it, "busybox", "true")
+    assert set(os.listdir(store / "containers")) == before
+
+
+def test_sigkilled_imagetool_is_cleaned_up_by_ps(it, store):
+    p = it.popen("run", "--name", "orphan", "busybox", "sh", "-c", "echo up; sleep 60")
+    try:
+        assert p.stdout.readline().strip() == "up"
+        state = _state_by_name(store, "orphan")
+        running = json.loads(it("ps", "--format", "json").stdout)
+        assert any(x["name"] == "orphan" for x in running)
+        assert it("rm", "orphan").returncode == 1  # running: needs -f
+        p.kill()
+        p.wait()
+        rows = json.loads(it("ps", "-a", "--format", "json").stdout)
+        row = next(x for x in rows if x["name"] == "orphan")
+        assert row["status"].startswith("exited")
+        for g in state["cgroups"]:
+            assert not Path(g).exists()
+        assert not os.path.exists(f"/proc/{state['pid']}") or _is_zombie_or_other(state["pid"])
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        it("rm", "-f", "orphan")
+
+
+def _is_zombie_or_other(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_runc_runs_the_same_spec(it):
+    from tests.runhelpers import have_tool
+
+    if not have_tool("runc"):
+        pytest.skip("runc is not installed")
+    r = it("run", "--rm", "--runtime", "runc", "-e", "X=from-runc", "busybox", "sh", "-c", "echo $X $$; exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout.split() == ["from-runc", "1"]
