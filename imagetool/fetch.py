@@ -17,8 +17,6 @@ import http.client
 import threading
 import time
 
-import requests
-import urllib3
 from store import Descriptor
 from store.errors import DigestMismatch, SizeMismatch
 
@@ -28,8 +26,7 @@ from imagetool.progress import NullProgress, Progress
 DOWNLOADED = "Pull complete"
 EXISTS = "Already exists"
 
-_NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                   http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+_NETWORK_ERRORS = (http.client.HTTPException, ConnectionError, TimeoutError, OSError)
 
 
 class _Short(Exception):

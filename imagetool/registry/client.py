@@ -13,6 +13,7 @@ tag); registry errors keep their distribution error code.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import threading
@@ -142,7 +143,7 @@ class RegistryClient:
         status = resp.status_code
         code, detail = None, ""
         try:
-            body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.request.method != "HEAD" else b""
+            body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.method != "HEAD" else b""
             errors = json.loads(body).get("errors") if body else None
             if errors and isinstance(errors, list) and isinstance(errors[0], dict):
                 code = errors[0].get("code")
@@ -230,7 +231,7 @@ class RegistryClient:
                                     f"more than the {MAX_MANIFEST >> 20} MiB limit")
             try:
                 raw = resp.raw.read(MAX_MANIFEST + 1, decode_content=True)
-            except Exception as e:  # noqa: BLE001 - urllib3/OS errors while reading the body
+            except (OSError, http.client.HTTPException) as e:
                 raise TransportError(f"reading manifest {reference} from {self.host} failed: {e}") from None
             if len(raw) > MAX_MANIFEST:
                 raise ManifestError(f"manifest {reference} of {self.ref.name} is more than the "
@@ -296,7 +297,7 @@ class _Empty:
     def __init__(self, resp):
         self._resp = resp
 
-    class raw:  # noqa: N801 - mimics requests.Response.raw
+    class raw:  # noqa: N801 - mimics Response.raw
         @staticmethod
         def read(*_a, **_k) -> bytes:
             return b""

@@ -11,31 +11,31 @@ Contract:
   (seconds or an HTTP date, capped). Tunables (for tests): IMAGETOOL_CONNECT_TIMEOUT,
   IMAGETOOL_READ_TIMEOUT, IMAGETOOL_RETRIES (attempts), IMAGETOOL_RETRY_BACKOFF (first delay, s),
   IMAGETOOL_RETRY_MAX_DELAY (cap, s).
-- Redirects are followed here, never by requests: the caller's Authorization header is sent only
-  to the registry's own origin (scheme, host, port), never to the host a redirect points at.
+- Redirects are followed here: the caller's Authorization header is sent only to the registry's
+  own origin (scheme, host, port), never to the host a redirect points at.
+- Built on the standard library (http.client + ssl, keep-alive connection pool): no requests, so
+  `imagetool pull` starts fast. `Response` has the few attributes the client uses.
 """
 
 from __future__ import annotations
 
-import atexit
 import email.utils
+import http.client
 import ipaddress
 import os
 import random
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import requests
-
 from imagetool import settings
 from imagetool.errors import TransportError
 
+USER_AGENT = "imagetool/0.1"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
@@ -94,7 +94,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def retry_after(resp: requests.Response) -> float | None:
+def retry_after(resp) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
     value = resp.headers.get("Retry-After")
     if not value:
@@ -113,7 +113,6 @@ def retry_after(resp: requests.Response) -> float | None:
 
 # ------------------------------------------------------------------ CA bundles
 
-_BUNDLES: dict[tuple[str, ...], str] = {}
 _BUNDLES_LOCK = threading.Lock()
 
 
@@ -130,14 +129,6 @@ def _system_cafile() -> str | None:
         return None
 
 
-def _remove_bundles() -> None:
-    for path in _BUNDLES.values():
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
 def ca_files(host: str) -> list[Path]:
     """The extra CA certificates configured for `host` (certs.d/<host>/*.crt, imagetool's dir first)."""
     found: list[Path] = []
@@ -149,37 +140,125 @@ def ca_files(host: str) -> list[Path]:
     return found
 
 
-def verify_for(host: str) -> bool | str:
-    """`verify=` for requests: True (system CAs) or a bundle file of system CAs + certs.d CAs."""
-    extra = ca_files(host)
-    if not extra:
-        return True
-    key = tuple(str(p) for p in extra)
+_CONTEXTS: dict[tuple, ssl.SSLContext] = {}
+
+
+def ssl_context(host: str, verify: bool = True) -> ssl.SSLContext:
+    """A TLS context for `host`: system CAs plus its certs.d CAs, or no verification at all."""
+    extra = ca_files(host) if verify else []
+    key = (verify, tuple(str(p) for p in extra))
     with _BUNDLES_LOCK:
-        if key in _BUNDLES:
-            return _BUNDLES[key]
-        parts = []
-        system = _system_cafile()
-        if system:
-            parts.append(Path(system).read_bytes())
-        for p in extra:
-            parts.append(p.read_bytes())
-        fd, path = tempfile.mkstemp(prefix="imagetool-ca-", suffix=".pem")
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\n".join(parts))
-        if not _BUNDLES:
-            atexit.register(_remove_bundles)
-        _BUNDLES[key] = path
-        return path
+        ctx = _CONTEXTS.get(key)
+        if ctx is not None:
+            return ctx
+        if not verify:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context()
+            paths = ssl.get_default_verify_paths()
+            has_default = (paths.cafile and os.path.isfile(paths.cafile)) or \
+                (paths.capath and os.path.isdir(paths.capath))
+            if not has_default and _system_cafile():
+                ctx.load_verify_locations(cafile=_system_cafile())
+            for p in extra:
+                ctx.load_verify_locations(cafile=str(p))
+        _CONTEXTS[key] = ctx
+        return ctx
 
 
 # ------------------------------------------------------------------ the transport
 
 
 def _is_cert_error(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
     text = str(exc)
-    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text \
-        or "hostname" in text and "match" in text
+    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
+class _Failure(Exception):
+    """A request that did not get a response: `kind` is connect | timeout | read-timeout | tls | other."""
+
+    def __init__(self, kind: str, cause: BaseException):
+        super().__init__(str(cause))
+        self.kind = kind
+        self.cause = cause
+
+
+class Response:
+    """One HTTP response: `status_code`, `headers` (case-insensitive `.get`), `method`, the body
+    through `read(n)` / `read1(n)` / `content`, and `close()` (which returns a fully read
+    keep-alive connection to the pool). `raw` is the response itself (the body reader)."""
+
+    def __init__(self, method: str, url: str, resp: http.client.HTTPResponse, conn, pool: "_Pool"):
+        self.method = method
+        self.url = url
+        self.status_code = resp.status
+        self.headers = resp.headers
+        self._resp = resp
+        self._conn = conn
+        self._pool = pool
+        self._content: bytes | None = None
+        self._closed = False
+
+    @property
+    def raw(self) -> "Response":
+        return self
+
+    def read(self, n: int = -1, decode_content: bool = False) -> bytes:
+        return self._resp.read(None if n is None or n < 0 else n)
+
+    def read1(self, n: int = -1, decode_content: bool = False) -> bytes:
+        return self._resp.read1(n)
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = b"" if self.method == "HEAD" else self._resp.read()
+        return self._content
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        reusable = (self.method == "HEAD" or self._resp.isclosed()) and not self._resp.will_close
+        if self.method == "HEAD":
+            self._resp.close()
+        if reusable and self._conn.sock is not None:
+            self._pool.put(self._conn)
+        else:
+            self._resp.close()
+            self._conn.close()
+
+
+class _Pool:
+    """Idle keep-alive connections per (scheme, host) (thread-safe)."""
+
+    def __init__(self):
+        self._idle: dict[tuple, list] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple):
+        with self._lock:
+            conns = self._idle.get(key)
+            return conns.pop() if conns else None
+
+    def put(self, conn) -> None:
+        with self._lock:
+            conns = self._idle.setdefault(conn._imagetool_key, [])
+            if len(conns) < 16:
+                conns.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for cs in self._idle.values() for c in cs]
+            self._idle.clear()
+        for c in conns:
+            c.close()
 
 
 class Transport:
@@ -191,10 +270,7 @@ class Transport:
         cfg = settings.registries_config()
         self.insecure = insecure or host in (cfg.get("insecure") or [])
         self.policy = policy or Policy.from_env()
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self._pool = _Pool()
         self._lock = threading.Lock()
         self._plain_ok = self.insecure or is_loopback(host)
         # None = not decided yet (loopback/insecure: https first, then http)
@@ -211,20 +287,21 @@ class Transport:
         return path if "://" in path else self.origin + path
 
     def close(self) -> None:
-        self.session.close()
+        self._pool.close()
 
     # -------------------------------------------------------------- requests
 
     def request(self, method: str, path: str, headers: dict | None = None,
                 authorization: str | None = None, stream: bool = False,
-                follow_redirects: bool = True) -> requests.Response:
+                follow_redirects: bool = True) -> Response:
         """One request with retries; redirects followed, Authorization only to the registry's origin.
 
         `path` is "/v2/…" (relative to the registry) or an absolute URL. Returns the final
-        response, whatever its status, after the retry budget for 5xx/429 is spent.
+        response, whatever its status, after the retry budget for 5xx/429 is spent. With
+        `stream=False` the body is read before returning.
         """
         if self._scheme is None and "://" not in path:
-            self._decide_scheme(path, headers, authorization)
+            self._decide_scheme()
         url = self.url(path)
         for _ in range(MAX_REDIRECTS + 1):
             h = dict(headers or {})
@@ -252,7 +329,7 @@ class Transport:
         parts = urlsplit(url)
         return parts.scheme == (self._scheme or "https") and parts.netloc == self.host
 
-    def _decide_scheme(self, path: str, headers: dict | None, authorization: str | None) -> None:
+    def _decide_scheme(self) -> None:
         """Loopback/insecure hosts: https when the server speaks TLS, else http.
 
         The probe is a bare TLS handshake (no CA loading); the certificate is verified by the real
@@ -261,9 +338,7 @@ class Transport:
             if self._scheme is not None:
                 return
             name, port = split_host(self.host)
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+            ctx = ssl_context(self.host, verify=False)
             try:
                 with socket.create_connection((name, port or 443), timeout=self.policy.connect_timeout) as sock:
                     sock.settimeout(min(self.policy.read_timeout, 5.0))
@@ -272,16 +347,25 @@ class Transport:
             except (ssl.SSLError, ConnectionError, socket.timeout, OSError):
                 self._scheme = "http"
 
-    def send(self, method: str, url: str, headers: dict, stream: bool = False) -> requests.Response:
+    def send(self, method: str, url: str, headers: dict, stream: bool = False) -> Response:
         """One URL, no redirects, with the retry policy; raises TransportError when it gives up."""
         failures = 0
         while True:
             try:
-                resp = self._once(method, url, headers, stream)
-            except requests.exceptions.RequestException as e:
+                resp = self._once(method, url, headers)
+                if not stream:
+                    resp.content  # noqa: B018 - read the body now (errors are retried below)
+            except _Failure as e:
                 err = self._map(e, url)
                 failures += 1
                 if not getattr(err, "retryable", False) or failures >= self.policy.attempts:
+                    raise err from None
+                self._sleep(self.policy.delay(failures))
+                continue
+            except (OSError, http.client.HTTPException) as e:  # body read of a non-stream request
+                err = self._map(_Failure("other", e), url)
+                failures += 1
+                if failures >= self.policy.attempts:
                     raise err from None
                 self._sleep(self.policy.delay(failures))
                 continue
@@ -295,54 +379,98 @@ class Transport:
                     continue
             return resp
 
-    def _once(self, method: str, url: str, headers: dict, stream: bool) -> requests.Response:
-        host = urlsplit(url).netloc
-        if url.startswith("https://"):
-            verify = False if (self.insecure and host == self.host) else verify_for(host)
+    def _connect(self, scheme: str, netloc: str):
+        name, port = split_host(netloc)
+        if scheme == "https":
+            verify = not (self.insecure and netloc == self.host)
+            conn = http.client.HTTPSConnection(name, port or 443, timeout=self.policy.connect_timeout,
+                                               context=ssl_context(netloc, verify))
         else:
-            verify = True
-        return self.session.request(
-            method, url, headers=headers, stream=stream, allow_redirects=False, verify=verify,
-            timeout=(self.policy.connect_timeout, self.policy.read_timeout))
+            conn = http.client.HTTPConnection(name, port or 80, timeout=self.policy.connect_timeout)
+        conn._imagetool_key = (scheme, netloc)
+        try:
+            conn.connect()
+        except ssl.SSLError as e:
+            conn.close()
+            raise _Failure("tls", e) from None
+        except (socket.timeout, TimeoutError) as e:
+            conn.close()
+            raise _Failure("timeout", e) from None
+        except OSError as e:
+            conn.close()
+            raise _Failure("connect", e) from None
+        conn.sock.settimeout(self.policy.read_timeout)
+        return conn
 
-    def _map(self, e: BaseException, url: str) -> TransportError:
+    def _once(self, method: str, url: str, headers: dict) -> Response:
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        h = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        key = (parts.scheme, parts.netloc)
+        for fresh in (False, True):
+            conn = None if fresh else self._pool.get(key)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(parts.scheme, parts.netloc)
+            try:
+                conn.request(method, target, headers=h)
+                resp = conn.getresponse()
+            except (socket.timeout, TimeoutError) as e:
+                conn.close()
+                raise _Failure("read-timeout", e) from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                if reused:  # a stale keep-alive connection: try once on a new one
+                    continue
+                if isinstance(e, ssl.SSLError):
+                    raise _Failure("tls", e) from None
+                raise _Failure("other", e) from None
+            return Response(method, url, resp, conn, self._pool)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _map(self, e: _Failure, url: str) -> TransportError:
         host = urlsplit(url).netloc or self.host
-        if isinstance(e, requests.exceptions.SSLError):
-            if _is_cert_error(e):
+        cause = e.cause
+        if e.kind == "tls":
+            if _is_cert_error(cause):
                 err = TransportError(
-                    f"TLS certificate of {host} is not trusted: {_reason(e)}",
+                    f"TLS certificate of {host} is not trusted: {_reason(cause)}",
                     hint=f"install the registry's CA as {settings.config_dir()}/certs.d/{host}/ca.crt"
                          " (or mark the registry insecure)")
             else:
-                err = TransportError(f"TLS handshake with {host} failed: {_reason(e)}")
+                err = TransportError(f"TLS handshake with {host} failed: {_reason(cause)}")
             err.retryable = False
             return err
-        if isinstance(e, requests.exceptions.ConnectTimeout):
+        if e.kind == "timeout":
             err = TransportError(f"cannot connect to {host}: timed out after "
                                  f"{self.policy.connect_timeout:g}s")
-        elif isinstance(e, requests.exceptions.ReadTimeout):
+        elif e.kind == "read-timeout":
             err = TransportError(f"{host} did not answer within {self.policy.read_timeout:g}s")
-        elif isinstance(e, requests.exceptions.ConnectionError):
-            text = str(e)
-            if "Name or service not known" in text or "NameResolutionError" in text \
-                    or "Temporary failure in name resolution" in text:
+        elif e.kind == "connect":
+            if isinstance(cause, socket.gaierror):
                 err = TransportError(f"cannot resolve registry host {split_host(host)[0]}")
                 err.retryable = False
                 return err
-            err = TransportError(f"cannot connect to {host}: {_reason(e)}")
+            err = TransportError(f"cannot connect to {host}: {_reason(cause)}")
         else:
-            err = TransportError(f"request to {host} failed: {_reason(e)}")
+            err = TransportError(f"request to {host} failed: {_reason(cause)}")
         err.retryable = True
         return err
 
 
 def _reason(e: BaseException) -> str:
-    """The innermost useful reason of a requests/urllib3 exception, one line."""
-    text = str(e)
-    for marker in ("certificate verify failed: ", "Connection refused", "Connection reset by peer",
-                   "Remote end closed connection", "timed out"):
-        if marker in text:
-            i = text.index(marker)
-            tail = text[i:].split("(")[0].split("'")[0].strip(" :)")
-            return tail or marker.strip(": ")
-    return " ".join(text.split())[:200]
+    """A short, one-line reason of a socket/ssl/http.client exception."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return e.verify_message or "certificate verify failed"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset by peer"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "the server closed the connection"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = " ".join(str(e).split())
+    return text[:200] or type(e).__name__
