@@ -96,7 +96,7 @@ def create(container_id: str, layout: str | None = None):
 
 def write(path: Path, value) -> None:
     """Write a control file (it must exist, as on cgroupfs)."""
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, str(value).encode())
     finally:
@@ -144,7 +144,7 @@ def kill_and_remove(group: Path, use_kill_file: bool = False, timeout: float = 5
             except ProcessLookupError:
                 pass
         try:
-            os.rmdir(group)
+            _rmdir(group)
             return
         except FileNotFoundError:
             return
@@ -155,9 +155,14 @@ def kill_and_remove(group: Path, use_kill_file: bool = False, timeout: float = 5
         delay = min(delay * 2, 0.05)
 
 
+def _rmdir(path: Path) -> None:
+    """rmdir (a separate function so tests can mimic cgroupfs, where control files do not count)."""
+    os.rmdir(path)
+
+
 def remove_parent_if_empty(parent: Path) -> None:
     try:
-        os.rmdir(parent)
+        _rmdir(parent)
     except OSError:
         pass  # other containers' groups, or already gone
 
