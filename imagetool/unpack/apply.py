@@ -1,7 +1,7 @@
 """Apply one layer tar onto a directory: plain (flattened rootfs) or overlay (a per-layer snapshot).
 
 Contract:
-- The tar is read as a stream (`tarfile` "r|", members in order, data copied in chunks); nothing
+- The tar is read as a stream (`tarstream.TarReader`, members in order, data copied in chunks); nothing
   is extracted with `extractall`, and every name goes through `safepath` (see its docstring).
 - Changeset rules (OCI image-spec layer.md): an entry replaces what is at its path (unlink and
   recreate) unless both are directories, in which case only the attributes change.
@@ -30,15 +30,14 @@ import os
 import shutil
 import stat
 import sys
-import tarfile
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import BinaryIO, Callable
 
 from imagetool.errors import UnpackError, UnsafeLayer
 from imagetool.unpack.layers import CHUNK, Limits
 from imagetool.unpack.lowerview import LowerView
 from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
+from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, SYM, Entry, TarReader
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -59,35 +58,6 @@ class ApplyStats:
     files: int = 0
     bytes: int = 0
     skipped: list = field(default_factory=list)
-
-
-def _mtime_ns(ti: tarfile.TarInfo) -> int:
-    raw = ti.pax_headers.get("mtime") if ti.pax_headers else None
-    if raw:
-        try:
-            return int(Decimal(raw) * 1_000_000_000)
-        except ArithmeticError:
-            pass
-    return int(ti.mtime) * 1_000_000_000
-
-
-def _xattrs(ti: tarfile.TarInfo) -> dict[str, bytes]:
-    if not ti.pax_headers:
-        return {}
-    out = {}
-    for k, v in ti.pax_headers.items():
-        if k.startswith("SCHILY.xattr."):
-            out[k[13:]] = v.encode("utf-8", "surrogateescape")
-        elif k.startswith("LIBARCHIVE.xattr."):
-            import base64
-            import urllib.parse
-
-            name = urllib.parse.unquote(k[17:])
-            try:
-                out[name] = base64.b64decode(v + "=" * (-len(v) % 4))
-            except ValueError:
-                raise UnpackError(f"{ti.name!r}: bad base64 in xattr {name!r}") from None
-    return out
 
 
 class Applier:
@@ -128,25 +98,17 @@ class Applier:
     def apply(self, stream: BinaryIO, name: str = "layer") -> ApplyStats:
         """Apply one uncompressed tar stream (the caller drains and verifies it afterwards)."""
         self._reset_layer()
-        try:
-            tf = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
-        except tarfile.ReadError as e:
-            raise UnpackError(f"{name}: not a tar archive ({e})") from None
-        try:
-            for ti in tf:
-                self._layer_entries += 1
-                self.stats.entries += 1
-                if self._layer_entries > self.limits.max_entries:
-                    raise UnpackError(f"{name}: more than {self.limits.max_entries} entries",
-                                      hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
-                try:
-                    self._entry(ti, tf)
-                except OSError as e:
-                    raise UnpackError(f"{name}: cannot apply {ti.name!r}: {e.strerror or e}") from None
-        except tarfile.TarError as e:
-            raise UnpackError(f"{name}: corrupt tar stream ({e})") from None
-        except EOFError:
-            raise UnpackError(f"{name}: truncated tar stream") from None
+        tf = TarReader(stream, name)
+        for e in tf:
+            self._layer_entries += 1
+            self.stats.entries += 1
+            if self._layer_entries > self.limits.max_entries:
+                raise UnpackError(f"{name}: more than {self.limits.max_entries} entries",
+                                  hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
+            try:
+                self._entry(e, tf)
+            except OSError as err:
+                raise UnpackError(f"{name}: cannot apply {e.name!r}: {err.strerror or err}") from None
         return self.stats
 
     def finish(self) -> None:
@@ -228,7 +190,7 @@ class Applier:
     def _copy_up_only(self, pfd: int, name: str, canon: str, st):
         return self._implicit_mkdir(pfd, name, canon, st, copy_up_only=True)
 
-    def _entry(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def _entry(self, ti: Entry, tf: TarReader) -> None:
         comps = clean_name(ti.name)
         if not comps:
             if ti.isdir():
@@ -247,14 +209,14 @@ class Applier:
                     raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
                 self._whiteout(comps[:-1] + (target,))
             return
-        xattrs = _xattrs(ti)
+        xattrs = ti.xattrs
         for k in xattrs:
             if k.startswith("trusted.overlay."):
                 raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
         mkdir = self._implicit_mkdir
         pfd, name, pcanon = self.root.lookup(comps, mkdir)
         canon = join(pcanon, name)
-        if ti.islnk():
+        if ti.type == LNK:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
             return
@@ -275,25 +237,23 @@ class Applier:
             self._dir_attrs(ti, pfd, name, canon, xattrs)
             if was_whiteout:
                 self._set_opaque(pfd, name)
-        elif ti.issym():
+        elif ti.type == SYM:
             os.symlink(ti.linkname, name, dir_fd=pfd)
             if self.privileged:
                 os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
-            m = _mtime_ns(ti)
+            m = ti.mtime_ns
             os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
-        elif ti.ischr() or ti.isblk() or ti.isfifo():
+        elif ti.type in (CHR, BLK, FIFO):
             if not self._special(ti, pfd, name, xattrs):
                 return
         else:
-            self.warn(f"skipping {ti.name!r}: unsupported tar entry type {ti.type!r}")
-            self.stats.skipped.append(ti.name)
-            return
+            raise UnpackError(f"unsupported tar entry type {ti.type!r} for {ti.name!r}")
         self._mark(canon)
 
-    def _root_dir_meta(self, ti: tarfile.TarInfo) -> None:
+    def _root_dir_meta(self, ti: Entry) -> None:
         if self.privileged:
             os.chown(self.root.path, ti.uid, ti.gid, follow_symlinks=False)
-        self._dir_meta[""] = (ti.mode & 0o7777, _mtime_ns(ti))
+        self._dir_meta[""] = (ti.mode, ti.mtime_ns)
 
     def _remove(self, pfd: int, name: str, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
@@ -308,22 +268,15 @@ class Applier:
         fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
         try:
             if ti.size:
-                src = tf.extractfile(ti)
-                left = ti.size
-                while left:
-                    buf = src.read(min(left, CHUNK))
-                    if not buf:
-                        raise UnpackError(f"truncated tar stream inside {ti.name!r}")
-                    left -= len(buf)
-                    view = memoryview(buf)
+                for view in tf.read_data(ti):
                     while view:
                         view = view[os.write(fd, view):]
                 self.stats.bytes += ti.size
             if self.privileged:
                 os.fchown(fd, ti.uid, ti.gid)
-            os.fchmod(fd, ti.mode & 0o7777)
+            os.fchmod(fd, ti.mode)
             self._set_xattrs(fd, xattrs, ti.name)
-            m = _mtime_ns(ti)
+            m = ti.mtime_ns
             os.utime(fd, ns=(m, m))
         finally:
             os.close(fd)
@@ -334,27 +287,27 @@ class Applier:
         try:
             if self.privileged:
                 os.fchown(fd, ti.uid, ti.gid)
-            os.fchmod(fd, (ti.mode & 0o7777) | 0o700)   # writable for us until finish()
+            os.fchmod(fd, (ti.mode) | 0o700)   # writable for us until finish()
             self._set_xattrs(fd, xattrs, ti.name)
         finally:
             os.close(fd)
-        self._dir_meta[canon] = (ti.mode & 0o7777, _mtime_ns(ti))
+        self._dir_meta[canon] = (ti.mode, ti.mtime_ns)
 
     def _special(self, ti, pfd: int, name: str, xattrs: dict) -> bool:
-        if ti.isfifo():
+        if ti.type == FIFO:
             os.mkfifo(name, 0o600, dir_fd=pfd)
         elif not self.privileged:
             self.warn(f"skipping device {ti.name!r}: creating device nodes needs root")
             self.stats.skipped.append(ti.name)
             return False
         else:
-            kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
+            kind = stat.S_IFCHR if ti.type == CHR else stat.S_IFBLK
             os.mknod(name, kind | 0o600, os.makedev(ti.devmajor, ti.devminor), dir_fd=pfd)
         if self.privileged:
             os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
         # chmod on a fifo/device path only touches the inode (no open), after lchown
-        os.chmod(name, ti.mode & 0o7777, dir_fd=pfd, follow_symlinks=True)
-        m = _mtime_ns(ti)
+        os.chmod(name, ti.mode, dir_fd=pfd, follow_symlinks=True)
+        m = ti.mtime_ns
         os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
         if xattrs:
             self.warn(f"{ti.name!r}: xattrs on device nodes and fifos are not restored")

@@ -10,7 +10,6 @@ when the hash is not the config's diff_id. Truncated or corrupt compressed data 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import zlib
@@ -52,6 +51,44 @@ class Limits:
         d = cls()
         return cls(_env_int("IMAGETOOL_MAX_LAYER_BYTES", d.max_bytes),
                    _env_int("IMAGETOOL_MAX_LAYER_ENTRIES", d.max_entries))
+
+
+class _GzipReader:
+    """Multi-member gzip with bounded output per call (max_length), without gzip.GzipFile's
+    per-call overhead and redundant CRC (the diff_id covers the content). Zero padding after
+    the last member is accepted; other trailing bytes are corruption; EOF inside a member is
+    truncation (EOFError)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._pending = b""
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self._d.eof:
+                rest = self._d.unused_data.lstrip(b"\0")
+                while not rest:
+                    chunk = self._raw.read(CHUNK)
+                    if not chunk:
+                        return b""
+                    rest = chunk.lstrip(b"\0")
+                if rest[:2] != b"\x1f\x8b":
+                    raise OSError("trailing garbage after the gzip data")
+                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._pending = rest
+            src = self._d.unconsumed_tail or self._pending
+            self._pending = b""
+            if not src:
+                src = self._raw.read(CHUNK)
+                if not src:
+                    raise EOFError("gzip member truncated")
+            data = self._d.decompress(src, n)
+            if data:
+                return data
+
+    def close(self) -> None:
+        pass
 
 
 class _ZstdReader:
@@ -119,7 +156,7 @@ class LayerStream:
         self._hash = hashlib.new(algorithm)
         self.bytes = 0
         if self.compression == "gzip":
-            self._src = gzip.GzipFile(fileobj=raw, mode="rb")
+            self._src = _GzipReader(raw)
         elif self.compression == "zstd":
             import zstandard
 
