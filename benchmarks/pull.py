@@ -29,18 +29,27 @@ if str(REPO) not in sys.path:
 from benchmarks.common import imagetool_command, log, tmpfs_workdir  # noqa: E402
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one command; raises when it fails."""
+TIME = "/usr/bin/time"
+
+
+def timed(argv: list[str], env: dict, rss_file: Path) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in KiB, user+sys CPU seconds) of one command; raises when it fails.
+
+    The RSS comes from `/usr/bin/time -f %M` (GNU time forks the command itself, so the peak is
+    the command's own; wait4's ru_maxrss here would include this big benchmark process, whose
+    pages a forked child starts with). Wall time is measured here around the whole thing."""
+    cmd = [TIME, "-f", "%M %U %S", "-o", str(rss_file), *argv] if os.path.exists(TIME) else argv
     start = time.perf_counter()
-    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} … failed ({p.returncode}): {err.strip()[-500:]}")
-    return wall, usage.ru_maxrss
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} … failed ({r.returncode}): "
+                           f"{r.stderr.decode(errors='replace').strip()[-500:]}")
+    try:
+        rss, user, sys_ = rss_file.read_text().split()[-3:]
+        return wall, int(rss), float(user) + float(sys_)
+    except (OSError, ValueError):
+        return wall, 0, 0.0
 
 
 def build_images(big_mb: int, layers: int):
@@ -73,6 +82,7 @@ def main(argv=None) -> int:
     env["DOCKER_CONFIG"] = str(scratch_cfg / "docker")
     env["REGISTRY_AUTH_FILE"] = str(scratch_cfg / "auth.json")
     policy = scratch_cfg / "policy.json"
+    rss_file = scratch_cfg / "rss"
     policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     results = {}
     try:
@@ -83,31 +93,40 @@ def main(argv=None) -> int:
             for name, img in images.items():
                 ref = f"{reg.host}/bench/{name}:latest"
                 size = sum(len(b) for b in img.blobs.values())
-                it_times, sk_times, rss = [], [], []
+                it_times, sk_times, rss, it_cpu, sk_cpu = [], [], [], [], []
                 for i in range(args.runs + 1):  # run 0 is a warm-up for both, not counted
                     dest = work / f"it-{i}"
-                    wall, peak = timed([*imagetool, "--store", str(dest), "pull", "-q", ref], env)
+                    wall, peak, cpu = timed([*imagetool, "--store", str(dest), "pull", "-q", ref], env, rss_file)
                     shutil.rmtree(dest)
                     dest = work / f"sk-{i}"
-                    wall_b, _ = timed(["skopeo", "--policy", str(policy), "copy", "--quiet",
-                                       "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}:latest"], env)
+                    wall_b, _, cpu_b = timed(["skopeo", "--policy", str(policy), "copy", "--quiet",
+                                       "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}:latest"],
+                                      env, rss_file)
                     shutil.rmtree(dest)
                     if i:
                         it_times.append(wall)
                         sk_times.append(wall_b)
                         rss.append(peak)
+                        it_cpu.append(cpu)
+                        sk_cpu.append(cpu_b)
                 a, b = statistics.median(it_times), statistics.median(sk_times)
                 results[name] = {"bytes": size, "runs": args.runs, "imagetool_s": it_times, "skopeo_s": sk_times,
                                  "imagetool_median_s": a, "skopeo_median_s": b, "ratio": a / b,
-                                 "imagetool_peak_rss_mb": max(rss) / 1024}
+                                 "imagetool_peak_rss_mb": max(rss) / 1024,
+                                 "imagetool_cpu_median_s": statistics.median(it_cpu),
+                                 "skopeo_cpu_median_s": statistics.median(sk_cpu),
+                                 "load_average": os.getloadavg()[0]}
                 log(f"{name}: imagetool {a:.3f}s  skopeo {b:.3f}s  ratio {a / b:.2f}  "
-                    f"peak RSS {max(rss) / 1024:.1f} MB")
+                    f"peak RSS {max(rss) / 1024:.1f} MB  CPU {statistics.median(it_cpu):.2f}s vs "
+                    f"{statistics.median(sk_cpu):.2f}s  (load {os.getloadavg()[0]:.1f})")
     finally:
         shutil.rmtree(scratch_cfg, ignore_errors=True)
-    print(f"{'image':<10} {'size':>9} {'imagetool':>10} {'skopeo':>9} {'ratio':>6} {'RSS MB':>7}")
+    print(f"{'image':<10} {'size':>9} {'imagetool':>10} {'skopeo':>9} {'ratio':>6} {'RSS MB':>7} "
+          f"{'CPU it':>7} {'CPU sk':>7}")
     for name, r in results.items():
         print(f"{name:<10} {r['bytes'] / 1e6:>7.1f}MB {r['imagetool_median_s']:>9.3f}s "
-              f"{r['skopeo_median_s']:>8.3f}s {r['ratio']:>6.2f} {r['imagetool_peak_rss_mb']:>7.1f}")
+              f"{r['skopeo_median_s']:>8.3f}s {r['ratio']:>6.2f} {r['imagetool_peak_rss_mb']:>7.1f} "
+              f"{r['imagetool_cpu_median_s']:>6.2f}s {r['skopeo_cpu_median_s']:>6.2f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -64,16 +64,28 @@ class BlobStream:
         self.total = total
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """Raw body bytes (no content decoding); network errors propagate to the caller."""
+        """Raw body bytes in pieces of up to `size`; a network error propagates to the caller,
+        but only after the bytes that arrived before it were yielded (so they can be kept)."""
         raw = self._resp.raw
-        # read1: whatever has arrived (≤ size), so bytes before a dropped connection reach the
-        # caller (and the partial file) instead of dying in a half-filled read buffer
+        # read1: whatever has arrived, so bytes before a dropped connection are not lost in a
+        # half-filled read buffer; gathered up to `size` to keep writes and hashing efficient
         read = getattr(raw, "read1", None) or raw.read
+        buf = bytearray()
         while True:
-            chunk = read(size, decode_content=False)
-            if not chunk:
+            try:
+                piece = read(size - len(buf), decode_content=False)
+            except BaseException:
+                if buf:
+                    yield bytes(buf)
+                raise
+            if not piece:
+                if buf:
+                    yield bytes(buf)
                 return
-            yield chunk
+            buf += piece
+            if len(buf) >= size:
+                yield bytes(buf)
+                buf = bytearray()
 
     def close(self) -> None:
         self._resp.close()
