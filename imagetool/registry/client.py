@@ -82,6 +82,9 @@ class BlobStream:
                 if buf:
                     yield bytes(buf)
                 return
+            if not buf and len(piece) >= size:
+                yield piece  # a full piece: no copy
+                continue
             buf += piece
             if len(buf) >= size:
                 yield bytes(buf)
