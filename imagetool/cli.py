@@ -173,8 +173,10 @@ def logout(registry: str = typer.Argument("docker.io", metavar="REGISTRY")) -> N
     """Remove stored credentials for a registry."""
     from imagetool.registry import auth
 
-    auth.logout(registry)
-    typer.echo(f"Removing login credentials for {registry}")
+    if auth.logout(registry):
+        typer.echo(f"Removing login credentials for {registry}")
+    else:
+        typer.echo(f"Not logged in to {registry}")
 
 
 # ---------------------------------------------------------------- unpack

@@ -8,6 +8,7 @@ This is the only module that imports tqdm. All methods are safe to call from sev
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -82,10 +83,16 @@ class TqdmProgress:
         from tqdm import tqdm
 
         self._tqdm = tqdm
+        try:
+            size = os.get_terminal_size(sys.stderr.fileno())
+        except OSError:
+            size = os.terminal_size((0, 0))
+        # a terminal that reports no size (a bare pty) would get empty or hidden bars: assume 80x50
+        self._fmt = {"dynamic_ncols": True} if size.columns and size.lines else {"ncols": 80, "nrows": 50}
         self._lock = threading.Lock()
         self._bars: dict[str, object] = {}
         self._total = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="Total",
-                           position=0, leave=True, dynamic_ncols=True, file=sys.stderr)
+                           position=0, leave=True, file=sys.stderr, **self._fmt)
 
     def message(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
@@ -96,7 +103,7 @@ class TqdmProgress:
             if bar is None:
                 bar = self._tqdm(total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                                  desc=short(digest), position=len(self._bars) + 1, leave=True,
-                                 dynamic_ncols=True, file=sys.stderr)
+                                 file=sys.stderr, **self._fmt)
                 self._bars[digest] = bar
                 self._total.total = (self._total.total or 0) + (size or 0)
                 self._total.update(offset)

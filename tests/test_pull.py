@@ -227,3 +227,34 @@ def test_sigkill_mid_layer_then_pull_resumes(registry, cli, store_dir):
         assert sum(rec.sent for rec in second) <= layer.size - kept
     assert (store_dir / "blobs/sha256" / hexd).is_file() and not partial.exists()
     assert assert_consistent(store_dir) == 3
+
+
+def test_progress_bars_on_a_terminal(registry, busybox, cli, store_dir):
+    """With stderr on a pseudo-terminal the tqdm rendering is used (a bar per blob and a total)."""
+    import pty
+
+    registry.push(busybox, "pull/tty:latest")
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(cli.argv("pull", f"{registry.host}/pull/tty"), env=cli.env,
+                             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        slave = None
+        out = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        p.wait(timeout=60)
+        assert p.returncode == 0, out
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    text = out.decode(errors="replace")
+    assert "Total" in text and "Pull complete" in text
+    assert busybox.layers[0].digest.split(":")[1][:12] in text

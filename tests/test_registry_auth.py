@@ -137,6 +137,8 @@ def test_login_pull_logout_with_basic_auth(auth_registry, busybox, cli, store_di
     r = cli("logout", host)
     assert r.returncode == 0, r.stderr
     assert host not in json.loads(path.read_text()).get("auths", {})
+    r = cli("logout", host)
+    assert r.returncode == 0 and f"Not logged in to {host}" in r.stdout
 
 
 def test_login_with_wrong_password_fails_and_writes_nothing(auth_registry, cli):
