@@ -226,3 +226,50 @@ def test_docker_io_mirror_from_registries_json(registry, busybox, cli, store_dir
     r = cli("pull", "busybox-mirror-test", env=pull_env())
     assert r.returncode == 0, r.stderr
     assert refs(store_dir)["docker.io/library/busybox-mirror-test:latest"]["digest"] == busybox.manifest_digest
+
+
+# ---------------------------------------------------------------- hostile or odd manifests
+
+def _manifest_fault(proxy, body: bytes, content_type: str, extra: dict | None = None):
+    from fixtures.proxy import Fault
+
+    headers = {"Content-Type": content_type, **(extra or {})}
+    proxy.add(Fault("status", r"/manifests/", times=None, status=200, method=None, body=body, headers=headers))
+
+
+@pytest.mark.parametrize("case", ["too-big", "type-confusion", "schema1", "wrong-digest-header"])
+def test_bad_manifests_are_refused_with_one_line(proxy, cli, store_dir, case):
+    import hashlib
+
+    from store import Store
+
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": []}).encode()
+    if case == "too-big":
+        body, ctype, extra, needle = b" " * (5 << 20), "application/vnd.oci.image.manifest.v1+json", {}, "4 MiB"
+    elif case == "type-confusion":
+        body, ctype, extra, needle = index, "application/vnd.oci.image.manifest.v1+json", {}, "contradicts"
+    elif case == "schema1":
+        body = json.dumps({"schemaVersion": 1, "name": "x", "tag": "v1", "fsLayers": []}).encode()
+        ctype, extra, needle = "application/vnd.docker.distribution.manifest.v1+prettyjws", {}, "schema 1"
+    else:
+        body, ctype, needle = index, "application/vnd.oci.image.index.v1+json", "digest"
+        extra = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(b"other").hexdigest()}
+    _manifest_fault(proxy, body, ctype, extra)
+    Store.open(store_dir)
+    before = store_state(store_dir)
+    r = cli("pull", f"{proxy.host}/faults/odd:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
+    assert store_state(store_dir) == before
+
+
+def test_low_rate_limit_is_shown(big, proxy, cli, store_dir):
+    from fixtures.proxy import Fault
+
+    proxy.add(Fault("headers", r"/manifests/", times=None, method=None,
+                    headers={"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "3;w=21600"}))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    assert "3 pulls remaining" in r.stderr
