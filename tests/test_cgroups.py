@@ -216,13 +216,15 @@ cat /tmp/oom.err
 it run --rm -m 7m busybox sh -c 'data=$(head -c 2000000 /dev/urandom)'; echo "RESULT small $?"
 it run --rm --pids-limit 20 busybox sh -c 'i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done; wait' 2>/tmp/pids.err
 grep -q "can't fork" /tmp/pids.err; echo "RESULT pids $?"
-it run --rm --cpus 0.5 busybox sh -c 'echo $$; sleep 1' > /tmp/cpu.out & sleep 0.8
-for i in $(seq 50); do f=$(ls -d /sys/fs/cgroup/imagetool/*/ 2>/dev/null | head -1); [ -n "$f" ] && break; sleep 0.1; done
+python3 -m imagetool.cli --store /var/tmp/st run --rm --cpus 0.5 busybox sh -c 'trap "exit 0" TERM; echo $$; sleep 60 & wait' > /tmp/cpu.out &
+job=$!
+for i in $(seq 300); do f=$(ls -d /sys/fs/cgroup/imagetool/*/ 2>/dev/null | head -1); [ -n "$f" ] && [ -s /tmp/cpu.out ] && break; sleep 0.1; done
 echo "RESULT cpumax $(cat ${f}cpu.max 2>/dev/null | tr ' ' _)"
-wait
+kill -TERM $job; wait $job; echo "RESULT sigterm $?"
 echo "RESULT pid1 $(cat /tmp/cpu.out)"
 it run --rm busybox sh -c 'exit 42'; echo "RESULT exit42 $?"
-echo "RESULT leftover_cgroups $(ls /sys/fs/cgroup/imagetool 2>/dev/null | wc -l)"
+echo "RESULT leftover_cgroups $(find /sys/fs/cgroup/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
+echo "RESULT parent_group $(test -d /sys/fs/cgroup/imagetool && echo present || echo absent)"
 echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/mountinfo)"
 """
 
@@ -274,6 +276,8 @@ def test_v2_vm_smoke(tmp_path):
     assert results["pids"] == "0"
     assert results["cpumax"] == "50000_100000"
     assert results["pid1"] == "1"
+    assert results["sigterm"] == "0"
     assert results["exit42"] == "42"
     assert results["leftover_cgroups"] == "0"
+    assert results["parent_group"] == "absent"
     assert results["leftover_mounts"] == "0"
