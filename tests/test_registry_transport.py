@@ -62,6 +62,17 @@ def test_tls_registry_without_ca_is_a_clear_certificate_error(tls_registry, busy
     assert store_state(store_dir) == before
 
 
+def test_insecure_flag_and_registries_json_skip_verification(tls_registry, busybox, cli, store_dir):
+    tls_registry.push(busybox, "tls/insecure:latest")
+    r = cli("pull", "--insecure", f"{tls_registry.host}/tls/insecure", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    cli.config_dir.mkdir(parents=True, exist_ok=True)
+    (cli.config_dir / "registries.json").write_text(json.dumps({"insecure": [tls_registry.host]}))
+    cli.store_dir = store_dir.parent / "store2"
+    r = cli("pull", f"{tls_registry.host}/tls/insecure", env=pull_env())
+    assert r.returncode == 0, r.stderr
+
+
 # ---------------------------------------------------------------- faults through the proxy
 
 def test_5xx_are_retried(big, proxy, cli, store_dir):
