@@ -240,3 +240,22 @@ def test_login_against_token_registry(token_registry, cli):
     assert r.returncode == 0, r.stderr
     r = cli("login", "-u", "alice", "-p", "bad", reg.host)
     assert r.returncode == 1 and "incorrect username or password" in r.stderr
+
+
+def test_proxy_environment_rules(monkeypatch):
+    from imagetool.registry.transport import proxy_for
+
+    for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    assert proxy_for("https", "registry-1.docker.io") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.example:3128")
+    p = proxy_for("https", "registry-1.docker.io")
+    assert (p.hostname, p.port, p.username) == ("proxy.example", 3128, "user")
+    assert proxy_for("http", "registry-1.docker.io") is None          # only HTTPS_PROXY is set
+    assert proxy_for("https", "127.0.0.1:5000") is None                # loopback is never proxied
+    monkeypatch.setenv("NO_PROXY", "example.com, .internal,other:5000")
+    assert proxy_for("https", "registry.example.com") is None
+    assert proxy_for("https", "r.internal") is None
+    assert proxy_for("https", "other:5000") is None
+    assert proxy_for("https", "other:5001") is not None
+    assert proxy_for("https", "notexample.com") is not None

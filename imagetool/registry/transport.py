@@ -381,13 +381,24 @@ class Transport:
 
     def _connect(self, scheme: str, netloc: str):
         name, port = split_host(netloc)
+        proxy = proxy_for(scheme, netloc)
         if scheme == "https":
             verify = not (self.insecure and netloc == self.host)
-            conn = http.client.HTTPSConnection(name, port or 443, timeout=self.policy.connect_timeout,
-                                               context=ssl_context(netloc, verify))
+            ctx = ssl_context(netloc, verify)
+            if proxy:  # CONNECT tunnel; TLS (and its checks) still end at the registry
+                conn = http.client.HTTPSConnection(proxy.hostname, proxy.port or 80,
+                                                   timeout=self.policy.connect_timeout, context=ctx)
+                conn.set_tunnel(name, port or 443, headers=_proxy_auth(proxy))
+            else:
+                conn = http.client.HTTPSConnection(name, port or 443, timeout=self.policy.connect_timeout,
+                                                   context=ctx)
+        elif proxy:
+            conn = http.client.HTTPConnection(proxy.hostname, proxy.port or 80,
+                                              timeout=self.policy.connect_timeout)
         else:
             conn = http.client.HTTPConnection(name, port or 80, timeout=self.policy.connect_timeout)
         conn._imagetool_key = (scheme, netloc)
+        conn._imagetool_proxy = proxy if scheme == "http" else None
         try:
             conn.connect()
         except ssl.SSLError as e:
@@ -415,7 +426,11 @@ class Transport:
             if conn is None:
                 conn = self._connect(parts.scheme, parts.netloc)
             try:
-                conn.request(method, target, headers=h)
+                via = getattr(conn, "_imagetool_proxy", None)
+                if via is not None:  # plain http through a proxy: absolute-form target
+                    conn.request(method, f"http://{parts.netloc}{target}", headers={**h, **_proxy_auth(via)})
+                else:
+                    conn.request(method, target, headers=h)
                 resp = conn.getresponse()
             except (socket.timeout, TimeoutError) as e:
                 conn.close()
@@ -458,6 +473,42 @@ class Transport:
             err = TransportError(f"request to {host} failed: {_reason(cause)}")
         err.retryable = True
         return err
+
+
+def proxy_for(scheme: str, netloc: str):
+    """The proxy URL (urlsplit result) for a request, from HTTP(S)_PROXY / NO_PROXY, or None.
+
+    Loopback hosts are never proxied (as Go's net/http does); NO_PROXY entries match a host or
+    its subdomains ("*" disables proxies)."""
+    if is_loopback(netloc):
+        return None
+    value = os.environ.get(f"{scheme}_proxy") or os.environ.get(f"{scheme.upper()}_PROXY")
+    if not value:
+        return None
+    name, port = split_host(netloc)
+    for entry in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return None
+        host_part, _, port_part = entry.lstrip(".").partition(":")
+        if port_part and str(port or "") != port_part:
+            continue
+        if name.lower() == host_part or name.lower().endswith("." + host_part):
+            return None
+    parts = urlsplit(value if "://" in value else "http://" + value)
+    return parts if parts.hostname else None
+
+
+def _proxy_auth(proxy) -> dict:
+    if proxy is None or not proxy.username:
+        return {}
+    from urllib.parse import unquote
+    import base64
+
+    raw = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
 def _reason(e: BaseException) -> str:
