@@ -6,8 +6,10 @@ Images (benchmarks/imagegen.py, cached): busybox (1 layer) and "debian" (5 gzip 
 uncompressed: ~20k small files, a few large incompressible ones, whiteouts); --quick uses the
 0.1 scale. Everything runs on a tmpfs work dir (/tmp/imagetool-bench-*, removed afterwards): the
 store and the OCI layout are copied there first. Each run unpacks into a fresh directory; the
-three tools alternate (A B C A B C …); the report gives median wall times, the ratios
+contenders alternate (A B C D A B C D …); the report gives median wall times, the ratios
 imagetool/umoci (goal < 1) and imagetool/tar (goal ≤ 1.3) and each tool's peak RSS (wait4).
+"imagetool-service" is the same unpack service started without the CLI (`python -c`), to show
+what the unpack engine costs apart from the CLI's start-up (typer imports pydantic).
 GNU tar is the practical floor: it applies no whiteouts and checks no digests.
 
 Rootfs: the time to create a container root filesystem for busybox and for debian when the
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import imagetool_command, log, tmpfs_workdir  # noqa: E402
+from benchmarks.common import imagetool_command, log, python_command, tmpfs_workdir  # noqa: E402
 
 
 def timed(argv: list[str], env: dict | None = None) -> tuple[float, int]:
@@ -78,8 +80,12 @@ def bench_unpack(work: Path, images: dict, runs: int) -> list[dict]:
         ref = import_layout(st, layout, f"localhost/bench/{name}:latest")
         blobs = [layout / "blobs" / "sha256" / b.name for b in img.layer_blobs()]
         tar_script = "set -e; mkdir \"$0\"; for b in \"$@\"; do tar -xzf \"$b\" -C \"$0\"; done"
+        service = ("import sys; from store import Store; from imagetool.unpack import unpack_image; "
+                   "unpack_image(Store.open(sys.argv[1]), sys.argv[2], sys.argv[3])")
         contenders = {
             "imagetool": lambda out: [*imagetool, "--store", str(store_dir), "unpack", ref, str(out)],
+            # the same service without the CLI (typer's import of pydantic costs ~0.2-0.5 s per command)
+            "imagetool-service": lambda out: [python_command(), "-c", service, str(store_dir), ref, str(out)],
             "umoci": lambda out: ["umoci", "unpack", "--image", f"{layout}:latest", str(out)],
             "tar": lambda out: ["sh", "-c", tar_script, str(out), *map(str, blobs)],
         }
@@ -96,10 +102,13 @@ def bench_unpack(work: Path, images: dict, runs: int) -> list[dict]:
         row = {"image": img.describe, "name": name, "runs": runs,
                "median_s": med, "peak_rss_kib": rss,
                "imagetool/umoci": med["imagetool"] / med["umoci"],
-               "imagetool/tar": med["imagetool"] / med["tar"]}
+               "imagetool/tar": med["imagetool"] / med["tar"],
+               "service/umoci": med["imagetool-service"] / med["umoci"],
+               "service/tar": med["imagetool-service"] / med["tar"]}
         log(f"{name}: imagetool {med['imagetool']:.3f}s  umoci {med['umoci']:.3f}s  tar {med['tar']:.3f}s  "
             f"ratio/umoci {row['imagetool/umoci']:.2f}  ratio/tar {row['imagetool/tar']:.2f}  "
-            f"RSS imagetool {rss['imagetool'] / 1024:.0f} MB")
+            f"RSS imagetool {rss['imagetool'] / 1024:.0f} MB  |  service {med['imagetool-service']:.3f}s "
+            f"ratio/umoci {row['service/umoci']:.2f} ratio/tar {row['service/tar']:.2f}")
         rows.append(row)
     return rows
 

@@ -96,15 +96,22 @@ def test_bad_layer_leaves_no_snapshot(kind, store_dir, monkeypatch):
     assert left == [built.layers[0].diff_id.split(":")[1]]
 
 
-def test_same_layer_twice_in_one_tar_replaces(tmp_path):
-    """Duplicate paths in one layer (spec says they should not occur): the last one wins."""
+@pytest.mark.parametrize("mode", ["plain", "overlay"])
+def test_same_path_twice_in_one_layer_replaces(mode, tmp_path):
+    """Duplicate paths in one layer (the spec says they should not occur): the last one wins,
+    also below a parent directory whose cached fd the replacement retires."""
     import io
 
     from imagetool.unpack.apply import Applier
     from imagetool.unpack.layers import LayerStream
 
-    tar = build_tar([file("x", b"first"), file("x", b"second"), directory("d"), file("d", b"now a file")])
-    a = Applier(tmp_path, "plain")
+    if mode == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlay mode needs root")
+    tar = build_tar([file("x", b"first"), file("x", b"second"), directory("d"), file("d", b"now a file"),
+                     directory("p"), directory("p/q"), directory("p/q/r"), file("p/q/r/f", b"f"),
+                     file("p/q", b"q is a file now"), file("p/s", b"s"),
+                     directory("p/l"), file("p/l/x"), file("p/l", b"was a dir")])
+    a = Applier(tmp_path, mode)
     try:
         s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
         a.apply(s)
@@ -114,3 +121,31 @@ def test_same_layer_twice_in_one_tar_replaces(tmp_path):
         a.close()
     assert (tmp_path / "x").read_bytes() == b"second"
     assert (tmp_path / "d").read_bytes() == b"now a file"
+    assert (tmp_path / "p" / "q").read_bytes() == b"q is a file now"
+    assert (tmp_path / "p" / "s").read_bytes() == b"s"
+    assert (tmp_path / "p" / "l").read_bytes() == b"was a dir"
+
+
+def test_thousands_of_directories(tmp_path):
+    """More directories than the fd cache holds (the cache is retired and refilled safely)."""
+    import io
+
+    from imagetool.unpack.apply import Applier
+    from imagetool.unpack.layers import LayerStream
+
+    entries = []
+    for i in range(40):
+        entries.append(directory(f"top{i}", mode=0o750))
+        for j in range(40):
+            entries += [directory(f"top{i}/d{j}", mode=0o711), file(f"top{i}/d{j}/f", b"x")]
+    a = Applier(tmp_path, "plain")
+    try:
+        s = LayerStream(io.BytesIO(build_tar(entries)), "application/vnd.oci.image.layer.v1.tar")
+        a.apply(s)
+        s.finish()
+        a.finish()
+    finally:
+        a.close()
+    assert oct((tmp_path / "top39" / "d39").stat().st_mode & 0o777) == "0o711"
+    assert oct((tmp_path / "top0").stat().st_mode & 0o777) == "0o750"
+    assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 100

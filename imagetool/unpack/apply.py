@@ -105,6 +105,7 @@ class Applier:
             if self._layer_entries > self.limits.max_entries:
                 raise UnpackError(f"{name}: more than {self.limits.max_entries} entries",
                                   hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
+            self.root.release()
             try:
                 self._entry(e, tf)
             except OSError as err:
@@ -114,6 +115,7 @@ class Applier:
     def finish(self) -> None:
         """Set directory modes and mtimes (deferred so that later entries do not disturb them)."""
         for canon, (mode, mtime) in sorted(self._dir_meta.items(), key=lambda kv: -kv[0].count("/")):
+            self.root.release()
             try:
                 if canon:
                     pfd, name, _ = self.root.lookup(tuple(canon.split("/")))
@@ -124,8 +126,8 @@ class Applier:
                 else:
                     os.chmod(self.root.path, mode)
                     os.utime(self.root.path, ns=(mtime, mtime))
-            except (MissingPath, FileNotFoundError, NotADirectoryError):
-                continue   # removed by a later entry or layer
+            except (UnpackError, FileNotFoundError, NotADirectoryError):
+                continue   # removed or replaced by a later entry or layer (MissingPath is an UnpackError)
         self._dir_meta.clear()
 
     @staticmethod

@@ -57,6 +57,7 @@ class LowerView:
         comps = canon.split("/")
         for i in range(len(self.paths)):
             root = self._root(i)
+            root.release()       # the previous lookup's fds are no longer in use
             hidden_below = self._is_opaque(i, "", root.fd)
             fd = root.fd
             present = True

@@ -13,8 +13,9 @@ Contract (the rules every caller relies on):
 - The last component of an entry is never followed: callers get `(parent_fd, name)` and create,
   replace or delete `name` through `dir_fd=` calls, so a symlink planted earlier (in this layer or a
   lower one) is replaced, never written through.
-- The returned fds are owned by the Root (a cache keyed by the canonical, symlink-free path) and
-  stay valid until `invalidate()`, which callers invoke after removing a directory or symlink.
+- The returned fds are owned by the Root (a cache keyed by the canonical, symlink-free path):
+  `invalidate()` (after removing a directory or symlink) retires them from the cache, and
+  `release()` closes retired fds once no caller holds one (between entries).
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ class Root:
         self.fd = os.open(self.path, _O_DIR)
         self._fds: dict[str, int] = {"": self.fd}     # canonical dir path -> O_PATH fd
         self._lex: dict[tuple, str] = {}              # lexical components -> canonical dir path
+        self._stale: list[int] = []                   # invalidated fds, closed by release()
 
     # -- lifecycle
 
     def close(self) -> None:
         self.invalidate()
+        self.release()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -81,12 +84,19 @@ class Root:
         self.close()
 
     def invalidate(self) -> None:
-        """Forget every cached lookup (call after removing or replacing a directory or symlink)."""
-        for canon, fd in self._fds.items():
-            if canon:
-                os.close(fd)
+        """Forget every cached lookup (call after removing or replacing a directory or symlink).
+
+        The fds handed out so far stay open (a caller may still hold one for the entry it is
+        applying) until `release()`, which the applier calls between entries."""
+        self._stale.extend(fd for canon, fd in self._fds.items() if canon)
         self._fds = {"": self.fd}
         self._lex.clear()
+
+    def release(self) -> None:
+        """Close the fds retired by `invalidate()` (no lookup result may be in use)."""
+        stale, self._stale = self._stale, []
+        for fd in stale:
+            os.close(fd)
 
     # -- lookups
 
