@@ -92,3 +92,31 @@ def test_hostile_layer_snapshots(name, tmp_path, store_dir):
         assert len(made) < len(h.layers)
     assert tree_digest(canary) == before, "the canary outside the target changed"
     assert not HOST_PWNED.exists()
+
+
+def test_corpus_has_teeth(tmp_path):
+    """Most hostile layers really escape a naive extractor (tarfile.extractall, no filter):
+    the canary checks above would catch an unsafe imagetool."""
+    import io
+    import shutil
+    import tarfile
+
+    from fixtures.tarbuild import build_tar
+
+    escaped = []
+    for h in hostile_corpus(str(tmp_path / "canary")):
+        shutil.rmtree(tmp_path / "canary", ignore_errors=True)
+        canary = _canary(tmp_path)
+        before = tree_digest(canary)
+        root = tmp_path / "naive"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        try:
+            for la in h.layers:
+                with tarfile.open(fileobj=io.BytesIO(build_tar(list(la)))) as tf:
+                    tf.extractall(root, filter="fully_trusted")
+        except (OSError, tarfile.TarError):
+            pass
+        if tree_digest(canary) != before:
+            escaped.append(h.name)
+    assert len(escaped) >= 12, escaped

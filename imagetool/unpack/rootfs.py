@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.flatten import flatten
 from imagetool.unpack.snapshots import ensure_snapshots
 
 MOUNT_DATA_LIMIT = 4096 - 1   # the mount data is copied into one page
@@ -92,6 +91,8 @@ def copy_rootfs(store, image, container_dir) -> RootfsPlan:
     cdir = Path(os.path.abspath(container_dir))
     target = cdir / "rootfs"
     target.mkdir(parents=True, exist_ok=True)
+    from imagetool.unpack.flatten import flatten  # lazy: keeps `run` with overlay lean
+
     flatten(store, image, target)
     return RootfsPlan("copy", target, cdir)
 

@@ -12,8 +12,17 @@ Snapshot lifecycle (the contract):
    being made; callers that make the snapshots reachable (a container's state.json) should hold
    `store.lock_shared()` themselves across both steps.
 
-A snapshot whose layer hardlinks a file of a lower layer holds a copy of that file (copy-up, see
-apply.py); it is keyed by diff_id like every other, so it assumes the same lower layers.
+While a snapshot is built, paths resolve through the merged view of the lower snapshots (a lower
+symlink is followed, a lower directory a layer writes into is copied up with its attributes, a
+hardlink to a lower file copies that file up), exactly as if the layer were applied onto the
+mounted overlay. Such a snapshot therefore assumes the lower layers it was built on, yet it is
+keyed by diff_id (the contract, and what gc keeps): two images that share a layer over different
+bases share its snapshot. Docker/BuildKit layers write parent directories explicitly, so this only
+matters for hand-made layers; a ChainID key would be exact.
+
+Durability: snapshot files are not fsynced (a crash during extraction leaves only a temp dir,
+which gc removes; a crash right after the rename may leave a snapshot with unwritten data on
+filesystems without ordered data mode).
 """
 
 from __future__ import annotations
@@ -26,7 +35,6 @@ import tempfile
 from pathlib import Path
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.apply import Applier
 from imagetool.unpack.layers import LayerStream, Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
@@ -64,6 +72,8 @@ def ensure_snapshots(store, image, limits: Limits | None = None) -> list[Path]:
 
 
 def _create(store, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str) -> None:
+    from imagetool.unpack.apply import Applier  # lazy: `run` of an unpacked image never applies a layer
+
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
     try:
