@@ -149,3 +149,28 @@ def test_thousands_of_directories(tmp_path):
     assert oct((tmp_path / "top39" / "d39").stat().st_mode & 0o777) == "0o711"
     assert oct((tmp_path / "top0").stat().st_mode & 0o777) == "0o750"
     assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 100
+
+
+def test_unprivileged_apply_skips_devices_with_a_warning(tmp_path):
+    import io
+
+    from fixtures.tarbuild import device, fifo
+
+    from imagetool.unpack.apply import Applier
+    from imagetool.unpack.layers import LayerStream
+
+    warnings = []
+    tar = build_tar([directory("dev"), device("dev/null", "char", 1, 3), device("dev/sda", "block", 8, 0),
+                     fifo("dev/fifo"), file("suid", b"x", mode=0o4755, uid=1000, gid=1000)])
+    a = Applier(tmp_path, "plain", privileged=False, warn=warnings.append)
+    try:
+        s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
+        a.apply(s)
+        s.finish()
+        a.finish()
+    finally:
+        a.close()
+    assert sorted(os.listdir(tmp_path / "dev")) == ["fifo"]
+    assert len(warnings) == 2 and all("needs root" in w for w in warnings)
+    assert a.stats.skipped == ["dev/null", "dev/sda"]
+    assert oct((tmp_path / "suid").stat().st_mode & 0o7777) == "0o4755"
