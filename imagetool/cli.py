@@ -10,6 +10,13 @@ import os
 import sys
 from typing import List, Optional
 
+if "run" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
+    # `imagetool run` skips typer (its pydantic import costs more than starting a container);
+    # returns here only when the arguments need the full CLI (help, unusual syntax).
+    from imagetool.containers import fast_main
+
+    fast_main(sys.argv[1:])
+
 import typer
 
 app = typer.Typer(

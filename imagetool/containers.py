@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -217,10 +216,8 @@ def run(store, opts: RunOptions) -> int:
         trace.mark("image")
         from imagetool.specgen import spec_from_image
 
-        cid = secrets.token_hex(32)
-        import socket
-
-        default_host = socket.gethostname() if opts.network == "host" else cid[:12]
+        cid = os.urandom(32).hex()
+        default_host = os.uname().nodename if opts.network == "host" else cid[:12]
         spec = spec_from_image(img.config, opts, hostname=default_host)
         trace.mark("spec")
         with _Lock(store):
@@ -455,3 +452,127 @@ def prune_exited(store) -> list[str]:
                 shutil.rmtree(cdir, ignore_errors=True)
                 removed.append(state.get("id", cdir.name))
     return removed
+
+
+# ---------------------------------------------------------------- `imagetool run` without typer
+
+_FLAGS = {"--rm": "rm", "--read-only": "read_only", "-i": "interactive", "--interactive": "interactive",
+          "-t": "tty", "--tty": "tty"}
+_VALUES = {"--name": "name", "-e": "env", "--env": "env", "--env-file": "env_files", "-w": "workdir",
+           "--workdir": "workdir", "-u": "user", "--user": "user", "--entrypoint": "entrypoint",
+           "-h": "hostname", "--hostname": "hostname", "-v": "volume", "--volume": "volumes",
+           "-m": "memory", "--memory": "memory", "--memory-swap": "memory_swap", "--cpus": "cpus",
+           "--pids-limit": "pids_limit", "--network": "network", "--runtime": "runtime",
+           "--platform": "platform", "--rootfs": "rootfs_mode"}
+_LISTS = {"env", "env_files", "volume", "volumes"}
+
+
+def parse_run_argv(argv: list[str]) -> tuple[str | None, bool, RunOptions] | None:
+    """`[--store DIR] [--debug] run [OPTIONS] IMAGE [COMMAND…]` → (store, debug, RunOptions).
+
+    None when the arguments need the full CLI (help, version, another command, anything unusual):
+    the caller then falls back to typer, which gives the usual messages.
+    """
+    store = None
+    debug = False
+    i = 0
+    while i < len(argv) and argv[i] != "run":
+        a = argv[i]
+        if a == "--store" and i + 1 < len(argv):
+            store, i = argv[i + 1], i + 2
+        elif a.startswith("--store="):
+            store, i = a.split("=", 1)[1], i + 1
+        elif a == "--debug":
+            debug, i = True, i + 1
+        else:
+            return None
+    if i >= len(argv):
+        return None
+    i += 1
+    kw: dict = {"env": [], "env_files": [], "volumes": []}
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
+        if name in _FLAGS and not eq:
+            kw[_FLAGS[name]] = True
+            i += 1
+            continue
+        if not name.startswith("--") and len(name) > 2:  # -it, -m7m, -eA=1
+            if all(f"-{c}" in _FLAGS for c in name[1:]):
+                for c in name[1:]:
+                    kw[_FLAGS[f"-{c}"]] = True
+                i += 1
+                continue
+            if name[:2] in _VALUES:
+                name, eq, inline = name[:2], "=", name[2:]
+            else:
+                return None
+        if name not in _VALUES:
+            return None
+        if eq:
+            value, i = inline, i + 1
+        elif i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        else:
+            return None
+        key = _VALUES[name]
+        key = "volumes" if key == "volume" else key
+        if key in _LISTS:
+            kw[key].append(value)
+        else:
+            kw[key] = value
+    if i >= len(argv):
+        return None
+    image, command = argv[i], argv[i + 1:]
+    try:
+        if "cpus" in kw:
+            kw["cpus"] = float(kw["cpus"])
+        if "pids_limit" in kw:
+            kw["pids_limit"] = int(kw["pids_limit"])
+    except ValueError:
+        return None
+    return store, debug, RunOptions(image=image, command=list(command), **kw)
+
+
+def fast_main(argv: list[str]) -> None:
+    """Run `imagetool run …` without loading the CLI framework (typer costs more than the
+    container); returns when the arguments need the full CLI, else exits the process."""
+    parsed = parse_run_argv(argv)
+    if parsed is None:
+        return
+    store_arg, debug, opts = parsed
+    try:
+        from store import Store
+
+        from imagetool import settings
+
+        rc = run(Store.open(settings.store_root(store_arg)), opts)
+    except ImagetoolError as e:
+        if debug:
+            raise
+        rc = _fail(e.message, e.hint, 125 if e.exit_code == 1 else e.exit_code)
+    except KeyboardInterrupt:
+        rc = 130
+    except Exception as e:  # store and OS errors: one line, as the full CLI does
+        if debug:
+            raise
+        from store.errors import StoreError
+
+        if isinstance(e, (StoreError, OSError)):
+            rc = _fail(str(e), None, 125)
+        else:
+            rc = _fail(f"internal error: {type(e).__name__}: {e}", "run with --debug for a traceback and report it", 125)
+    sys.stdout.flush()
+    sys.exit(rc)
+
+
+def _fail(message: str, hint: str | None, code: int) -> int:
+    sys.stderr.write(f"imagetool: error: {' '.join(str(message).split())}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    return code

@@ -33,15 +33,15 @@ def test_layout_is_detected_from_mountinfo(text, layout):
 
 
 def test_v1_groups_follow_imagetools_own_cgroup_per_hierarchy():
+    """memory, cpu and pids; each under imagetool's own group in that hierarchy."""
     proc = "12:pids:/a\n4:cpu,cpuacct:/b/c\n3:memory:/m\n0::/\n"
-    mgr = cg.v1.V1Cgroup.for_host("abc", MOUNTINFO_HYBRID, proc) if hasattr(cg, "v1") else None
     from imagetool.runtime.cgroups.v1 import V1Cgroup
 
     mgr = V1Cgroup.for_host("abc", MOUNTINFO_HYBRID, proc)
     assert mgr.groups["memory"] == Path("/sys/fs/cgroup/memory/m/imagetool/abc")
-    assert mgr.groups["cpu"] == mgr.groups["cpuacct"] == Path("/sys/fs/cgroup/cpu,cpuacct/b/c/imagetool/abc")
+    assert mgr.groups["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct/b/c/imagetool/abc")
     assert mgr.groups["pids"] == Path("/sys/fs/cgroup/pids/a/imagetool/abc")
-    assert len(mgr.paths) == 3  # a co-mounted hierarchy is one group
+    assert len(mgr.paths) == 3
 
 
 # ---------------------------------------------------------------- v2 against a fake cgroupfs

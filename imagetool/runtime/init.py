@@ -24,7 +24,6 @@ import fcntl
 import os
 import resource  # extension modules: import them before pivot_root takes the host's /usr away
 import signal
-import socket
 import struct
 import termios
 import time
@@ -120,7 +119,7 @@ def _steps(spec: dict, ctx: ChildContext) -> None:
 
     # 4. hostname, loopback
     if "uts" in ns_types and spec.get("hostname"):
-        socket.sethostname(spec["hostname"])
+        sc.sethostname(spec["hostname"])
     if "network" in ns_types and annotations.get("org.imagetool.network") == "loopback":
         loopback_up()
 
@@ -237,10 +236,10 @@ def find_executable(cmd: str, env: list[str]) -> str:
 
 def loopback_up() -> None:
     """Bring `lo` up with SIOCSIFFLAGS (no `ip` binary needed)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = sc.socket_fd(2, 2)  # AF_INET, SOCK_DGRAM
     try:
         req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
     finally:
-        s.close()
+        os.close(fd)

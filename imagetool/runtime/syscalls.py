@@ -51,6 +51,8 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 
 
 def _check(ret: int, what: str) -> int:
@@ -84,6 +86,17 @@ def umount2(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    """(socket.sethostname would do, but importing socket costs more than the syscall.)"""
+    data = name.encode()
+    _check(_libc.sethostname(data, len(data)), "sethostname")
+
+
+def socket_fd(family: int, type_: int, proto: int = 0) -> int:
+    """A raw socket file descriptor (for ioctls), without importing the socket module."""
+    return _check(_libc.socket(family, type_ | 0o2000000, proto), "socket")  # SOCK_CLOEXEC
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

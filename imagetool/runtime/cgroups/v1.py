@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imagetool.runtime import cgroups as cg
 
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+CONTROLLERS = ("memory", "cpu", "pids")
 
 
 class V1Cgroup:
