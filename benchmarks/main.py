@@ -66,15 +66,10 @@ def main(argv=None) -> int:
 
     results = []
     profiles = {}
+    rootfs = None
     with common.tmpfs_workdir() as work:
         machine = common.machine_description(work, tools)
         machine["imagetool"] = _imagetool_version(imagetool)
-        # no host configuration or credentials leak in: every tool gets empty config dirs
-        cfg = work / "config"
-        (cfg / "imagetool").mkdir(parents=True)
-        os.environ.update(IMAGETOOL_CONFIG_DIR=str(cfg / "imagetool"), DOCKER_CONFIG=str(cfg / "docker"),
-                          REGISTRY_AUTH_FILE=str(cfg / "auth.json"))
-        os.environ.pop("IMAGETOOL_STORE", None)
         layouts = work / "layouts"
         layouts.mkdir()
         local = {}
@@ -89,6 +84,14 @@ def main(argv=None) -> int:
         finally:
             tempfile.tempdir = old_tmp
         try:
+            # no host configuration or credentials leak in: every tool gets empty config dirs (set
+            # after the registry started: distribution reads REGISTRY_* variables as its config)
+            cfg = work / "config"
+            (cfg / "imagetool").mkdir(parents=True)
+            (cfg / "auth.json").write_text('{"auths": {}}\n')
+            os.environ.update(IMAGETOOL_CONFIG_DIR=str(cfg / "imagetool"), DOCKER_CONFIG=str(cfg / "docker"),
+                              REGISTRY_AUTH_FILE=str(cfg / "auth.json"))
+            os.environ.pop("IMAGETOOL_STORE", None)
             for name, img in local.items():
                 registry.push_layout(img.layout, "latest", f"bench/{name}:latest")
             log(f"registry {registry.host}: pushed {', '.join(local)}")
@@ -108,6 +111,9 @@ def main(argv=None) -> int:
                     if profile and res.imagetool.ok and op.group != "baseline":
                         profiles[op.name] = profile_imagetool(op, imagetool, common.python_command(), scratch)
                     log(f"{op.name}: done in {time.monotonic() - t0:.0f} s")
+                if not args.only or any(t.lower() in ROOTFS_NAME for t in args.only):
+                    log(f"{ROOTFS_NAME} …")
+                    rootfs = rootfs_figures(work / "rootfs", local, runs)
             finally:
                 specs.cleanup(ctx)
         finally:
@@ -119,7 +125,7 @@ def main(argv=None) -> int:
                        "".join(f" --only {o!r}" for o in args.only),
             "warmups": warmups, "runs": runs, "elapsed": time.monotonic() - started}
     meta["fallbacks"] = list(ctx.fallbacks) if "ctx" in locals() else []
-    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles)
+    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles, rootfs)
     print(summary(results))
     if args.no_write:
         print(text)
@@ -131,6 +137,30 @@ def main(argv=None) -> int:
         log(f"report written to {out}")
     log(f"total {time.monotonic() - started:.0f} s")
     return 0
+
+
+ROOTFS_NAME = "rootfs (overlay plan + mount)"
+
+
+def rootfs_figures(work, images: dict, runs: int):
+    """Container rootfs creation time per image, from benchmarks/unpack.py's in-process measure
+    (overlay plan + mount + umount with the snapshots present). A list of dicts, or the reason why not."""
+    try:
+        from store import Store
+
+        from benchmarks.unpack import bench_rootfs, import_layout
+
+        work.mkdir(parents=True, exist_ok=True)
+        st = Store.open(work / "store")
+        chosen = {n: images[n] for n in ("busybox", "debian") if n in images}
+        for name, img in chosen.items():
+            import_layout(st, img.layout, f"localhost/bench/{name}:latest")
+        return bench_rootfs(work, chosen, runs)
+    except Exception as e:  # noqa: BLE001 - reported in the table's place
+        log(f"{ROOTFS_NAME}: not measured: {type(e).__name__}: {e}")
+        return f"not measured: {type(e).__name__}: {e}"
+    finally:
+        common.rmtree(work)
 
 
 def _imagetool_version(argv) -> str:

@@ -112,7 +112,24 @@ def goals(ops: list[OpResult]) -> list[str]:
     return out
 
 
-def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None) -> str:
+def rootfs_table(rootfs) -> list[str]:
+    """benchmarks/unpack.py's rootfs rows: the time to create a container rootfs must not grow with size."""
+    if rootfs is None:
+        return []
+    out = ["", "## Container rootfs creation (issue 4: must not grow with image size)", ""]
+    if isinstance(rootfs, str):
+        return out + [f"- {rootfs}"]
+    out += ["In-process, snapshots present: `overlay_plan` + `mount -t overlay` (+ umount); "
+            "the one-time snapshot extraction for information.", "",
+            "| image | plan | plan + mount | snapshots (once) |", "|---|---|---|---|"]
+    for r in rootfs:
+        out.append(f"| {r['name']} | {fmt_s(r['plan_median_s'])} | {fmt_s(r['plan_plus_mount_median_s'])} | "
+                   f"{fmt_s(r['snapshots_once_s'])} |")
+    return out
+
+
+def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None,
+             rootfs=None) -> str:
     parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
     parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + {meta['runs']} counted "
                  f"runs per tool, alternating A B C … each round; total {meta['elapsed']:.0f} s). "
@@ -120,6 +137,7 @@ def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], 
                  "peak RSS is the largest ru_maxrss of imagetool's process tree over the counted runs.")
     parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6)", ""]
     parts += [f"- {g}" for g in goals(ops)] or ["- (nothing to check)"]
+    parts += rootfs_table(rootfs)
     parts += ["", "## Images", ""] + [f"- {d}" for d in images]
     parts += ["", "## Notes", ""] + [f"- **{o.op.name}**: {o.op.note}" for o in ops if o.op.note]
     parts += [f"- {f}" for f in meta.get("fallbacks", [])]

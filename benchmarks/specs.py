@@ -182,6 +182,10 @@ def repull_op(ctx: Context, image: str) -> Operation:
         note="destination already holds every blob")
 
 
+UNPACK_SERVICE = ("import sys; from store import Store; from imagetool.unpack import unpack_image; "
+                  "unpack_image(Store.open(sys.argv[1]), sys.argv[2], sys.argv[3])")
+
+
 def unpack_op(ctx: Context, image: str) -> Operation:
     img: BenchImage = ctx.images[image]
     ref = ctx.ref(image)
@@ -199,6 +203,12 @@ def unpack_op(ctx: Context, image: str) -> Operation:
         for p in (store / "snapshots").glob("*"):
             rmtree(p)
 
+    svc_dest = ctx.d("unpack", "it-service")
+
+    def it_setup_svc(i: int) -> None:
+        ctx.imagetool_store_with(image)
+        _fresh(svc_dest)(i)
+
     return Operation(
         f"unpack {image}", group="unpack", image=image,
         imagetool=Contender("imagetool unpack", lambda i: ctx.it(store, "unpack", ref, str(it_dest)),
@@ -207,6 +217,10 @@ def unpack_op(ctx: Context, image: str) -> Operation:
             Contender("umoci unpack",
                       lambda i: ["umoci", "unpack", "--image", f"{img.layout}:{REF}", str(umoci_dest)],
                       setup=_fresh(umoci_dest), teardown=_fresh(umoci_dest), missing=ctx.missing("umoci")),
+            # the same service without the CLI: what the unpack engine costs apart from typer's start-up
+            Contender("imagetool's unpack service without the CLI (python -c)",
+                      lambda i: [ctx.python, "-c", UNPACK_SERVICE, str(store), ref, str(svc_dest)],
+                      setup=it_setup_svc, teardown=_fresh(svc_dest)),
             Contender(f"GNU tar {flag} (layers in order)",
                       lambda i: ["sh", "-c", tar_script, "sh", str(tar_dest)],
                       setup=_fresh(tar_dest), teardown=_fresh(tar_dest),
@@ -267,6 +281,7 @@ def baseline_op(ctx: Context) -> Operation:
         "startup: imagetool --version", group="baseline",
         imagetool=Contender("imagetool --version", lambda i: [*ctx.imagetool, "--version"]),
         peers=[
+            Contender("/bin/true (the launcher's floor)", lambda i: ["/bin/true"]),
             Contender("python -c pass", lambda i: [ctx.python, "-c", "pass"]),
             Contender("python -c 'import typer'", lambda i: [ctx.python, "-c", "import typer"]),
         ],
