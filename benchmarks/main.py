@@ -61,12 +61,13 @@ def main(argv=None) -> int:
     from fixtures.registry import RegistryServer
 
     from benchmarks import specs
-    from benchmarks.measure import profile_imagetool, run_operation
+    from benchmarks.measure import profile_imagetool, run_operation, trace_breakdown
     from benchmarks.report import markdown, summary
 
     results = []
     profiles = {}
     rootfs = None
+    breakdowns = {}
     with common.tmpfs_workdir() as work:
         machine = common.machine_description(work, tools)
         machine["imagetool"] = _imagetool_version(imagetool)
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
                     scratch.mkdir(exist_ok=True)
                     res = run_operation(op, warmups, runs, scratch)
                     results.append(res)
+                    if op.group == "run" and res.imagetool.ok:
+                        breakdowns[op.image] = trace_breakdown(op, scratch, runs)
                     if profile and res.imagetool.ok and op.group != "baseline":
                         profiles[op.name] = profile_imagetool(op, imagetool, common.python_command(), scratch)
                     log(f"{op.name}: done in {time.monotonic() - t0:.0f} s")
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
                        "".join(f" --only {o!r}" for o in args.only),
             "warmups": warmups, "runs": runs, "elapsed": time.monotonic() - started}
     meta["fallbacks"] = list(ctx.fallbacks) if "ctx" in locals() else []
-    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles, rootfs)
+    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles, rootfs, breakdowns)
     print(summary(results))
     if args.no_write:
         print(text)

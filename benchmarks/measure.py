@@ -283,3 +283,32 @@ def _imports_summary(stderr: str, top: int = 10) -> str:
     tops = sorted((r for r in rows if r[2] == 1), key=lambda r: -r[1])[:top]
     listed = ", ".join(f"{name} {cum / 1000:.0f} ms" for _, cum, _, name in tops)
     return f"imports: {total:.0f} ms in {len(rows)} modules; top-level by cumulative time: {listed}"
+
+
+def trace_breakdown(op: Operation, scratch: Path, runs: int = 5) -> dict[str, float] | str:
+    """imagetool's own account of a `run` (IMAGETOOL_TRACE_TIMING=1 → one `imagetool-timing: step=ms …`
+    line on stderr): the median milliseconds per step over `runs` extra runs, or why there is none."""
+    c = op.imagetool
+    steps: dict[str, list[float]] = {}
+    errfile = scratch / "trace.err"
+    for i in range(runs):
+        try:
+            if c.setup:
+                c.setup(20_000 + i)
+            run_once(c.command(20_000 + i), c.timeout, {**(c.env or {}), "IMAGETOOL_TRACE_TIMING": "1"}, errfile)
+            text = errfile.read_text(errors="replace")
+        except Exception as e:  # noqa: BLE001
+            return f"no breakdown: {_short(e)}"
+        finally:
+            if c.teardown:
+                c.teardown(20_000 + i)
+        m = re.search(r"imagetool-timing: (.*)", text)
+        if not m:
+            return "no breakdown (imagetool printed no imagetool-timing line)"
+        for kv in m.group(1).split():
+            k, _, v = kv.partition("=")
+            try:
+                steps.setdefault(k, []).append(float(v.rstrip("ms")))
+            except ValueError:
+                continue
+    return {k: statistics.median(v) for k, v in steps.items()}

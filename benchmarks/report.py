@@ -48,7 +48,7 @@ def _peer(o: OpResult, prefix: str):
     return None
 
 
-def goals(ops: list[OpResult]) -> list[str]:
+def goals(ops: list[OpResult], breakdowns: dict | None = None) -> list[str]:
     """The goals of the pull/unpack/run/archive issues, each checked: '✅ …', '❌ …' or '— … (why not)'."""
     out = []
 
@@ -81,8 +81,13 @@ def goals(ops: list[OpResult]) -> list[str]:
     for o in runs.values():
         ratio_goal(o, "podman", 0.4, "under 0.4× podman run")
     bb = runs.get("busybox")
-    if bb and base and bb.imagetool.ok and base[0].imagetool.ok:
-        own = bb.imagetool.median - base[0].imagetool.median
+    traced = (breakdowns or {}).get("busybox")
+    own = how = None
+    if isinstance(traced, dict) and "total" in traced:
+        own, how = traced["total"] / 1000, "IMAGETOOL_TRACE_TIMING total"
+    elif bb and base and bb.imagetool.ok and base[0].imagetool.ok:
+        own, how = bb.imagetool.median - base[0].imagetool.median, "run − `imagetool --version`"
+    if bb and own is not None:
         crun, runc = _peer(bb, "crun"), _peer(bb, "runc")
         if crun and crun.ok:
             ref, name = crun.median, "crun"
@@ -92,7 +97,7 @@ def goals(ops: list[OpResult]) -> list[str]:
             ref, name = None, ""
         if ref:
             ok = own <= 2 * ref
-            out.append(f"{'✅' if ok else '❌'} run busybox: imagetool's own work (run − `imagetool --version`) "
+            out.append(f"{'✅' if ok else '❌'} run busybox: imagetool's own work ({how}) "
                        f"within 2× {name}'s whole run — {fmt_s(own)} vs 2 × {fmt_s(ref)}")
     deb = runs.get("debian")
     if bb and deb and bb.imagetool.ok and deb.imagetool.ok:
@@ -128,15 +133,36 @@ def rootfs_table(rootfs) -> list[str]:
     return out
 
 
+def breakdown_table(breakdowns: dict, ops: list[OpResult]) -> list[str]:
+    """imagetool run's own account of its time (IMAGETOOL_TRACE_TIMING), one column per image."""
+    if not breakdowns:
+        return []
+    out = ["", "## Where `imagetool run` spends its time (IMAGETOOL_TRACE_TIMING=1, medians)", ""]
+    tables = {k: v for k, v in breakdowns.items() if isinstance(v, dict)}
+    for k, v in breakdowns.items():
+        if not isinstance(v, dict):
+            out.append(f"- {k}: {v}")
+    if tables:
+        steps = list(dict.fromkeys(s for v in tables.values() for s in v))
+        out += ["| step | " + " | ".join(tables) + " |", "|---" * (len(tables) + 1) + "|"]
+        for st in steps:
+            out.append(f"| {st} | " + " | ".join(f"{v[st]:.1f} ms" if st in v else "" for v in tables.values()) + " |")
+        out += ["", "Each step is the time since the previous mark; the first counts from the import of "
+                "`imagetool.containers`. The interpreter's start-up and the CLI's imports come before "
+                "(see the startup rows and the profiles)."]
+    return out
+
+
 def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None,
-             rootfs=None) -> str:
+             rootfs=None, breakdowns: dict | None = None) -> str:
     parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
     parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + {meta['runs']} counted "
                  f"runs per tool, alternating A B C … each round; total {meta['elapsed']:.0f} s). "
                  "Medians of wall time; the ratio is imagetool/peer per round (median, min–max); "
                  "peak RSS is the largest ru_maxrss of imagetool's process tree over the counted runs.")
     parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6)", ""]
-    parts += [f"- {g}" for g in goals(ops)] or ["- (nothing to check)"]
+    parts += [f"- {g}" for g in goals(ops, breakdowns)] or ["- (nothing to check)"]
+    parts += breakdown_table(breakdowns or {}, ops)
     parts += rootfs_table(rootfs)
     parts += ["", "## Images", ""] + [f"- {d}" for d in images]
     parts += ["", "## Notes", ""] + [f"- **{o.op.name}**: {o.op.note}" for o in ops if o.op.note]
