@@ -340,8 +340,7 @@ def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: di
         import subprocess
 
         subprocess.run([binary, "delete", "-f", cid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for p in cgroups.mountinfo_cgroups()[0].values():
-            cgroups.remove_parent_if_empty(Path(p) / cgroups.PARENT)
+        cgroups.remove_empty_parents()
 
 
 def _resolve_user_for_runtime(spec: dict, rootfs: Path, user_name: str | None) -> None:

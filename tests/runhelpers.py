@@ -66,14 +66,17 @@ class Imagetool:
 
 
 def cgroup_children() -> set[str]:
-    """Every directory below an `imagetool` parent group, in every cgroup hierarchy."""
+    """Every `imagetool` parent group and the groups below it, in every cgroup hierarchy."""
     from imagetool.runtime import cgroups
 
-    v1, v2 = cgroups.mountinfo_cgroups()
+    with open("/proc/self/mountinfo") as f:
+        mnts = {line.split(" - ")[0].split()[4] for line in f
+                if line.partition(" - ")[2].split()[:1] in (["cgroup"], ["cgroup2"])}
     out = set()
-    for mnt in set(v1.values()) | ({v2} if v2 else set()):
+    for mnt in mnts:
         for dirpath, dirnames, _ in os.walk(mnt):
             if Path(dirpath).name == cgroups.PARENT:
+                out.add(dirpath)
                 out.update(os.path.join(dirpath, d) for d in dirnames)
                 dirnames[:] = []
             elif dirpath.count("/") - mnt.count("/") >= 4:
@@ -94,10 +97,18 @@ def new_cgroups_that_stay(before: set[str], grace: float = 3.0) -> set[str]:
 
     deadline = time.monotonic() + grace
     while True:
-        extra = {p for p in cgroup_children() - before if Path(p).exists() and not pids_in(Path(p))}
+        extra = {p for p in cgroup_children() - before
+                 if Path(p).exists() and not pids_in(Path(p)) and not _has_subdirs(Path(p))}
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.1)
+
+
+def _has_subdirs(path: Path) -> bool:
+    try:
+        return any(e.is_dir(follow_symlinks=False) for e in os.scandir(path))
+    except OSError:
+        return False
 
 
 def have_tool(name: str) -> bool:

@@ -174,6 +174,11 @@ def test_sys_is_read_only_and_dev_is_minimal(it):
     assert "devnull-ok" in out
 
 
+def test_stdin_reaches_the_container_only_with_i(it):
+    assert run_ok(it, "-i", "busybox", "cat", input="piped in\n") == "piped in\n"
+    assert run_ok(it, "busybox", "cat", input="piped in\n") == ""  # without -i: /dev/null
+
+
 def test_writes_do_not_survive_the_container(it):
     run_ok(it, "busybox", "sh", "-c", "echo x > /written-by-run-1")
     assert "ABSENT" in run_ok(it, "busybox", "sh", "-c", "test -e /written-by-run-1 || echo ABSENT")

@@ -167,6 +167,20 @@ def remove_parent_if_empty(parent: Path) -> None:
         pass  # other containers' groups, or already gone
 
 
+def remove_empty_parents() -> None:
+    """rmdir every empty `imagetool/` parent group in every cgroup hierarchy (runc/crun create them
+    in all hierarchies, name=systemd and the hybrid's unified one included)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] in (["cgroup"], ["cgroup2"]):
+                mnt = Path(left.split()[4])
+                remove_parent_if_empty(mnt / PARENT)
+                for own in set(own_cgroups().values()):
+                    if own.strip("/"):
+                        remove_parent_if_empty(mnt / own.strip("/") / PARENT)
+
+
 def destroy_paths(paths: list[str]) -> None:
     """Remove the groups at `paths` (from a state.json), killing what is left in them."""
     for p in paths:
