@@ -17,6 +17,18 @@ if "run" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.ar
 
     fast_main(sys.argv[1:])
 
+
+def _pull_fast_path() -> None:
+    """`imagetool pull …` without typer/pydantic (see imagetool/pull_cli.py); returns when the
+    arguments need the full CLI."""
+    from imagetool.pull_cli import fast_main as pull_fast_main
+
+    pull_fast_main(sys.argv[1:])
+
+
+if "pull" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
+    _pull_fast_path()
+
 import typer
 
 app = typer.Typer(

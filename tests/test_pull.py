@@ -258,3 +258,35 @@ def test_progress_bars_on_a_terminal(registry, busybox, cli, store_dir):
     text = out.decode(errors="replace")
     assert "Total" in text and "Pull complete" in text
     assert busybox.layers[0].digest.split(":")[1][:12] in text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pull", "busybox"], ("busybox", None, False, 3, False, None)),
+    (["--store", "/s", "--debug", "pull", "-q", "--platform=linux/arm64", "--max-concurrent-downloads", "4",
+      "--insecure", "r"], ("r", "linux/arm64", True, 4, True, "/s")),
+    (["--store=/s", "pull", "--quiet", "--platform", "linux/amd64", "x"], ("x", "linux/amd64", True, 3, False, "/s")),
+    (["pull", "--help"], None), (["pull"], None), (["pull", "a", "b"], None), (["tag", "pull", "x"], None),
+    (["pull", "--max-concurrent-downloads", "0", "x"], None), (["pull", "--bogus", "x"], None),
+    (["--version", "pull", "x"], None),
+])
+def test_pull_fast_path_parses_only_what_it_fully_understands(argv, expected):
+    from imagetool.pull_cli import parse
+
+    got = parse(argv)
+    if expected is None:
+        assert got is None
+    else:
+        assert (got.ref, got.platform, got.quiet, got.max_concurrent, got.insecure, got.store) == expected
+
+
+def test_pull_skips_typer_and_help_still_works(registry, busybox, cli, store_dir):
+    registry.push(busybox, "pull/fast:latest")
+    r = subprocess.run([cli.argv("pull")[0], "-X", "importtime", *cli.argv("pull", "-q", f"{registry.host}/pull/fast")[1:]],
+                       env=cli.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == busybox.manifest_digest
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "imagetool.pull" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("typer", "pydantic", "requests")}
+    r = cli("pull", "--help")
+    assert r.returncode == 0 and "--platform" in r.stdout
