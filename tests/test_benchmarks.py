@@ -1,0 +1,122 @@
+"""The benchmark framework (benchmarks/): measurement core, report, tmpfs work dir, image generator.
+
+No timing assertions: these check that what the suite reports is what happened (order of runs,
+failures and missing tools kept with their reason, a child's own peak RSS, cleanup of mounts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+from benchmarks.measure import Contender, Operation, RunFailed, error_line, run_once, run_operation
+from benchmarks.report import markdown, table
+
+
+def test_error_line_prefers_imagetool_error_and_go_msg():
+    assert error_line("x\nimagetool: error: no such image\nhint: pull it\n") == "imagetool: error: no such image"
+    go = 'time="2026-01-01T00:00:00Z" level=fatal msg="Invalid destination name oci:/x: lstat \\"/x\\": nope"'
+    assert error_line(go) == 'Invalid destination name oci:/x: lstat "/x": nope'
+    assert error_line("first\n\nlast line\n") == "last line"
+
+
+def test_run_once_reports_failure_with_the_stderr_line(tmp_path):
+    with pytest.raises(RunFailed, match=r"exit 3: imagetool: error: boom"):
+        run_once(["sh", "-c", "echo 'imagetool: error: boom' >&2; echo hint >&2; exit 3"], 30,
+                 errfile=tmp_path / "err")
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/time", os.X_OK), reason="GNU time (/usr/bin/time) not installed")
+def test_peak_rss_is_the_childs_own_not_the_harness(tmp_path):
+    ballast = bytearray(200 << 20)  # make this process big: a plain fork/exec child would be charged ~200 MB
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    small = run_once(["/bin/busybox", "true"], 30, errfile=tmp_path / "err")
+    assert small.maxrss_kb < 20_000, small
+    big = run_once(["python3", "-c", "b = bytearray(120 << 20); b[::4096] = b'x' * len(b[::4096])"], 60,
+                   errfile=tmp_path / "err")
+    assert 120_000 < big.maxrss_kb < 190_000, big
+    del ballast
+
+
+def _logger(log: Path, name: str, fail_at: int | None = None) -> Contender:
+    def cmd(i: int):
+        code = 1 if fail_at is not None and i >= fail_at else 0
+        return ["sh", "-c", f"echo {name}{i} >> {log}; [ {code} = 0 ] || {{ echo 'it broke' >&2; exit {code}; }}"]
+
+    return Contender(name, cmd)
+
+
+def test_rounds_alternate_and_failed_or_missing_peers_keep_their_row(tmp_path):
+    log = tmp_path / "order"
+    op = Operation("demo", imagetool=_logger(log, "A"),
+                   peers=[_logger(log, "B"), _logger(log, "C", fail_at=2),
+                          Contender("D", lambda i: ["true"], missing="d not installed")])
+    res = run_operation(op, warmups=1, runs=3, scratch=tmp_path)
+    assert log.read_text().split() == ["A0", "B0", "C0", "A1", "B1", "C1", "A2", "B2", "C2", "A3", "B3"]
+    a, b, c, d = res.results
+    assert (a.status, len(a.samples)) == ("ok", 3)  # warm-up not counted
+    assert (b.status, len(b.samples)) == ("ok", 3)
+    assert c.status == "failed: exit 1: it broke"
+    assert d.status == "missing: d not installed"
+    assert len(res.ratios(b)) == 3 and res.ratios(c) == [] and res.ratios(d) == []
+    text = table([res])
+    assert "| **demo** |" in text and "failed: exit 1: it broke" in text and "missing: d not installed" in text
+    assert text.count("\n") == 1 + 3  # header rule + one row per peer: nothing dropped
+    page = markdown([res], {"host": "h", "cpu": "c"}, {"date": "d", "command": "benchmarks/run", "mode": "quick",
+                                                        "warmups": 1, "runs": 3, "elapsed": 1.0}, ["img"])
+    assert "## Machine" in page and "| cpu | c |" in page
+
+
+def test_per_run_setup_and_teardown_run_around_each_sample(tmp_path):
+    events = []
+    c = Contender("x", lambda i: ["true"], setup=lambda i: events.append(f"s{i}"),
+                  teardown=lambda i: events.append(f"t{i}"), prepare=lambda: events.append("p"))
+    run_operation(Operation("o", imagetool=c, peers=[]), warmups=1, runs=1, scratch=tmp_path)
+    assert events == ["p", "s0", "t0", "s1", "t1"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_tmpfs_workdir_is_unmounted_and_removed_even_on_error():
+    seen = {}
+    with pytest.raises(RuntimeError):
+        with common.tmpfs_workdir(size="64m") as work:
+            seen["work"] = work
+            seen["fs"] = common.fs_type(work)
+            inner = work / "inner"
+            inner.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "x", str(inner)], check=True)  # as a tool might leave one
+            raise RuntimeError("boom")
+    assert seen["fs"] == "tmpfs"
+    assert seen["work"].name.startswith("imagetool-bench-")
+    assert not seen["work"].exists()
+    assert common.mounts_under(seen["work"]) == []
+
+
+def test_generated_debian_like_layers_are_deterministic_with_whiteouts():
+    from benchmarks.imagegen import _debian_layers
+    from fixtures.tarbuild import build_tar
+
+    first = _debian_layers(0.02)
+    again = _debian_layers(0.02)
+    assert len(first) == 5
+    assert [build_tar(x) for x in first] == [build_tar(x) for x in again]
+    names = [e.path.rsplit("/", 1)[-1] for layer in first[1:] for e in layer]
+    assert any(n.startswith(".wh.") and n != ".wh..wh..opq" for n in names)
+    assert ".wh..wh..opq" in names
+    assert any(e.path == "bin/busybox" for e in first[0])  # so the image can run `true`
+    big = [e for layer in first for e in layer if e.type == "file" and len(e.data) > 500_000]
+    assert big, "some large incompressible files"
+
+
+def test_imagetool_command_is_not_the_pyenv_shim():
+    cmd = common.imagetool_command()
+    head = Path(cmd[0]).read_bytes()[:200] if Path(cmd[0]).is_file() else b""
+    assert b"pyenv" not in head or not head.startswith(b"#!/usr/bin/env bash")
+    if shutil.which("imagetool"):
+        assert subprocess.run([*cmd, "--version"], capture_output=True).returncode == 0
