@@ -160,6 +160,7 @@ def _raise_interrupted(signum, frame):
 
 
 def _is_archive_arg(text: str) -> bool:
+    """A cheap pre-check (archive.loader.is_archive_arg decides) so plain names never import archive."""
     if text.startswith(("oci-archive:", "docker-archive:", "oci:")):
         return True
     if text.startswith(("./", "/", "../")) or text.endswith((".tar", ".tar.gz", ".tgz")):
@@ -174,7 +175,7 @@ def _image_for(store, opts: RunOptions):
     if _is_archive_arg(name):
         from imagetool import archive
 
-        name = archive.load_for_run(store, name)
+        name = archive.load_for_run(store, name) or name
     try:
         return image_mod.load(store, name, platform=opts.platform)
     except ImageNotFound:

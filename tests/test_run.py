@@ -406,3 +406,33 @@ def test_runc_runs_the_same_spec(it):
     r = it("run", "--rm", "--runtime", "runc", "-e", "X=from-runc", "busybox", "sh", "-c", "echo $X $$; exit 5")
     assert r.returncode == 5, r.stderr
     assert r.stdout.split() == ["from-runc", "1"]
+
+
+# ---------------------------------------------------------------- where the image comes from
+
+
+def test_run_pulls_a_missing_image_from_the_registry(registry, busybox, tmp_path, unique_repo):
+    registry.push(busybox, f"{unique_repo}:v1")
+    fresh = Imagetool(tmp_path / "fresh-store")
+    r = fresh("run", "--rm", f"{registry.host}/{unique_repo}:v1", "sh", "-c", "echo pulled-and-ran")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "pulled-and-ran\n"
+    assert "Unable to find image" in r.stderr
+    r = fresh("run", "--rm", f"{registry.host}/{unique_repo}:v1", "true")  # now local: no second pull
+    assert r.returncode == 0 and "Unable to find image" not in r.stderr
+
+
+def test_run_an_archive_file(tmp_path):
+    import sys as _sys
+
+    from tests.runhelpers import REPO
+
+    tar = tmp_path / "busybox.tar"
+    subprocess.run([_sys.executable, "-m", "fixtures", "busybox-tar", str(tar)], check=True, cwd=REPO,
+                   capture_output=True)
+    fresh = Imagetool(tmp_path / "fresh-store")
+    r = fresh("run", "--rm", "./busybox.tar", "sh", "-c", "echo from-archive", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "from-archive\n"
+    r = fresh("run", "--rm", f"docker-archive:{tar}", "true")
+    assert r.returncode == 0, r.stderr
