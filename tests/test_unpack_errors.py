@@ -174,3 +174,26 @@ def test_unprivileged_apply_skips_devices_with_a_warning(tmp_path):
     assert len(warnings) == 2 and all("needs root" in w for w in warnings)
     assert a.stats.skipped == ["dev/null", "dev/sda"]
     assert oct((tmp_path / "suid").stat().st_mode & 0o7777) == "0o4755"
+
+
+def test_removed_directory_does_not_pass_its_mode_to_a_successor(tmp_path):
+    """Layer 1 makes x 0700 (mode deferred); layer 2 whites it out and creates x/y implicitly:
+    the new x is 0755, not the old x's deferred 0700."""
+    import io
+
+    from fixtures.tarbuild import whiteout
+
+    from imagetool.unpack.apply import Applier
+    from imagetool.unpack.layers import LayerStream
+
+    a = Applier(tmp_path, "plain")
+    try:
+        for entries in ([directory("x", mode=0o700), file("x/old", b"o")], [whiteout("x"), file("x/y", b"y")]):
+            s = LayerStream(io.BytesIO(build_tar(entries)), "application/vnd.oci.image.layer.v1.tar")
+            a.apply(s)
+            s.finish()
+        a.finish()
+    finally:
+        a.close()
+    assert os.listdir(tmp_path / "x") == ["y"]
+    assert oct((tmp_path / "x").stat().st_mode & 0o777) == "0o755"

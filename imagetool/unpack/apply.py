@@ -228,7 +228,7 @@ class Applier:
                 self._dir_attrs(ti, pfd, name, canon, xattrs)
                 self._mark(canon)
                 return
-            self._remove(pfd, name, st)
+            self._remove(pfd, name, st, canon)
         was_whiteout = canon in self.whiteouts
         if was_whiteout:
             self.whiteouts.discard(canon)
@@ -257,14 +257,21 @@ class Applier:
             os.chown(self.root.path, ti.uid, ti.gid, follow_symlinks=False)
         self._dir_meta[""] = (ti.mode, ti.mtime_ns)
 
-    def _remove(self, pfd: int, name: str, st: os.stat_result) -> None:
+    def _remove(self, pfd: int, name: str, st: os.stat_result, canon: str) -> None:
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(name, dir_fd=pfd)
+            self._forget_dirs(canon)
             self.root.invalidate()
         else:
             os.unlink(name, dir_fd=pfd)
             if stat.S_ISLNK(st.st_mode):
                 self.root.invalidate()
+
+    def _forget_dirs(self, canon: str) -> None:
+        """A directory tree was removed: its deferred modes/mtimes must not land on a successor."""
+        prefix = canon + "/"
+        for k in [k for k in self._dir_meta if k == canon or k.startswith(prefix)]:
+            del self._dir_meta[k]
 
     def _file(self, ti, tf, pfd: int, name: str, xattrs: dict) -> None:
         fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
@@ -353,12 +360,12 @@ class Applier:
         if stat.S_ISDIR(tst.st_mode):
             raise UnsafeLayer(f"hardlink {ti.name!r} points at a directory ({ti.linkname!r})")
         # resolve the link's own path again: the lookups above may have invalidated fds
-        pfd, name, _ = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
+        pfd, name, pcanon = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
         st = self.root.lstat(pfd, name)
         if st is not None:
             if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino):
                 return
-            self._remove(pfd, name, st)
+            self._remove(pfd, name, st, join(pcanon, name))
             tpfd, tname, _ = self.root.lookup(tcomps)
             pfd, name, _ = self.root.lookup(clean_name(ti.name), self._implicit_mkdir)
         self.whiteouts.discard(canon)
@@ -408,7 +415,7 @@ class Applier:
                 self._opaque_at(pfd, name, canon)
             return
         if st is not None:
-            self._remove(pfd, name, st)
+            self._remove(pfd, name, st, canon)
         if self.overlay and self.lowerview.lookup(canon) is not None:
             os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
             self.whiteouts.add(canon)
@@ -480,6 +487,7 @@ class Applier:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     shutil.rmtree(child, dir_fd=dfd)
+                    self._forget_dirs(c)
                 else:
                     os.unlink(child, dir_fd=dfd)
                 removed = True
