@@ -73,7 +73,8 @@ def read_archive(src: Source, store) -> Plan:
         raise ArchiveError(f"{src.label}: a docker save from before Docker 1.10 (no manifest.json) "
                            "is not supported")
     else:
-        raise ArchiveError(f"{src.label}: not an image archive (no index.json or manifest.json)",
+        raise ArchiveError(f"{src.label}: not an image archive (no index.json or manifest.json)"
+                           + src.truncated_hint,
                            hint="imagetool loads docker-archive, oci-archive and OCI layout directories")
     if not reader.plan.images:
         raise ArchiveError(f"{src.label}: the archive holds no image")

@@ -149,11 +149,7 @@ class TarSource(Source):
         self.label = label
         self._owns = owns_fd
         self._members: dict[str, Member] = {}
-        try:
-            self._index()
-        except BaseException:
-            self.close()
-            raise
+        self._index()  # on failure the caller still owns (and closes) fd
 
     def close(self) -> None:
         if self._owns and self.fd >= 0:
@@ -172,6 +168,7 @@ class TarSource(Source):
             raise ArchiveError(f"{self.label}: empty file, not an archive")
         f = os.fdopen(os.dup(self.fd), "rb", buffering=0)
         try:
+            f.seek(0)  # a dup shares the offset: a spool file is positioned at its end
             try:
                 tf = tarfile.open(fileobj=f, mode="r:")
             except tarfile.ReadError as e:
@@ -294,11 +291,13 @@ def open_source(where: str, spool_dir: Path) -> Source:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise ArchiveError(f"{where}: {e.strerror}") from None
+    src = None
     try:
-        return _from_fd(fd, where, spool_dir, owns=True)
-    except BaseException:
-        os.close(fd)
-        raise
+        src = _from_fd(fd, where, spool_dir, owns=True)
+        return src
+    finally:
+        if not (isinstance(src, TarSource) and src.fd == fd):
+            os.close(fd)  # spooled (or failed): the original file is no longer needed
 
 
 def _from_fd(fd: int, label: str, spool_dir: Path, owns: bool) -> Source:
@@ -318,8 +317,10 @@ def _from_fd(fd: int, label: str, spool_dir: Path, owns: bool) -> Source:
     try:
         stream = compression.decompressing(reader, kind, label) if kind else reader
         _copy(stream, spool, label)
-        if owns:
-            os.close(fd)
+    except BaseException:
+        os.close(spool)
+        raise
+    try:
         return TarSource(spool, label, owns_fd=True)
     except BaseException:
         os.close(spool)
