@@ -122,6 +122,7 @@ def main(argv=None) -> int:
         finally:
             registry.stop()
 
+    machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     now = dt.datetime.now(dt.timezone.utc)
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "mode": "quick" if args.quick else "full",
             "command": "benchmarks/run" + (" --quick" if args.quick else "") +
