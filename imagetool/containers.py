@@ -256,6 +256,7 @@ def run(store, opts: RunOptions) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
         for s, h in old_handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+        trace.mark("signals")
         if cdir is not None:
             if opts.rm:
                 shutil.rmtree(cdir, ignore_errors=True)
@@ -303,6 +304,7 @@ def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace:
         return code
     finally:
         cgroup.destroy()
+        trace.mark("cgroup.destroy")
 
 
 def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: dict, trace: _Trace) -> int:
