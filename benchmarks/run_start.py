@@ -136,8 +136,10 @@ class Bench:
             self.errors["podman"] = r.stderr.strip()[-300:]
             return
         self.cleanups.append(lambda: subprocess.run(self.podman + ["system", "reset", "-f"], capture_output=True))
-        # podman raises RLIMIT_NOFILE/NPROC above this sandbox's hard limits (EPERM): keep the host's
-        self.tools["podman"] = self.podman + ["run", "--rm", "--network", "none", "--ulimit", "host",
+        # podman's default rlimits (NOFILE, NPROC) exceed this sandbox's hard limits (EPERM) and its
+        # default crun refuses the hybrid cgroup layout: runc with docker's NOFILE 1024, as imagetool
+        self.tools["podman"] = self.podman + ["run", "--rm", "--network", "none", "--runtime", "runc",
+                                              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                                               image, "true"]
 
     def measure(self, rounds: int, warmups: int) -> dict[str, list[float]]:
