@@ -140,3 +140,45 @@ class Cli:
 def cli(store_dir, tmp_path) -> Cli:
     """cli("images") runs imagetool against store_dir and returns the CompletedProcess (text by default)."""
     return Cli(store_dir, tmp_path)
+
+
+# ---------------------------------------------------------------- leak report
+
+
+def _leak_snapshot() -> dict[str, set[str]]:
+    """What a test may leave behind: imagetool temp dirs, mounts, imagetool cgroups."""
+    import glob
+    import tempfile
+
+    snap = {"temp dirs": set(glob.glob(os.path.join(tempfile.gettempdir(), "imagetool-*")))}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            snap["mounts"] = {line.split()[4] for line in f}
+    except OSError:
+        snap["mounts"] = set()
+    cgroups = set()
+    for pattern in ("/sys/fs/cgroup/*imagetool*", "/sys/fs/cgroup/*/*imagetool*",
+                    "/sys/fs/cgroup/*/*/*imagetool*", "/sys/fs/cgroup/*/*/*/*imagetool*"):
+        cgroups.update(glob.glob(pattern))
+    snap["cgroups"] = cgroups
+    return snap
+
+
+def pytest_sessionstart(session):
+    session.config._imagetool_leaks_before = _leak_snapshot()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Report (not fail on) temp dirs, mounts and cgroups that appeared during the run and are still there.
+
+    Other processes on the machine can create such things too: this is a pointer, exact under CI.
+    """
+    before = getattr(config, "_imagetool_leaks_before", None)
+    if before is None:
+        return
+    after = _leak_snapshot()
+    lines = [f"{kind}: {path}" for kind in after for path in sorted(after[kind] - before.get(kind, set()))]
+    if lines:
+        terminalreporter.section("left behind (imagetool temp dirs, mounts, cgroups)", yellow=True)
+        for line in lines[:50]:
+            terminalreporter.line(line)
