@@ -436,3 +436,24 @@ def test_run_an_archive_file(tmp_path):
     assert r.stdout == "from-archive\n"
     r = fresh("run", "--rm", f"docker-archive:{tar}", "true")
     assert r.returncode == 0, r.stderr
+
+
+def test_copy_rootfs_backend_runs_the_same(it):
+    """--rootfs copy (the fallback when overlay is missing): a flattened tree, bind-mounted."""
+    out = run_ok(it, "--rootfs", "copy", "busybox", "sh", "-c", "echo $$; echo x > /tmp/f && cat /tmp/f")
+    assert out.split() == ["1", "x"]
+    r = it("run", "--rm", "--rootfs", "copy", "--read-only", "busybox", "touch", "/x")
+    assert r.returncode == 1 and "Read-only file system" in r.stderr
+
+
+def test_prune_exited_removes_only_exited_containers(it, store):
+    from store import Store
+
+    from imagetool import containers
+
+    r = it("run", "--name", "to-prune", "busybox", "true")
+    assert r.returncode == 0
+    cid = next(x["id"] for x in json.loads(it("ps", "-a", "--format", "json").stdout) if x["name"] == "to-prune")
+    removed = containers.prune_exited(Store.open(store))
+    assert cid in removed
+    assert not (store / "containers" / cid).exists()
