@@ -10,12 +10,16 @@ import os
 import sys
 from typing import List, Optional
 
-if "run" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
-    # `imagetool run` skips typer (its pydantic import costs more than starting a container);
-    # returns here only when the arguments need the full CLI (help, unusual syntax).
+def _run_fast_path() -> None:
+    """`imagetool run` skips typer (its pydantic import costs more than starting a container);
+    returns here only when the arguments need the full CLI (help, unusual syntax)."""
     from imagetool.containers import fast_main
 
     fast_main(sys.argv[1:])
+
+
+if "run" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
+    _run_fast_path()
 
 
 def _pull_fast_path() -> None:
