@@ -13,27 +13,31 @@ import os
 
 from store import Digest
 
-from imagetool.archive.plan import Plan
+from imagetool.archive.plan import WORKERS, Plan
 from imagetool.archive.source import Source
 
 
 def commit(store, src: Source, plan: Plan) -> None:
     written: list[Digest] = []
-    partial: Digest | None = None
+    partials: set[Digest] = set()
+
+    def copy(d: Digest) -> None:
+        member = plan.copies[d]
+        with store.ingest(d, member.size) as w:
+            if w.exists:
+                return
+            partials.add(d)
+            if w.offset:
+                w.reset()  # someone's abandoned partial: start from scratch
+            for chunk in src.chunks(member):
+                w.write(chunk)
+            w.commit()
+            written.append(d)
+            partials.discard(d)
+
     try:
         with store.lock_shared():
-            for d, member in plan.copies.items():
-                with store.ingest(d, member.size) as w:
-                    if w.exists:
-                        continue
-                    partial = d
-                    if w.offset:
-                        w.reset()  # someone's abandoned partial: start from scratch
-                    for chunk in src.chunks(member):
-                        w.write(chunk)
-                    w.commit()
-                    written.append(d)
-                    partial = None
+            _each(copy, list(plan.copies))
             for d, data in plan.puts.items():
                 if not store.has(d):
                     store.put(data, d)
@@ -47,15 +51,28 @@ def commit(store, src: Source, plan: Plan) -> None:
                 store.delete(d)
             except Exception:
                 pass
-        if partial is not None:
-            _remove_partial(store, partial)
+        for d in partials:
+            _remove_partial(store, d)
         raise
+
+
+def _each(fn, items: list) -> None:
+    """fn(item) for every item, a few at a time; waits for all, then raises the first failure."""
+    if len(items) <= 1 or WORKERS <= 1:
+        for it in items:
+            fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+        futures = [pool.submit(fn, it) for it in items]
+    for f in futures:
+        f.result()
 
 
 def _remove_partial(store, d: Digest) -> None:
     name = d.hex if d.algorithm == "sha256" else f"{d.algorithm}-{d.hex}"
-    for suffix in (".partial",):
-        try:
-            os.unlink(os.path.join(store.ingest_dir, name + suffix))
-        except OSError:
-            pass
+    try:
+        os.unlink(os.path.join(store.ingest_dir, name + ".partial"))
+    except OSError:
+        pass

@@ -16,6 +16,7 @@ Formats (chosen by what the archive holds):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from store import Descriptor, Digest
@@ -31,6 +32,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 MAX_IMAGES = 1000
 MAX_INDEX_DEPTH = 4
+WORKERS = min(4, os.cpu_count() or 1)  # blobs hashed / copied at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ def read_archive(src: Source, store) -> Plan:
                            hint="imagetool loads docker-archive, oci-archive and OCI layout directories")
     if not reader.plan.images:
         raise ArchiveError(f"{src.label}: the archive holds no image")
+    reader.verify_pending()
     return reader.plan
 
 
@@ -124,6 +127,7 @@ class _Reader:
         self.store = store
         self.plan = Plan()
         self._checked: dict[str, tuple] = {}  # member name -> (digest, diff_id) already verified
+        self.pending: list[tuple] = []  # (descriptor, member, what) to hash before phase 2
 
     # -- blobs ---------------------------------------------------------------------------------
     def _present(self, d: Digest) -> bool:
@@ -144,18 +148,36 @@ class _Reader:
         return data
 
     def file_blob(self, desc: Descriptor, what: str) -> None:
-        """A layer (or any large blob): hashed now, copied in phase 2."""
+        """A layer (or any large blob): hashed by `verify_pending`, copied in phase 2."""
         if self._present(desc.digest):
             return
         m = self.src.resolve(blob_name(desc.digest), what=f"{what} blob")
         if m.size != desc.size:
             raise ArchiveError(f"{self.src.label}: {what} {desc.digest} is {m.size} bytes in the "
                                f"archive but its descriptor says {desc.size}")
-        h = desc.digest.hasher()
-        for chunk in self.src.chunks(m):
-            h.update(chunk)
-        self._check(desc, Digest(desc.digest.algorithm, h.hexdigest()), m.size, what)
         self.plan.copies[desc.digest] = m
+        self.pending.append((desc, m, what))
+
+    def verify_pending(self) -> None:
+        """Hash every blob queued by file_blob, a few at a time (hashlib releases the GIL)."""
+        if not self.pending:
+            return
+
+        def check(item) -> None:
+            desc, m, what = item
+            h = desc.digest.hasher()
+            for chunk in self.src.chunks(m):
+                h.update(chunk)
+            self._check(desc, Digest(desc.digest.algorithm, h.hexdigest()), m.size, what)
+
+        if len(self.pending) == 1:
+            check(self.pending[0])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(self.pending))) as pool:
+            for f in [pool.submit(check, item) for item in self.pending]:
+                f.result()  # the first failure (in queue order) is the one reported
 
     def _check(self, desc: Descriptor, actual: Digest, size: int, what: str) -> None:
         if actual != desc.digest:
