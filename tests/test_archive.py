@@ -390,10 +390,13 @@ def test_import_directory_then_run(cli, tmp_path):
 
 
 @needs_root
-@pytest.mark.parametrize("arg", ["./bb.tar", "oci-archive:bb.tar", "docker-archive:bb-docker.tar"])
+@pytest.mark.parametrize("arg", ["./bb.tar", "oci-archive:bb.tar", "docker-archive:bb-docker.tar",
+                                 "./untagged.tar", "oci:layout:latest"])
 def test_run_straight_from_an_archive(cli, tmp_path, arg):
     (tmp_path / "bb.tar").write_bytes(build_archive({"busybox:latest": busybox_image()}, "oci"))
     (tmp_path / "bb-docker.tar").write_bytes(build_archive({"busybox:latest": busybox_image(None)}, "docker"))
+    (tmp_path / "untagged.tar").write_bytes(build_archive({"latest": busybox_image()}, "oci"))
+    write_oci_layout(tmp_path / "layout", {"docker.io/library/busybox:latest": busybox_image()})
     r = cli("run", "--rm", arg, "/bin/busybox", "echo", "ok", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ok\n"

@@ -77,10 +77,15 @@ def load_for_run(store, image_arg: str) -> str | None:
         for img in images:
             for name in img.names:
                 if _matches(name, want):
-                    return name
+                    return _runnable(img, name)
         raise ArchiveError(f"{path}: no image named {want!r} in the archive",
                            hint="loaded: " + ", ".join(n for i in images for n in i.names))
-    return images[0].names[0]
+    return _runnable(images[0], images[0].names[0])
+
+
+def _runnable(img: Loaded, name: str) -> str:
+    """What `image.load` resolves: the name, or the digest of an untagged image."""
+    return str(img.descriptor.digest) if name.startswith(DANGLING) else name
 
 
 def _matches(name: str, want: str) -> bool:
