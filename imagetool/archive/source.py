@@ -27,6 +27,7 @@ from imagetool.archive import compression
 from imagetool.errors import ArchiveError
 
 JSON_LIMIT = 4 << 20  # manifests, configs, index.json, manifest.json: read at most this much
+MAX_MEMBERS = 100_000  # an image archive holds a few files per blob; refuse tar bombs of headers
 _CHUNK = 1 << 20
 _MAX_LINK_HOPS = 40
 
@@ -212,6 +213,8 @@ class TarSource(Source):
         else:
             m = Member(name, "other")
         self._members[name] = m  # a later entry replaces an earlier one, as extraction would
+        if len(self._members) > MAX_MEMBERS:
+            raise ArchiveError(f"{self.label}: more than {MAX_MEMBERS} entries: not an image archive")
 
     def chunks(self, m: Member, chunk: int = _CHUNK):
         pos, end = m.offset, m.offset + m.size
