@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--big-mb", type=int, default=300)
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--max-concurrent", type=int, default=None,
+                    help="imagetool --max-concurrent-downloads (default: imagetool's own, 3)")
+    ap.add_argument("--only", help="only the image whose name contains this (busybox, big…)")
     args = ap.parse_args(argv)
     if not shutil.which("skopeo"):
         log("skopeo is not installed")
@@ -91,12 +94,15 @@ def main(argv=None) -> int:
             for name, img in images.items():
                 reg.push(img, f"bench/{name}:latest")
             for name, img in images.items():
+                if args.only and args.only not in name:
+                    continue
                 ref = f"{reg.host}/bench/{name}:latest"
                 size = sum(len(b) for b in img.blobs.values())
                 it_times, sk_times, rss, it_cpu, sk_cpu = [], [], [], [], []
                 for i in range(args.runs + 1):  # run 0 is a warm-up for both, not counted
                     dest = work / f"it-{i}"
-                    wall, peak, cpu = timed([*imagetool, "--store", str(dest), "pull", "-q", ref], env, rss_file)
+                    extra = ["--max-concurrent-downloads", str(args.max_concurrent)] if args.max_concurrent else []
+                    wall, peak, cpu = timed([*imagetool, "--store", str(dest), "pull", "-q", *extra, ref], env, rss_file)
                     shutil.rmtree(dest)
                     dest = work / f"sk-{i}"
                     wall_b, _, cpu_b = timed(["skopeo", "--policy", str(policy), "copy", "--quiet",
