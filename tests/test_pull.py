@@ -112,6 +112,24 @@ def test_pull_platform_without_match_lists_available(registry, multi, cli, store
     assert store_state(store_dir) == before
 
 
+def test_pull_docker_manifest_list_and_schema2(registry, cli, store_dir):
+    """Docker media types: a manifest list over v2 schema 2 manifests (gzip layers)."""
+    from fixtures.images import Layer, build_image, build_index, host_platform
+    from fixtures.tarbuild import file
+
+    img = build_image([Layer([file("docker", b"v2s2\n")])], platform=host_platform(), docker=True)
+    other = build_image([Layer([file("docker", b"other\n")])], platform="linux/riscv64", docker=True)
+    lst = build_index([other, img], docker=True)
+    assert b"manifest.list.v2+json" in lst.manifest
+    registry.push(lst, "pull/dockerlist:v1")
+    r = cli("pull", f"{registry.host}/pull/dockerlist:v1")
+    assert r.returncode == 0, r.stderr
+    entry = refs(store_dir)[f"{registry.host}/pull/dockerlist:v1"]
+    assert entry["digest"] == img.manifest_digest
+    assert entry["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert assert_consistent(store_dir) == 4  # list + manifest + config + layer
+
+
 def test_pull_nested_index(registry, cli, store_dir):
     """A top index whose entry is itself an index (BuildKit style) is followed down."""
     from fixtures.images import Layer, build_image, build_index, host_platform
