@@ -27,6 +27,8 @@ def parse(argv):
                    help="run only operations whose name contains TEXT (repeatable)")
     p.add_argument("--runs", type=int, help="counted runs per tool (default 5, quick 3)")
     p.add_argument("--warmups", type=int, help="warm-up runs per tool (default 1)")
+    p.add_argument("--budget", type=float, help="seconds an operation may spend on extra counted runs when its "
+                                                  "rounds are cheap (default 30, quick 6; 0: exactly --runs)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="two extra runs of each imagetool command (-X importtime, cProfile) for the report "
                         "(default: on, off with --quick)")
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     runs = args.runs or (3 if args.quick else 5)
     warmups = 1 if args.warmups is None else args.warmups
+    budget = (6.0 if args.quick else 30.0) if args.budget is None else args.budget
     scale = 0.1 if args.quick else 1.0
     profile = (not args.quick) if args.profile is None else args.profile
 
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
                     log(f"{op.name} …")
                     scratch = work / "scratch"
                     scratch.mkdir(exist_ok=True)
-                    res = run_operation(op, warmups, runs, scratch)
+                    res = run_operation(op, warmups, runs, scratch, budget=budget)
                     results.append(res)
                     if op.group == "run" and res.imagetool.ok:
                         breakdowns[op.image] = trace_breakdown(op, scratch, runs)

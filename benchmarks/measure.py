@@ -175,13 +175,17 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _short(reason: str, limit: int = 160) -> str:
+def _short(reason: str, limit: int = 220) -> str:
     reason = " ".join(str(reason).split()).replace("|", "/")
     reason = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{20,}\b", r"\1…", reason)  # digests: 12 hex are enough
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
 
-def run_operation(op: Operation, warmups: int, runs: int, scratch: Path) -> OpResult:
+def run_operation(op: Operation, warmups: int, runs: int, scratch: Path, budget: float = 0.0,
+                  max_runs: int = 20) -> OpResult:
+    """Warm-up rounds, then counted rounds: `runs`, or more (up to max_runs) when the warm-up
+    rounds show that they fit in `budget` seconds — cheap operations get more samples, which
+    steadies their medians on a busy machine."""
     results = [Result(c.name) for c in op.contenders]
     for c, r in zip(op.contenders, results):
         if c.missing:
@@ -193,7 +197,13 @@ def run_operation(op: Operation, warmups: int, runs: int, scratch: Path) -> OpRe
             except Exception as e:  # noqa: BLE001 - any failure of a tool becomes its row's reason
                 r.status = f"failed: prepare: {_short(e)}"
     errfile = scratch / "stderr.txt"
-    for i in range(warmups + runs):
+    total = warmups + runs
+    i = 0
+    t_start = time.perf_counter()
+    while i < total:
+        if i == warmups and warmups and budget > 0:
+            per_round = (time.perf_counter() - t_start) / warmups
+            total = warmups + max(runs, min(max_runs, int(budget / max(per_round, 1e-3))))
         for c, r in zip(op.contenders, results):
             if r.status != "ok":
                 continue
@@ -216,6 +226,7 @@ def run_operation(op: Operation, warmups: int, runs: int, scratch: Path) -> OpRe
                         c.teardown(i)
                     except Exception as e:  # noqa: BLE001
                         log(f"  {op.name} / {c.name}: teardown failed: {e}")
+        i += 1
     for r in results:
         if r.status == "ok" and not r.samples:
             r.status = "failed: no sample"

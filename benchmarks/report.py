@@ -32,7 +32,8 @@ def table(ops: list[OpResult]) -> str:
         for n, peer in enumerate(o.results[1:]):
             first = n == 0
             lines.append("| {} | {} | {} | {} | {} | {} |".format(
-                f"**{o.op.name}**" if first else "", it_cell if first else "", peer.name,
+                f"**{o.op.name}** ({len(it.samples)} runs)" if first and it.ok else
+                (f"**{o.op.name}**" if first else ""), it_cell if first else "", peer.name,
                 fmt_s(peer.median) if peer.ok else peer.status, fmt_ratio(o.ratios(peer)), rss if first else ""))
     return "\n".join(lines)
 
@@ -156,8 +157,9 @@ def breakdown_table(breakdowns: dict, ops: list[OpResult]) -> list[str]:
 def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None,
              rootfs=None, breakdowns: dict | None = None) -> str:
     parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
-    parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + {meta['runs']} counted "
-                 f"runs per tool, alternating A B C … each round; total {meta['elapsed']:.0f} s). "
+    parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + at least {meta['runs']} "
+                 f"counted runs per tool, more for cheap operations (the count is by each operation), "
+                 f"alternating A B C … each round; total {meta['elapsed']:.0f} s). "
                  "Medians of wall time; the ratio is imagetool/peer per round (median, min–max); "
                  "peak RSS is the largest ru_maxrss of imagetool's process tree over the counted runs.")
     parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6)", ""]

@@ -66,11 +66,19 @@ def test_rounds_alternate_and_failed_or_missing_peers_keep_their_row(tmp_path):
     assert d.status == "missing: d not installed"
     assert len(res.ratios(b)) == 3 and res.ratios(c) == [] and res.ratios(d) == []
     text = table([res])
-    assert "| **demo** |" in text and "failed: exit 1: it broke" in text and "missing: d not installed" in text
+    assert "| **demo** (3 runs) |" in text and "failed: exit 1: it broke" in text and "missing: d not installed" in text
     assert text.count("\n") == 1 + 3  # header rule + one row per peer: nothing dropped
     page = markdown([res], {"host": "h", "cpu": "c"}, {"date": "d", "command": "benchmarks/run", "mode": "quick",
                                                         "warmups": 1, "runs": 3, "elapsed": 1.0}, ["img"])
     assert "## Machine" in page and "| cpu | c |" in page
+
+
+def test_cheap_operations_get_more_counted_runs_within_the_budget(tmp_path):
+    op = Operation("cheap", imagetool=Contender("a", lambda i: ["true"]), peers=[])
+    res = run_operation(op, warmups=1, runs=3, scratch=tmp_path, budget=60.0, max_runs=12)
+    assert len(res.imagetool.samples) == 12
+    res = run_operation(op, warmups=1, runs=3, scratch=tmp_path, budget=0.0)
+    assert len(res.imagetool.samples) == 3
 
 
 def test_per_run_setup_and_teardown_run_around_each_sample(tmp_path):
