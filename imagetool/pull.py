@@ -17,7 +17,8 @@ Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=N
    reported (`PullResult.digest`) is the one the registry resolved the reference to (the index
    digest for a multi-platform image), as `docker pull` prints it.
 A failure leaves refs untouched; completed blobs stay (unreferenced, removed by `prune`) and
-partial downloads stay resumable in ingest/.
+partial downloads stay resumable in ingest/. The store's GC lock is held shared for the whole
+pull, so a concurrent `prune` waits instead of sweeping blobs not yet reachable.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def pull(store, ref_string: str, platform: str | None = None, max_concurrent: in
     for i, endpoint in enumerate(endpoints):
         client = RegistryClient(ref, insecure=insecure, endpoint=endpoint)
         try:
-            return _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
+            # the shared GC lock from the first blob written until the tag makes them reachable
+            with store.lock_shared():
+                return _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
         except (TransportError, RegistryError) as e:
             if endpoint is None or i == len(endpoints) - 1:
                 raise

@@ -308,3 +308,34 @@ def test_pull_skips_typer_and_help_still_works(registry, busybox, cli, store_dir
     assert not {m for m in imported if m.split(".")[0] in ("typer", "pydantic", "requests")}
     r = cli("pull", "--help")
     assert r.returncode == 0 and "--platform" in r.stdout
+
+
+def test_prune_during_a_pull_does_not_sweep_its_blobs(registry, cli, store_dir):
+    """`prune` while a (throttled) pull is between its first committed blob and its tag: the
+    pull holds the store's GC lock, so prune waits and the pulled image is complete."""
+    from fixtures.images import build_image
+    from fixtures.proxy import Fault, FaultProxy
+
+    small, big = random_layer(10_000, name="small"), random_layer(1_500_000, name="big")
+    img = build_image([small, big])
+    registry.push(img, "pull/prune:v1")
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Fault("throttle", f"/blobs/{big.digest}", times=None, rate=500_000))
+        ref = f"{proxy.host}/pull/prune:v1"
+        p = subprocess.Popen(cli.argv("pull", "--max-concurrent-downloads", "1", ref), env=cli.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            partial = store_dir / "ingest" / f"{big.digest.split(':')[1]}.partial"
+            deadline = time.monotonic() + 60
+            while not (partial.exists() and partial.stat().st_size > 0):
+                assert p.poll() is None, p.stderr.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            r = cli("prune")
+            assert r.returncode == 0, r.stderr
+        finally:
+            _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    for digest in img.blobs:
+        assert (store_dir / "blobs/sha256" / digest.split(":")[1]).is_file(), digest
+    assert refs(store_dir)[ref]["digest"] == img.manifest_digest
