@@ -213,6 +213,9 @@ def _bad_archives(tmp_path: Path) -> dict:
     man[0]["Layers"] = ["nothere/layer.tar"]
     cases["manifest-names-absent-file"] = tar_of([(k, v) for k, v in mem.items() if isinstance(v, bytes) and k != "manifest.json"]
                                                  + [("manifest.json", json.dumps(man).encode())])
+    flipped_layer = {k: (v[:600] + bytes([v[600] ^ 1]) + v[601:]) if k.endswith("layer.tar") else v
+                     for k, v in mem.items() if isinstance(v, bytes)}
+    cases["docker-layer-not-matching-diff-id"] = tar_of(list(flipped_layer.items()))
     man[0]["Layers"] = ["../../../../../../etc/passwd"]
     cases["manifest-names-parent-path"] = tar_of([(k, v) for k, v in mem.items() if isinstance(v, bytes) and k != "manifest.json"]
                                                  + [("manifest.json", json.dumps(man).encode())])
@@ -255,7 +258,8 @@ def test_error_messages_say_what_is_wrong(cli, tmp_path):
               "member-with-dotdot": "..", "absolute-member": "absolute", "blob-symlink-out": "outside",
               "empty-file": "empty", "not-a-tar": "not a tar", "truncated-gzip": "truncated",
               "truncated": "truncated", "truncated-at-a-member-boundary": "truncated",
-              "truncated-zstd": "truncated", "manifest-names-parent-path": ".."}
+              "truncated-zstd": "truncated", "manifest-names-parent-path": "..",
+              "docker-layer-not-matching-diff-id": "does not match"}
     for name, word in expect.items():
         path = tmp_path / f"{name}.tar"
         path.write_bytes(cases[name])

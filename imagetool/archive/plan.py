@@ -345,8 +345,12 @@ class _Reader:
             raise ArchiveError(f"{label}: layer {path!r} is {other}-compressed, which imagetool does not read")
         kind = compression.sniff(head)
         media = mt.layer_media_type(kind)
-        if kind is None and self._present(diff_id):
-            return Descriptor(media, diff_id, m.size)
+        if kind is None:  # stored as is: its digest is its diff_id, checked with the other blobs
+            desc = Descriptor(media, diff_id, m.size)
+            if not self._present(diff_id):
+                self.plan.copies[diff_id] = m
+                self.pending.append((desc, m, f"layer {path!r} (diff_id)"))
+            return desc
         if m.name in self._checked:
             digest, got = self._checked[m.name]
         else:
