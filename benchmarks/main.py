@@ -106,6 +106,8 @@ def main(argv=None) -> int:
                 ops = [o for o in ops if any(t.lower() in o.name.lower() for t in args.only)]
             try:
                 for op in ops:
+                    os.sync()  # let the previous operation's writes and frees settle first
+                    time.sleep(1.0)
                     t0 = time.monotonic()
                     log(f"{op.name} …")
                     scratch = work / "scratch"
