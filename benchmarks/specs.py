@@ -111,17 +111,17 @@ class Context:
         self.once(f"bundle-{image}", make)
         return b
 
-    def archive(self, image: str) -> Path:
-        """A docker-archive of `image` written by skopeo (the input of the load operations)."""
-        out = self.d("archives", f"{image}.tar")
+    def archive(self, image: str, transport: str = "docker-archive") -> Path:
+        """A docker-archive or oci-archive of `image` written by skopeo (the input of the load operations)."""
+        out = self.d("archives", f"{image}-{transport}.tar")
 
         def make():
             out.parent.mkdir(parents=True, exist_ok=True)
             out.unlink(missing_ok=True)
             self.check(["skopeo", "copy", "--quiet", f"oci:{self.images[image].layout}:{REF}",
-                        f"docker-archive:{out}:bench/{image}:latest"], f"skopeo copy to docker-archive {image}")
+                        f"{transport}:{out}:bench/{image}:latest"], f"skopeo copy to {transport} {image}")
 
-        self.once(f"archive-{image}", make)
+        self.once(f"archive-{image}-{transport}", make)
         return out
 
 
@@ -291,43 +291,47 @@ def baseline_op(ctx: Context) -> Operation:
         note="interpreter + CLI framework only (subtract from `run` for imagetool's own work)")
 
 
-def load_op(ctx: Context, image: str) -> Operation:
+def load_op(ctx: Context, image: str, transport: str = "docker-archive") -> Operation:
     store, dest = ctx.d("load", "it-store"), ctx.d("load", "skopeo-dest")
-    arch = lambda: ctx.archive(image)  # noqa: E731
+    arch = lambda: ctx.archive(image, transport)  # noqa: E731
     return Operation(
-        f"load {image} (docker-archive)", group="load", image=image,
+        f"load {image} ({transport})", group="load", image=image,
         imagetool=Contender("imagetool load", lambda i: ctx.it(store, "load", "-i", str(arch())),
                             prepare=arch, setup=_fresh(store), teardown=_fresh(store)),
         peers=[
             Contender("podman load", lambda i: ctx.podman("load", "load", "-q", "-i", str(arch())),
                       prepare=arch, setup=_fresh(ctx.d("podman", "load")), teardown=_fresh(ctx.d("podman", "load")),
                       missing=ctx.missing("podman")),
-            Contender("skopeo copy docker-archive: oci:",
-                      lambda i: ["skopeo", "copy", "--quiet", f"docker-archive:{arch()}", f"oci:{dest}:latest"],
+            Contender(f"skopeo copy {transport}: oci:",
+                      lambda i: ["skopeo", "copy", "--quiet", f"{transport}:{arch()}", f"oci:{dest}:latest"],
                       prepare=arch, setup=_fresh(dest), teardown=_fresh(dest), missing=ctx.missing("skopeo")),
         ],
-        note="fresh store each run; archive written by skopeo")
+        note=f"fresh store each run; the {transport} was written by skopeo; podman load also extracts the "
+             "layers into its storage, imagetool load does not (it unpacks at the first run)")
 
 
-def save_op(ctx: Context, image: str) -> Operation:
+def save_op(ctx: Context, image: str, fmt: str = "docker") -> Operation:
     ref = ctx.ref(image)
     out = ctx.d("save", "out.tar")
+    transport = "docker-archive" if fmt == "docker" else "oci-archive"
 
     def clean(i: int) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
 
     return Operation(
-        f"save {image} (docker-archive)", group="save", image=image,
-        imagetool=Contender("imagetool save", lambda i: ctx.it(ctx.d("it-store"), "save", "-o", str(out), ref),
+        f"save {image} ({transport})", group="save", image=image,
+        imagetool=Contender("imagetool save", lambda i: ctx.it(ctx.d("it-store"), "save", "--format", fmt,
+                                                                "-o", str(out), ref),
                             prepare=lambda: ctx.imagetool_store_with(image), setup=clean, teardown=clean),
         peers=[
-            Contender("podman save", lambda i: ctx.podman("shared", "save", "-q", "-o", str(out), ref),
+            Contender("podman save", lambda i: ctx.podman("shared", "save", "-q", "--format", transport,
+                                                          "-o", str(out), ref),
                       prepare=lambda: ctx.podman_with(image), setup=clean, teardown=clean,
                       missing=ctx.missing("podman")),
-            Contender("skopeo copy oci: docker-archive:",
+            Contender(f"skopeo copy oci: {transport}:",
                       lambda i: ["skopeo", "copy", "--quiet", f"oci:{ctx.images[image].layout}:{REF}",
-                                 f"docker-archive:{out}:bench/{image}:latest"],
+                                 f"{transport}:{out}:bench/{image}:latest"],
                       setup=clean, teardown=clean, missing=ctx.missing("skopeo")),
         ],
         note="output file removed after each run")
@@ -346,8 +350,10 @@ def operations(ctx: Context) -> list:
         unpack_op(ctx, "debian-zstd"),
         run_op(ctx, "busybox"),
         run_op(ctx, "debian"),
-        load_op(ctx, "debian"),
-        save_op(ctx, "debian"),
+        load_op(ctx, "debian", "docker-archive"),
+        load_op(ctx, "debian", "oci-archive"),
+        save_op(ctx, "debian", "docker"),
+        save_op(ctx, "debian", "oci"),
     ]
 
 
