@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.images import Layer, build_archive, build_image, build_index, busybox_image, write_oci_layout
-from fixtures.tarbuild import compress, directory, file, symlink
+from fixtures.tarbuild import compress, directory, file
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root here")
 

@@ -25,7 +25,7 @@ from store.errors import InvalidDescriptor, InvalidDigest
 from imagetool import mediatypes as mt
 from imagetool import oci, reference
 from imagetool.archive import compression
-from imagetool.archive.source import JSON_LIMIT, Member, Source
+from imagetool.archive.source import JSON_LIMIT, Member, Source, normalise
 from imagetool.errors import ArchiveError, InvalidReference, ManifestError
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -295,8 +295,6 @@ class _Reader:
                 raise ArchiveError(f"{label}: {where}: RepoTags must be a list of names")
             if len(e["Layers"]) > oci.MAX_LAYERS:
                 raise ArchiveError(f"{label}: {where} has more than {oci.MAX_LAYERS} layers")
-            from imagetool.archive.source import normalise
-
             names = [n for n in (full_name(t, label, where) for t in tags) if n]
             out.append({"config": normalise(e["Config"], f"{where} Config path"),
                         "layers": [normalise(x, f"{where} layer path") for x in e["Layers"]],

@@ -10,7 +10,6 @@ non-directory hides everything under its path.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -24,7 +23,7 @@ from imagetool import mediatypes as mt
 from imagetool import oci, reference
 from imagetool.archive import compression
 from imagetool.archive.output import output_fd
-from imagetool.archive.source import _FdReader, spool_file
+from imagetool.archive.source import FdReader, spool_file
 from imagetool.archive.tarwriter import TarWriter
 from imagetool.errors import ArchiveError, ImagetoolError
 
@@ -289,7 +288,7 @@ def _copy_tarball(source: str, spool: int):
             raise ArchiveError(f"{source}: {e.strerror}") from None
     label = "stdin" if source == "-" else source
     try:
-        reader = _FdReader(fd)
+        reader = FdReader(fd)
         head = reader.peek(compression.MAGIC_LEN)
         if not head:
             raise ArchiveError(f"{label}: empty file, not a tar archive")

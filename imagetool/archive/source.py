@@ -57,7 +57,7 @@ class Member:
 
 
 class Source:
-    """A read-only namespace of members. Subclasses provide `_lookup`, `_open_fd`, `names`."""
+    """A read-only namespace of members. Subclasses provide `_lookup` and `chunks`."""
 
     label: str = "archive"
     truncated_hint: str = ""
@@ -72,9 +72,6 @@ class Source:
         self.close()
 
     # -- names --------------------------------------------------------------------------------
-    def names(self) -> list[str]:
-        raise NotImplementedError
-
     def _lookup(self, name: str) -> Member | None:
         raise NotImplementedError
 
@@ -157,9 +154,6 @@ class TarSource(Source):
             os.close(self.fd)
         self.fd = -1
 
-    def names(self) -> list[str]:
-        return list(self._members)
-
     def _lookup(self, name: str) -> Member | None:
         return self._members.get(name)
 
@@ -234,14 +228,6 @@ class DirSource(Source):
         self.root = Path(os.path.realpath(root))
         self.label = str(root)
 
-    def names(self) -> list[str]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            rel = os.path.relpath(dirpath, self.root)
-            for n in filenames:
-                out.append(n if rel == "." else f"{rel}/{n}")
-        return out
-
     def _lookup(self, name: str) -> Member | None:
         path = self.root / name
         try:
@@ -311,9 +297,9 @@ def _from_fd(fd: int, label: str, spool_dir: Path, owns: bool) -> Source:
         kind = compression.sniff(head)
         if kind is None:
             return TarSource(fd, label, owns_fd=owns)
-        reader = _FdReader(fd)
+        reader = FdReader(fd)
     else:
-        reader = _FdReader(fd)
+        reader = FdReader(fd)
         head = reader.peek(compression.MAGIC_LEN)
         kind = compression.sniff(head)
     spool = spool_file(spool_dir)
@@ -355,7 +341,7 @@ def _copy(stream, fd: int, label: str) -> None:
             view = view[os.write(fd, view):]
 
 
-class _FdReader:
+class FdReader:
     """A minimal buffered reader over a raw fd (from its current position), with peek()."""
 
     def __init__(self, fd: int):
