@@ -1,37 +1,14 @@
 """The command line: parse options, call one service function, print, map errors to exit codes.
 
-Imports of services (and of requests, zstandard, tqdm) happen inside each command so that
-`imagetool --help`, `imagetool images` and `imagetool run` start fast.
+Imports of services (and of zstandard, tqdm) happen inside each command so that `imagetool --help`
+and `imagetool images` start fast. The console script enters through `imagetool.__main__`, which
+serves the common forms of `run` and `pull` without loading typer at all (see fastcli.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import List, Optional
-
-def _run_fast_path() -> None:
-    """`imagetool run` skips typer (its pydantic import costs more than starting a container);
-    returns here only when the arguments need the full CLI (help, unusual syntax)."""
-    from imagetool.containers import fast_main
-
-    fast_main(sys.argv[1:])
-
-
-if "run" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
-    _run_fast_path()
-
-
-def _pull_fast_path() -> None:
-    """`imagetool pull …` without typer/pydantic (see imagetool/pull_cli.py); returns when the
-    arguments need the full CLI."""
-    from imagetool.pull_cli import fast_main as pull_fast_main
-
-    pull_fast_main(sys.argv[1:])
-
-
-if "pull" in sys.argv[1:5] and (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "imagetool"):
-    _pull_fast_path()
 
 import typer
 
@@ -160,12 +137,10 @@ def pull(
     with make_reporter(quiet=quiet) as progress:
         result = svc.pull(open_store(), ref, platform=platform, max_concurrent=max_concurrent,
                           progress=progress, insecure=insecure)
-    if quiet:
-        typer.echo(result.digest)
-    else:
-        typer.echo(f"Digest: {result.digest}")
-        typer.echo(f"Status: {result.status} for {result.name}")
-        typer.echo(result.name)
+    from imagetool.fastcli import pull_lines
+
+    for line in pull_lines(result, quiet):
+        typer.echo(line)
 
 
 @app.command()
@@ -370,22 +345,14 @@ def _print_table(rows) -> None:
         typer.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def _fail(message: str, hint: Optional[str], code: int) -> int:
-    message = " ".join(str(message).split())  # always one line
-    sys.stderr.write(f"imagetool: error: {message}\n")
-    if hint:
-        sys.stderr.write(f"hint: {hint}\n")
-    return code
-
-
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point: run the app and map exceptions to exit codes."""
+    """Run the typer app and map exceptions to exit codes (errors.report); exits the process."""
     try:  # typer >= 0.2x vendors click as typer._click (the `click` package may be absent)
         from typer._click.exceptions import ClickException
     except ImportError:
         from click.exceptions import ClickException
 
-    from imagetool.errors import ImagetoolError
+    from imagetool.errors import report
 
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="imagetool")
@@ -399,31 +366,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         rc = 125 if G.command == "run" else 2
     except KeyboardInterrupt:
         rc = 130
-    except ImagetoolError as e:
+    except Exception as e:
         if G.debug:
             raise
-        code = e.exit_code
-        if G.command == "run" and code == 1:
-            code = 125
-        rc = _fail(e.message, e.hint, code)
-    except Exception as e:  # store errors and OS errors: one line, unless --debug
-        if G.debug:
-            raise
-        code = 125 if G.command == "run" else 1
-        if _is_expected(e):
-            rc = _fail(str(e), getattr(e, "hint", None), code)
-        else:
-            rc = _fail(f"internal error: {type(e).__name__}: {e}",
-                       "run with --debug for a traceback and report it", code)
+        rc = report(e, in_run=G.command == "run")
     sys.stdout.flush()
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
-def _is_expected(e: Exception) -> bool:
-    from store.errors import StoreError
-
-    return isinstance(e, (StoreError, OSError))
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the full CLI only; `python -m imagetool` adds the fast path
     main()

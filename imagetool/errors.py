@@ -94,3 +94,30 @@ class CommandNotExecutable(ContainerError):
 
 class CommandNotFound(ContainerError):
     exit_code = 127
+
+
+def report(exc: BaseException, *, in_run: bool = False) -> int:
+    """Write `imagetool: error: …` (one line, plus `hint: …`) to stderr; return the exit code.
+
+    The one place that maps exceptions to exit codes, for the full CLI and the fast paths alike:
+    ImagetoolError → its exit_code (1, or 125 under `run`; 126/127 keep theirs); store and OS
+    errors → 1 (125 under `run`); anything else is an internal error, reported the same way.
+    """
+    import sys
+
+    from store.errors import StoreError
+
+    code = 125 if in_run else 1
+    if isinstance(exc, ImagetoolError):
+        message, hint = exc.message, exc.hint
+        if exc.exit_code != 1:
+            code = exc.exit_code
+    elif isinstance(exc, (StoreError, OSError)):
+        message, hint = str(exc), getattr(exc, "hint", None)
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        hint = "run with --debug for a traceback and report it"
+    sys.stderr.write(f"imagetool: error: {' '.join(str(message).split())}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    return code

@@ -93,7 +93,7 @@ def store_dir(tmp_path) -> Path:
 
 
 class Cli:
-    """Runs `python -m imagetool.cli --store <store_dir> ARGS…` as a subprocess.
+    """Runs `python -m imagetool --store <store_dir> ARGS…` as a subprocess.
 
     The environment is isolated: IMAGETOOL_CONFIG_DIR, DOCKER_CONFIG and REGISTRY_AUTH_FILE
     point into the test's tmp dir (never the host's /etc/imagetool or ~/.docker); `env=` adds to
@@ -113,7 +113,7 @@ class Cli:
         })
 
     def argv(self, *args) -> list[str]:
-        return [sys.executable, "-m", "imagetool.cli", "--store", str(self.store_dir), *map(str, args)]
+        return [sys.executable, "-m", "imagetool", "--store", str(self.store_dir), *map(str, args)]
 
     def __call__(self, *args, input=None, env: dict | None = None, check: bool = False,
                  binary: bool = False, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:

@@ -44,7 +44,7 @@ def add_image(store_root: Path, built, name: str) -> None:
 
 
 class Imagetool:
-    """`imagetool --store STORE …` as a subprocess (python -m imagetool.cli)."""
+    """`imagetool --store STORE …` as a subprocess (python -m imagetool)."""
 
     def __init__(self, store: Path):
         self.store = store
@@ -52,7 +52,7 @@ class Imagetool:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
     def argv(self, *args) -> list[str]:
-        return [sys.executable, "-m", "imagetool.cli", "--store", str(self.store), *map(str, args)]
+        return [sys.executable, "-m", "imagetool", "--store", str(self.store), *map(str, args)]
 
     def __call__(self, *args, input=None, timeout=120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SERVICES = ("imagetool.cli", "imagetool.pull", "imagetool.archive", "imagetool.containers", "imagetool.images")
+SERVICES = ("imagetool.cli", "imagetool.__main__", "imagetool.fastcli", "imagetool.pull", "imagetool.archive", "imagetool.containers", "imagetool.images")
 HEAVY = ("requests", "zstandard", "tqdm")
 
 

@@ -209,14 +209,14 @@ set -u
 export PYTHONPATH=/host/site:/host/src IMAGETOOL_FIXTURE_CACHE=/var/tmp/fx
 cd /host/src
 python3 -c "from tests.runhelpers import add_image; from fixtures.images import busybox_image; add_image('/var/tmp/st', busybox_image(), 'docker.io/library/busybox:latest')" || exit 90
-it() { python3 -m imagetool.cli --store /var/tmp/st "$@"; }
+it() { python3 -m imagetool --store /var/tmp/st "$@"; }
 echo "LAYOUT $(python3 -c 'from imagetool.runtime import cgroups; print(cgroups.detect())')"
 it run --rm -m 7m busybox sh -c 'data=$(head -c 7500000 /dev/urandom)' 2>/tmp/oom.err; echo "RESULT oom $?"
 cat /tmp/oom.err
 it run --rm -m 7m busybox sh -c 'data=$(head -c 2000000 /dev/urandom)'; echo "RESULT small $?"
 it run --rm --pids-limit 20 busybox sh -c 'i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done; wait' 2>/tmp/pids.err
 grep -q "can't fork" /tmp/pids.err; echo "RESULT pids $?"
-python3 -m imagetool.cli --store /var/tmp/st run --rm --cpus 0.5 busybox sh -c 'trap "exit 0" TERM; echo $$; sleep 60 & wait' > /tmp/cpu.out &
+python3 -m imagetool --store /var/tmp/st run --rm --cpus 0.5 busybox sh -c 'trap "exit 0" TERM; echo $$; sleep 60 & wait' > /tmp/cpu.out &
 job=$!
 for i in $(seq 300); do f=$(ls -d /sys/fs/cgroup/imagetool/*/ 2>/dev/null | head -1); [ -n "$f" ] && [ -s /tmp/cpu.out ] && break; sleep 0.1; done
 echo "RESULT cpumax $(cat ${f}cpu.max 2>/dev/null | tr ' ' _)"

@@ -288,13 +288,18 @@ def test_progress_bars_on_a_terminal(registry, busybox, cli, store_dir):
     (["--version", "pull", "x"], None),
 ])
 def test_pull_fast_path_parses_only_what_it_fully_understands(argv, expected):
-    from imagetool.pull_cli import parse
+    from imagetool.fastcli import _global_options, parse_pull
 
-    got = parse(argv)
+    parsed = _global_options(argv)
+    got = None
+    if parsed is not None and parsed[2] == "pull":
+        got = parse_pull(parsed[3])
     if expected is None:
         assert got is None
     else:
-        assert (got.ref, got.platform, got.quiet, got.max_concurrent, got.insecure, got.store) == expected
+        assert got is not None
+        assert (got["ref"], got["platform"], got["quiet"], got["max_concurrent"], got["insecure"],
+                parsed[0]) == expected
 
 
 def test_pull_skips_typer_and_help_still_works(registry, busybox, cli, store_dir):
