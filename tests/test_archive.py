@@ -229,6 +229,8 @@ def _bad_archives(tmp_path: Path) -> dict:
     cases["truncated-zstd"] = compress(good, "zstd")[:-40]
     cases["truncated-at-a-member-boundary"] = good[:good.find(img.layers[0].blob) - 512]
     cases["no-image-inside"] = tar_of([("hello.txt", b"hello")])
+    import lzma
+    cases["xz-compressed"] = lzma.compress(good)
     return cases
 
 
@@ -239,7 +241,7 @@ EXPECTED_WORDS = {
     "manifest-names-parent-path": "..", "member-with-dotdot": "..", "absolute-member": "absolute",
     "blob-symlink-out": "outside", "empty-file": "empty", "not-a-tar": "not a tar",
     "truncated-gzip": "truncated", "truncated-zstd": "truncated", "no-image-inside": "not an image archive",
-    "docker-layer-not-matching-diff-id": "does not match",
+    "docker-layer-not-matching-diff-id": "does not match", "xz-compressed": "xz",
 }
 
 

@@ -292,16 +292,14 @@ def open_source(where: str, spool_dir: Path) -> Source:
 def _from_fd(fd: int, label: str, spool_dir: Path, owns: bool) -> Source:
     """Index a plain seekable tar in place; otherwise spool (decompressing) first."""
     seekable = stat.S_ISREG(os.fstat(fd).st_mode)
-    if seekable:
-        head = os.pread(fd, compression.MAGIC_LEN, 0)
-        kind = compression.sniff(head)
-        if kind is None:
-            return TarSource(fd, label, owns_fd=owns)
-        reader = FdReader(fd)
-    else:
-        reader = FdReader(fd)
-        head = reader.peek(compression.MAGIC_LEN)
-        kind = compression.sniff(head)
+    reader = FdReader(fd)
+    head = reader.peek(compression.MAGIC_LEN)
+    other = compression.unsupported(head)
+    if other:
+        raise ArchiveError(f"{label}: {other}-compressed archives are not supported (use gzip, zstd or none)")
+    kind = compression.sniff(head)
+    if seekable and kind is None:
+        return TarSource(fd, label, owns_fd=owns)
     spool = spool_file(spool_dir)
     try:
         stream = compression.decompressing(reader, kind, label) if kind else reader
