@@ -120,7 +120,7 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
     if network != "none" and network != "host":
         annotations["org.imagetool.network"] = "loopback"
 
-    resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
+    resources: dict = {"devices": S.device_rules()}
     memory = _opt(opts, "memory")
     swap = _opt(opts, "memory_swap")
     if memory:

@@ -21,6 +21,25 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
+# Docker's (runc's) device allow-list after a deny-all: mknod of any node, but read/write only of
+# null zero full random urandom tty console ptmx, the pty slaves (136:*) and tun (10:200).
+ALLOWED_DEVICES = (("c", None, None, "m"), ("b", None, None, "m"), ("c", 1, 3, "rwm"), ("c", 1, 5, "rwm"),
+                   ("c", 1, 7, "rwm"), ("c", 1, 8, "rwm"), ("c", 1, 9, "rwm"), ("c", 5, 0, "rwm"),
+                   ("c", 5, 1, "rwm"), ("c", 5, 2, "rwm"), ("c", 136, None, "rwm"), ("c", 10, 200, "rwm"))
+
+
+def device_rules() -> list[dict]:
+    """linux.resources.devices: deny everything, then allow ALLOWED_DEVICES (None: any number)."""
+    rules: list[dict] = [{"allow": False, "access": "rwm"}]
+    for type_, major, minor, access in ALLOWED_DEVICES:
+        rule = {"allow": True, "type": type_, "access": access}
+        if major is not None:
+            rule["major"] = major
+        if minor is not None:
+            rule["minor"] = minor
+        rules.append(rule)
+    return rules
+
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)b?\s*$", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""cgroup v1: one group per controller hierarchy (memory, cpu, cpuacct, pids, freezer).
+"""cgroup v1: one group per controller hierarchy (memory, cpu, cpuacct, pids, devices).
 
 Groups live at `<hierarchy mount>/<imagetool's own cgroup there>/imagetool/<id>`, so limits the
 host placed on imagetool itself still hold (v1 has no "no internal processes" rule).
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imagetool.runtime import cgroups as cg
 
-CONTROLLERS = ("memory", "cpu", "pids")
+CONTROLLERS = ("memory", "cpu", "pids", "devices")
 
 
 class V1Cgroup:
@@ -44,7 +44,7 @@ class V1Cgroup:
                 pass
 
     def apply(self, resources: dict) -> None:
-        """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids)."""
+        """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids, device rules)."""
         mem = resources.get("memory") or {}
         if mem.get("limit") is not None:
             g = self._need("memory", "--memory")
@@ -61,6 +61,15 @@ class V1Cgroup:
         if pids.get("limit"):
             g = self._need("pids", "--pids-limit")
             cg.write(g / "pids.max", pids["limit"])
+        if resources.get("devices") and "devices" in self.groups:
+            g = self.groups["devices"]
+            for d in resources["devices"]:
+                rule = f"{d.get('type', 'a')} {d.get('major', '*')}:{d.get('minor', '*')} {d.get('access', 'rwm')}"
+                try:
+                    cg.write(g / ("devices.allow" if d.get("allow") else "devices.deny"), rule)
+                except OSError:
+                    if not d.get("allow"):
+                        raise  # an allow the parent group refuses only narrows access
 
     def _need(self, controller: str, option: str) -> Path:
         from imagetool.errors import ContainerError
