@@ -284,3 +284,50 @@ def test_low_rate_limit_is_shown(big, proxy, cli, store_dir):
     r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
     assert r.returncode == 0, r.stderr
     assert "3 pulls remaining" in r.stderr
+
+
+def test_401_from_a_redirect_target_is_not_answered_with_credentials(registry, busybox, cli, store_dir):
+    """A "CDN" that blobs redirect to answers 401 with a Bearer challenge naming its own realm:
+    the client must not fetch a token there (with the registry's credentials) — ContainerDrip."""
+    from fixtures.proxy import Fault, FaultProxy
+
+    registry.push(busybox, "faults/cdn401:latest")
+    try:
+        cdn = FaultProxy(registry.url, bind="127.0.0.2")
+    except OSError as e:
+        pytest.skip(f"cannot bind 127.0.0.2: {e}")
+    with cdn, FaultProxy(registry.url) as front:
+        front.add(Fault("redirect", r"/blobs/", times=None, to=cdn.url))
+        cdn.add(Fault("status", r"/blobs/", times=None, status=401,
+                      headers={"WWW-Authenticate": f'Bearer realm="{cdn.url}/token",service="cdn"'}))
+        cdn.add(Fault("status", r"^/token", times=None, status=200, body=b'{"token": "stolen"}'))
+        _write_creds(cli, front.host)
+        r = cli("pull", f"{front.host}/faults/cdn401", env=pull_env())
+        assert r.returncode == 1
+        errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+        assert len(errors) == 1, r.stderr
+        assert cdn.records(r"^/token") == [], [rec.headers for rec in cdn.records(r"^/token")]
+    assert f"{front.host}/faults/cdn401:latest" not in refs(store_dir)
+
+
+def _write_creds(cli, host: str) -> None:
+    import base64
+
+    cli.docker_config.mkdir(parents=True, exist_ok=True)
+    token = base64.b64encode(b"someone:secret").decode()
+    (cli.docker_config / "config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+
+
+def test_oversized_token_answer_is_refused_without_reading_it_all(proxy, cli, store_dir):
+    """Bodies read whole (here a token server's answer) are capped: a clear error, not a 20 MiB read."""
+    from fixtures.proxy import Fault
+
+    proxy.add(Fault("status", r"/manifests/", times=None, status=401, method=None,
+                    headers={"WWW-Authenticate": f'Bearer realm="{proxy.url}/token",service="x"'}))
+    body = b'{"token": "t", "pad": "' + b"a" * (20 << 20) + b'"}'
+    proxy.add(Fault("status", r"^/token", times=None, status=200, body=body))
+    r = cli("pull", f"{proxy.host}/faults/bigtoken:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and "more than 4 MiB" in errors[0], r.stderr
+    assert sum(rec.sent for rec in proxy.records(r"^/token")) < len(body)

@@ -131,7 +131,9 @@ class RegistryClient:
             sent = self.auth.header()
             resp = self.transport.request(method, path, headers, authorization=sent, stream=stream)
             self._note_ratelimit(resp)
-            if resp.status_code == 401 and attempt < 2:
+            # a 401 from a redirect target (a CDN) is not the registry's: its challenge could name
+            # any realm, and answering it would send our credentials there (ContainerDrip)
+            if resp.status_code == 401 and attempt < 2 and self.transport.same_origin(resp.url):
                 if self.auth.on_unauthorized(resp, sent):
                     resp.close()
                     continue

@@ -39,6 +39,7 @@ USER_AGENT = "imagetool/0.1"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
+MAX_BODY = 4 << 20  # bodies read whole (tokens, errors, small JSON): larger ones are refused
 
 
 def _env_float(name: str, default: float) -> float:
@@ -215,8 +216,22 @@ class Response:
 
     @property
     def content(self) -> bytes:
+        """The whole body, at most MAX_BODY bytes (TransportError when it is longer)."""
         if self._content is None:
-            self._content = b"" if self.method == "HEAD" else self._resp.read()
+            if self.method == "HEAD":
+                self._content = b""
+                return self._content
+            length = self._resp.length  # None: chunked or until close
+            data = b""
+            if length is None or length <= MAX_BODY:
+                # read() with a known length raises IncompleteRead on a short body; read(n) does not
+                data = self._resp.read() if length is not None else self._resp.read(MAX_BODY + 1)
+            if length is not None and length > MAX_BODY or len(data) > MAX_BODY:
+                self.close()
+                raise TransportError(f"{urlsplit(self.url).netloc} sent a body of more than "
+                                     f"{MAX_BODY >> 20} MiB for {self.method} {urlsplit(self.url).path}; "
+                                     "refusing to read it")
+            self._content = data
         return self._content
 
     def close(self) -> None:
@@ -305,7 +320,7 @@ class Transport:
         url = self.url(path)
         for _ in range(MAX_REDIRECTS + 1):
             h = dict(headers or {})
-            if authorization and self._same_origin(url):
+            if authorization and self.same_origin(url):
                 h["Authorization"] = authorization
             resp = self.send(method, url, h, stream=stream)
             if not follow_redirects or resp.status_code not in REDIRECT_STATUS:
@@ -325,7 +340,8 @@ class Transport:
             url = target
         raise TransportError(f"too many redirects from {self.host}")
 
-    def _same_origin(self, url: str) -> bool:
+    def same_origin(self, url: str) -> bool:
+        """True when `url` is on the registry's own origin (scheme, host, port)."""
         parts = urlsplit(url)
         return parts.scheme == (self._scheme or "https") and parts.netloc == self.host
 
