@@ -35,7 +35,39 @@ def _layer(kind: str) -> Layer:
         return la
     if kind in ("expansion-limit", "entry-limit"):
         return Layer(TAR, "gzip")
+    if kind in BAD_HEADERS:
+        return Layer(_bad_header_tar(kind), "gzip")
     raise AssertionError(kind)
+
+
+# hostile numeric fields in tar headers: each must be a clear UnpackError, never an internal error,
+# and a negative size must not move the reader backwards (that looped until the entry limit)
+BAD_HEADERS = {
+    "pax-negative-size-loop": ({"size": "-1536"}, None),
+    "pax-bad-uid": ({"uid": "abc"}, None),
+    "pax-nan-mtime": ({"mtime": "NaN"}, None),
+    "pax-uid-out-of-range": ({"uid": str(1 << 40)}, None),
+    "base256-negative-size": ({}, b"\xff" * 12),
+}
+
+
+def _bad_header_tar(kind: str) -> bytes:
+    import io
+    import tarfile
+
+    pax, size_field = BAD_HEADERS[kind]
+    ti = tarfile.TarInfo("d")
+    ti.type, ti.mtime, ti.pax_headers = tarfile.DIRTYPE, 0, dict(pax)
+    member = bytearray(ti.tobuf(format=tarfile.PAX_FORMAT if pax else tarfile.USTAR_FORMAT))
+    if size_field is not None:          # patch the last header's size field and fix its checksum
+        hdr = len(member) - 512
+        member[hdr + 124:hdr + 136] = size_field
+        member[hdr + 148:hdr + 156] = b" " * 8
+        member[hdr + 148:hdr + 156] = b"%06o\0 " % sum(member[hdr:hdr + 512])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("before"))
+    return buf.getvalue()[:512] + bytes(member) + b"\0" * 1024
 
 
 # kind -> (words expected in the error line, environment)
@@ -49,7 +81,13 @@ CASES = {
     "unknown-media-type": ("unsupported layer media type", {}),
     "expansion-limit": ("expands past the limit", {"IMAGETOOL_MAX_LAYER_BYTES": "15000"}),
     "entry-limit": ("more than 2 entries", {"IMAGETOOL_MAX_LAYER_ENTRIES": "2"}),
+    "pax-negative-size-loop": ("corrupt PAX header: bad size", {"IMAGETOOL_MAX_LAYER_ENTRIES": "50"}),
+    "pax-bad-uid": ("corrupt PAX header: bad uid", {}),
+    "pax-nan-mtime": ("corrupt PAX mtime", {}),
+    "base256-negative-size": ("negative size", {}),
 }
+if os.geteuid() == 0:   # chown is only attempted as root
+    CASES["pax-uid-out-of-range"] = ("cannot apply 'd/'", {})
 
 
 def _image(kind):

@@ -108,8 +108,8 @@ class Applier:
             self.root.release()
             try:
                 self._entry(e, tf)
-            except OSError as err:
-                raise UnpackError(f"{name}: cannot apply {e.name!r}: {err.strerror or err}") from None
+            except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
+                raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
         return self.stats
 
     def finish(self) -> None:

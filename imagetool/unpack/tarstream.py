@@ -55,6 +55,20 @@ def _num(field: bytes, what: str) -> int:
         raise UnpackError(f"corrupt tar header: bad {what} field {field[:20]!r}") from None
 
 
+def _pax_int(merged: dict, key: str, default: int, layer: str) -> int:
+    """A non-negative integer PAX record (uid, gid, size), or `default` when absent."""
+    v = merged.get(key)
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UnpackError(f"{layer}: corrupt PAX header: bad {key} {v[:20]!r}")
+    return n
+
+
 def _str(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
@@ -200,6 +214,8 @@ class TarReader:
             self._seen_any = True
             first = False
             size_n = _num(size, "size")
+            if size_n < 0:   # base-256 allows negatives: they would move the reader backwards
+                raise UnpackError(f"{self.layer}: corrupt tar header: negative size")
             if typeflag == b"x":
                 pax.update(_parse_pax(self._payload(size_n)))
                 continue
@@ -236,14 +252,16 @@ class TarReader:
                 kind = DIR
             e.type = kind
             e.mode = _num(mode, "mode") & 0o7777
-            e.uid = int(merged["uid"]) if "uid" in merged else _num(uid, "uid")
-            e.gid = int(merged["gid"]) if "gid" in merged else _num(gid, "gid")
-            if "size" in merged:
-                size_n = int(merged["size"])
+            e.uid = _pax_int(merged, "uid", _num(uid, "uid"), self.layer)
+            e.gid = _pax_int(merged, "gid", _num(gid, "gid"), self.layer)
+            size_n = _pax_int(merged, "size", size_n, self.layer)
             e.size = size_n if kind == REG else 0
             if "mtime" in merged:
                 try:
-                    e.mtime_ns = int(Decimal(merged["mtime"].decode()) * 1_000_000_000)
+                    m = Decimal(merged["mtime"].decode())
+                    if not m.is_finite():
+                        raise InvalidOperation
+                    e.mtime_ns = int(m * 1_000_000_000)
                 except (InvalidOperation, UnicodeDecodeError):
                     raise UnpackError(f"{self.layer}: corrupt PAX mtime for {e.name!r}") from None
             else:
