@@ -407,6 +407,26 @@ def test_sigkilled_imagetool_is_cleaned_up_by_ps(it, store):
         it("rm", "-f", "orphan")
 
 
+def test_sigkilled_imagetool_takes_a_non_root_container_with_it(it, store):
+    """The parent-death signal is set again after the switch to another uid (which clears it), so
+    the container does not outlive a SIGKILLed imagetool until the next `ps`."""
+    p = it.popen("run", "--name", "orphan-user", "-u", "1000", "busybox", "sh", "-c", "echo up; sleep 60")
+    try:
+        assert p.stdout.readline().strip() == "up"
+        pid = _state_by_name(store, "orphan-user")["pid"]
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 20
+        while not _is_zombie_or_other(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _is_zombie_or_other(pid)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        it("rm", "-f", "orphan-user")
+
+
 def _is_zombie_or_other(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -12,7 +12,8 @@ CLONE_NEWPID before forking). Any failure is sent to the parent as a typed `erro
   6. masked and read-only paths; a read-only root for --read-only
   7. rlimits; the user (resolved from the container's /etc/passwd and /etc/group); workdir
   8. stdio (the pty slave as controlling terminal with -t, /dev/null stdin without -i)
-  9. capabilities: bounding set, then eff/perm/inh, ambient cleared; setgroups/setgid/setuid
+  9. capabilities: bounding set, then eff/perm/inh, ambient cleared; setgroups/setgid/setuid;
+     the parent-death signal again (a new uid/gid clears it)
  10. no_new_privs; close every fd but 0-2 (and the close-on-exec sync pipe)
  11. look the command up in the container's PATH and execve it
 """
@@ -177,6 +178,7 @@ def _steps(spec: dict, ctx: ChildContext) -> None:
     os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid/gid cleared it (as runc, set it again)
 
     # 10. no_new_privs, fds
     if proc.get("noNewPrivileges"):
