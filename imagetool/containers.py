@@ -159,6 +159,11 @@ def _raise_interrupted(signum, frame):
     raise _Interrupted(signum)
 
 
+def _hold_signals() -> None:
+    """Block SIGTERM/SIGHUP/SIGINT for the rest of the process: cleanup must not be cut short."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
+
+
 def _is_archive_arg(text: str) -> bool:
     """A cheap pre-check (archive.loader.is_archive_arg decides) so plain names never import archive."""
     if text.startswith(("oci-archive:", "docker-archive:", "oci:")):
@@ -253,7 +258,7 @@ def run(store, opts: RunOptions) -> int:
         state["error"] = e.message
         raise
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
+        _hold_signals()
         for s, h in old_handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         trace.mark("signals")
@@ -286,8 +291,8 @@ def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace:
     state["cgroups"] = cgroup.paths
     state["cgroup_version"] = cgroup.version
     _write_state(cdir, state)
-    cgroup.create()
     try:
+        cgroup.create()
         cgroup.apply(spec["linux"].get("resources", {}))
         trace.mark("cgroup")
         ctx = {"rootfs": _to_mount_plan(plan), "cgroup": cgroup, "keep_stdin": opts.interactive}
@@ -303,6 +308,7 @@ def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace:
             code = 137
         return code
     finally:
+        _hold_signals()
         cgroup.destroy()
         trace.mark("cgroup.destroy")
 
@@ -342,6 +348,7 @@ def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: di
     finally:
         import subprocess
 
+        _hold_signals()
         subprocess.run([binary, "delete", "-f", cid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cgroups.remove_empty_parents()
 

@@ -325,6 +325,43 @@ def test_sigterm_to_imagetool_reaches_the_container(it):
     assert "got TERM" in out
 
 
+SIGNAL_DURING = r"""
+import os, signal, sys
+from store import Store
+from imagetool import containers
+from imagetool.runtime.cgroups import v1, v2
+
+store, name, method = sys.argv[1:]
+for cls in (v1.V1Cgroup, v2.V2Cgroup):
+    def patched(self, _real=getattr(cls, method)):
+        if method == "destroy":
+            os.kill(os.getpid(), signal.SIGTERM)  # a second Ctrl-C / kill while imagetool cleans up
+        _real(self)
+        if method == "create":
+            os.kill(os.getpid(), signal.SIGTERM)  # a kill right after the groups were made
+    setattr(cls, method, patched)
+sys.exit(containers.run(Store.open(store), containers.RunOptions(image="busybox", command=["true"], name=name)))
+"""
+
+
+@pytest.mark.parametrize("method", ["create", "destroy"])
+def test_a_signal_while_cgroups_are_made_or_removed_leaves_none(it, store, method):
+    name = f"signal-during-{method}"
+    r = subprocess.run([it.argv()[0], "-c", SIGNAL_DURING, str(store), name, method], env=it.env,
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode in (0, 143), r.stderr
+    state = next(s for s in (json.loads(p.read_text()) for p in (store / "containers").glob("*/state.json"))
+                 if s.get("name") == name)
+    try:
+        assert state["cgroups"] and state["status"] == "exited"
+        assert [g for g in state["cgroups"] if Path(g).exists()] == []
+    finally:
+        it("rm", "-f", name)
+        from imagetool.runtime import cgroups
+
+        cgroups.destroy_paths(state["cgroups"])
+
+
 def test_tty_interactive_shell(it):
     import pty
     import select
