@@ -242,6 +242,24 @@ def test_login_against_token_registry(token_registry, cli):
     assert r.returncode == 1 and "incorrect username or password" in r.stderr
 
 
+def test_token_registry_is_started_by_registry_server(token_registry, monkeypatch):
+    """TokenRegistry reuses RegistryServer's start-up: the same binary lookup (a missing one is
+    RegistryUnavailable, not a spawn of a hard-coded name) and the same clean-up."""
+    import fixtures.registry as fr
+    from fixtures.tokenserver import TokenRegistry
+
+    ts, reg = token_registry
+    assert isinstance(reg, TokenRegistry) and reg.token_server is ts
+    assert (reg.workdir / "config.yml").read_text().count("rootcertbundle:") == 1
+    monkeypatch.setattr(fr, "REGISTRY_BIN", "imagetool-no-such-registry-binary")
+    try:
+        started = TokenRegistry.start(ts)
+    except fr.RegistryUnavailable:
+        return
+    started.stop()
+    pytest.fail("TokenRegistry.start ignored RegistryServer's binary lookup")
+
+
 def test_proxy_environment_rules(monkeypatch):
     from imagetool.registry.transport import proxy_for
 
