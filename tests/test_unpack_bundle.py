@@ -83,3 +83,51 @@ def test_bundle_runs_under_crun(bundle):
         pytest.skip("crun refuses this host's hybrid cgroup layout")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "bundle-ok uid=0 cwd=/tmp"
+
+
+def _host_user():
+    import pwd
+
+    users = [u for u in pwd.getpwall() if u.pw_uid != 0 and u.pw_name.isidentifier()]
+    if not users:
+        pytest.skip("the host has no non-root user to aim at")
+    return users[0]
+
+
+@pytest.mark.parametrize("case", ["etc-symlink-to-host", "passwd-fifo"])
+def test_bundle_user_lookup_stays_in_the_rootfs(case, store_dir, cli, tmp_path):
+    """The image's User is looked up in the image's own /etc: an /etc symlinked to the host's
+    /etc must not resolve the user from the host, and a fifo must not hang the unpack."""
+    from store import Store
+
+    from fixtures.images import Layer
+    from fixtures.tarbuild import directory, fifo, symlink
+
+    host = _host_user()
+    entries = [symlink("etc", "/etc")] if case == "etc-symlink-to-host" else [directory("etc"), fifo("etc/passwd")]
+    img = build_image([Layer(entries, "gzip")], config={"User": host.pw_name, "Cmd": ["/bin/true"]})
+    ref = import_image(Store.open(store_dir), img, f"localhost/bundle/{case}")
+    out = tmp_path / "out"
+    r = cli("unpack", "--bundle", ref, out, timeout=60)
+    assert r.returncode != 0, f"resolved {host.pw_name!r} from outside the image: {r.stdout}"
+    assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_bundle_user_lookup_follows_symlinks_inside_the_rootfs(store_dir, cli, tmp_path):
+    """/etc -> /sys-etc (absolute, so in the rootfs) and passwd -> ../data/passwd resolve as in a chroot."""
+    from store import Store
+
+    from fixtures.images import Layer
+    from fixtures.tarbuild import directory, file, symlink
+
+    entries = [directory("data"), file("data/passwd", "app:x:4321:4322::/home/app:/bin/sh\n"),
+               file("data/group", "app:x:4322:\n"), directory("sys-etc"), symlink("etc", "/sys-etc"),
+               symlink("sys-etc/passwd", "../data/passwd"), symlink("sys-etc/group", "/data/group")]
+    img = build_image([Layer(entries, "gzip")], config={"User": "app", "Cmd": ["/bin/true"]})
+    ref = import_image(Store.open(store_dir), img, "localhost/bundle/in-root-links")
+    out = tmp_path / "out"
+    r = cli("unpack", "--bundle", ref, out)
+    assert r.returncode == 0, r.stderr
+    user = json.loads((out / "config.json").read_text())["process"]["user"]
+    assert (user["uid"], user["gid"]) == (4321, 4322)

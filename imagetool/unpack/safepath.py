@@ -194,6 +194,37 @@ class Root:
         pfd, pcanon = self.resolve_dir(comps[:-1], mkdir)
         return pfd, comps[-1], pcanon
 
+    def read_file(self, comps: tuple[str, ...], limit: int) -> bytes | None:
+        """The first `limit` bytes of the regular file named by `comps`, every symlink (the last
+        one too) followed in-root; None when it is missing or not a regular file (a fifo or a
+        device is never opened for reading: that could block or read host state)."""
+        for _ in range(MAX_SYMLINKS + 1):
+            if not comps or comps[-1] in (".", ".."):
+                return None
+            try:
+                pfd, pcanon = self.resolve_dir(comps[:-1])
+            except UnpackError:          # MissingPath included
+                return None
+            st = self.lstat(pfd, comps[-1])
+            if st is None:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(comps[-1], dir_fd=pfd)
+                base = () if target.startswith("/") or not pcanon else tuple(pcanon.split("/"))
+                comps = base + tuple(c for c in target.split("/") if c)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            fd = os.open(comps[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return None
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    return f.read(limit)
+            finally:
+                os.close(fd)
+        raise UnpackError(f"too many levels of symbolic links resolving {'/'.join(comps)!r}")
+
     def lstat(self, pfd: int, name: str) -> os.stat_result | None:
         try:
             return os.stat(name, dir_fd=pfd, follow_symlinks=False)
