@@ -325,6 +325,33 @@ def test_sigterm_to_imagetool_reaches_the_container(it):
     assert "got TERM" in out
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_to_imagetool_reach_the_container(it, sig):
+    name = sig.name[3:]
+    p = it.popen("run", "--rm", "busybox", "sh", "-c", f"trap 'echo got {name}; exit 9' {name}; echo ready; sleep 60 & wait")
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 9
+    assert f"got {name}" in out
+
+
+def test_pid_1_killed_by_a_signal_exits_128_plus_the_signal(it, store):
+    """PID 1 itself dies of SIGKILL (from the host): 137, and no out-of-memory message."""
+    p = it.popen("run", "--rm", "--name", "killed-pid1", "busybox", "sh", "-c", "echo up; sleep 60")
+    try:
+        assert p.stdout.readline().strip() == "up"
+        os.kill(_state_by_name(store, "killed-pid1")["pid"], signal.SIGKILL)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 137, err
+        assert "out of memory" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            it("rm", "-f", "killed-pid1")
+
+
 SIGNAL_DURING = r"""
 import os, signal, sys
 from store import Store
