@@ -346,11 +346,8 @@ def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: di
     try:
         return container.wait()
     finally:
-        import subprocess
-
         _hold_signals()
-        subprocess.run([binary, "delete", "-f", cid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cgroups.remove_empty_parents()
+        _stop(state)
 
 
 def _resolve_user_for_runtime(spec: dict, rootfs: Path, user_name: str | None) -> None:
@@ -383,15 +380,27 @@ def _all_states(store) -> list[tuple[Path, dict]]:
     return out
 
 
+def _stop(state: dict) -> None:
+    """Kill what is left of a container: its cgroups and, under --runtime, the runtime's container."""
+    from imagetool.runtime import cgroups
+
+    cgroups.destroy_paths(state.get("cgroups") or [])
+    runtime = state.get("runtime")
+    binary = shutil.which(runtime) if runtime in ("runc", "crun") and state.get("id") else None
+    if binary:
+        import subprocess
+
+        subprocess.run([binary, "delete", "-f", state["id"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cgroups.remove_empty_parents()
+
+
 def _reconcile(cdir: Path, state: dict) -> dict | None:
     """A container whose imagetool died: kill what is left, remove its cgroups, mark it exited.
 
     Returns the updated state, or None when the container was --rm and is now gone."""
     if state.get("status") not in ("created", "running") or _owner_alive(state):
         return state
-    from imagetool.runtime import cgroups
-
-    cgroups.destroy_paths(state.get("cgroups") or [])
+    _stop(state)
     if state.get("rm"):
         shutil.rmtree(cdir, ignore_errors=True)
         return None
@@ -444,9 +453,7 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
             if not force:
                 raise ImagetoolError(f"container {id_or_name} is running",
                                      hint="stop it first, or use `imagetool rm -f`")
-            from imagetool.runtime import cgroups
-
-            cgroups.destroy_paths(state.get("cgroups") or [])
+            _stop(state)
         shutil.rmtree(cdir, ignore_errors=True)
     return id_or_name
 

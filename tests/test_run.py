@@ -471,6 +471,34 @@ def test_sigkilled_imagetool_is_cleaned_up_by_ps(it, store):
         it("rm", "-f", "orphan")
 
 
+def test_sigkilled_imagetool_under_runc_is_cleaned_up_by_ps(it, store):
+    """With --runtime runc the container is runc's: `ps` after imagetool's death deletes it there."""
+    from tests.runhelpers import have_tool
+
+    if not have_tool("runc"):
+        pytest.skip("runc is not installed")
+    p = it.popen("run", "--runtime", "runc", "--name", "orphan-runc", "busybox", "sh", "-c", "echo up; sleep 60")
+    cid = None
+    try:
+        assert p.stdout.readline().strip() == "up"
+        cid = _state_by_name(store, "orphan-runc")["id"]
+        p.kill()
+        p.wait()
+        row = next(x for x in json.loads(it("ps", "-a", "--format", "json").stdout) if x["name"] == "orphan-runc")
+        assert row["status"].startswith("exited")
+        assert subprocess.run(["runc", "state", cid], capture_output=True).returncode != 0  # gone from runc
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        it("rm", "-f", "orphan-runc")
+        if cid:
+            subprocess.run(["runc", "delete", "-f", cid], capture_output=True)
+            from imagetool.runtime import cgroups
+
+            cgroups.remove_empty_parents()
+
+
 def test_sigkilled_imagetool_takes_a_non_root_container_with_it(it, store):
     """The parent-death signal is set again after the switch to another uid (which clears it), so
     the container does not outlive a SIGKILLed imagetool until the next `ps`."""
