@@ -179,3 +179,31 @@ def test_copy_fallback_rootfs(store_dir, tmp_path):
     assert plan.kind == "copy"
     assert sorted(os.listdir(plan.target / "etc")) == ["y"]
     assert not list(st.snapshots_dir.iterdir())
+
+
+@needs_overlay
+@pytest.mark.parametrize("second", ["dir-replaces-followed-link", "whiteout-of-followed-link"])
+def test_entry_hiding_a_lower_symlink_already_followed(second, store_dir, tmp_path):
+    """Layer 2 first writes a/x through layer 1's symlink a -> b, then replaces (or whites out) a:
+    its later entries a/… land in the new a in the overlay rootfs too, as in the flattened one."""
+    from store import Store
+
+    from fixtures.corpus import tree_manifest
+    from fixtures.tarbuild import symlink
+
+    from imagetool.unpack.flatten import flatten_new
+    from imagetool.unpack.rootfs import overlay_plan
+
+    hide = [directory("a")] if second == "dir-replaces-followed-link" else [whiteout("a")]
+    layers = [Layer([directory("b"), symlink("a", "b")]), Layer([file("a/x", b"x")] + hide + [file("a/y", b"y")])]
+    st = Store.open(store_dir)
+    image = _load(st, build_image(layers), f"localhost/shadow/{second}")
+    flat = tree_manifest(flatten_new(st, image, tmp_path / "flat"))
+    assert flat["a/y"][0] == "file" and "b/y" not in flat
+    plan = overlay_plan(st, image, tmp_path / "ctr")
+    _mount(plan)
+    try:
+        merged = tree_manifest(plan.target)
+    finally:
+        _umount(plan.target)
+    assert {k: v[0] for k, v in merged.items()} == {k: v[0] for k, v in flat.items()}

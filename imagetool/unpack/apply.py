@@ -86,6 +86,7 @@ class Applier:
         self.created: set[str] = set()     # entries placed by the current layer
         self.touched: set[str] = set()     # their ancestors
         self.whiteouts: set[str] = set()   # overlay whiteout nodes made by the current layer
+        self._lower_links: set[str] = set()   # lower-layer symlinks the resolver followed (overlay)
         self._layer_entries = 0
 
     def close(self) -> None:
@@ -165,6 +166,7 @@ class Applier:
             if hit is not None:
                 _, lfd, lname, lst = hit
                 if stat.S_ISLNK(lst.st_mode):
+                    self._lower_links.add(canon)
                     return os.readlink(lname, dir_fd=lfd)
                 if not stat.S_ISDIR(lst.st_mode):
                     raise UnpackError(f"{canon!r} is not a directory in a lower layer")
@@ -218,6 +220,7 @@ class Applier:
         mkdir = self._implicit_mkdir
         pfd, name, pcanon = self.root.lookup(comps, mkdir)
         canon = join(pcanon, name)
+        self._shadow_lower_link(canon)
         if ti.type == LNK:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
@@ -251,6 +254,13 @@ class Applier:
         else:
             raise UnpackError(f"unsupported tar entry type {ti.type!r} for {ti.name!r}")
         self._mark(canon)
+
+    def _shadow_lower_link(self, canon: str) -> None:
+        """An entry or whiteout is about to hide a lower symlink that paths were resolved through:
+        later entries below `canon` must not keep going through the cached (followed) link."""
+        if canon in self._lower_links:
+            self._lower_links.discard(canon)
+            self.root.invalidate()
 
     def _root_dir_meta(self, ti: Entry) -> None:
         if self.privileged:
@@ -408,6 +418,7 @@ class Applier:
         except MissingPath:
             return   # nothing there to delete
         canon = join(pcanon, name)
+        self._shadow_lower_link(canon)
         st = self.root.lstat(pfd, name)
         if canon in self.created or canon in self.touched:
             # made by this very layer: only lower content goes (a whiteout never hides its own layer)
