@@ -103,6 +103,19 @@ class Platform:
         return (other is not None and self.os == other.os and self.architecture == other.architecture
                 and self.variant == other.variant)
 
+    def compatible(self) -> list["Platform"]:
+        """This platform, then the older variants of its architecture it also runs, best first
+        (containerd's `platforms.Only`): arm/v7 → v6, v5; amd64/v3 → v2, baseline. No cross-arch
+        fallback (arm64 → arm, amd64 → 386): many hosts cannot run those."""
+        out = [self]
+        level = self.variant[1:] if self.variant and self.variant.startswith("v") else ""
+        if self.architecture == "arm" and level.isdigit():
+            out += [Platform(self.os, "arm", f"v{n}") for n in range(int(level) - 1, 4, -1)]
+        elif self.architecture == "amd64" and level.isdigit():
+            out += [Platform(self.os, "amd64", f"v{n}") for n in range(int(level) - 1, 1, -1)]
+            out.append(Platform(self.os, "amd64"))
+        return out
+
     def to_dict(self) -> dict:
         d = {"architecture": self.architecture, "os": self.os}
         if self.variant:
@@ -423,18 +436,19 @@ def available_platforms(index: Index) -> list[str]:
 def select_platform(index: Index, platform: Platform | str | None = None) -> Descriptor:
     """The first entry of `index` for `platform` (default: the host's).
 
-    Exact match after normalisation first; otherwise the first entry that declares no platform
-    (as containerd does). Attestation entries are never chosen. ManifestError lists what exists.
+    Exact match after normalisation first; then an older variant the platform also runs
+    (`Platform.compatible`: arm/v7 takes arm/v6, then v5); otherwise the first entry that declares
+    no platform (as containerd does). Attestation entries are never chosen. ManifestError lists
+    what exists.
     """
     want = Platform.parse(platform) if isinstance(platform, str) else (platform or Platform.host())
-    unplatformed = None
-    for desc in index.manifests:
-        if is_attestation(desc) or not (mt.is_manifest(desc.media_type) or mt.is_index(desc.media_type)):
-            continue
-        if desc.platform is None:
-            unplatformed = unplatformed or desc
-        elif want.matches(Platform.from_dict(desc.platform)):
-            return desc
+    entries = [d for d in index.manifests
+               if not is_attestation(d) and (mt.is_manifest(d.media_type) or mt.is_index(d.media_type))]
+    for candidate in want.compatible():
+        for desc in entries:
+            if desc.platform is not None and candidate.matches(Platform.from_dict(desc.platform)):
+                return desc
+    unplatformed = next((d for d in entries if d.platform is None), None)
     if unplatformed is not None:
         return unplatformed
     offered = ", ".join(available_platforms(index)) or "none"

@@ -332,6 +332,8 @@ UNKNOWN = {"os": "unknown", "architecture": "unknown"}
 AMD64 = {"os": "linux", "architecture": "amd64"}
 ARM64 = {"os": "linux", "architecture": "arm64"}
 ARMV7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
+ARMV6 = {"os": "linux", "architecture": "arm", "variant": "v6"}
+ARMV5 = {"os": "linux", "architecture": "arm", "variant": "v5"}
 
 
 @pytest.mark.parametrize("entries,want,chosen", [
@@ -345,11 +347,22 @@ ARMV7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
     ([_entry(1, ARM64), _entry(2)], "linux/amd64", 2),                           # platform-less fallback
     ([_entry(1, AMD64, media_type=mt.OCI_INDEX)], "linux/amd64", 1),             # nested index
     ([_entry(1, AMD64, media_type=mt.OCI_LAYER), _entry(2, AMD64)], "linux/amd64", 2),  # not a manifest
+    ([_entry(1, ARMV5), _entry(2, ARMV6), _entry(3, ARM64)], "linux/arm/v7", 2),  # arm: best older variant
+    ([_entry(1, ARMV6), _entry(2, ARMV7)], "linux/arm/v7", 2),                   # exact beats older
+    ([_entry(1), _entry(2, ARMV6)], "linux/arm/v7", 2),                          # older variant beats none
+    ([_entry(1, AMD64), _entry(2, ARM64)], "linux/amd64/v3", 1),                 # amd64/v3 runs baseline
 ], ids=["amd64", "arm64", "first", "unknown-skipped", "attestation", "armv7", "explicit", "fallback", "nested",
-        "non-manifest"])
+        "non-manifest", "armv7-takes-v6", "armv7-exact-first", "armv6-beats-none", "amd64v3-takes-v1"])
 def test_select_platform(entries, want, chosen):
     d = oci.select_platform(_index(entries), oci.Platform.parse(want))
     assert d.digest.hex == f"{chosen:x}" * 64
+
+
+def test_older_variants_never_go_the_other_way_or_across_architectures():
+    with pytest.raises(ManifestError, match="no image for platform linux/arm/v6"):
+        oci.select_platform(_index([_entry(1, ARMV7)]), "linux/arm/v6")
+    with pytest.raises(ManifestError, match="no image for platform linux/arm64/v8"):
+        oci.select_platform(_index([_entry(1, ARMV7)]), "linux/arm64")
 
 
 def test_select_platform_error_lists_what_exists():
