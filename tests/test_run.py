@@ -471,6 +471,24 @@ def test_sigkilled_imagetool_is_cleaned_up_by_ps(it, store):
         it("rm", "-f", "orphan")
 
 
+def test_sigkilled_imagetool_is_cleaned_up_by_prune(it, store):
+    p = it.popen("run", "--name", "orphan-prune", "busybox", "sh", "-c", "echo up; sleep 60")
+    try:
+        assert p.stdout.readline().strip() == "up"
+        state = _state_by_name(store, "orphan-prune")
+        p.kill()
+        p.wait()
+        r = it("prune")
+        assert r.returncode == 0, r.stderr
+        assert not (store / "containers" / state["id"]).exists()
+        assert [g for g in state["cgroups"] if Path(g).exists()] == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        it("rm", "-f", "orphan-prune")
+
+
 def test_sigkilled_imagetool_under_runc_is_cleaned_up_by_ps(it, store):
     """With --runtime runc the container is runc's: `ps` after imagetool's death deletes it there."""
     from tests.runhelpers import have_tool
