@@ -331,3 +331,24 @@ def test_oversized_token_answer_is_refused_without_reading_it_all(proxy, cli, st
     errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
     assert len(errors) == 1 and "more than 4 MiB" in errors[0], r.stderr
     assert sum(rec.sent for rec in proxy.records(r"^/token")) < len(body)
+
+
+def test_blob_read_to_the_end_returns_its_connection_to_the_pool(big, registry):
+    """Blobs are read with read1(); a complete Content-Length body must leave a reusable
+    keep-alive connection (else every layer pays a new TCP/TLS handshake)."""
+    from imagetool.registry.client import RegistryClient
+    from imagetool.reference import parse
+
+    from store import Digest
+
+    img, layer = big
+    client = RegistryClient(parse(f"{registry.host}/faults/big:v1"))
+    try:
+        for _ in range(2):
+            with client.blob_stream(Digest.parse(layer.digest)) as s:
+                assert sum(len(c) for c in s.chunks()) == layer.size
+        conn = client.transport._pool.get(("http", registry.host))
+        assert conn is not None and conn.sock is not None
+        conn.close()
+    finally:
+        client.close()

@@ -238,8 +238,12 @@ class Response:
         if self._closed:
             return
         self._closed = True
-        reusable = (self.method == "HEAD" or self._resp.isclosed()) and not self._resp.will_close
-        if self.method == "HEAD":
+        # read1() leaves a Content-Length body that it read to the end open (length 0, not
+        # isclosed): that body is complete too, and its connection can serve the next request
+        done = self.method == "HEAD" or self._resp.isclosed() or \
+            (self._resp.length == 0 and not self._resp.chunked)
+        reusable = done and not self._resp.will_close
+        if done:
             self._resp.close()
         if reusable and self._conn.sock is not None:
             self._pool.put(self._conn)
