@@ -352,3 +352,22 @@ def test_blob_read_to_the_end_returns_its_connection_to_the_pool(big, registry):
         conn.close()
     finally:
         client.close()
+
+
+def test_truncated_manifest_is_a_transport_error_not_a_digest_error(proxy, cli, store_dir):
+    """A manifest body cut short (Content-Length not reached, then EOF) is a failed transfer,
+    not content that "does not match its digest"."""
+    import hashlib
+
+    from fixtures.proxy import Fault
+
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": []}).encode()
+    headers = {"Content-Type": "application/vnd.oci.image.index.v1+json", "Content-Length": str(len(body)),
+               "Connection": "close", "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()}
+    proxy.add(Fault("status", r"/manifests/", times=None, status=200, method=None,
+                    body=body[: len(body) // 2], headers=headers))
+    r = cli("pull", f"{proxy.host}/faults/short:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and f"closed after {len(body) // 2} of {len(body)} bytes" in errors[0], r.stderr

@@ -253,6 +253,9 @@ class RegistryClient:
             if len(raw) > MAX_MANIFEST:
                 raise ManifestError(f"manifest {reference} of {self.ref.name} is more than the "
                                     f"{MAX_MANIFEST >> 20} MiB limit")
+            if length and length.isdigit() and len(raw) < int(length):  # read(n) does not raise on EOF
+                raise TransportError(f"reading manifest {reference} from {self.host} failed: the connection "
+                                     f"closed after {len(raw)} of {length} bytes")
             header = resp.headers.get("Docker-Content-Digest")
             content_type = mt.base(resp.headers.get("Content-Type"))
         finally:
