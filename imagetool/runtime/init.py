@@ -39,8 +39,7 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE, signal.SIGCHLD, signal.SIGTSTP,
              signal.SIGTTIN, signal.SIGTTOU)
 
-_RLIMITS = {"RLIMIT_NOFILE": "RLIMIT_NOFILE", "RLIMIT_NPROC": "RLIMIT_NPROC", "RLIMIT_CORE": "RLIMIT_CORE",
-            "RLIMIT_STACK": "RLIMIT_STACK", "RLIMIT_MEMLOCK": "RLIMIT_MEMLOCK", "RLIMIT_AS": "RLIMIT_AS"}
+_RLIMITS = ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_MEMLOCK", "RLIMIT_AS")
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -136,9 +135,8 @@ def _steps(spec: dict, ctx: ChildContext) -> None:
 
     # 7. rlimits, user, workdir
     for rl in proc.get("rlimits", []):
-        name = _RLIMITS.get(rl["type"])
-        if name:
-            resource.setrlimit(getattr(resource, name), (rl["soft"], rl["hard"]))
+        if rl["type"] in _RLIMITS:
+            resource.setrlimit(getattr(resource, rl["type"]), (rl["soft"], rl["hard"]))
     env = list(proc.get("env", []))
     uid, gid = proc["user"].get("uid", 0), proc["user"].get("gid", 0)
     groups = list(proc["user"].get("additionalGids", []))

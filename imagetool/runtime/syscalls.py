@@ -15,7 +15,6 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
@@ -26,16 +25,13 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
-MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 # prctl options
 PR_SET_PDEATHSIG = 1
-PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -44,7 +40,6 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SYS_pivot_root = 155  # x86_64
 _SYS_capset = 126
-_SYS_capget = 125
 
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
@@ -110,15 +105,6 @@ class _CapHeader(ctypes.Structure):
 class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                 ("inheritable", ctypes.c_uint32)]
-
-
-def capget() -> tuple[int, int, int]:
-    """(effective, permitted, inheritable) of the calling thread as 64-bit masks."""
-    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(_SYS_capget, ctypes.byref(hdr), ctypes.byref(data)), "capget")
-    return tuple(data[0].__getattribute__(f) | (data[1].__getattribute__(f) << 32)
-                 for f in ("effective", "permitted", "inheritable"))  # type: ignore[return-value]
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

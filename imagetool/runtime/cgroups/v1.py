@@ -87,10 +87,6 @@ class V1Cgroup:
         g = self.groups.get("memory")
         return bool(g and cg.read_keyed(g / "memory.oom_control").get("oom_kill", 0) > 0)
 
-    def cpu_stat(self) -> dict[str, int]:
-        g = self.groups.get("cpu")
-        return cg.read_keyed(g / "cpu.stat") if g else {}
-
     def destroy(self) -> None:
         first_error = None
         for p in self.paths:

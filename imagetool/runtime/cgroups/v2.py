@@ -85,9 +85,6 @@ class V2Cgroup:
     def oom_killed(self) -> bool:
         return cg.read_keyed(self.group / "memory.events").get("oom_kill", 0) > 0
 
-    def cpu_stat(self) -> dict[str, int]:
-        return cg.read_keyed(self.group / "cpu.stat")
-
     def destroy(self) -> None:
         try:
             cg.kill_and_remove(self.group, use_kill_file=True)
