@@ -236,7 +236,8 @@ def _remove_any(path: Path) -> None:
         return
     parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _rmtree_at(parent, path.name, st.st_dev, str(path))
+        # the parent's device: `path` itself being a mount point is refused too
+        _rmtree_at(parent, path.name, os.fstat(parent).st_dev, str(path))
     finally:
         os.close(parent)
 

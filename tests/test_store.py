@@ -571,6 +571,30 @@ def test_gc_removes_hostile_snapshot_trees_without_following_symlinks(tmp_path):
     assert (outside / "precious").read_text() == "keep me"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+@pytest.mark.parametrize("where", ["an old temp dir", "a dir inside a snapshot"])
+def test_gc_refuses_to_remove_anything_on_a_mount(tmp_path, where):
+    st = Store.open(tmp_path / "s")
+    if where == "an old temp dir":
+        victim = mnt = st.snapshots_dir / "imagetool-tmp-crashed"
+    else:
+        victim, mnt = st.snapshots_dir / ("c" * 64), st.snapshots_dir / ("c" * 64) / "sub"
+    mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "imagetool-test", str(mnt)], check=True)
+    mounted = lambda: [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                       if line.startswith("imagetool-test ") and line.split()[1].startswith(str(tmp_path))]
+    try:
+        (mnt / "precious").write_text("keep me")
+        _old(victim)
+        with pytest.raises(StoreError, match="mount point"):
+            st.gc()
+        (where_now,) = mounted()     # a swept snapshot is renamed first: the mount moves with it
+        assert (Path(where_now) / "precious").read_text() == "keep me"
+    finally:
+        for m in mounted():
+            subprocess.run(["umount", "-l", m], check=True)
+
+
 def test_gc_refuses_when_the_caller_holds_the_shared_lock(tmp_path):
     st = Store.open(tmp_path / "s")
     with st.lock_shared():
