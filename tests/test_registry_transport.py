@@ -371,3 +371,26 @@ def test_truncated_manifest_is_a_transport_error_not_a_digest_error(proxy, cli, 
     assert r.returncode == 1
     errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
     assert len(errors) == 1 and f"closed after {len(body) // 2} of {len(body)} bytes" in errors[0], r.stderr
+
+
+def test_206_with_the_wrong_range_start_is_never_appended(big, proxy, cli, store_dir):
+    """After a reset mid-blob, a 206 whose Content-Range starts elsewhere than the Range asked for
+    fails the pull clearly and leaves the partial as it was (a prefix); the next pull resumes it."""
+    from fixtures.proxy import Fault
+
+    img, layer = big
+    hexd = layer.digest.split(":")[1]
+    proxy.add(Fault("reset", _blob_path(layer), times=1, after=300_000))
+    proxy.add(Fault("status", _blob_path(layer), times=1, status=206, body=layer.blob[:10],
+                    headers={"Content-Range": f"bytes 0-9/{layer.size}"}))
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and "range request" in errors[0], r.stderr
+    partial = store_dir / "ingest" / f"{hexd}.partial"
+    data = partial.read_bytes()
+    assert 0 < len(data) <= 300_000 and data == layer.blob[: len(data)]
+    r = cli("pull", f"{proxy.host}/faults/big:v1", env=pull_env())
+    assert r.returncode == 0, r.stderr
+    assert proxy.records(_blob_path(layer), "GET")[-1].headers.get("Range") == f"bytes={len(data)}-"
+    assert assert_consistent(store_dir) == 3
