@@ -421,6 +421,13 @@ def test_tty_interactive_shell(it):
     assert b"\nhi" in out.replace(b"\r", b"")
 
 
+def test_tty_without_i_does_not_take_stdin(it):
+    """-t alone gives a terminal but attaches no stdin (docker): what is piped in never arrives."""
+    r = it("run", "--rm", "-t", "busybox", "sh", "-c", "read -t 2 x; echo got:$x", input="typed\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r", "").splitlines() == ["got:"]
+
+
 # ---------------------------------------------------------------- ps, rm, state
 
 

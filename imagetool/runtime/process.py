@@ -28,8 +28,10 @@ def exit_code(status: int) -> int:
 class Container:
     """A started container process (host PID `pid`)."""
 
-    def __init__(self, pid: int, master: int | None, pending: list[int], timing: dict, saved: dict):
+    def __init__(self, pid: int, master: int | None, pending: list[int], timing: dict, saved: dict,
+                 interactive: bool = False):
         self.pid = pid
+        self.interactive = interactive  # with a tty: relay stdin (docker -i), else output only
         self._saved = saved
         self.master = master
         self.timing = timing
@@ -66,7 +68,8 @@ class Container:
 
         stdin = 0
         is_tty = os.isatty(stdin)
-        saved = termios.tcgetattr(stdin) if is_tty else None
+        raw = self.interactive and is_tty  # keystrokes go to the container only with -i
+        saved = termios.tcgetattr(stdin) if raw else None
 
         def winch(signum=None, frame=None):
             if is_tty:
@@ -79,9 +82,9 @@ class Container:
         old_winch = signal.signal(signal.SIGWINCH, winch)
         winch()
         try:
-            if is_tty:
+            if raw:
                 tty.setraw(stdin)
-            fds = [self.master, stdin]
+            fds = [self.master, stdin] if self.interactive else [self.master]
             while True:
                 try:
                     ready, _, _ = select.select(fds, [], [])
@@ -177,7 +180,7 @@ def start(spec: dict, ctx_kwargs: dict, timing: bool = False) -> Container:
         cls = {126: CommandNotExecutable, 127: CommandNotFound}.get(err.get("code"), ContainerError)
         raise cls(err.get("message", "the container failed to start"))
     marks["exec"] = time.perf_counter()
-    return Container(pid, master, pending, marks, saved)
+    return Container(pid, master, pending, marks, saved, interactive=bool(ctx_kwargs.get("keep_stdin")))
 
 
 def _restore(saved: dict) -> None:
