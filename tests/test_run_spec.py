@@ -75,6 +75,14 @@ def test_no_command_is_an_error():
         spec_from_image(Cfg(), Opts())
 
 
+@pytest.mark.parametrize("dst", ["/", "/..", "//."])
+def test_a_volume_cannot_replace_the_root(tmp_path, dst):
+    from imagetool.runtime.spec import parse_volume
+
+    with pytest.raises(ImagetoolError, match="destination can't be '/'"):
+        parse_volume(f"{tmp_path}:{dst}")
+
+
 def test_defaults_match_docker():
     spec = spec_from_image(Cfg(cmd=["sh"], env=["A=1"]), None, hostname="abc")
     p = spec["process"]

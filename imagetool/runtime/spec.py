@@ -81,6 +81,8 @@ def parse_volume(text: str) -> Volume:
                              hint="give an absolute host path")
     if not dst.startswith("/"):
         raise ImagetoolError(f"invalid volume {text!r}: the destination must be an absolute path")
+    if _clean(dst) == "/":
+        raise ImagetoolError(f"invalid volume {text!r}: the destination can't be '/'")
     if not Path(src).exists():
         raise ImagetoolError(f"volume source {src} does not exist")
     return Volume(str(Path(src).resolve()), _clean(dst), mode == "ro")
