@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from imagetool.errors import UnpackError, UnsafeLayer
-from imagetool.unpack.layers import CHUNK, Limits
+from imagetool.unpack.layers import CHUNK, LayerStream, Limits
 from imagetool.unpack.lowerview import LowerView
 from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
 from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, SYM, Entry, TarReader
@@ -50,6 +50,13 @@ _KEEP_XATTR_PREFIXES = ("user.", "security.capability", "system.posix_acl_access
 
 def _warn(msg: str) -> None:
     sys.stderr.write(f"imagetool: warning: {msg}\n")
+
+
+def _copy_xattrs(src: int, dst: int) -> None:
+    """Copy up the xattrs a layer may carry (the same set `_set_xattrs` restores) between fds."""
+    for k in os.listxattr(src):
+        if k.startswith(_KEEP_XATTR_PREFIXES):
+            os.setxattr(dst, k, os.getxattr(src, k))
 
 
 @dataclass
@@ -112,6 +119,16 @@ class Applier:
             except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
                 raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
         return self.stats
+
+    def apply_blob(self, store, desc, diff_id, name: str) -> None:
+        """Apply the layer blob `desc` from `store`, checking the diff_id of what streamed through."""
+        with store.open(desc.digest) as raw:
+            stream = LayerStream(raw, desc.media_type, diff_id, self.limits, name=name)
+            try:
+                self.apply(stream, name)
+                stream.finish()
+            finally:
+                stream.close()
 
     def finish(self) -> None:
         """Set directory modes and mtimes (deferred so that later entries do not disturb them)."""
@@ -177,9 +194,7 @@ class Applier:
                     os.fchmod(fd, stat.S_IMODE(lst.st_mode) | 0o700)
                     src = os.open(lname, _O_DIRRD, dir_fd=lfd)
                     try:
-                        for k in os.listxattr(src):
-                            if k.startswith(_KEEP_XATTR_PREFIXES):
-                                os.setxattr(fd, k, os.getxattr(src, k))
+                        _copy_xattrs(src, fd)
                     finally:
                         os.close(src)
                 finally:
@@ -400,9 +415,7 @@ class Applier:
                         view = view[os.write(dst, view):]
                 os.fchown(dst, lst.st_uid, lst.st_gid)
                 os.fchmod(dst, stat.S_IMODE(lst.st_mode))
-                for k in os.listxattr(src):
-                    if k.startswith(_KEEP_XATTR_PREFIXES):
-                        os.setxattr(dst, k, os.getxattr(src, k))
+                _copy_xattrs(src, dst)
                 os.utime(dst, ns=(lst.st_atime_ns, lst.st_mtime_ns))
             finally:
                 os.close(dst)

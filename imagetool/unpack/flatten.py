@@ -15,10 +15,8 @@ from pathlib import Path
 
 from imagetool.errors import UnpackError
 from imagetool.unpack.apply import Applier
-from imagetool.unpack.layers import LayerStream, Limits
-from imagetool.unpack.snapshots import _layer_pairs
-
-TEMP_PREFIX = "imagetool-tmp-"
+from imagetool.unpack.layers import Limits
+from imagetool.unpack.snapshots import TEMP_PREFIX, _layer_pairs
 
 
 def flatten(store, image, dest, limits: Limits | None = None) -> Path:
@@ -28,14 +26,7 @@ def flatten(store, image, dest, limits: Limits | None = None) -> Path:
     applier = Applier(dest, "plain", limits=limits)
     try:
         for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
-            name = f"layer {i + 1} ({desc.digest})"
-            with store.open(desc.digest) as raw:
-                stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
-                try:
-                    applier.apply(stream, name)
-                    stream.finish()
-                finally:
-                    stream.close()
+            applier.apply_blob(store, desc, diff_id, f"layer {i + 1} ({desc.digest})")
         applier.finish()
     finally:
         applier.close()

@@ -27,7 +27,6 @@ filesystems without ordered data mode).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -35,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.layers import LayerStream, Limits
+from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 
@@ -48,22 +47,13 @@ def _layer_pairs(image) -> list:
     return list(zip(layers, diff_ids))
 
 
-def _lock(store):
-    lock = getattr(store, "lock_shared", None)
-    return lock() if lock is not None else contextlib.nullcontext()
-
-
-def snapshot_path(store, diff_id) -> Path:
-    return Path(store.snapshots_dir) / diff_id.hex
-
-
 def ensure_snapshots(store, image, limits: Limits | None = None) -> list[Path]:
     """The snapshot directories of `image`'s layers, base first, creating those that are missing."""
     limits = limits or Limits.from_env()
     paths: list[Path] = []
-    with _lock(store):
+    with store.lock_shared():
         for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
-            final = snapshot_path(store, diff_id)
+            final = store.snapshot_path(diff_id)
             if not final.is_dir():
                 _create(store, desc, diff_id, final, tuple(reversed(paths)), limits,
                         f"layer {i + 1} ({desc.digest})")
@@ -80,13 +70,7 @@ def _create(store, desc, diff_id, final: Path, lowers: tuple, limits: Limits, na
         os.chmod(tmp, 0o755)
         applier = Applier(tmp, "overlay", lowers=lowers, limits=limits)
         try:
-            with store.open(desc.digest) as raw:
-                stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
-                try:
-                    applier.apply(stream, name)
-                    stream.finish()
-                finally:
-                    stream.close()
+            applier.apply_blob(store, desc, diff_id, name)
             applier.finish()
         finally:
             applier.close()
