@@ -394,3 +394,55 @@ def test_206_with_the_wrong_range_start_is_never_appended(big, proxy, cli, store
     assert r.returncode == 0, r.stderr
     assert proxy.records(_blob_path(layer), "GET")[-1].headers.get("Range") == f"bytes={len(data)}-"
     assert assert_consistent(store_dir) == 3
+
+
+def test_relative_redirects_are_followed_and_loops_are_bounded():
+    """A relative Location resolves against the request URL (same origin: Authorization kept);
+    a redirect loop ends with a clear TransportError after a bounded number of hops."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from imagetool.errors import TransportError
+    from imagetool.registry.transport import MAX_REDIRECTS, Policy, Transport
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            status, headers, body = 200, {}, b"ok"
+            if self.path == "/v2/loop":
+                status, headers, body = 302, {"Location": "loop"}, b""
+            elif self.path == "/v2/a/rel":
+                status, headers, body = 307, {"Location": "../target?x=1"}, b""
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    t = Transport(f"127.0.0.1:{server.server_address[1]}", scheme="http", policy=Policy(attempts=1))
+    try:
+        r = t.request("GET", "/v2/a/rel", authorization="Bearer tok")
+        assert (r.status_code, r.content) == (200, b"ok")
+        r.close()
+        assert seen == [("/v2/a/rel", "Bearer tok"), ("/v2/target?x=1", "Bearer tok")]
+        seen.clear()
+        with pytest.raises(TransportError, match="too many redirects"):
+            t.request("GET", "/v2/loop")
+        assert len(seen) == MAX_REDIRECTS + 1
+    finally:
+        t.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
