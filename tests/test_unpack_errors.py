@@ -48,6 +48,8 @@ BAD_HEADERS = {
     "pax-nan-mtime": ({"mtime": "NaN"}, None),
     "pax-uid-out-of-range": ({"uid": str(1 << 40)}, None),
     "base256-negative-size": ({}, b"\xff" * 12),
+    "pax-nul-in-linkpath": ({"linkpath": "x\x00y"}, None),
+    "pax-nul-in-xattr-name": ({"SCHILY.xattr.user.a\x00b": "v"}, None),
 }
 
 
@@ -57,7 +59,7 @@ def _bad_header_tar(kind: str) -> bytes:
 
     pax, size_field = BAD_HEADERS[kind]
     ti = tarfile.TarInfo("d")
-    ti.type, ti.mtime, ti.pax_headers = tarfile.DIRTYPE, 0, dict(pax)
+    ti.type, ti.mtime, ti.pax_headers = tarfile.SYMTYPE if "linkpath" in pax else tarfile.DIRTYPE, 0, dict(pax)
     member = bytearray(ti.tobuf(format=tarfile.PAX_FORMAT if pax else tarfile.USTAR_FORMAT))
     if size_field is not None:          # patch the last header's size field and fix its checksum
         hdr = len(member) - 512
@@ -85,6 +87,8 @@ CASES = {
     "pax-bad-uid": ("corrupt PAX header: bad uid", {}),
     "pax-nan-mtime": ("corrupt PAX mtime", {}),
     "base256-negative-size": ("negative size", {}),
+    "pax-nul-in-linkpath": ("NUL byte in the link target", {}),
+    "pax-nul-in-xattr-name": ("NUL byte in an xattr name", {}),
 }
 if os.geteuid() == 0:   # chown is only attempted as root
     CASES["pax-uid-out-of-range"] = ("cannot apply 'd/'", {})

@@ -273,6 +273,8 @@ class TarReader:
             else:
                 ln = linkname.split(b"\0", 1)[0]
             e.linkname = _str(ln)
+            if "\x00" in e.linkname:
+                raise UnpackError(f"{self.layer}: corrupt tar header: NUL byte in the link target of {e.name!r}")
             e.devmajor = _num(devmajor, "devmajor") if kind in (CHR, BLK) else 0
             e.devminor = _num(devminor, "devminor") if kind in (CHR, BLK) else 0
             xattrs = {}
@@ -287,6 +289,8 @@ class TarReader:
                         xattrs[urllib.parse.unquote(k[17:])] = base64.b64decode(v + b"=" * (-len(v) % 4))
                     except ValueError:
                         raise UnpackError(f"{self.layer}: bad base64 xattr on {e.name!r}") from None
+            if any("\x00" in k for k in xattrs):
+                raise UnpackError(f"{self.layer}: corrupt PAX header: NUL byte in an xattr name on {e.name!r}")
             e.xattrs = xattrs
             # hardlinks, symlinks, dirs and devices carry no data, whatever the size field says
             e._left = size_n if kind == REG else 0
