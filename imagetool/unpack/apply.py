@@ -449,7 +449,7 @@ class Applier:
             if self.overlay:
                 os.setxattr(self.root.path, OVERLAY_OPAQUE_XATTR, b"y")
             else:
-                self._purge(self.root.fd, "", "")
+                self._purge(self.root.fd, "")
             return
         try:
             pfd, name, pcanon = self.root.lookup(dcomps, self._copy_up_only if self.overlay else None)
@@ -483,11 +483,11 @@ class Applier:
             return
         fd = os.open(name, _O_DIRRD, dir_fd=pfd)
         try:
-            self._purge(fd, canon, name)
+            self._purge(fd, canon)
         finally:
             os.close(fd)
 
-    def _purge(self, dfd: int, canon: str, _name: str) -> None:
+    def _purge(self, dfd: int, canon: str) -> None:
         """Plain mode: delete everything under a directory that this layer did not create."""
         if dfd == self.root.fd:
             dfd = os.open(".", _O_DIRRD, dir_fd=self.root.fd)
@@ -503,7 +503,7 @@ class Applier:
                     if stat.S_ISDIR(st.st_mode):
                         sub = os.open(child, _O_DIRRD, dir_fd=dfd)
                         try:
-                            self._purge(sub, c, child)
+                            self._purge(sub, c)
                         finally:
                             os.close(sub)
                     continue

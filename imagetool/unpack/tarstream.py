@@ -294,9 +294,7 @@ class TarReader:
             e.xattrs = xattrs
             # hardlinks, symlinks, dirs and devices carry no data, whatever the size field says
             e._left = size_n if kind == REG else 0
-            if kind != REG and size_n and kind not in (LNK,):
-                self._skip(size_n + (-size_n % BLOCK))
-            elif kind == LNK and size_n:
+            if kind != REG and size_n:
                 self._skip(size_n + (-size_n % BLOCK))
             self._cur = e
             return e
