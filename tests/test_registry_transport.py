@@ -446,3 +446,16 @@ def test_relative_redirects_are_followed_and_loops_are_bounded():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_registry_error_text_cannot_inject_terminal_escapes(proxy, cli, store_dir):
+    """The registry's error message is shown, but without its control characters."""
+    from fixtures.proxy import Fault
+
+    body = json.dumps({"errors": [{"code": "DENIED\x1b[2J", "message": "go \x1b]0;owned\x07away\nimagetool: x"}]})
+    proxy.add(Fault("status", r"/manifests/", times=None, status=403, method=None, body=body.encode()))
+    r = cli("pull", f"{proxy.host}/faults/escape:v1", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and "denied: go" in errors[0] and "owned" in errors[0], r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr

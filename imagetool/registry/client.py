@@ -163,8 +163,8 @@ class RegistryClient:
             body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.method != "HEAD" else b""
             errors = json.loads(body).get("errors") if body else None
             if errors and isinstance(errors, list) and isinstance(errors[0], dict):
-                code = errors[0].get("code")
-                detail = str(errors[0].get("message") or "")
+                code = _printable(errors[0].get("code"), 64) or None
+                detail = _printable(errors[0].get("message") or "", 300)
         except (ValueError, AttributeError, OSError, Exception):  # noqa: BLE001 - best effort only
             pass
         finally:
@@ -324,6 +324,14 @@ class _Empty:
 
     def close(self) -> None:
         self._resp.close()
+
+
+def _printable(value, limit: int) -> str:
+    """Registry-chosen text made safe for one line on a terminal: control characters (escape
+    sequences, newlines) become spaces; at most `limit` characters."""
+    if value is None:
+        return ""
+    return "".join(c if c.isprintable() else " " for c in str(value)[:limit])
 
 
 def _length(resp) -> int | None:
