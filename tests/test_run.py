@@ -57,12 +57,15 @@ def it(store):
 
 @pytest.fixture(autouse=True)
 def host_unchanged(store):
-    """The host's mount table and imagetool cgroups are the same after the test as before."""
+    """The host's mount table and imagetool cgroups are the same after the test as before, and no
+    container of the store is still marked created or running (every imagetool has exited)."""
     mounts_before = mounts_under(store.parent)
     cgroups_before = cgroup_children()
     yield
     assert mounts_under(store.parent) == mounts_before
     assert new_cgroups_that_stay(cgroups_before) == set()
+    states = [json.loads(p.read_text()) for p in (store / "containers").glob("*/state.json")]
+    assert [s["name"] for s in states if s.get("status") in ("created", "running")] == []
 
 
 def run_ok(it, *args, **kw) -> str:
