@@ -429,7 +429,8 @@ def available_platforms(index: Index) -> list[str]:
         if is_attestation(desc):
             continue
         p = Platform.from_dict(desc.platform)
-        out.append(str(p) if p else "unknown")
+        # index content reaches the terminal in messages: no control characters (escape sequences)
+        out.append("".join(c if c.isprintable() else "?" for c in str(p)[:100]) if p else "unknown")
     return out
 
 

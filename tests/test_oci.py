@@ -365,6 +365,13 @@ def test_older_variants_never_go_the_other_way_or_across_architectures():
         oci.select_platform(_index([_entry(1, ARMV7)]), "linux/arm64")
 
 
+def test_available_platforms_have_no_control_characters():
+    evil = {"os": "linux", "architecture": "x\x1b]0;owned\x07"}
+    with pytest.raises(ManifestError) as exc:
+        oci.select_platform(_index([_entry(1, evil)]), "linux/amd64")
+    assert "\x1b" not in str(exc.value) and "\x07" not in str(exc.value) and "owned" in str(exc.value)
+
+
 def test_select_platform_error_lists_what_exists():
     idx = _index([_entry(1, AMD64), _entry(2, ARMV7), _entry(3, UNKNOWN, annotations=ATTEST)])
     with pytest.raises(ManifestError) as exc:
