@@ -62,6 +62,20 @@ def test_tls_registry_without_ca_is_a_clear_certificate_error(tls_registry, busy
     assert store_state(store_dir) == before
 
 
+def test_tls_hostname_is_verified_even_with_a_trusted_ca(tls_registry, busybox, cli, store_dir):
+    """The CA is trusted for `localhost:PORT`, but the certificate names only 127.0.0.1: refused."""
+    tls_registry.push(busybox, "tls/hostname:latest")
+    host = f"localhost:{tls_registry.port}"
+    certs = cli.config_dir / "certs.d" / host
+    certs.mkdir(parents=True)
+    shutil.copy(tls_registry.ca_cert, certs / "ca.crt")
+    r = cli("pull", f"{host}/tls/hostname", env=pull_env())
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
+    assert len(errors) == 1 and f"TLS certificate of {host} is not trusted" in errors[0], r.stderr
+    assert "hostname" in errors[0].lower()
+
+
 def test_insecure_flag_and_registries_json_skip_verification(tls_registry, busybox, cli, store_dir):
     tls_registry.push(busybox, "tls/insecure:latest")
     r = cli("pull", "--insecure", f"{tls_registry.host}/tls/insecure", env=pull_env())
