@@ -223,7 +223,6 @@ def run(
     rootfs_mode: str = typer.Option("auto", "--rootfs", hidden=True, help="auto | overlay | copy"),
 ) -> None:
     """Run a command in a new container (pulls or loads the image when missing)."""
-    G.command = "run"
     from imagetool import containers as svc
 
     opts = svc.RunOptions(
@@ -353,7 +352,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from click.exceptions import ClickException
 
     from imagetool.errors import report
+    from imagetool.fastcli import command_of
 
+    argv = sys.argv[1:] if argv is None else argv
+    G.command = command_of(argv)  # so usage errors of `run` exit 125, like docker's
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="imagetool")
     except typer.Exit as e:

@@ -68,6 +68,12 @@ def _global_options(argv: list[str]):
     return store, debug, argv[i], argv[i + 1:]
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The command word of argv (after the global options), when they parse."""
+    parsed = _global_options(argv)
+    return parsed[2] if parsed else None
+
+
 def _value(argv: list[str], i: int, name: str) -> tuple[str | None, int]:
     """The value of option `name` at argv[i] ("--x V" or "--x=V") and the next index."""
     arg = argv[i]

@@ -1,0 +1,47 @@
+"""The command line's own promises: every command listed, version, usage errors and their exit
+codes (2, or 125 under `run` like docker), one error line without a traceback unless --debug."""
+
+import re
+
+import pytest
+
+COMMANDS = ("images", "inspect", "tag", "rmi", "prune", "pull", "login", "logout", "unpack", "run",
+            "ps", "rm", "load", "save", "import", "export")
+
+
+def test_help_lists_every_command(cli):
+    r = cli("--help")
+    assert r.returncode == 0, r.stderr
+    listed = set(re.findall(r"^\s{2}(\w+)\s", r.stdout, re.M))
+    assert set(COMMANDS) <= listed, set(COMMANDS) - listed
+
+
+def test_version(cli):
+    from imagetool import __version__
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"imagetool {__version__}"
+
+
+@pytest.mark.parametrize("args, missing", [(("tag",), "SRC"), (("tag", "a"), "DST"), (("inspect",), "REF"),
+                                           (("unpack", "busybox"), "DIR")])
+def test_missing_argument_is_a_usage_error(cli, args, missing):
+    r = cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"Missing argument '{missing}'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [("run", "--bogus", "busybox"), ("run",), ("run", "--cpus", "half", "busybox")])
+def test_run_usage_errors_exit_125_like_docker(cli, args):
+    r = cli(*args)
+    assert r.returncode == 125, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(cli):
+    r = cli("inspect", "Not/Valid")
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("imagetool: error: invalid reference") and "Traceback" not in r.stderr
+    r = cli("--debug", "inspect", "Not/Valid")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "InvalidReference" in r.stderr
