@@ -117,7 +117,14 @@ def report(exc: BaseException, *, in_run: bool = False) -> int:
     else:
         message = f"internal error: {type(exc).__name__}: {exc}"
         hint = "run with --debug for a traceback and report it"
-    sys.stderr.write(f"imagetool: error: {' '.join(str(message).split())}\n")
+    sys.stderr.write(f"imagetool: error: {_printable(message)}\n")
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {_printable(hint)}\n")
     return code
+
+
+def _printable(text: object) -> str:
+    """One line with no control characters: messages quote registry and archive content, which
+    must not reach the terminal as escape sequences."""
+    line = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else "?" for c in line)

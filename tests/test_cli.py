@@ -45,3 +45,9 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(cli):
     assert lines[0].startswith("imagetool: error: invalid reference") and "Traceback" not in r.stderr
     r = cli("--debug", "inspect", "Not/Valid")
     assert r.returncode != 0 and "Traceback" in r.stderr and "InvalidReference" in r.stderr
+
+
+def test_error_lines_carry_no_terminal_escapes(cli):
+    r = cli("inspect", "bad\x1b[31mname")
+    assert r.returncode == 1
+    assert "\x1b" not in r.stderr and r.stderr.startswith("imagetool: error: ")
