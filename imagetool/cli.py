@@ -77,7 +77,7 @@ def images(fmt: str = typer.Option("table", "--format", help="table or json.")) 
     if fmt != "table":
         raise _usage(f"unknown format {fmt!r} (use table or json)")
     table = [("REPOSITORY", "TAG", "DIGEST", "SIZE")]
-    table += [(r.repository, r.tag or "<none>", r.digest[:19], _human(r.size)) for r in rows]
+    table += [(r.repository, r.tag or "<none>", r.digest[:19], svc.human_size(r.size)) for r in rows]
     _print_table(table)
 
 
@@ -323,15 +323,6 @@ def _usage(message: str):
     from imagetool.errors import ImagetoolError
 
     return ImagetoolError(message)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1000
-    return f"{n}B"
 
 
 def _trim(text: str, width: int) -> str:

@@ -18,12 +18,13 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path | str, data: bytes, mode: int = 0o644, temp_dir: Path | str | None = None) -> None:
     """Replace `path` with `data` so that readers see either the old or the new file, never a mix.
 
-    The temp file lives next to `path` (same filesystem) and is removed on every failure path."""
+    The temp file lives in `temp_dir` (default: next to `path`; it must be on the same filesystem)
+    and is removed on every failure path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=temp_dir or path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

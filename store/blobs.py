@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import BinaryIO
 
-from store.atomic import fsync_dir
+from store.atomic import write_atomic
 from store.digest import Digest
 from store.errors import BlobNotFound, BlobTooLarge, DigestMismatch
-from store.layout import TEMP_PREFIX, Layout
+from store.layout import Layout
 
 #: mode of committed blobs: nobody writes a blob after it is named by its digest
 BLOB_MODE = 0o444
@@ -69,21 +68,8 @@ def put(layout: Layout, data: bytes, expected: Digest | None = None) -> Digest:
         return actual
     dest = layout.blob(actual)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".put", dir=layout.ingest_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), BLOB_MODE)
-            os.fsync(f.fileno())
-        os.rename(tmp, dest)  # point of no return: the verified blob is visible under its digest
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(dest.parent)
+    # temp in ingest/, never under blobs/; the rename is the point of no return
+    write_atomic(dest, data, BLOB_MODE, temp_dir=layout.ingest_dir)
     return actual
 
 
