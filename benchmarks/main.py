@@ -152,12 +152,12 @@ ROOTFS_NAME = "rootfs (overlay plan + mount)"
 
 
 def rootfs_figures(work, images: dict, runs: int):
-    """Container rootfs creation time per image, from benchmarks/unpack.py's in-process measure
+    """Container rootfs creation time per image, from benchmarks/rootfs.py's in-process measure
     (overlay plan + mount + umount with the snapshots present). A list of dicts, or the reason why not."""
     try:
         from store import Store
 
-        from benchmarks.unpack import bench_rootfs, import_layout
+        from benchmarks.rootfs import bench_rootfs, import_layout
 
         work.mkdir(parents=True, exist_ok=True)
         st = Store.open(work / "store")

@@ -124,7 +124,7 @@ def goals(ops: list[OpResult], breakdowns: dict | None = None) -> list[str]:
 
 
 def rootfs_table(rootfs) -> list[str]:
-    """benchmarks/unpack.py's rootfs rows: the time to create a container rootfs must not grow with size."""
+    """benchmarks/rootfs.py's rows: the time to create a container rootfs must not grow with size."""
     if rootfs is None:
         return []
     out = ["", "## Container rootfs creation (issue 4: must not grow with image size)", ""]
