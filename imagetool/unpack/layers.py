@@ -91,54 +91,122 @@ class _GzipReader:
         pass
 
 
+_MAGIC, _FHD, _BLOCK, _SKIPPABLE = range(4)
+
+
+class _ZstdFrames:
+    """Follows the zstd frame and block headers in the compressed bytes, without decoding them,
+    to tell a complete stream (it ends between two frames) from a truncated one.
+
+    zstandard's stream_reader silently stops at a truncated frame; this costs a few Python
+    operations per block (a block is at most 128 KiB of output). Bad frame magic raises OSError."""
+
+    __slots__ = ("_state", "_need", "_carry", "_skip", "_checksum")
+
+    def __init__(self):
+        self._state, self._need, self._carry, self._skip, self._checksum = _MAGIC, 4, b"", 0, False
+
+    def complete(self) -> bool:
+        return self._state == _MAGIC and not self._skip and not self._carry
+
+    def feed(self, data) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                pos += k
+                self._skip -= k
+                continue
+            take = self._need - len(self._carry)
+            hdr = self._carry + data[pos:pos + take]
+            pos += take
+            if len(hdr) < self._need:
+                self._carry = bytes(hdr)
+                return
+            self._carry = b""
+            self._header(hdr)
+
+    def _header(self, h) -> None:
+        state = self._state
+        if state == _BLOCK:
+            v = int.from_bytes(h, "little")
+            btype = (v >> 1) & 3
+            if btype == 3:
+                raise OSError("reserved zstd block type")
+            self._skip = 1 if btype == 1 else v >> 3
+            if v & 1:                         # last block of the frame (then its checksum)
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = _MAGIC, 4
+        elif state == _MAGIC:
+            m = int.from_bytes(h, "little")
+            if m == 0xFD2FB528:
+                self._state, self._need = _FHD, 1
+            elif m & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = _SKIPPABLE, 4
+            else:
+                raise OSError("not a zstd frame (bad magic number)")
+        elif state == _FHD:
+            d = h[0]
+            if d & 0x08:
+                raise OSError("zstd frame header has its reserved bit set")
+            single = (d >> 5) & 1
+            self._checksum = bool(d & 0x04)
+            self._skip = (1 - single) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
+            self._state, self._need = _BLOCK, 3
+        else:                                 # skippable frame: its length, then its content
+            self._skip = int.from_bytes(h, "little")
+            self._state, self._need = _MAGIC, 4
+
+
+class _ZstdSource:
+    """The compressed blob as zstandard reads it: every chunk goes through _ZstdFrames."""
+
+    __slots__ = ("_raw", "frames", "eof", "error")
+
+    def __init__(self, raw):
+        self._raw, self.frames, self.eof, self.error = raw, _ZstdFrames(), False, None
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self.error is not None or self.eof:
+            return b""
+        data = self._raw.read(max(n, CHUNK))
+        if not data:
+            self.eof = True
+            return b""
+        try:
+            self.frames.feed(data)
+        except OSError as e:        # raised from inside zstandard's C code: hand it over by hand
+            self.error = e
+            return b""
+        return data
+
+
 class _ZstdReader:
     """Multi-frame zstd decompression with bounded memory that notices truncation.
 
-    (zstandard's stream_reader silently stops at a truncated frame.) Input is fed in small
-    pieces so one call can expand to at most ZSTD_FEED * 32768 bytes (a 128 KiB block per
-    4 input bytes is zstd's worst case)."""
-
-    ZSTD_FEED = 2048
+    zstandard's stream_reader reads the blob CHUNK bytes at a time and returns at most `n`
+    bytes per call (bounded output whatever the ratio); _ZstdFrames tells a clean end from a
+    truncated frame, which the stream_reader does not. Trailing non-zstd bytes are corruption."""
 
     def __init__(self, raw, dctx):
-        self._raw = raw
-        self._dctx = dctx
-        self._obj = dctx.decompressobj()
-        self._buf = b""           # compressed bytes read from raw
-        self._pos = 0             # how much of _buf was fed
-        self._out = bytearray()
-        self._started = False     # a frame has begun (bytes fed since the last frame end)
-        self._eof = False
+        self._src = _ZstdSource(raw)
+        self._r = dctx.stream_reader(self._src, read_size=CHUNK, read_across_frames=True,
+                                         closefd=False)
 
     def read(self, n: int) -> bytes:
-        while len(self._out) < n and not self._eof:
-            if self._pos >= len(self._buf):
-                self._buf, self._pos = self._raw.read(CHUNK), 0
-                if not self._buf:
-                    if self._started:
-                        raise EOFError("zstd frame truncated")
-                    self._eof = True
-                    break
-            end = self._pos + self.ZSTD_FEED
-            piece = self._buf[self._pos:end]
-            self._pos = end
-            self._started = True
-            self._out += self._obj.decompress(piece)
-            if self._obj.eof:     # frame complete: the rest belongs to the next frame
-                rest = self._obj.unused_data
-                self._obj = self._dctx.decompressobj()
-                self._started = False
-                self._buf, self._pos = rest + self._buf[self._pos:], 0
-        if len(self._out) <= n:
-            data = bytes(self._out)
-            self._out.clear()
-        else:
-            data = bytes(self._out[:n])
-            del self._out[:n]
+        data = self._r.read(n)
+        src = self._src
+        if src.error is not None:
+            raise src.error
+        if not data:
+            if not src.eof:               # the reader stopped before the blob's end
+                raise OSError("zstd data ends early or carries trailing bytes")
+            if not src.frames.complete():
+                raise EOFError("zstd frame truncated")
         return data
 
     def close(self) -> None:
-        pass
+        self._r.close()
 
 
 class LayerStream:

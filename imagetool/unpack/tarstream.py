@@ -198,22 +198,31 @@ class TarReader:
                         raise StopIteration   # EOF without the end-of-archive blocks: accepted
                     raise UnpackError(f"{self.layer}: empty stream, not a tar archive")
                 raise UnpackError(f"{self.layer}: truncated tar stream")
-            block = self._buf[self._pos:self._pos + BLOCK]
-            self._pos += BLOCK
-            if block.count(0) == BLOCK:
+            pos = self._pos
+            block = self._buf[pos:pos + BLOCK]
+            self._pos = pos + BLOCK
+            total = sum(block)
+            if total == 0:                 # all zero: the end-of-archive marker
                 if not first:
                     raise UnpackError(f"{self.layer}: corrupt tar stream (end marker after an extended header)")
                 self._seen_any = True
                 raise StopIteration       # end of archive (the rest is drained by LayerStream.finish)
             (name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, uname, gname,
              devmajor, devminor, prefix) = _HDR.unpack_from(block)
-            want = _num(chksum, "checksum")
-            got = sum(block) - sum(block[148:156]) + 256
-            if want != got:
+            # octal numbers: int() on the field without its NUL padding; anything else (base-256,
+            # NUL inside, empty) takes _num's full path, which gives the same value or the error
+            try:
+                want = int(chksum.rstrip(b"\0"), 8)
+            except ValueError:
+                want = _num(chksum, "checksum")
+            if want != total - sum(chksum) + 256:
                 raise UnpackError(f"{self.layer}: not a tar archive or corrupt (bad header checksum)")
             self._seen_any = True
             first = False
-            size_n = _num(size, "size")
+            try:
+                size_n = int(size.rstrip(b"\0"), 8)
+            except ValueError:
+                size_n = _num(size, "size")
             if size_n < 0:   # base-256 allows negatives: they would move the reader backwards
                 raise UnpackError(f"{self.layer}: corrupt tar header: negative size")
             if typeflag == b"x":
@@ -229,7 +238,7 @@ class TarReader:
                 longlink = self._payload(size_n).split(b"\0", 1)[0]
                 continue
             kind = _TYPES.get(typeflag)
-            if kind is None or any(k.startswith("GNU.sparse") for k in pax):
+            if kind is None or (pax and any(k.startswith("GNU.sparse") for k in pax)):
                 what = {b"S": "GNU sparse file", b"M": "multi-volume continuation", b"V": "volume label",
                         b"D": "GNU dump directory"}.get(typeflag, f"type {typeflag!r}")
                 if typeflag in (b"V",):
@@ -239,24 +248,37 @@ class TarReader:
                 raise UnpackError(f"{self.layer}: unsupported tar entry ({what})")
             merged = {**self._globals, **pax} if self._globals else pax
             e = Entry()
-            if "path" in merged:
+            if merged and "path" in merged:
                 nm = merged["path"]
             elif longname is not None:
                 nm = longname
             else:
                 nm = name.split(b"\0", 1)[0]
-                if magic[:6] == b"ustar\0" and prefix[0]:
+                if prefix[0] and magic[:6] == b"ustar\0":
                     nm = prefix.split(b"\0", 1)[0] + b"/" + nm
             e.name = _str(nm)
             if kind == REG and e.name.endswith("/") and typeflag == b"\0":
                 kind = DIR
             e.type = kind
-            e.mode = _num(mode, "mode") & 0o7777
-            e.uid = _pax_int(merged, "uid", _num(uid, "uid"), self.layer)
-            e.gid = _pax_int(merged, "gid", _num(gid, "gid"), self.layer)
-            size_n = _pax_int(merged, "size", size_n, self.layer)
+            try:
+                e.mode = int(mode.rstrip(b"\0"), 8) & 0o7777
+            except ValueError:
+                e.mode = _num(mode, "mode") & 0o7777
+            try:
+                uid_n = int(uid.rstrip(b"\0"), 8)
+            except ValueError:
+                uid_n = _num(uid, "uid")
+            try:
+                gid_n = int(gid.rstrip(b"\0"), 8)
+            except ValueError:
+                gid_n = _num(gid, "gid")
+            if merged:
+                uid_n = _pax_int(merged, "uid", uid_n, self.layer)
+                gid_n = _pax_int(merged, "gid", gid_n, self.layer)
+                size_n = _pax_int(merged, "size", size_n, self.layer)
+            e.uid, e.gid = uid_n, gid_n
             e.size = size_n if kind == REG else 0
-            if "mtime" in merged:
+            if merged and "mtime" in merged:
                 try:
                     m = Decimal(merged["mtime"].decode())
                     if not m.is_finite():
@@ -265,20 +287,23 @@ class TarReader:
                 except (InvalidOperation, UnicodeDecodeError):
                     raise UnpackError(f"{self.layer}: corrupt PAX mtime for {e.name!r}") from None
             else:
-                e.mtime_ns = _num(mtime, "mtime") * 1_000_000_000
-            if "linkpath" in merged:
+                try:
+                    e.mtime_ns = int(mtime.rstrip(b"\0"), 8) * 1_000_000_000
+                except ValueError:
+                    e.mtime_ns = _num(mtime, "mtime") * 1_000_000_000
+            if merged and "linkpath" in merged:
                 ln = merged["linkpath"]
             elif longlink is not None:
                 ln = longlink
             else:
                 ln = linkname.split(b"\0", 1)[0]
-            e.linkname = _str(ln)
+            e.linkname = _str(ln) if ln else ""
             if "\x00" in e.linkname:
                 raise UnpackError(f"{self.layer}: corrupt tar header: NUL byte in the link target of {e.name!r}")
             e.devmajor = _num(devmajor, "devmajor") if kind in (CHR, BLK) else 0
             e.devminor = _num(devminor, "devminor") if kind in (CHR, BLK) else 0
             xattrs = {}
-            for k, v in merged.items():
+            for k, v in merged.items() if merged else ():
                 if k.startswith("SCHILY.xattr."):
                     xattrs[k[13:]] = v
                 elif k.startswith("LIBARCHIVE.xattr."):
@@ -289,7 +314,7 @@ class TarReader:
                         xattrs[urllib.parse.unquote(k[17:])] = base64.b64decode(v + b"=" * (-len(v) % 4))
                     except ValueError:
                         raise UnpackError(f"{self.layer}: bad base64 xattr on {e.name!r}") from None
-            if any("\x00" in k for k in xattrs):
+            if xattrs and any("\x00" in k for k in xattrs):
                 raise UnpackError(f"{self.layer}: corrupt PAX header: NUL byte in an xattr name on {e.name!r}")
             e.xattrs = xattrs
             # hardlinks, symlinks, dirs and devices carry no data, whatever the size field says
