@@ -23,8 +23,6 @@ pull, so a concurrent `prune` waits instead of sweeping blobs not yet reachable.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from store import Descriptor, Digest
@@ -33,7 +31,6 @@ from store.errors import RefNotFound
 from imagetool import mediatypes as mt
 from imagetool import oci, reference, settings
 from imagetool.errors import ManifestError, RegistryError, TransportError
-from imagetool.fetch import fetch_blob
 from imagetool.progress import NullProgress, Progress
 
 UP_TO_DATE = "Image is up to date"
@@ -219,6 +216,11 @@ def _unique(descs: list[Descriptor]) -> list[Descriptor]:
 
 def _fetch_all(store, client, descs: list[Descriptor], max_concurrent: int, progress: Progress) -> None:
     """Fetch blobs in parallel; the first failure cancels the others and is raised."""
+    import threading  # here, not at the top: a re-pull of a present image fetches no blob
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from imagetool.fetch import fetch_blob
+
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="imagetool-pull") as pool:
         futures = [pool.submit(fetch_blob, store, client, d, progress, cancel) for d in descs]

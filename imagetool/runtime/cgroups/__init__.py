@@ -76,16 +76,20 @@ def own_cgroups(text: str | None = None) -> dict[str, str]:
 
 def create(container_id: str, layout: str | None = None):
     """A manager (not yet created) for a container's cgroup on this host's layout."""
-    layout = layout or detect()
+    mountinfo = None
+    if layout is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()  # read once: detect() and the manager both parse it
+        layout = detect(mountinfo)
     if layout == "v2":
         from imagetool.runtime.cgroups.v2 import V2Cgroup
 
-        _, mnt = mountinfo_cgroups()
+        _, mnt = mountinfo_cgroups(mountinfo)
         return V2Cgroup(Path(mnt), container_id)
     if layout in ("v1", "hybrid"):
         from imagetool.runtime.cgroups.v1 import V1Cgroup
 
-        return V1Cgroup.for_host(container_id)
+        return V1Cgroup.for_host(container_id, mountinfo)
     from imagetool.errors import ContainerError
 
     raise ContainerError("no cgroup filesystem is mounted", hint="mount cgroup2 at /sys/fs/cgroup")
