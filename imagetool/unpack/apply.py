@@ -37,7 +37,7 @@ from imagetool.errors import UnpackError, UnsafeLayer
 from imagetool.unpack.layers import CHUNK, LayerStream, Limits
 from imagetool.unpack.lowerview import LowerView
 from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
-from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, SYM, Entry, TarReader
+from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, REG, SYM, Entry, TarReader
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -240,6 +240,18 @@ class Applier:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
             return
+        if ti.type == REG:
+            # the common case first: nothing at `name` yet (O_EXCL|O_NOFOLLOW: an existing entry,
+            # a symlink included, fails with EEXIST and takes the general path below)
+            try:
+                fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+            except FileExistsError:
+                pass
+            else:
+                self.whiteouts.discard(canon)
+                self._file(ti, tf, pfd, name, xattrs, fd)
+                self._mark(canon)
+                return
         st = self.root.lstat(pfd, name)
         if st is not None:
             if ti.isdir() and stat.S_ISDIR(st.st_mode):
@@ -298,8 +310,9 @@ class Applier:
         for k in [k for k in self._dir_meta if k == canon or k.startswith(prefix)]:
             del self._dir_meta[k]
 
-    def _file(self, ti, tf, pfd: int, name: str, xattrs: dict) -> None:
-        fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+    def _file(self, ti, tf, pfd: int, name: str, xattrs: dict, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
         try:
             if ti.size:
                 for view in tf.read_data(ti):

@@ -6,12 +6,15 @@ names; anything else raises UnpackError before a byte is read). Every byte read 
 counted; passing `limits.max_bytes` raises UnpackError. `finish()` drains the stream to EOF (tar
 readers stop at the end-of-archive blocks, the digest covers everything) and raises DigestError
 when the hash is not the config's diff_id. Truncated or corrupt compressed data raises UnpackError.
+Reading, decompressing and hashing run on one helper thread, a few MiB ahead of the caller;
+`close()` stops it (always call it, also after errors) before the caller closes `raw`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -223,6 +226,11 @@ class LayerStream:
             raise UnpackError(f"{name}: unsupported diff_id algorithm {algorithm!r}")
         self._hash = hashlib.new(algorithm)
         self.bytes = 0
+        self._left = b""          # the rest of a chunk a short read() did not take
+        self._done = False        # the helper thread delivered the end or an error
+        self._thread = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
         if self.compression == "gzip":
             self._src = _GzipReader(raw)
         elif self.compression == "zstd":
@@ -233,10 +241,68 @@ class LayerStream:
             self._src = raw
 
     def read(self, n: int = -1) -> bytes:
+        """At most `n` bytes (CHUNK when n < 0) of the uncompressed stream; b"" at its end.
+
+        The blob is read, decompressed, counted and hashed CHUNK by CHUNK on a helper thread
+        (zlib, zstandard and hashlib release the GIL, so this overlaps the caller's tar parsing
+        and file writes on another core), at most PREFETCH chunks ahead: memory stays bounded.
+        Errors arrive in stream order, after the data that preceded them."""
         if n is None or n < 0:
             n = CHUNK
+        data = self._left
+        if not data:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            if self._thread is None:
+                self._start()
+            data = self._q.get()
+            if data.__class__ is not bytes:        # an exception, or None at the end
+                self._done = True
+                self._thread.join()
+                if data is None:
+                    return b""
+                self._error = data
+                raise data
+        if len(data) > n:
+            self._left = data[n:]
+            return data[:n]
+        self._left = b""
+        return data
+
+    PREFETCH = 4
+
+    def _start(self) -> None:
+        import queue
+
+        self._q = queue.Queue(self.PREFETCH)
+        self._thread = threading.Thread(target=self._produce, name="imagetool-layer-read", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        """Helper thread: read, decompress, count and hash; hand chunks (then None, or the
+        error) to read(). Gives up as soon as close() sets _stop."""
+        q, stop, update = self._q, self._stop, self._hash.update
+        while not stop.is_set():
+            try:
+                item = self._read_chunk() or None
+                if item is not None:
+                    update(item)
+            except Exception as e:     # handed to the reader, raised there in stream order
+                item = e
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except Exception:      # queue.Full: the reader is busy (or gone: stop is set)
+                    continue
+            if item.__class__ is not bytes:
+                return
+
+    def _read_chunk(self) -> bytes:
         try:
-            data = self._src.read(n)
+            data = self._src.read(CHUNK)
         except EOFError:
             raise UnpackError(f"{self.name}: truncated {self.compression} data (the blob ends early)") from None
         except (OSError, zlib.error) as e:
@@ -246,11 +312,11 @@ class LayerStream:
                 raise UnpackError(f"{self.name}: corrupt zstd data: {e}") from None
             raise
         if data:
+            data = bytes(data)
             self.bytes += len(data)
             if self.bytes > self.limits.max_bytes:
                 raise UnpackError(f"{self.name}: expands past the limit of {self.limits.max_bytes} bytes",
                                   hint="raise IMAGETOOL_MAX_LAYER_BYTES if the image is trusted")
-            self._hash.update(data)
         return data
 
     def finish(self) -> str:
@@ -264,6 +330,10 @@ class LayerStream:
         return got
 
     def close(self) -> None:
+        """Stop the helper thread (it is waited for: nothing reads the blob after this returns)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
         close = getattr(self._src, "close", None)
         if close is not None and self._src is not None:
             close()

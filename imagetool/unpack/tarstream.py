@@ -212,7 +212,7 @@ class TarReader:
             # octal numbers: int() on the field without its NUL padding; anything else (base-256,
             # NUL inside, empty) takes _num's full path, which gives the same value or the error
             try:
-                want = int(chksum.rstrip(b"\0"), 8)
+                want = int(chksum.rstrip(b"\0 "), 8)
             except ValueError:
                 want = _num(chksum, "checksum")
             if want != total - sum(chksum) + 256:
@@ -220,7 +220,7 @@ class TarReader:
             self._seen_any = True
             first = False
             try:
-                size_n = int(size.rstrip(b"\0"), 8)
+                size_n = int(size.rstrip(b"\0 "), 8)
             except ValueError:
                 size_n = _num(size, "size")
             if size_n < 0:   # base-256 allows negatives: they would move the reader backwards
@@ -261,15 +261,15 @@ class TarReader:
                 kind = DIR
             e.type = kind
             try:
-                e.mode = int(mode.rstrip(b"\0"), 8) & 0o7777
+                e.mode = int(mode.rstrip(b"\0 "), 8) & 0o7777
             except ValueError:
                 e.mode = _num(mode, "mode") & 0o7777
             try:
-                uid_n = int(uid.rstrip(b"\0"), 8)
+                uid_n = int(uid.rstrip(b"\0 "), 8)
             except ValueError:
                 uid_n = _num(uid, "uid")
             try:
-                gid_n = int(gid.rstrip(b"\0"), 8)
+                gid_n = int(gid.rstrip(b"\0 "), 8)
             except ValueError:
                 gid_n = _num(gid, "gid")
             if merged:
@@ -288,7 +288,7 @@ class TarReader:
                     raise UnpackError(f"{self.layer}: corrupt PAX mtime for {e.name!r}") from None
             else:
                 try:
-                    e.mtime_ns = int(mtime.rstrip(b"\0"), 8) * 1_000_000_000
+                    e.mtime_ns = int(mtime.rstrip(b"\0 "), 8) * 1_000_000_000
                 except ValueError:
                     e.mtime_ns = _num(mtime, "mtime") * 1_000_000_000
             if merged and "linkpath" in merged:
