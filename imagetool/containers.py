@@ -173,7 +173,9 @@ def _is_archive_arg(text: str) -> bool:
     return False
 
 
-def _image_for(store, opts: RunOptions):
+def _image_for(store, opts: RunOptions, pulling: list | None = None):
+    """The image to run: from the store, else loaded from an archive argument, else pulled
+    (then True is appended to `pulling` first)."""
     from imagetool import image as image_mod
 
     name = opts.image
@@ -187,6 +189,8 @@ def _image_for(store, opts: RunOptions):
         if _is_archive_arg(opts.image):
             raise
     sys.stderr.write(f"Unable to find image '{opts.image}' locally\n")
+    if pulling is not None:
+        pulling.append(True)
     from imagetool import pull
 
     result = pull.pull(store, name, platform=opts.platform)
@@ -204,11 +208,18 @@ def run(store, opts: RunOptions) -> int:
     """Run a container in the foreground; the container's exit code (125/126/127 on failures).
 
     Everything created here (cgroup, mounts in the child's namespace, the container directory
-    with --rm) is removed on every path out.
+    with --rm) is removed on every path out. A run that fails before its spec exists (image not
+    found, bad --user…) leaves no container behind, as before, nor does an interrupted pull; with
+    imagetool's own runtime the
+    container's directory, cgroup and init (process.prefork) are created first, so the init joins
+    its cgroup while the image is looked up.
     """
     trace = _Trace()
     old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
     cdir = None
+    keep = False        # the container's record outlives an error only once its spec exists
+    pulling: list = []  # an interrupt keeps the record too, unless it stopped a pull
+    cgroup = ahead = None
     state: dict = {}
     code = 125
     try:
@@ -218,14 +229,7 @@ def run(store, opts: RunOptions) -> int:
             raise ImagetoolError(f"unknown runtime {opts.runtime!r}", hint="use runc or crun")
         if opts.rootfs_mode not in ("auto", "overlay", "copy"):
             raise ImagetoolError(f"unknown --rootfs {opts.rootfs_mode!r} (auto, overlay or copy)")
-        img = _image_for(store, opts)
-        trace.mark("image")
-        from imagetool.specgen import spec_from_image
-
         cid = os.urandom(32).hex()
-        default_host = os.uname().nodename if opts.network == "host" else cid[:12]
-        spec = spec_from_image(img.config, opts, hostname=default_host)
-        trace.mark("spec")
         with _Lock(store):
             if opts.name and any(s.get("name") == opts.name for _, s in _all_states(store)):
                 raise ImagetoolError(f"the container name {opts.name!r} is already in use",
@@ -233,14 +237,36 @@ def run(store, opts: RunOptions) -> int:
             cdir = _cdir(store, cid)
             cdir.mkdir(mode=0o711)
             state = {
-                "id": cid, "name": opts.name or cid[:12], "image": img.name, "image_digest": str(img.digest),
-                "command": " ".join(spec["process"]["args"]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
+                "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "status": "created", "exit_code": None, "owner_pid": os.getpid(),
                 "owner_start": _proc_start(os.getpid()), "pid": None, "rm": opts.rm,
-                "runtime": opts.runtime or "imagetool", "cgroups": [],
-                "snapshots": [str(d) for d in img.config.diff_ids],
+                "runtime": opts.runtime or "imagetool", "cgroups": [], "snapshots": [],
             }
+            if not opts.runtime:
+                from imagetool.runtime import cgroups
+
+                cgroup = cgroups.create(cid)
+                state["cgroups"] = cgroup.paths      # recorded before they exist: ps cleans up after a SIGKILL
+                state["cgroup_version"] = cgroup.version
             _write_state(cdir, state)
+        if cgroup is not None:
+            from imagetool.runtime import process
+
+            cgroup.create()
+            ahead = process.prefork(cgroup, bool(opts.tty), timing=trace.on)
+            trace.mark("prefork")
+        img = _image_for(store, opts, pulling)
+        trace.mark("image")
+        from imagetool.specgen import spec_from_image
+
+        default_host = os.uname().nodename if opts.network == "host" else cid[:12]
+        spec = spec_from_image(img.config, opts, hostname=default_host)
+        trace.mark("spec")
+        state.update(image=img.name, image_digest=str(img.digest), command=" ".join(spec["process"]["args"]),
+                     snapshots=[str(d) for d in img.config.diff_ids])
+        _write_state(cdir, state)
+        keep = True
         from imagetool.unpack.rootfs import prepare_rootfs
 
         plan = prepare_rootfs(store, img, cdir, opts.rootfs_mode)
@@ -248,11 +274,13 @@ def run(store, opts: RunOptions) -> int:
         if opts.runtime:
             code = _run_runtime(opts.runtime, spec, plan, cdir, cid, state, trace)
         else:
-            code = _run_own(spec, plan, cdir, opts, state, trace)
+            code = _run_own(spec, plan, cdir, opts, state, trace, cgroup, ahead)
     except _Interrupted as e:
         code = 128 + e.signum
+        keep = keep or not pulling
     except KeyboardInterrupt:
         code = 128 + signal.SIGINT
+        keep = keep or not pulling
     except ContainerError as e:
         code = e.exit_code
         state["error"] = e.message
@@ -262,15 +290,22 @@ def run(store, opts: RunOptions) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         trace.mark("signals")
-        if cdir is not None:
-            if opts.rm:
-                shutil.rmtree(cdir, ignore_errors=True)
-            else:
-                state.update(status="exited", exit_code=code, pid=None,
-                             finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-                _write_state(cdir, state)
-        trace.mark("cleanup")
-        trace.report()
+        try:
+            if ahead is not None:
+                ahead.abort()  # a no-op once it was started
+            if cgroup is not None:
+                cgroup.destroy()
+                trace.mark("cgroup.destroy")
+        finally:
+            if cdir is not None:
+                if opts.rm or not keep:
+                    shutil.rmtree(cdir, ignore_errors=True)
+                else:
+                    state.update(status="exited", exit_code=code, pid=None,
+                                 finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    _write_state(cdir, state)
+            trace.mark("cleanup")
+            trace.report()
     return code
 
 
@@ -284,33 +319,23 @@ def _to_mount_plan(plan):
     return RootfsPlan(target=str(plan.target), source=str(plan.target))
 
 
-def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace: _Trace) -> int:
-    from imagetool.runtime import cgroups, process
-
-    cgroup = cgroups.create(state["id"])
-    state["cgroups"] = cgroup.paths
-    state["cgroup_version"] = cgroup.version
+def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace: _Trace, cgroup, ahead) -> int:
+    """Limit the cgroup the pre-forked init (`ahead`) has joined, send it the spec, wait for it.
+    The caller destroys the cgroup."""
+    cgroup.apply(spec["linux"].get("resources", {}))
+    trace.mark("cgroup")
+    ctx = {"rootfs": _to_mount_plan(plan), "cgroup": cgroup, "keep_stdin": opts.interactive}
+    container = ahead.start(spec, ctx)
+    for name, t in container.timing.items():
+        trace.mark(name, t)
+    state.update(status="running", pid=container.pid)
     _write_state(cdir, state)
-    try:
-        cgroup.create()
-        cgroup.apply(spec["linux"].get("resources", {}))
-        trace.mark("cgroup")
-        ctx = {"rootfs": _to_mount_plan(plan), "cgroup": cgroup, "keep_stdin": opts.interactive}
-        container = process.start(spec, ctx, timing=trace.on)
-        for name, t in container.timing.items():
-            trace.mark(name, t)
-        state.update(status="running", pid=container.pid)
-        _write_state(cdir, state)
-        code = container.wait()
-        trace.mark("exit")
-        if cgroup.oom_killed():
-            sys.stderr.write("imagetool: container was killed: out of memory\n")
-            code = 137
-        return code
-    finally:
-        _hold_signals()
-        cgroup.destroy()
-        trace.mark("cgroup.destroy")
+    code = container.wait()
+    trace.mark("exit")
+    if cgroup.oom_killed():
+        sys.stderr.write("imagetool: container was killed: out of memory\n")
+        code = 137
+    return code
 
 
 def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: dict, trace: _Trace) -> int:

@@ -458,6 +458,22 @@ def test_rm_leaves_no_container_directory(it, store):
     assert set(os.listdir(store / "containers")) == before
 
 
+@pytest.mark.parametrize("args", [["-v", "relative-imagetool:/x", "busybox", "true"],
+                                  ["oci-archive:/nonexistent-imagetool-missing", "true"],
+                                  ["-t", "-v", "relative-imagetool:/x", "busybox", "true"]])
+def test_a_run_that_fails_before_its_spec_leaves_no_container_and_no_init(it, store, args):
+    """The container's directory, cgroup and init exist before the image is looked up (the init
+    joins its cgroup meanwhile): a failed lookup or spec removes them all, and kills the init."""
+    (store / "containers").mkdir(exist_ok=True)
+    before = set(os.listdir(store / "containers")) | {".lock"}
+    r = it("run", "--name", "fails-early", *args)
+    assert r.returncode == 125 and [x for x in r.stderr.splitlines() if x.startswith("imagetool: error: ")], r.stderr
+    assert set(os.listdir(store / "containers")) | {".lock"} == before
+    gone = subprocess.run(["pgrep", "-f", "imagetool-missing|relative-imagetool"], capture_output=True, text=True)
+    assert gone.stdout.strip() == ""
+    assert it("run", "--rm", "--name", "fails-early", "busybox", "true").returncode == 0  # the name is free
+
+
 def test_sigkilled_imagetool_is_cleaned_up_by_ps(it, store):
     p = it.popen("run", "--name", "orphan", "busybox", "sh", "-c", "echo up; sleep 60")
     try:

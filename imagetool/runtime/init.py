@@ -50,7 +50,7 @@ IFF_UP = 0x1
 class ChildContext:
     """What the child needs besides the spec; filled by the parent before fork."""
 
-    rootfs: mounts.RootfsPlan
+    rootfs: mounts.RootfsPlan | None      # None until the parent sends it (child_main_ahead)
     sync_fd: int
     cgroup: object | None = None          # a cgroup manager with .enter()
     tty_slave: int | None = None
@@ -62,7 +62,48 @@ class ChildContext:
 def child_main(spec: dict, ctx: ChildContext) -> None:
     """Never returns: execs the container command or exits with 125/126/127 after reporting."""
     try:
+        _mark(ctx, "child.start")
+        _prepare(ctx)
         _steps(spec, ctx)
+    except ContainerError as e:
+        _report(ctx, e.exit_code, e.message)
+    except OSError as e:
+        _report(ctx, 125, str(e) if e.strerror is None or e.filename is None else f"{e.strerror}: {e.filename}")
+    except BaseException as e:  # anything else still must reach the parent
+        _report(ctx, 125, f"{type(e).__name__}: {e}")
+    os._exit(125)
+
+
+def child_main_ahead(config_fd: int, ctx: ChildContext) -> None:
+    """Never returns: the init forked before its spec existed (process.prefork).
+
+    Does step 1 (joining the cgroup is the slow part: the kernel's first cgroup attach waits for an
+    RCU grace period) while the parent still looks up the image, then reads the JSON
+    `{"spec", "rootfs", "keep_stdin"}` from `config_fd` and goes on like `child_main`.
+    EOF without a configuration (the parent gave up) exits 0 quietly.
+    """
+    try:
+        _mark(ctx, "child.start")
+        _prepare(ctx)
+        _mark(ctx, "child.cgroup")
+        chunks = []
+        while True:
+            try:
+                b = os.read(config_fd, 65536)
+            except InterruptedError:
+                continue
+            if not b:
+                break
+            chunks.append(b)
+        os.close(config_fd)
+        if not chunks:
+            os._exit(0)
+        import json
+
+        config = json.loads(b"".join(chunks))
+        ctx.rootfs = mounts.RootfsPlan(**config["rootfs"])
+        ctx.keep_stdin = bool(config["keep_stdin"])
+        _steps(config["spec"], ctx)
     except ContainerError as e:
         _report(ctx, e.exit_code, e.message)
     except OSError as e:
@@ -85,20 +126,22 @@ def _mark(ctx: ChildContext, name: str) -> None:
         ctx.marks[name] = time.perf_counter()
 
 
-def _steps(spec: dict, ctx: ChildContext) -> None:
-    proc = spec["process"]
-    linux = spec.get("linux", {})
-    ns_types = {n["type"] for n in linux.get("namespaces", [])}
-    annotations = spec.get("annotations", {})
-    _mark(ctx, "child.start")
-
-    # 1. signals, session, parent death, cgroup
+def _prepare(ctx: ChildContext) -> None:
+    """Step 1, which needs no spec: signals, session, parent death, cgroup."""
     for s in FORWARDED:
         signal.signal(s, signal.SIG_DFL)
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if ctx.cgroup is not None:
         ctx.cgroup.enter(0)
+
+
+def _steps(spec: dict, ctx: ChildContext) -> None:
+    """Steps 2-11 (`_prepare` did step 1)."""
+    proc = spec["process"]
+    linux = spec.get("linux", {})
+    ns_types = {n["type"] for n in linux.get("namespaces", [])}
+    annotations = spec.get("annotations", {})
 
     # 2. namespaces (pid was unshared by the parent before fork)
     flags = 0
