@@ -107,15 +107,17 @@ class Applier:
         """Apply one uncompressed tar stream (the caller drains and verifies it afterwards)."""
         self._reset_layer()
         tf = TarReader(stream, name)
+        root, stats, entry, max_entries = self.root, self.stats, self._entry, self.limits.max_entries
         for e in tf:
             self._layer_entries += 1
-            self.stats.entries += 1
-            if self._layer_entries > self.limits.max_entries:
-                raise UnpackError(f"{name}: more than {self.limits.max_entries} entries",
+            stats.entries += 1
+            if self._layer_entries > max_entries:
+                raise UnpackError(f"{name}: more than {max_entries} entries",
                                   hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
-            self.root.release()
+            if root._stale:
+                root.release()
             try:
-                self._entry(e, tf)
+                entry(e, tf)
             except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
                 raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
         return self.stats
@@ -234,8 +236,9 @@ class Applier:
                 raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
         mkdir = self._implicit_mkdir
         pfd, name, pcanon = self.root.lookup(comps, mkdir)
-        canon = join(pcanon, name)
-        self._shadow_lower_link(canon)
+        canon = f"{pcanon}/{name}" if pcanon else name
+        if canon in self._lower_links:
+            self._shadow_lower_link(canon)
         if ti.type == LNK:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
@@ -443,8 +446,9 @@ class Applier:
             pfd, name, pcanon = self.root.lookup(comps, self._copy_up_only if self.overlay else None)
         except MissingPath:
             return   # nothing there to delete
-        canon = join(pcanon, name)
-        self._shadow_lower_link(canon)
+        canon = f"{pcanon}/{name}" if pcanon else name
+        if canon in self._lower_links:
+            self._shadow_lower_link(canon)
         st = self.root.lstat(pfd, name)
         if canon in self.created or canon in self.touched:
             # made by this very layer: only lower content goes (a whiteout never hides its own layer)

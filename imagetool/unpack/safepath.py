@@ -46,7 +46,9 @@ def clean_name(name: str) -> tuple[str, ...]:
     """Components of a member name; () is the root itself. Raises UnsafeLayer on ".." or NUL."""
     if "\x00" in name:
         raise UnsafeLayer(f"layer entry {name!r} contains a NUL byte")
-    comps = tuple(c for c in name.split("/") if c and c != ".")
+    comps = tuple(name.split("/"))
+    if "" in comps or "." in comps:      # "a//b", "./a", "a/", "/a": drop the empty and "." parts
+        comps = tuple(c for c in comps if c and c != ".")
     if ".." in comps:
         raise UnsafeLayer(f"layer entry {name!r} contains a '..' component (path traversal)")
     return comps

@@ -185,12 +185,13 @@ class TarReader:
         return self
 
     def __next__(self) -> Entry:
-        self._finish_current()
+        if self._cur is not None:
+            self._finish_current()
         pax: dict[str, bytes] = {}
         longname = longlink = None
         first = True
         while True:
-            if not self._fill(BLOCK):
+            if len(self._buf) - self._pos < BLOCK and not self._fill(BLOCK):
                 if len(self._buf) - self._pos == 0 and not first:
                     raise UnpackError(f"{self.layer}: truncated tar stream (a header without its entry)")
                 if len(self._buf) - self._pos == 0:
