@@ -271,7 +271,7 @@ class LayerStream:
         self._left = b""
         return data
 
-    PREFETCH = 4
+    PREFETCH = 16              # chunks: up to 16 MiB decoded ahead (absorbs small-file vs large-file phases)
 
     def _start(self) -> None:
         import queue
