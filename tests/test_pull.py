@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -313,6 +314,24 @@ def test_pull_skips_typer_and_help_still_works(registry, busybox, cli, store_dir
     assert not {m for m in imported if m.split(".")[0] in ("typer", "pydantic", "requests")}
     r = cli("pull", "--help")
     assert r.returncode == 0 and "--platform" in r.stdout
+
+
+def test_the_fast_exit_flushes_output_and_runs_atexit_callbacks(registry, busybox, cli, store_dir):
+    """The typer-free path ends with os._exit (no interpreter teardown): output block-buffered on a
+    pipe (no PYTHONUNBUFFERED) still arrives whole, on both pull outcomes, and atexit callbacks run."""
+    registry.push(busybox, "pull/flush:latest")
+    env = {k: v for k, v in cli.env.items() if k != "PYTHONUNBUFFERED"}
+    name = f"{registry.host}/pull/flush:latest"
+    for status in ("Downloaded newer image", "Image is up to date"):
+        r = subprocess.run(cli.argv("pull", f"{registry.host}/pull/flush"), env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == [f"Digest: {busybox.manifest_digest}", f"Status: {status} for {name}", name]
+    code = ("import atexit, sys; atexit.register(lambda: print('atexit ran')); from imagetool.__main__ import main; "
+            f"main(['--store', {str(store_dir)!r}, 'pull', '-q', {name!r}])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [busybox.manifest_digest, "atexit ran"]
 
 
 def test_prune_during_a_pull_does_not_sweep_its_blobs(registry, cli, store_dir):
