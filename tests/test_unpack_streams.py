@@ -207,3 +207,19 @@ def test_bad_checksum_is_refused():
     h[148:156] = b"0x12\0   "                       # not octal: the field itself is reported
     with pytest.raises(UnpackError, match="bad checksum field"):
         list(TarReader(io.BytesIO(bytes(h))))
+
+
+@pytest.mark.parametrize("name", ["plain/ascii-name", "d/é" * 30, "ü/" + "ÿ" * 45])
+def test_header_checksum_with_and_without_high_bytes(name):
+    """ASCII headers take the adler32 shortcut, others sum(): both must accept the real checksum
+    and refuse a header changed by one byte."""
+    ti = tarfile.TarInfo(name)
+    ti.size = 3
+    blob = ti.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8") + b"abc".ljust(512, b"\0") + b"\0" * 1024
+    assert blob[:512].isascii() == name.isascii()
+    (e,) = list(TarReader(io.BytesIO(blob)))
+    assert e.name == name and e.size == 3
+    bad = bytearray(blob)
+    bad[5] = (bad[5] + 1) % 256
+    with pytest.raises(UnpackError, match="bad header checksum"):
+        list(TarReader(io.BytesIO(bytes(bad))))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 from decimal import Decimal, InvalidOperation
 
+from zlib import adler32 as _adler32
+
 from imagetool.errors import UnpackError
 
 BLOCK = 512
@@ -202,7 +204,9 @@ class TarReader:
             pos = self._pos
             block = self._buf[pos:pos + BLOCK]
             self._pos = pos + BLOCK
-            total = sum(block)
+            # the unsigned byte sum: adler32's low half is 1 + sum mod 65521, exact for ASCII
+            # blocks (sum <= 512 * 127 < 65520); headers with high bytes take sum()
+            total = (_adler32(block) & 0xFFFF) - 1 if block.isascii() else sum(block)
             if total == 0:                 # all zero: the end-of-archive marker
                 if not first:
                     raise UnpackError(f"{self.layer}: corrupt tar stream (end marker after an extended header)")
