@@ -318,9 +318,14 @@ class Applier:
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
         try:
             if ti.size:
-                for view in tf.read_data(ti):
+                view = tf.buffered_data(ti)
+                if view is not None:       # the common case: a small file, already in the buffer
                     while view:
                         view = view[os.write(fd, view):]
+                else:
+                    for view in tf.read_data(ti):
+                        while view:
+                            view = view[os.write(fd, view):]
                 self.stats.bytes += ti.size
             if self.privileged:
                 os.fchown(fd, ti.uid, ti.gid)

@@ -160,6 +160,18 @@ class TarReader:
             yield mv
         self._skip_padding(e)
 
+    def buffered_data(self, e: Entry):
+        """The entry's whole data as one memoryview when it is already buffered (the padding is
+        skipped too), else None: use read_data(). Valid until the next read from this reader."""
+        left = e._left
+        end = self._pos + left
+        if left <= 0 or end + (-e.size % BLOCK) > len(self._buf):
+            return None
+        mv = memoryview(self._buf)[self._pos:end]
+        self._pos = end + (-e.size % BLOCK)
+        e._left = -1 if e.size % BLOCK else 0
+        return mv
+
     def _skip_padding(self, e: Entry) -> None:
         pad = -e.size % BLOCK
         if pad and e._left == 0:
