@@ -223,3 +223,31 @@ def test_header_checksum_with_and_without_high_bytes(name):
     bad[5] = (bad[5] + 1) % 256
     with pytest.raises(UnpackError, match="bad header checksum"):
         list(TarReader(io.BytesIO(bytes(bad))))
+
+
+@pytest.mark.parametrize("media_type", [TAR, GZIP, ZSTD])
+def test_files_across_chunk_boundaries_keep_their_bytes(media_type, tmp_path):
+    """Sizes around the 1 MiB read size and 512-byte padding: buffered and streamed files alike."""
+    from fixtures.tarbuild import build_tar, compress, file
+
+    from imagetool.unpack.apply import Applier
+
+    rnd = os.urandom(3 * CHUNK)
+    sizes = [0, 1, 511, 512, 513, CHUNK - 600, 1000, CHUNK, CHUNK + 1, 3, 2 * CHUNK + 511, 7, 100_000]
+    entries, off = [], 0
+    for i, n in enumerate(sizes):
+        entries.append(file(f"f{i}", rnd[off % CHUNK:off % CHUNK + n]))
+        off += 4097
+    tar = build_tar(entries)
+    kind = {TAR: None, GZIP: "gzip", ZSTD: "zstd"}[media_type]
+    a = Applier(tmp_path, "plain")
+    s = LayerStream(io.BytesIO(compress(tar, kind)), media_type, "sha256:" + hashlib.sha256(tar).hexdigest())
+    try:
+        a.apply(s)
+        s.finish()
+        a.finish()
+    finally:
+        s.close()
+        a.close()
+    for i, e in enumerate(entries):
+        assert (tmp_path / f"f{i}").read_bytes() == e.data, (i, sizes[i])
