@@ -87,7 +87,7 @@ def imagetool_command() -> list[str]:
     found = which("imagetool")
     if found and not _is_shim(Path(found)):
         return [found]
-    return [sys.executable, "-m", "imagetool.cli"]
+    return [sys.executable, "-m", "imagetool"]
 
 
 def python_command() -> str:
