@@ -52,13 +52,14 @@ def main(argv: list[str]) -> None:
 
 def _exit(rc: int) -> None:
     """Exit with `rc`, skipping the interpreter's module and object teardown (~12 ms after `run`)
-    when no other thread is alive: the atexit callbacks still run, then stdout/stderr are flushed
+    when no other thread is alive and no profiler or tracer is attached (cProfile writes its
+    output at interpreter exit): the atexit callbacks still run, then stdout/stderr are flushed
     and the process ends with os._exit. Otherwise a normal sys.exit."""
     import atexit
     import os
     import threading
 
-    if threading.active_count() == 1:
+    if threading.active_count() == 1 and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
