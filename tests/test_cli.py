@@ -51,3 +51,18 @@ def test_error_lines_carry_no_terminal_escapes(cli):
     r = cli("inspect", "bad\x1b[31mname")
     assert r.returncode == 1
     assert "\x1b" not in r.stderr and r.stderr.startswith("imagetool: error: ")
+
+
+def test_fast_path_exit_lets_a_profiler_write_its_output(cli, tmp_path):
+    """The fast path ends the process with os._exit, except under a profiler (benchmarks/run
+    profiles imagetool with `python -m cProfile -o FILE -m imagetool …`)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "profile.out"
+    argv = cli.argv("pull", "Not/Valid")
+    assert argv[1:3] == ["-m", "imagetool"]
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), *argv[1:]],
+                       env=cli.env, capture_output=True, text=True, timeout=60)
+    assert "invalid reference" in r.stderr
+    assert out.is_file() and out.stat().st_size > 0
