@@ -1,9 +1,10 @@
-"""The typer-free entry for the hot commands: the common forms of `run` and `pull`.
+"""The typer-free entry for the hot commands: the common forms of `run`, `pull` and `unpack`.
 
-Loading typer costs more than starting a container (or finding an image up to date), so
-`imagetool.__main__` first offers argv to `main()` here. It handles
-`[--store DIR] [--debug] run [OPTIONS] IMAGE [COMMAND…]` and
+Loading typer costs more than starting a container (or finding an image up to date, or
+unpacking a small image), so `imagetool.__main__` first offers argv to `main()` here. It handles
+`[--store DIR] [--debug] run [OPTIONS] IMAGE [COMMAND…]`,
 `[--store DIR] [--debug] pull [--platform P] [-q] [--max-concurrent-downloads N] [--insecure] REF`
+and `[--store DIR] [--debug] unpack [--bundle] REF DIR`
 exactly as the typer commands in cli.py do (same output, error lines and exit codes) and exits the
 process; for anything else (help, another command, an option it does not know, a malformed value)
 it returns and the full CLI takes over, giving the usual messages.
@@ -30,6 +31,11 @@ def main(argv: list[str]) -> None:
         if args is None:
             return
         action = lambda st: _pull(st, args)  # noqa: E731
+    elif command == "unpack":
+        unpack_args = parse_unpack(rest)
+        if unpack_args is None:
+            return
+        action = lambda st: _unpack(st, **unpack_args)  # noqa: E731
     else:
         return
     try:
@@ -177,6 +183,25 @@ def _run(st, opts) -> int:
     from imagetool.containers import run
 
     return run(st, opts)
+
+
+# ---------------------------------------------------------------- unpack
+
+
+def parse_unpack(argv: list[str]) -> dict | None:
+    """Keyword arguments for `_unpack` from `unpack [--bundle] REF DIR`, or None for the full CLI."""
+    bundle = "--bundle" in argv
+    positional = [a for a in argv if a != "--bundle"]
+    if len(positional) != 2 or any(a.startswith("-") for a in positional):
+        return None
+    return {"ref": positional[0], "dest": positional[1], "bundle": bundle}
+
+
+def _unpack(st, ref: str, dest: str, bundle: bool) -> int:
+    from imagetool.unpack import unpack_image
+
+    unpack_image(st, ref, dest, bundle=bundle)
+    return 0
 
 
 # ---------------------------------------------------------------- pull

@@ -66,3 +66,25 @@ def test_fast_path_exit_lets_a_profiler_write_its_output(cli, tmp_path):
                        env=cli.env, capture_output=True, text=True, timeout=60)
     assert "invalid reference" in r.stderr
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_unpack_takes_the_fast_path_and_its_odd_forms_the_full_cli(cli, busybox, tmp_path):
+    """`unpack REF DIR` runs without typer (its import is half of a small unpack) and unpacks;
+    forms the fast parser does not take still get typer's usage error."""
+    import subprocess
+
+    from fixtures.images import busybox_archive
+
+    archive = tmp_path / "bb.tar"
+    archive.write_bytes(busybox_archive())
+    assert cli("load", "-i", str(archive)).returncode == 0
+    dest = tmp_path / "rootfs"
+    argv = cli.argv("unpack", "busybox", str(dest))
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "imagetool.unpack" in imported and not {m for m in imported if m.split(".")[0] in ("typer", "click")}
+    assert (dest / "bin" / "busybox").is_file()
+    r = cli("unpack", "--bogus", "busybox", str(tmp_path / "x"))
+    assert r.returncode == 2 and "No such option" in r.stderr
