@@ -59,48 +59,26 @@ class ChildContext:
     marks: dict = field(default_factory=dict)
 
 
-def child_main(spec: dict, ctx: ChildContext) -> None:
-    """Never returns: execs the container command or exits with 125/126/127 after reporting."""
-    try:
-        _mark(ctx, "child.start")
-        _prepare(ctx)
-        _steps(spec, ctx)
-    except ContainerError as e:
-        _report(ctx, e.exit_code, e.message)
-    except OSError as e:
-        _report(ctx, 125, str(e) if e.strerror is None or e.filename is None else f"{e.strerror}: {e.filename}")
-    except BaseException as e:  # anything else still must reach the parent
-        _report(ctx, 125, f"{type(e).__name__}: {e}")
-    os._exit(125)
-
-
 def child_main_ahead(config_fd: int, ctx: ChildContext) -> None:
     """Never returns: the init forked before its spec existed (process.prefork).
 
     Does step 1 (joining the cgroup is the slow part: the kernel's first cgroup attach waits for an
     RCU grace period) while the parent still looks up the image, then reads the JSON
-    `{"spec", "rootfs", "keep_stdin"}` from `config_fd` and goes on like `child_main`.
+    `{"spec", "rootfs", "keep_stdin"}` from `config_fd` and goes on with the remaining steps;
+    a failure is reported to the parent over the sync pipe, never silently.
     EOF without a configuration (the parent gave up) exits 0 quietly.
     """
     try:
         _mark(ctx, "child.start")
         _prepare(ctx)
         _mark(ctx, "child.cgroup")
-        chunks = []
-        while True:
-            try:
-                b = os.read(config_fd, 65536)
-            except InterruptedError:
-                continue
-            if not b:
-                break
-            chunks.append(b)
+        data = sync.read_to_eof(config_fd)
         os.close(config_fd)
-        if not chunks:
+        if not data:
             os._exit(0)
         import json
 
-        config = json.loads(b"".join(chunks))
+        config = json.loads(data)
         ctx.rootfs = mounts.RootfsPlan(**config["rootfs"])
         ctx.keep_stdin = bool(config["keep_stdin"])
         _steps(config["spec"], ctx)

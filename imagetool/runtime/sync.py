@@ -19,8 +19,8 @@ def send(fd: int, type_: str, **fields) -> None:
         data = data[n:]
 
 
-def receive_all(fd: int) -> list[dict]:
-    """Every message until EOF (the child exec'd or exited)."""
+def read_to_eof(fd: int) -> bytes:
+    """Everything the other end writes to `fd` until it closes it (or execs: the fds are CLOEXEC)."""
     chunks = []
     while True:
         try:
@@ -28,10 +28,14 @@ def receive_all(fd: int) -> list[dict]:
         except InterruptedError:
             continue
         if not b:
-            break
+            return b"".join(chunks)
         chunks.append(b)
+
+
+def receive_all(fd: int) -> list[dict]:
+    """Every message until EOF (the child exec'd or exited)."""
     out = []
-    for line in b"".join(chunks).splitlines():
+    for line in read_to_eof(fd).splitlines():
         try:
             out.append(json.loads(line))
         except ValueError:
