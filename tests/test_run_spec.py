@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from imagetool.containers import RunOptions
 from imagetool.errors import ImagetoolError
 from imagetool.runtime.spec import parse_memory, resolve_user
 from imagetool.specgen import spec_from_image
@@ -28,23 +29,9 @@ class Cfg:
     user: str | None = None
 
 
-@dataclass
-class Opts:
-    command: list = field(default_factory=list)
-    entrypoint: str | None = None
-    env: list = field(default_factory=list)
-    env_files: list = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    hostname: str | None = None
-    volumes: list = field(default_factory=list)
-    read_only: bool = False
-    memory: str | None = None
-    memory_swap: str | None = None
-    cpus: float | None = None
-    pids_limit: int | None = None
-    network: str = "private"
-    tty: bool = False
+def Opts(**fields) -> RunOptions:
+    """The run options as the CLI builds them, for an image the tests never look up."""
+    return RunOptions(image="test", **fields)
 
 
 @pytest.mark.parametrize("text, value", [("7m", 7 << 20), ("1g", 1 << 30), ("512k", 512 << 10), ("1048576", 1 << 20),
