@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -142,10 +143,8 @@ def test_bad_layer_leaves_no_snapshot(kind, store_dir, monkeypatch):
 def test_same_path_twice_in_one_layer_replaces(mode, tmp_path):
     """Duplicate paths in one layer (the spec says they should not occur): the last one wins,
     also below a parent directory whose cached fd the replacement retires."""
-    import io
 
     from imagetool.unpack.apply import Applier
-    from imagetool.unpack.layers import LayerStream
 
     if mode == "overlay" and os.geteuid() != 0:
         pytest.skip("overlay mode needs root")
@@ -154,13 +153,7 @@ def test_same_path_twice_in_one_layer_replaces(mode, tmp_path):
                      file("p/q", b"q is a file now"), file("p/s", b"s"),
                      directory("p/l"), file("p/l/x"), file("p/l", b"was a dir")])
     a = Applier(tmp_path, mode)
-    try:
-        s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
-        a.apply(s)
-        s.finish()
-        a.finish()
-    finally:
-        a.close()
+    _apply_plain_tar(a, tar)
     assert (tmp_path / "x").read_bytes() == b"second"
     assert (tmp_path / "d").read_bytes() == b"now a file"
     assert (tmp_path / "p" / "q").read_bytes() == b"q is a file now"
@@ -194,24 +187,16 @@ def test_thousands_of_directories(tmp_path):
 
 
 def test_unprivileged_apply_skips_devices_with_a_warning(tmp_path):
-    import io
 
     from fixtures.tarbuild import device, fifo
 
     from imagetool.unpack.apply import Applier
-    from imagetool.unpack.layers import LayerStream
 
     warnings = []
     tar = build_tar([directory("dev"), device("dev/null", "char", 1, 3), device("dev/sda", "block", 8, 0),
                      fifo("dev/fifo"), file("suid", b"x", mode=0o4755, uid=1000, gid=1000)])
     a = Applier(tmp_path, "plain", privileged=False, warn=warnings.append)
-    try:
-        s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
-        a.apply(s)
-        s.finish()
-        a.finish()
-    finally:
-        a.close()
+    _apply_plain_tar(a, tar)
     assert sorted(os.listdir(tmp_path / "dev")) == ["fifo"]
     assert len(warnings) == 2 and all("needs root" in w for w in warnings)
     assert a.stats.skipped == ["dev/null", "dev/sda"]
@@ -239,3 +224,16 @@ def test_removed_directory_does_not_pass_its_mode_to_a_successor(tmp_path):
         a.close()
     assert os.listdir(tmp_path / "x") == ["y"]
     assert oct((tmp_path / "x").stat().st_mode & 0o777) == "0o755"
+
+
+def _apply_plain_tar(applier, tar: bytes) -> None:
+    """Apply one uncompressed layer with `applier`, then close it whatever happens."""
+    from imagetool.unpack.layers import LayerStream
+
+    try:
+        s = LayerStream(io.BytesIO(tar), "application/vnd.oci.image.layer.v1.tar")
+        applier.apply(s)
+        s.finish()
+        applier.finish()
+    finally:
+        applier.close()
