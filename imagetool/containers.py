@@ -49,6 +49,20 @@ class RunOptions:
     runtime: str | None = None
     platform: str | None = None
     rootfs_mode: str = "auto"
+    # the runtime made visible (runtime-shape issue)
+    explain: bool = False        # print each step on stderr as it happens
+    script: bool = False         # print a POSIX sh script doing the same, run nothing
+    # hardening and docker's security options
+    cap_add: list = field(default_factory=list)
+    cap_drop: list = field(default_factory=list)
+    privileged: bool = False
+    security_opt: list = field(default_factory=list)   # seccomp=FILE|unconfined, no-new-privileges
+    devices: list = field(default_factory=list)        # HOST[:CONTAINER][:rwm]
+    tmpfs: list = field(default_factory=list)          # DST[:OPTIONS]
+    shm_size: str | None = None
+    ulimits: list = field(default_factory=list)        # NAME=SOFT[:HARD]
+    sysctls: list = field(default_factory=list)        # KEY=VALUE (namespaced ones only)
+    group_add: list = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
