@@ -1,7 +1,7 @@
 """Unpack: layer blobs → per-layer snapshots, overlay rootfs plans, flattened trees and OCI bundles.
 
-Modules: safepath (the in-root resolver), layers (decompress + diff_id), apply (one layer onto a
-directory), snapshots, flatten, rootfs, bundle. The service used by `imagetool unpack` is
+Modules: layers (decompress + diff_id), apply (one layer onto a directory; names resolved by
+imagetool.safepath), snapshots, flatten, rootfs, bundle. The service used by `imagetool unpack` is
 `unpack_image`.
 """
 

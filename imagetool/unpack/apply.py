@@ -36,7 +36,7 @@ from typing import BinaryIO, Callable
 from imagetool.errors import UnpackError, UnsafeLayer
 from imagetool.unpack.layers import CHUNK, LayerStream, Limits
 from imagetool.unpack.lowerview import LowerView
-from imagetool.unpack.safepath import MissingPath, Root, clean_name, join
+from imagetool.safepath import MissingPath, Root, clean_name, join
 from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, REG, SYM, Entry, TarReader
 
 WHITEOUT = ".wh."

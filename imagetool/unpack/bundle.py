@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imagetool.unpack.flatten import flatten, new_dir_atomically
 from imagetool.unpack.layers import Limits
-from imagetool.unpack.safepath import Root
+from imagetool.safepath import Root
 
 USER_DB_LIMIT = 4 << 20   # as much as the user lookup reads of each file
 

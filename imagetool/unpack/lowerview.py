@@ -12,7 +12,7 @@ import os
 import stat
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.safepath import MissingPath, Root
+from imagetool.safepath import MissingPath, Root
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
