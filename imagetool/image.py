@@ -19,11 +19,11 @@ from store.errors import BlobNotFound, BlobTooLarge, RefNotFound
 from imagetool import mediatypes as mt
 from imagetool import oci, reference
 from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
+from imagetool.transports import walk
 
 MIN_PREFIX = 12
 _FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX)
-MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +158,9 @@ def read_json_blob(store, desc: Descriptor, what: str) -> bytes:
 
 def manifest_for(store, desc: Descriptor, platform=None) -> tuple[Descriptor, oci.Manifest, oci.Index | None]:
     """Follow `desc` (a manifest, or an index possibly nested) to the image manifest for `platform`."""
-    top_index = None
-    for _ in range(MAX_INDEX_DEPTH):
-        raw = read_json_blob(store, desc, "manifest")
-        doc = oci.parse_manifest(raw, desc.digest, desc.media_type or None)
-        if isinstance(doc, oci.Manifest):
-            return desc, doc, top_index
-        top_index = top_index or doc
-        desc = oci.select_platform(doc, platform)
-    raise ManifestError(f"index {desc.digest}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+    chain = walk.select(lambda d: read_json_blob(store, d, "manifest"), desc, platform)
+    top_index = chain[0].document if chain[0].is_index else None
+    return chain[-1].descriptor, chain[-1].document, top_index
 
 
 def load(store, ref_string: str, platform=None) -> Image:

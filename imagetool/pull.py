@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from store import Descriptor, Digest
 from store.errors import RefNotFound
 
-from imagetool import mediatypes as mt
 from imagetool import oci, reference, settings
 from imagetool.errors import ManifestError, RegistryError, TransportError
 from imagetool.progress import NullProgress, Progress
+from imagetool.transports import walk
 
 UP_TO_DATE = "Image is up to date"
 DOWNLOADED = "Downloaded newer image"
-MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +97,7 @@ def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress
     if want is not None and not resolved.descriptor.platform:
         _fetch_all(store, client, [manifest.config], 1, progress)
         _check_config_platform(store, manifest, want, ref)
-    blobs = _unique([manifest.config] + list(manifest.layers))
+    blobs = walk.blobs_of(manifest)
     _fetch_all(store, client, blobs, max_concurrent, progress)
     for raw, digest in resolved.documents:  # manifests last: they are what makes the image visible
         store.put(raw, expected=digest)
@@ -132,51 +131,26 @@ def _manifest_bytes(store, client, reference_: str, expected: Digest | None,
 
 def _resolve_remote(store, client, ref, top: Digest | None, want) -> _Resolved:
     raw, digest, ctype = _manifest_bytes(store, client, str(top) if top else ref.reference, top)
-    documents = [(raw, digest)]
-    doc = oci.parse_manifest(raw, digest, ctype or None)
-    descriptor = Descriptor(doc.media_type, digest, len(raw))
-    depth = 0
-    while isinstance(doc, oci.Index):
-        depth += 1
-        if depth > MAX_INDEX_DEPTH:
-            raise ManifestError(f"{ref}: indexes nested more than {MAX_INDEX_DEPTH} deep")
-        entry = oci.select_platform(doc, want)
-        raw, digest, ctype = _manifest_bytes(store, client, str(entry.digest), entry.digest, entry.media_type)
-        if len(raw) != entry.size:
-            raise ManifestError(f"{ref}: manifest {entry.digest} is {len(raw)} bytes but the index "
-                                f"says {entry.size}")
-        documents.append((raw, digest))
-        doc = oci.parse_manifest(raw, digest, ctype or entry.media_type)
-        if mt.base(doc.media_type) != mt.base(entry.media_type) and entry.media_type:
-            raise ManifestError(f"{ref}: index entry {entry.digest} says {entry.media_type} but the "
-                                f"manifest is {doc.media_type}")
-        descriptor = Descriptor(doc.media_type, digest, len(raw), platform=entry.platform)
-    return _Resolved(doc, descriptor, tuple(documents))
+    first = Descriptor(ctype or "", digest, len(raw))
+
+    def read(desc: Descriptor) -> bytes:
+        if desc.digest == digest:
+            return raw
+        return _manifest_bytes(store, client, str(desc.digest), desc.digest, desc.media_type)[0]
+
+    chain = walk.select(read, first, want)
+    return _Resolved(chain[-1].document, chain[-1].descriptor, tuple((n.raw, n.descriptor.digest) for n in chain))
 
 
 def _resolve_local(store, top: Digest, want) -> Descriptor | None:
     """The image manifest descriptor `top` selects using only stored blobs, or None."""
-    try:
-        raw = store.read(top)
-        doc = oci.parse_manifest(raw, top)
-        descriptor = Descriptor(doc.media_type, top, len(raw))
-        for _ in range(MAX_INDEX_DEPTH):
-            if not isinstance(doc, oci.Index):
-                return descriptor
-            entry = oci.select_platform(doc, want)
-            if not store.has(entry.digest):
-                return None
-            doc = oci.parse_manifest(store.read(entry.digest), entry.digest, entry.media_type)
-            descriptor = Descriptor(doc.media_type, entry.digest, entry.size, platform=entry.platform)
-        return None if isinstance(doc, oci.Index) else descriptor
-    except (ManifestError, OSError, ValueError):
-        return None
-    except Exception as e:  # noqa: BLE001 - store errors: treat as "not stored", fetch again
-        from store.errors import StoreError
+    from store.errors import StoreError
 
-        if isinstance(e, StoreError):
-            return None
-        raise
+    try:
+        size = store.size(top)
+        return walk.select(lambda d: store.read(d.digest), Descriptor("", top, size), want)[-1].descriptor
+    except (ManifestError, StoreError, OSError, ValueError):
+        return None
 
 
 def _complete(store, desc: Descriptor) -> bool:
@@ -203,15 +177,6 @@ def _check_config_platform(store, manifest, want, ref) -> None:
 
 
 # ------------------------------------------------------------------ blobs
-
-
-def _unique(descs: list[Descriptor]) -> list[Descriptor]:
-    seen, out = set(), []
-    for d in descs:
-        if d.digest not in seen:
-            seen.add(d.digest)
-            out.append(d)
-    return out
 
 
 def _fetch_all(store, client, descs: list[Descriptor], max_concurrent: int, progress: Progress) -> None:

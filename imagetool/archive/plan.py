@@ -27,11 +27,11 @@ from imagetool import oci, reference
 from imagetool.archive import compression
 from imagetool.archive.source import JSON_LIMIT, Member, Source, normalise
 from imagetool.errors import ArchiveError, InvalidReference, ManifestError
+from imagetool.transports import walk
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 MAX_IMAGES = 1000
-MAX_INDEX_DEPTH = 4
 WORKERS = min(4, os.cpu_count() or 1)  # blobs hashed / copied at once
 
 
@@ -209,7 +209,7 @@ class _Reader:
                 desc = Descriptor.from_dict(raw_desc)
             except InvalidDescriptor as e:
                 raise ArchiveError(f"{label}: index.json manifests[{i}]: {e}") from None
-            configs = self.walk(desc, depth=0)
+            configs = self.walk(desc)
             if configs is None:
                 continue  # not an image (an artifact, a signature): not ours to load
             covered.update(configs)
@@ -239,40 +239,39 @@ class _Reader:
             if full:
                 yield full
 
-    def walk(self, desc: Descriptor, depth: int) -> list[Digest] | None:
-        """Verify `desc` and everything below it; the config digests found (None: not an image)."""
+    def walk(self, desc: Descriptor) -> list[Digest] | None:
+        """Verify `desc` and everything below it; the config digests found (None: not an image).
+
+        Index entries whose manifest the archive does not carry are skipped (docker save keeps
+        only one platform of an index); OCI artifacts (a non-image config) are not loaded."""
         media = desc.media_type
         if not (mt.is_index(media) or mt.is_manifest(media) or media == ""):
             return None
-        if depth > MAX_INDEX_DEPTH:
-            raise ArchiveError(f"{self.src.label}: indexes nested more than {MAX_INDEX_DEPTH} deep")
-        raw = self.json_blob(desc, "manifest")
+
+        def keep(entry: Descriptor) -> bool:
+            return (mt.is_index(entry.media_type) or mt.is_manifest(entry.media_type)) and \
+                (self._present(entry.digest) or self.src.exists(blob_name(entry.digest)))
+
         try:
-            doc = oci.parse_manifest(raw, desc.digest, media or None)
+            nodes = walk.walk(lambda d: self.json_blob(d, "manifest"), desc, keep)
         except ManifestError as e:
             raise ArchiveError(f"{self.src.label}: {e.message}") from None
-        if isinstance(doc, oci.Index):
-            configs: list[Digest] = []
-            loaded = 0
-            for child in doc.manifests:
-                if not (mt.is_index(child.media_type) or mt.is_manifest(child.media_type)):
-                    continue
-                if not self._present(child.digest) and not self.src.exists(blob_name(child.digest)):
-                    continue  # a platform the archive does not carry (docker save does this)
-                found = self.walk(child, depth + 1)
-                if found is not None:
-                    configs += found
-                    loaded += 1
-            if not loaded:
+        configs: list[Digest] = []
+        for n in nodes:
+            if n.is_index:
+                continue
+            if n.document.config.media_type and not mt.is_config(n.document.config.media_type):
+                continue  # an OCI artifact, not a container image
+            self.json_blob(n.document.config, "config")
+            for layer in n.document.layers:
+                self.file_blob(layer, "layer")
+            configs.append(n.document.config.digest)
+        if not configs:
+            if nodes[-1].is_index:
                 raise ArchiveError(f"{self.src.label}: index {desc.digest} lists no image whose "
                                    "manifest is in the archive")
-            return configs
-        if doc.config.media_type and not mt.is_config(doc.config.media_type):
-            return None  # an OCI artifact, not a container image
-        self.json_blob(doc.config, "config")
-        for layer in doc.layers:
-            self.file_blob(layer, "layer")
-        return [doc.config.digest]
+            return None
+        return configs
 
     # -- docker save (manifest.json) ------------------------------------------------------------
     def docker_entries(self) -> list[dict]:

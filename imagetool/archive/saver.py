@@ -18,12 +18,13 @@ from store import Descriptor, Digest
 
 from imagetool import image as images
 from imagetool import mediatypes as mt
-from imagetool import oci, reference
+from imagetool import reference
 from imagetool.archive.loader import DANGLING
 from imagetool.archive.output import output_fd
 from imagetool.archive.plan import CONTAINERD_NAME, REF_NAME, blob_name
 from imagetool.archive.tarwriter import TarWriter
 from imagetool.errors import ArchiveError, ManifestError
+from imagetool.transports import walk
 
 FORMATS = ("docker", "oci")
 
@@ -44,7 +45,7 @@ def save(store, refs: list[str], out: str, fmt: str = "docker") -> None:
             _collect_manifest(store, top, manifest, blobs, name)
             _docker_entry(docker_entries, manifest, name)
         else:
-            _collect(store, top, blobs, name, depth=0)
+            _collect(store, top, blobs, name)
         entry = Descriptor(top.media_type, top.digest, top.size,
                            {CONTAINERD_NAME: name, REF_NAME: name} if name else None, top.platform).to_dict()
         if entry not in index_entries:
@@ -101,24 +102,19 @@ def _json_blob(store, desc: Descriptor, name, what: str) -> bytes:
     return images.read_json_blob(store, desc, what)
 
 
-def _collect(store, desc: Descriptor, blobs: dict, name, depth: int) -> None:
-    """Every stored blob under `desc` (index children not in the store are left out)."""
-    if depth > 4:
-        raise ArchiveError(f"image {_what(name, desc.digest)}: indexes nested too deep")
-    raw = _json_blob(store, desc, name, "manifest")
-    doc = oci.parse_manifest(raw, desc.digest, desc.media_type or None)
-    if isinstance(doc, oci.Index):
-        blobs[desc.digest] = None
-        for child in doc.manifests:
-            if store.has(child.digest) and (mt.is_index(child.media_type) or mt.is_manifest(child.media_type)):
-                try:
-                    _collect(store, child, blobs, name, depth + 1)
-                except ArchiveError:
-                    if child.digest not in blobs:
-                        continue  # a platform whose blobs were never pulled
-                    raise
-        return
-    _collect_manifest(store, desc, doc, blobs, name)
+def _collect(store, desc: Descriptor, blobs: dict, name) -> None:
+    """Every stored blob under `desc` (index children not in the store, or whose blobs were
+    never pulled, are left out; the index still lists them)."""
+    try:
+        nodes = walk.walk(lambda d: _json_blob(store, d, name, "manifest"), desc,
+                          lambda e: walk.is_image_entry(e) and store.has(e.digest))
+    except ManifestError as e:
+        raise ArchiveError(f"image {_what(name, desc.digest)}: {e.message}", hint=e.hint) from None
+    for n in nodes:
+        if n.is_index:
+            blobs[n.descriptor.digest] = None
+        elif n.descriptor.digest == desc.digest or all(store.has(d.digest) for d in walk.blobs_of(n.document)):
+            _collect_manifest(store, n.descriptor, n.document, blobs, name)
 
 
 def _collect_manifest(store, desc: Descriptor, manifest, blobs: dict, name) -> None:
