@@ -393,10 +393,10 @@ def _resolve_user_for_runtime(spec: dict, rootfs: Path, user_name: str | None) -
     """runc wants numeric ids: resolve a user name against the mounted rootfs's /etc files."""
     if not user_name:
         return
-    from imagetool.runtime.mounts import secure_join
-    from imagetool.runtime.spec import env_get, resolve_user
+    from imagetool.runtime.spec import env_get
+    from imagetool.users import lookup as lookup_user
 
-    u = resolve_user(user_name, secure_join(str(rootfs), "/etc"))
+    u = lookup_user(rootfs, user_name)
     spec["process"]["user"] = {"uid": u.uid, "gid": u.gid, "additionalGids": list(u.additional_gids)}
     if env_get(spec["process"]["env"], "HOME") is None:
         spec["process"]["env"].append(f"HOME={u.home or '/'}")

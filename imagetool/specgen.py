@@ -11,6 +11,7 @@ from pathlib import Path
 from imagetool.errors import ImagetoolError
 from imagetool.runtime import spec as S
 from imagetool.runtime.capabilities import DEFAULT_CAPS
+from imagetool.users import lookup as lookup_user
 
 OCI_VERSION = "1.0.2"
 USER_ANNOTATION = "org.imagetool.user"  # the user as given, when it names a user by name
@@ -70,8 +71,7 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
         uname = user_text.partition(":")[0]
         gname = user_text.partition(":")[2]
         if rootfs_dir is not None or (uname.isdigit() and (not gname or gname.isdigit())):
-            etc = Path(rootfs_dir) / "etc" if rootfs_dir is not None else Path("/nonexistent")
-            u = S.resolve_user(user_text, etc)
+            u = lookup_user(rootfs_dir, user_text)
             user = {"uid": u.uid, "gid": u.gid}
             if u.additional_gids:
                 user["additionalGids"] = list(u.additional_gids)

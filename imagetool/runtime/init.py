@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
 from imagetool.runtime import capabilities, mounts, sync
 from imagetool.runtime import syscalls as sc
-from imagetool.runtime.spec import env_get, resolve_user
+from imagetool.runtime.spec import env_get
+from imagetool.users import lookup as lookup_user
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE, signal.SIGCHLD, signal.SIGTSTP,
@@ -163,7 +164,7 @@ def _steps(spec: dict, ctx: ChildContext) -> None:
     groups = list(proc["user"].get("additionalGids", []))
     uname = annotations.get("org.imagetool.user")
     if uname:
-        u = resolve_user(uname, "/etc")
+        u = lookup_user("/", uname)
         uid, gid, groups = u.uid, u.gid, list(u.additional_gids)
         if env_get(env, "HOME") is None:
             env.append(f"HOME={u.home or '/'}")

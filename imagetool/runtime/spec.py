@@ -1,4 +1,4 @@
-"""Helpers for building and reading an OCI runtime spec: sizes, env, volumes, users, defaults.
+"""Helpers for building and reading an OCI runtime spec: sizes, env, volumes, defaults.
 
 Pure functions on strings and dicts; no syscalls. `imagetool.specgen` assembles the spec with them
 and `imagetool.runtime.init` reads it back.
@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagetool.errors import ContainerError, ImagetoolError
+from imagetool.errors import ImagetoolError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -143,68 +143,3 @@ def env_get(env: list[str], key: str) -> str | None:
         if item.startswith(key + "="):
             return item[len(key) + 1:]
     return None
-
-
-# ------------------------------------------------------------------ users
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...] = ()
-    home: str | None = None
-
-
-def _read_db(path: Path, limit: int = 4 << 20) -> list[list[str]]:
-    """Rows of a passwd/group file (bounded read; a missing file is empty)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    rows = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        if line and not line.startswith("#"):
-            rows.append(line.split(":"))
-    return rows
-
-
-def resolve_user(spec_user: str | None, etc: Path | str = "/etc") -> User:
-    """`name|uid[:group|gid]` to numeric ids using `etc`/passwd and `etc`/group of the rootfs.
-
-    Numeric ids need no files. A name that is not in the files raises ContainerError.
-    """
-    etc = Path(etc)
-    text = (spec_user or "").strip() or "0"
-    user_part, _, group_part = text.partition(":")
-    passwd = None
-    home = None
-    if user_part.isdigit():
-        uid = int(user_part)
-        gid = 0
-        passwd = next((r for r in _read_db(etc / "passwd") if len(r) >= 4 and r[2] == user_part), None)
-    else:
-        passwd = next((r for r in _read_db(etc / "passwd") if r and r[0] == user_part), None)
-        if passwd is None or len(passwd) < 4:
-            raise ContainerError(f"unable to find user {user_part}: no matching entries in passwd file")
-        uid = int(passwd[2])
-    if passwd is not None and len(passwd) >= 4 and passwd[3].isdigit():
-        gid = int(passwd[3])
-        home = passwd[5] if len(passwd) >= 6 else None
-    groups = _read_db(etc / "group")
-    if group_part:
-        if group_part.isdigit():
-            gid = int(group_part)
-        else:
-            row = next((r for r in groups if r and r[0] == group_part), None)
-            if row is None or len(row) < 3 or not row[2].isdigit():
-                raise ContainerError(f"unable to find group {group_part}: no matching entries in group file")
-            gid = int(row[2])
-    extra: list[int] = []
-    name = passwd[0] if passwd else None
-    if name and not group_part:
-        for r in groups:
-            if len(r) >= 4 and r[2].isdigit() and name in r[3].split(",") and int(r[2]) != gid:
-                extra.append(int(r[2]))
-    return User(uid, gid, tuple(extra), home)
