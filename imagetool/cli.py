@@ -1,25 +1,34 @@
-"""The command line: parse options, call one service function, print, map errors to exit codes.
+"""The typer app, built from the option table in options.py: help, usage errors, and every argv the fast path passes on.
 
-Imports of services (and of zstandard, tqdm) happen inside each command so that `imagetool --help`
-and `imagetool images` start fast. The console script enters through `imagetool.__main__`, which
-serves the common forms of `run` and `pull` without loading typer at all (see fastcli.py).
+Each command's function is made from its `options.Command`: a `__signature__` whose parameters
+carry typer.Option/typer.Argument defaults, so typer sees an ordinary command function and no
+option is written twice. The function hands its keyword arguments to `commands.serve`, the same
+body the fast path (fastcli.py) calls. `imagetool` (the console script) enters through
+`imagetool.__main__`, which tries the fast path first; `main()` here is the typer app alone.
+
+rich_markup_mode=None: help is click's plain formatting. typer would still import rich when it
+is installed (~120 ms of a ~200 ms import) and escape every `[` in help for it (`\\[required]`),
+so rich is marked absent before typer is imported unless something already loaded it; the
+`typer-slim` distribution (typer without rich) does the same at install time.
 """
 
 from __future__ import annotations
 
+import inspect as _inspect
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import typer
+if "rich" not in sys.modules:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError: typer uses click's help
+    try:
+        import typer
+    finally:
+        del sys.modules["rich"]
+else:
+    import typer
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="A daemonless container toolchain: pull, store, unpack, run, load and save OCI images.",
-    context_settings={"help_option_names": ["--help"]},
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    from imagetool import options
 
 
 class _Globals:
@@ -39,304 +48,83 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _main(
-    store: Optional[str] = typer.Option(None, "--store", envvar="IMAGETOOL_STORE", metavar="DIR",
-                                        help="Store directory (default /var/lib/imagetool for root)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
-) -> None:
-    G.store = store
-    G.debug = debug
-
-
-def open_store():
-    """The content store selected by --store / IMAGETOOL_STORE / the default."""
-    from store import Store
-
-    from imagetool import settings
-
-    return Store.open(settings.store_root(G.store))
-
-
-# ---------------------------------------------------------------- images, inspect, tag, rmi, prune
-
-
-@app.command()
-def images(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
-    """List images in the store."""
-    from imagetool import images as svc
-
-    rows = svc.list_images(open_store())
-    if fmt == "json":
-        import json
-
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
-        return
-    if fmt != "table":
-        raise _usage(f"unknown format {fmt!r} (use table or json)")
-    table = [("REPOSITORY", "TAG", "DIGEST", "SIZE")]
-    table += [(r.repository, r.tag or "<none>", r.digest[:19], svc.human_size(r.size)) for r in rows]
-    _print_table(table)
-
-
-@app.command()
-def inspect(ref: str = typer.Argument(..., metavar="REF")) -> None:
-    """Show an image's manifest, config and layers as JSON."""
-    import json
-
-    from imagetool import images as svc
-
-    typer.echo(json.dumps(svc.inspect(open_store(), ref), indent=2))
-
-
-@app.command()
-def tag(src: str = typer.Argument(..., metavar="SRC"), dst: str = typer.Argument(..., metavar="DST")) -> None:
-    """Give an image another name."""
-    from imagetool import images as svc
-
-    svc.tag(open_store(), src, dst)
-
-
-@app.command()
-def rmi(refs: List[str] = typer.Argument(..., metavar="REF...")) -> None:
-    """Remove image names (blobs go at the next `prune`)."""
-    from imagetool import images as svc
-
-    st = open_store()
-    for ref in refs:
-        typer.echo(f"Untagged: {svc.remove(st, ref)}")
-
-
-@app.command()
-def prune() -> None:
-    """Remove exited containers and unreferenced blobs, snapshots and stale downloads."""
-    from imagetool import images as svc
-
-    report = svc.prune(open_store())
-    for line in report.lines():
-        typer.echo(line)
-
-
-# ---------------------------------------------------------------- registry
-
-
-@app.command()
-def pull(
-    ref: str = typer.Argument(..., metavar="REF"),
-    platform: Optional[str] = typer.Option(None, "--platform", help="os/arch[/variant]"),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the resolved digest."),
-    max_concurrent: int = typer.Option(3, "--max-concurrent-downloads", min=1),
-    insecure: bool = typer.Option(False, "--insecure", help="Allow plain HTTP / unverified TLS."),
-) -> None:
-    """Pull an image from a registry into the store."""
-    from imagetool import pull as svc
-    from imagetool.progress import make_reporter
-
-    with make_reporter(quiet=quiet) as progress:
-        result = svc.pull(open_store(), ref, platform=platform, max_concurrent=max_concurrent,
-                          progress=progress, insecure=insecure)
-    from imagetool.fastcli import pull_lines
-
-    for line in pull_lines(result, quiet):
-        typer.echo(line)
-
-
-@app.command()
-def login(
-    registry: str = typer.Argument("docker.io", metavar="REGISTRY"),
-    username: Optional[str] = typer.Option(None, "-u", "--username"),
-    password: Optional[str] = typer.Option(None, "-p", "--password"),
-    password_stdin: bool = typer.Option(False, "--password-stdin"),
-    insecure: bool = typer.Option(False, "--insecure"),
-) -> None:
-    """Store credentials for a registry (checked against it first)."""
-    from imagetool.registry import auth
-
-    if password_stdin:
-        password = sys.stdin.read().rstrip("\n")
-    if username is None:
-        username = input("Username: ")
-    if password is None:
-        import getpass
-
-        password = getpass.getpass("Password: ")
-    auth.login(registry, username, password, insecure=insecure)
-    typer.echo("Login Succeeded")
-
-
-@app.command()
-def logout(registry: str = typer.Argument("docker.io", metavar="REGISTRY")) -> None:
-    """Remove stored credentials for a registry."""
-    from imagetool.registry import auth
-
-    if auth.logout(registry):
-        typer.echo(f"Removing login credentials for {registry}")
-    else:
-        typer.echo(f"Not logged in to {registry}")
-
-
-# ---------------------------------------------------------------- unpack
-
-
-@app.command()
-def unpack(
-    ref: str = typer.Argument(..., metavar="REF"),
-    dest: str = typer.Argument(..., metavar="DIR"),
-    bundle: bool = typer.Option(False, "--bundle", help="Write DIR/rootfs and DIR/config.json."),
-) -> None:
-    """Unpack an image's flattened root filesystem (or an OCI bundle) into DIR."""
-    from imagetool import unpack as svc
-
-    svc.unpack_image(open_store(), ref, dest, bundle=bundle)
-
-
-# ---------------------------------------------------------------- containers
-
-_RUN_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": False}
-
-
-@app.command(context_settings=_RUN_CONTEXT)
-def run(
-    image: str = typer.Argument(..., metavar="IMAGE"),
-    command: Optional[List[str]] = typer.Argument(None, metavar="[COMMAND [ARG...]]"),
-    rm: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
-    name: Optional[str] = typer.Option(None, "--name"),
-    env: Optional[List[str]] = typer.Option(None, "-e", "--env"),
-    env_file: Optional[List[str]] = typer.Option(None, "--env-file"),
-    workdir: Optional[str] = typer.Option(None, "-w", "--workdir"),
-    user: Optional[str] = typer.Option(None, "-u", "--user"),
-    entrypoint: Optional[str] = typer.Option(None, "--entrypoint"),
-    hostname: Optional[str] = typer.Option(None, "-h", "--hostname"),
-    volume: Optional[List[str]] = typer.Option(None, "-v", "--volume"),
-    read_only: bool = typer.Option(False, "--read-only"),
-    memory: Optional[str] = typer.Option(None, "-m", "--memory"),
-    memory_swap: Optional[str] = typer.Option(None, "--memory-swap"),
-    cpus: Optional[float] = typer.Option(None, "--cpus"),
-    pids_limit: Optional[int] = typer.Option(None, "--pids-limit"),
-    network: str = typer.Option("private", "--network", help="none | host (default: private, loopback only)"),
-    interactive: bool = typer.Option(False, "-i", "--interactive"),
-    tty: bool = typer.Option(False, "-t", "--tty"),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="Hand the spec to runc or crun."),
-    platform: Optional[str] = typer.Option(None, "--platform"),
-    rootfs_mode: str = typer.Option("auto", "--rootfs", hidden=True, help="auto | overlay | copy"),
-) -> None:
-    """Run a command in a new container (pulls or loads the image when missing)."""
-    from imagetool import containers as svc
-
-    opts = svc.RunOptions(
-        image=image, command=list(command or []), rm=rm, name=name, env=list(env or []),
-        env_files=list(env_file or []), workdir=workdir, user=user, entrypoint=entrypoint,
-        hostname=hostname, volumes=list(volume or []), read_only=read_only, memory=memory,
-        memory_swap=memory_swap, cpus=cpus, pids_limit=pids_limit, network=network,
-        interactive=interactive, tty=tty, runtime=runtime, platform=platform,
-        rootfs_mode=rootfs_mode,
-    )
-    raise typer.Exit(svc.run(open_store(), opts))
-
-
-@app.command()
-def ps(all_: bool = typer.Option(False, "-a", "--all", help="Show exited containers too."),
-       fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
-    """List containers."""
-    from imagetool import containers as svc
-
-    rows = svc.list_containers(open_store(), all_=all_)
-    if fmt == "json":
-        import json
-
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
-        return
-    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "EXIT CODE")]
-    table += [(r.id[:12], r.name, r.image, _trim(r.command, 30), r.status,
-               "" if r.exit_code is None else str(r.exit_code)) for r in rows]
-    _print_table(table)
-
-
-@app.command("rm")
-def rm_(containers: List[str] = typer.Argument(..., metavar="CONTAINER..."),
-        force: bool = typer.Option(False, "-f", "--force", help="Kill a running container first.")) -> None:
-    """Remove containers."""
-    from imagetool import containers as svc
-
-    st = open_store()
-    for c in containers:
-        typer.echo(svc.remove(st, c, force=force))
-
-
-# ---------------------------------------------------------------- archives
-
-
-@app.command()
-def load(input_: Optional[str] = typer.Option(None, "-i", "--input", metavar="FILE",
-                                               help="Archive or OCI layout directory ('-' = stdin).")) -> None:
-    """Load images from a docker-archive, oci-archive or OCI layout."""
-    from imagetool import archive as svc
-
-    if input_ is None:
-        if sys.stdin.isatty():
-            raise _usage("no input: use -i FILE or pipe an archive on stdin")
-        input_ = "-"
-    for line in svc.load(open_store(), input_):
-        typer.echo(line)
-
-
-@app.command()
-def save(
-    refs: List[str] = typer.Argument(..., metavar="REF..."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE"),
-    fmt: str = typer.Option("docker", "--format", help="docker or oci."),
-) -> None:
-    """Save images to a tar archive (stdout when -o is absent and stdout is not a terminal)."""
-    from imagetool import archive as svc
-
-    if output is None and sys.stdout.isatty():
-        raise _usage("refusing to write an archive to a terminal: use -o FILE or redirect stdout")
-    svc.save(open_store(), refs, output or "-", fmt=fmt)
-
-
-@app.command("import")
-def import_(source: str = typer.Argument(..., metavar="FILE|DIR|-"),
-            name: str = typer.Argument(..., metavar="NAME[:TAG]")) -> None:
-    """Create a one-layer image from a root filesystem tarball or directory."""
-    from imagetool import archive as svc
-
-    typer.echo(svc.import_(open_store(), source, name))
-
-
-@app.command()
-def export(target: str = typer.Argument(..., metavar="CONTAINER|IMAGE"),
-           output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE")) -> None:
-    """Write a container's or image's flattened filesystem as a tarball."""
-    from imagetool import archive as svc
-
-    if output is None and sys.stdout.isatty():
-        raise _usage("refusing to write an archive to a terminal: use -o FILE or redirect stdout")
-    svc.export(open_store(), target, output or "-")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _usage(message: str):
-    from imagetool.errors import ImagetoolError
-
-    return ImagetoolError(message)
-
-
-def _trim(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _print_table(rows) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        typer.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+def _annotation(p: options.Param):
+    if p.type is bool:
+        return bool
+    if p.multiple:
+        return List[str] if p.required else Optional[List[str]]
+    return p.type if (p.required or p.default is not None) else Optional[p.type]
+
+
+def _typer_param(p: options.Param):
+    """The typer.Option / typer.Argument for one table entry."""
+    if p.is_argument:
+        default = ... if p.required else (None if p.multiple else p.default)
+        return typer.Argument(default, metavar=p.metavar, help=p.help, show_default=False)
+    extra = {"min": p.minimum} if p.minimum is not None else {}
+    return typer.Option(False if p.type is bool else p.default, *p.flags, help=p.help, metavar=p.metavar,
+                        hidden=p.hidden, show_default=p.default not in (None, False), **extra)
+
+
+def _signature(params, extra: tuple[_inspect.Parameter, ...] = ()) -> tuple[_inspect.Signature, dict]:
+    sig = [_inspect.Parameter(p.dest, _inspect.Parameter.KEYWORD_ONLY, default=_typer_param(p),
+                              annotation=_annotation(p)) for p in params]
+    sig += extra
+    return _inspect.Signature(sig), {s.name: s.annotation for s in sig}
+
+
+def typer_values(command: options.Command, kwargs: dict) -> dict:
+    """typer's keyword arguments as the body takes them: lists for `multiple` (typer gives a tuple,
+    or None when absent)."""
+    values = dict(kwargs)
+    for p in command.params:
+        if p.multiple:
+            values[p.dest] = list(values[p.dest] or [])
+    return values
+
+
+def _command_function(command: options.Command, call):
+    def function(**kwargs):
+        return call(command, typer_values(command, kwargs))
+
+    function.__name__ = command.name
+    function.__doc__ = command.help
+    function.__signature__, function.__annotations__ = _signature(command.params)
+    return function
+
+
+def _serve(command: options.Command, values: dict) -> None:
+    from imagetool.commands import serve
+
+    raise typer.Exit(serve(command.name, values, store_arg=G.store, debug=G.debug))
+
+
+def build_app(call=_serve) -> typer.Typer:
+    """The typer app for the table; each command calls `call(command, values)` (tests record it)."""
+    from imagetool import options
+
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help=options.GLOBAL.help,
+                      context_settings={"help_option_names": ["--help"]}, pretty_exceptions_enable=False,
+                      rich_markup_mode=None)
+
+    def callback(**kwargs):
+        kwargs.pop("version", None)
+        G.store, G.debug = kwargs["store"], kwargs["debug"]
+
+    version = _inspect.Parameter("version", _inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."))
+    callback.__signature__, callback.__annotations__ = _signature(options.GLOBAL.params, (version,))
+    callback.__doc__ = options.GLOBAL.help
+    app.callback()(callback)
+    for command in options.COMMANDS:
+        context = None if command.interspersed else {"allow_interspersed_args": False}
+        app.command(command.name, context_settings=context, help=command.help)(_command_function(command, call))
+    return app
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Run the typer app and map exceptions to exit codes (errors.report); exits the process."""
+    """Run the typer app and map exceptions to exit codes (errors.report); exits the process.
+    Usage errors exit 2, or 125 under `run` like docker's."""
     try:  # typer >= 0.2x vendors click as typer._click (the `click` package may be absent)
         from typer._click.exceptions import ClickException
     except ImportError:
@@ -346,9 +134,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     from imagetool.fastcli import command_of
 
     argv = sys.argv[1:] if argv is None else argv
-    G.command = command_of(argv)  # so usage errors of `run` exit 125, like docker's
+    G.command = command_of(argv)
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="imagetool")
+        rc = build_app()(args=argv, standalone_mode=False, prog_name="imagetool")
     except typer.Exit as e:
         rc = e.exit_code
     except typer.Abort:

@@ -1,0 +1,229 @@
+"""The body of every command, free of any CLI library: call one service function, print, return the exit code.
+
+Both entries call `serve`: the fast parser (fastcli.py) and the typer app (cli.py), each with the
+keyword arguments options.py declares for the command. A body receives `store`, a function that
+opens the content store on first call, then those keywords. Services are imported inside each body
+so a command loads only what it uses.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def serve(name: str, values: dict, store_arg: str | None = None, debug: bool = False) -> int:
+    """Run command `name` with `values` and return its exit code; errors become one line on stderr
+    and their exit code (errors.report; 125 under run). With `debug` an error propagates instead."""
+    opened = []
+
+    def store():
+        if not opened:
+            from store import Store
+
+            from imagetool import settings
+
+            opened.append(Store.open(settings.store_root(store_arg)))
+        return opened[0]
+
+    try:
+        rc = BODIES[name](store, **values)
+    except KeyboardInterrupt:
+        rc = 130
+    except Exception as e:
+        if debug:
+            raise
+        from imagetool.errors import report
+
+        rc = report(e, in_run=name == "run")
+    return rc or 0
+
+
+def _usage(message: str):
+    from imagetool.errors import ImagetoolError
+
+    return ImagetoolError(message)
+
+
+def _print_table(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _trim(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_json(doc) -> None:
+    import json
+
+    print(json.dumps(doc, indent=2))
+
+
+def _refuse_terminal(output: str | None) -> None:
+    if output is None and sys.stdout.isatty():
+        raise _usage("refusing to write an archive to a terminal: use -o FILE or redirect stdout")
+
+
+# ---------------------------------------------------------------- images
+
+
+def images(store, fmt: str) -> None:
+    from imagetool import images as svc
+
+    if fmt not in ("table", "json"):
+        raise _usage(f"unknown format {fmt!r} (use table or json)")
+    rows = svc.list_images(store())
+    if fmt == "json":
+        return _print_json([r.to_dict() for r in rows])
+    table = [("REPOSITORY", "TAG", "DIGEST", "SIZE")]
+    table += [(r.repository, r.tag or "<none>", r.digest[:19], svc.human_size(r.size)) for r in rows]
+    _print_table(table)
+
+
+def inspect(store, ref: str) -> None:
+    from imagetool import images as svc
+
+    _print_json(svc.inspect(store(), ref))
+
+
+def tag(store, src: str, dst: str) -> None:
+    from imagetool import images as svc
+
+    svc.tag(store(), src, dst)
+
+
+def rmi(store, refs: list) -> None:
+    from imagetool import images as svc
+
+    for ref in refs:
+        print(f"Untagged: {svc.remove(store(), ref)}")
+
+
+def prune(store) -> None:
+    from imagetool import images as svc
+
+    for line in svc.prune(store()).lines():
+        print(line)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def pull(store, ref: str, platform: str | None, quiet: bool, max_concurrent: int, insecure: bool) -> None:
+    from imagetool.progress import make_reporter
+    from imagetool.pull import pull as svc_pull
+
+    with make_reporter(quiet=quiet) as progress:
+        result = svc_pull(store(), ref, platform=platform, max_concurrent=max_concurrent, progress=progress,
+                          insecure=insecure)
+    for line in pull_lines(result, quiet):
+        print(line)
+
+
+def pull_lines(result, quiet: bool) -> list[str]:
+    """What `pull` prints on stdout (like docker pull): the digest only with -q."""
+    if quiet:
+        return [result.digest]
+    return [f"Digest: {result.digest}", f"Status: {result.status} for {result.name}", result.name]
+
+
+def login(store, registry: str, username: str | None, password: str | None, password_stdin: bool,
+          insecure: bool) -> None:
+    from imagetool.registry import auth
+
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\n")
+    if username is None:
+        username = input("Username: ")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    auth.login(registry, username, password, insecure=insecure)
+    print("Login Succeeded")
+
+
+def logout(store, registry: str) -> None:
+    from imagetool.registry import auth
+
+    if auth.logout(registry):
+        print(f"Removing login credentials for {registry}")
+    else:
+        print(f"Not logged in to {registry}")
+
+
+# ---------------------------------------------------------------- unpack, containers
+
+
+def unpack(store, ref: str, dest: str, bundle: bool) -> None:
+    from imagetool.unpack import unpack_image
+
+    unpack_image(store(), ref, dest, bundle=bundle)
+
+
+def run(store, **values) -> int:
+    from imagetool.containers import RunOptions, run as svc_run
+
+    return svc_run(store(), RunOptions(**values))
+
+
+def ps(store, all_: bool, fmt: str) -> None:
+    from imagetool import containers as svc
+
+    if fmt not in ("table", "json"):
+        raise _usage(f"unknown format {fmt!r} (use table or json)")
+    rows = svc.list_containers(store(), all_=all_)
+    if fmt == "json":
+        return _print_json([r.to_dict() for r in rows])
+    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "EXIT CODE")]
+    table += [(r.id[:12], r.name, r.image, _trim(r.command, 30), r.status,
+               "" if r.exit_code is None else str(r.exit_code)) for r in rows]
+    _print_table(table)
+
+
+def rm(store, containers: list, force: bool) -> None:
+    from imagetool import containers as svc
+
+    for c in containers:
+        print(svc.remove(store(), c, force=force))
+
+
+# ---------------------------------------------------------------- archives
+
+
+def load(store, input_: str | None) -> None:
+    from imagetool import archive as svc
+
+    if input_ is None:
+        if sys.stdin.isatty():
+            raise _usage("no input: use -i FILE or pipe an archive on stdin")
+        input_ = "-"
+    for line in svc.load(store(), input_):
+        print(line)
+
+
+def save(store, refs: list, output: str | None, fmt: str) -> None:
+    from imagetool import archive as svc
+
+    _refuse_terminal(output)
+    svc.save(store(), refs, output or "-", fmt=fmt)
+
+
+def import_(store, source: str, name: str) -> None:
+    from imagetool import archive as svc
+
+    print(svc.import_(store(), source, name))
+
+
+def export(store, target: str, output: str | None) -> None:
+    from imagetool import archive as svc
+
+    _refuse_terminal(output)
+    svc.export(store(), target, output or "-")
+
+
+BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
+          "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps, "rm": rm, "load": load,
+          "save": save, "import": import_, "export": export}
+"""Command name → body; options.COMMANDS declares each one's keywords."""
