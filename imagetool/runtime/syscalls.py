@@ -117,3 +117,89 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.syscall(_SYS_capset, ctypes.byref(hdr), ctypes.byref(data)), "capset")
+
+
+# ------------------------------------------------------------------ seccomp(2) and bpf(2)
+# (appended for runtime/seccomp.py and runtime/devices.py)
+import struct  # noqa: E402
+
+_SYS_seccomp, _SYS_bpf, _SYS_prctl = {"x86_64": (317, 321, 157),
+                                      "aarch64": (277, 280, 167)}.get(os.uname().machine, (None, None, None))
+SECCOMP_SET_MODE_FILTER = 1
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_mode_filter(program: bytes, flags: int = 0) -> None:
+    """Install a classic-BPF seccomp program (struct sock_filter[]) on the calling thread.
+
+    seccomp(2) where the kernel has it (flags: SECCOMP_FILTER_FLAG_*), else prctl(PR_SET_SECCOMP),
+    which takes no flags. Needs no_new_privs or CAP_SYS_ADMIN.
+    """
+    if len(program) % 8 or not 0 < len(program) // 8 <= 0xFFFF:
+        raise OSError(22, f"seccomp: a program of {len(program)} bytes is not a filter")
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    if _SYS_seccomp is not None:
+        ret = _libc.syscall(_SYS_seccomp, SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags), ctypes.byref(prog))
+        if ret == 0:
+            return
+        err = ctypes.get_errno()
+        if ret > 0:  # TSYNC: the id of a thread that could not be synchronised
+            raise OSError(11, f"seccomp: thread {ret} could not take the filter")
+        if err != 38 or flags:  # ENOSYS: fall back to prctl below (which has no flags)
+            raise OSError(err, f"seccomp: {os.strerror(err)}")
+    if _SYS_prctl is None:
+        raise OSError(38, f"seccomp: not supported on {os.uname().machine}")
+    _check(_libc.syscall(_SYS_prctl, ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                         ctypes.byref(prog)), "prctl(PR_SET_SECCOMP)")
+
+
+def _bpf(cmd: int, attr, size: int, what: str) -> int:
+    if _SYS_bpf is None:
+        raise OSError(38, f"{what}: bpf(2) is not known on {os.uname().machine}")
+    return _check(_libc.syscall(_SYS_bpf, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(size)), what)
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license_: str = "Apache-2.0", expected_attach_type: int = 0) -> int:
+    """BPF_PROG_LOAD: a new program fd (close-on-exec). A verifier refusal raises OSError
+    whose message ends with the verifier's last log line."""
+    attr = ctypes.create_string_buffer(128)
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license_.encode())
+    log = ctypes.create_string_buffer(1 << 16)
+    struct.pack_into("=IIQQIIQII", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code),
+                     ctypes.addressof(lic), 0, 0, 0, 0, 0)
+    struct.pack_into("=I", attr, 68, expected_attach_type)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, 128, "bpf(BPF_PROG_LOAD)")
+    except OSError as e:
+        if e.errno not in (13, 22):  # EACCES/EINVAL: ask again with the verifier's log
+            raise
+    struct.pack_into("=IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, 128, "bpf(BPF_PROG_LOAD)")
+    except OSError as e:
+        lines = log.value.decode(errors="replace").strip().splitlines()
+        raise OSError(e.errno, f"{e.strerror}: {lines[-1] if lines else 'no verifier log'}") from None
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """BPF_PROG_ATTACH `prog_fd` to `target_fd` (a cgroup directory fd for cgroup programs)."""
+    attr = ctypes.create_string_buffer(32)
+    struct.pack_into("=IIII", attr, 0, target_fd, prog_fd, attach_type, flags)
+    _bpf(BPF_PROG_ATTACH, attr, 32, "bpf(BPF_PROG_ATTACH)")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    """BPF_PROG_DETACH `prog_fd` from `target_fd`."""
+    attr = ctypes.create_string_buffer(32)
+    struct.pack_into("=IIII", attr, 0, target_fd, prog_fd, attach_type, 0)
+    _bpf(BPF_PROG_DETACH, attr, 32, "bpf(BPF_PROG_DETACH)")
