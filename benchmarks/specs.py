@@ -182,7 +182,7 @@ def repull_op(ctx: Context, image: str) -> Operation:
         note="destination already holds every blob")
 
 
-UNPACK_SERVICE = ("import sys; from store import Store; from imagetool.unpack import unpack_image; "
+UNPACK_SERVICE = ("import sys; from store import Store; from imagetool.bundle import unpack_image; "
                   "unpack_image(Store.open(sys.argv[1]), sys.argv[2], sys.argv[3])")
 
 

@@ -157,7 +157,7 @@ def logout(store, registry: str) -> None:
 
 
 def unpack(store, ref: str, dest: str, bundle: bool) -> None:
-    from imagetool.unpack import unpack_image
+    from imagetool.bundle import unpack_image
 
     unpack_image(store(), ref, dest, bundle=bundle)
 
