@@ -88,3 +88,27 @@ def test_unpack_takes_the_fast_path_and_its_odd_forms_the_full_cli(cli, busybox,
     assert (dest / "bin" / "busybox").is_file()
     r = cli("unpack", "--bogus", "busybox", str(tmp_path / "x"))
     assert r.returncode == 2 and "No such option" in r.stderr
+
+
+@pytest.mark.parametrize("args, rc", [(("images",), 0), (("images", "--format", "json"), 0), (("ps", "-a"), 0),
+                                      (("inspect", "busybox"), 1), (("rm", "nosuch"), 1)])
+def test_everyday_commands_start_without_typer(cli, args, rc, capsys):
+    """`images`, `ps -a` and the other commands are served by the fast path: typer and click (and
+    rich) are never imported; their output and errors are the same as through the typer app."""
+    import subprocess
+
+    argv = cli.argv(*args)
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == rc, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "imagetool.commands" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("typer", "click", "rich")}
+    from imagetool import cli as full
+
+    with pytest.raises(SystemExit) as e:
+        full.main(["--store", str(cli.store_dir), *args])
+    out = capsys.readouterr()
+    assert e.value.code == rc
+    assert out.out == r.stdout
+    assert out.err.splitlines() == [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
