@@ -217,10 +217,16 @@ def import_(store, source: str, name: str) -> None:
 
 
 def export(store, target: str, output: str | None) -> None:
-    from imagetool import archive as svc
+    from imagetool import archive as svc, containers
+    from imagetool.errors import ImagetoolError
 
     _refuse_terminal(output)
-    svc.export(store(), target, output or "-")
+    st = store()
+    try:
+        cdir = containers._find(st, target)[0]   # H1: containers.find once it is public
+    except ImagetoolError:
+        cdir = None
+    svc.export(st, target, output or "-", container_dir=cdir)
 
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,

@@ -106,19 +106,6 @@ def test_store_imports_only_the_standard_library():
     assert not bad, "store/ must import only the standard library:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("package,forbidden", [
-    ("imagetool/registry", SERVICES + ("imagetool.unpack", "imagetool.runtime")),
-    ("imagetool/unpack", SERVICES + ("imagetool.registry", "imagetool.runtime")),
-    ("imagetool/runtime", SERVICES + ("imagetool.registry", "imagetool.unpack", "imagetool.image",
-                                      "imagetool.oci")),
-])
-def test_lower_layers_never_import_upper_or_sibling_layers(package, forbidden):
-    if not _modules(package):
-        pytest.skip(f"{package} has no modules yet")
-    bad = _violations(package, forbidden)
-    assert not bad, f"{package} crosses the import direction:\n" + "\n".join(bad)
-
-
 def test_cli_imports_only_typer_and_stdlib_at_module_level():
     path = REPO / "imagetool" / "cli.py"
     bad = [f"cli.py:{line} imports {name} at module level"
@@ -182,3 +169,156 @@ def test_startup_probe_reports_a_heavy_import(tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr.rsplit("HEAVY=", 1)[1].strip() == "tqdm"
+
+
+# ---------------------------------------------------------------- the whole graph: cycles, reach
+
+PACKAGES = ("imagetool", "store")
+
+
+def import_graph(module_level_only: bool = False) -> dict[str, set[str]]:
+    """module -> the repo modules it imports (lazy imports too, unless module_level_only).
+
+    Importing `a.b.c` runs `a/__init__` and `a/b/__init__` first, so an import of `a.b.c` from
+    outside package `a.b` is also an edge to `a.b` (and from outside `a`, to `a`): a lazy import
+    of a package is how today's cycle was made (archive → archive.rootfs → containers → archive).
+    """
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in _modules(package):
+            graph[_module_name(path)] = set()
+    for package in PACKAGES:
+        for path in _modules(package):
+            me = _module_name(path)
+            own = me if path.name == "__init__.py" else me.rpartition(".")[0]
+            for _, name in imports(path, module_level_only):
+                parts = name.split(".")
+                for i in range(1, len(parts) + 1):
+                    target = ".".join(parts[:i])
+                    if target in graph and target != me and not _within(own, (target,)):
+                        graph[me].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    component.append(m)
+                    if m == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def reach(graph: dict[str, set[str]], start: str) -> dict[str, str]:
+    """Every module `start` imports directly or transitively -> the module that imports it.
+
+    A FACADE (a package whose __init__ only re-exports its value types) is reached but not
+    expanded: `from store import Digest` uses a value type, not the store's storage modules."""
+    via: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        for child in sorted(graph.get(node, ())):
+            if child not in via and child != start:
+                via[child] = node
+                if child not in FACADES:
+                    todo.append(child)
+    return via
+
+
+def _chain(via: dict[str, str], start: str, end: str) -> str:
+    path = [end]
+    while path[-1] != start:
+        path.append(via[path[-1]])
+    return " → ".join(reversed(path))
+
+
+def test_no_import_cycles_anywhere():
+    found = cycles(import_graph())
+    assert not found, "import cycles (lazy imports included):\n" + "\n".join(" ↔ ".join(c) for c in found)
+
+
+FACADES = ("store",)
+# the store's storage (not its value types Digest, Descriptor and its errors)
+STORAGE = ("store.store", "store.blobs", "store.ingest", "store.refs", "store.gc", "store.snapshots",
+           "store.layout", "store.locking", "store.atomic")
+# package -> what no module in it may reach, directly or through other modules
+FORBIDDEN = [
+    ("imagetool.unpack", SERVICES + ("imagetool.runtime", "imagetool.registry", "imagetool.specgen")),
+    ("imagetool.runtime", SERVICES + STORAGE + ("imagetool.unpack", "imagetool.registry", "imagetool.image",
+                                                "imagetool.oci")),
+    ("imagetool.registry", SERVICES + STORAGE + ("imagetool.unpack", "imagetool.runtime", "imagetool.fetch")),
+    ("imagetool.archive", ("imagetool.containers", "imagetool.cli", "imagetool.fastcli", "imagetool.runtime",
+                           "imagetool.registry", "imagetool.pull")),
+    ("imagetool.safepath", ("imagetool.unpack", "imagetool.runtime") + SERVICES + STORAGE),
+    ("imagetool.users", ("imagetool.unpack", "imagetool.runtime") + SERVICES + STORAGE),
+    ("imagetool.mount", ("imagetool", "store")),
+    ("imagetool.errors", ("imagetool",)),     # it maps store's errors too, so it may reach store
+    ("store", ("imagetool",)),
+]
+
+
+@pytest.mark.parametrize("package,forbidden", FORBIDDEN, ids=[p for p, _ in FORBIDDEN])
+def test_no_transitive_import_crosses_the_layers(package, forbidden):
+    graph = import_graph()
+    bad = []
+    for module in sorted(m for m in graph if _within(m, (package,))):
+        via = reach(graph, module)
+        for target in sorted(via):
+            if _within(target, forbidden) and not _within(target, (package, "imagetool.errors")) \
+                    and target != "imagetool":
+                bad.append(_chain(via, module, target))
+    assert not bad, f"{package} reaches what it must not:\n" + "\n".join(bad)
+
+
+def test_cycle_and_reach_checkers_see_a_lazy_package_cycle(tmp_path, monkeypatch):
+    """The checkers themselves, on today's shape in miniature: a package whose __init__ imports a
+    module that lazily imports a service that lazily imports the package again."""
+    pkg = tmp_path / "imagetool"
+    (pkg / "archive").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "archive" / "__init__.py").write_text("from imagetool.archive.rootfs import export\n")
+    (pkg / "archive" / "rootfs.py").write_text("def export():\n    from imagetool import containers\n")
+    (pkg / "archive" / "saver.py").write_text("from imagetool.archive import rootfs\n")
+    (pkg / "containers.py").write_text("def run():\n    from imagetool import archive\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    graph = import_graph()
+    assert cycles(graph) == [["imagetool.archive", "imagetool.archive.rootfs", "imagetool.containers"]]
+    assert "imagetool.archive" not in graph["imagetool.archive.saver"], "a package's own modules do not re-enter it"
+    via = reach(graph, "imagetool.archive.saver")
+    assert _chain(via, "imagetool.archive.saver", "imagetool.containers") == \
+        "imagetool.archive.saver → imagetool.archive.rootfs → imagetool.containers"
+    assert cycles(import_graph(module_level_only=True)) == []

@@ -25,7 +25,7 @@ from imagetool.archive import compression
 from imagetool.archive.output import output_fd
 from imagetool.archive.source import FdReader, spool_file
 from imagetool.archive.tarwriter import TarWriter
-from imagetool.errors import ArchiveError, ImagetoolError
+from imagetool.errors import ArchiveError
 
 _OPAQUE = "trusted.overlay.opaque"
 _CHUNK = 1 << 20
@@ -198,10 +198,14 @@ def _readlink_in(root: str, path: str) -> str:
 # ---------------------------------------------------------------- export
 
 
-def export(store, target: str, out: str) -> None:
-    """Write the flattened filesystem of a container (its image's layers + its upper dir) or of
-    an image to `out` (a path or "-")."""
-    layers, overlay = _export_layers(store, target)
+def export(store, target: str, out: str, container_dir: str | os.PathLike | None = None) -> None:
+    """Write a flattened filesystem to `out` (a path or "-"): with `container_dir` (the directory
+    of the container named `target`, found by the caller: archive never imports containers), the
+    container's (its image's layers + its upper dir, or its flat copy); else image `target`'s."""
+    if container_dir is not None:
+        layers, overlay = container_layers(container_dir, target)
+    else:
+        layers, overlay = _image_layers(store, target)
     tree = merged_tree(layers, overlay)
     with output_fd(out) as fd:
         w = TarWriter(fd)
@@ -209,26 +213,27 @@ def export(store, target: str, out: str) -> None:
         w.close()
 
 
-def _export_layers(store, target: str) -> tuple[list[str], bool]:
-    from imagetool import containers
+def container_layers(container_dir: str | os.PathLike, name: str) -> tuple[list[str], bool]:
+    """(layer dirs base first, overlay format?) of a container directory as unpack.rootfs lays it
+    out: `l/<n>` -> the image's snapshots with `upper/` on top, or a flat copy in `rootfs/`."""
+    cdir = os.fspath(container_dir)
+    upper = os.path.join(cdir, "upper")
+    if os.path.isdir(upper):
+        links = os.path.join(cdir, "l")
+        names = sorted((n for n in os.listdir(links) if n.isdigit()), key=int) if os.path.isdir(links) else []
+        snaps = [os.path.realpath(os.path.join(links, n)) for n in names]
+        missing = [s for s in snaps if not os.path.isdir(s)]
+        if missing:
+            raise ArchiveError(f"container {name}: layer snapshot {missing[0]} is missing",
+                               hint="the image was pruned; the container cannot be exported")
+        return snaps + [upper], True
+    rootfs = os.path.join(cdir, "rootfs")
+    if os.path.isdir(rootfs):
+        return [rootfs], False
+    raise ArchiveError(f"container {name} has no filesystem to export")
 
-    try:
-        cdir, state = containers._find(store, target)
-    except ImagetoolError:
-        cdir = None
-    if cdir is not None:
-        upper = os.path.join(cdir, "upper")
-        if os.path.isdir(upper):
-            snaps = [str(store.snapshot_path(Digest.parse(d))) for d in state.get("snapshots") or []]
-            missing = [s for s in snaps if not os.path.isdir(s)]
-            if missing:
-                raise ArchiveError(f"container {target}: layer snapshot {missing[0]} is missing",
-                                   hint="the image was pruned; the container cannot be exported")
-            return snaps + [upper], True
-        rootfs = os.path.join(cdir, "rootfs")
-        if os.path.isdir(rootfs):
-            return [rootfs], False
-        raise ArchiveError(f"container {target} has no filesystem to export")
+
+def _image_layers(store, target: str) -> tuple[list[str], bool]:
     from imagetool import image as images
     from imagetool.unpack.snapshots import ensure_snapshots
 
