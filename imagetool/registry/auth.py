@@ -346,7 +346,8 @@ class Authenticator:
     def _token(self, ch: Challenge, force: bool = False) -> str:
         realm = ch.params["realm"]
         service = ch.params.get("service", "")
-        scope = ch.params.get("scope") or self.scope or ""
+        # what the registry asks for, plus what this client will need next (push, a mount source)
+        scope = " ".join(dict.fromkeys((ch.params.get("scope") or "").split() + (self.scope or "").split()))
         creds = self.credentials()
         who = hashlib.sha256(creds.basic().encode()).hexdigest() if creds else None
         key = (realm, service, scope, who)

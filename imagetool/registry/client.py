@@ -102,7 +102,7 @@ class RegistryClient:
     """
 
     def __init__(self, ref, insecure: bool = False, endpoint: str | None = None,
-                 transport: Transport | None = None):
+                 transport: Transport | None = None, scope: str | None = None):
         self.ref = ref
         scheme = None
         host = ref.registry_host
@@ -116,7 +116,7 @@ class RegistryClient:
             domain = host
         self.host = host
         self.transport = transport or Transport(host, insecure=insecure, scheme=scheme)
-        self.auth = Authenticator(domain, self.transport, scope=f"repository:{ref.path}:pull")
+        self.auth = Authenticator(domain, self.transport, scope=scope or f"repository:{ref.path}:pull")
         self.ratelimit_remaining: int | None = None
         self._rl_lock = threading.Lock()
 
@@ -125,11 +125,12 @@ class RegistryClient:
 
     # -------------------------------------------------------------- plumbing
 
-    def _request(self, method: str, path: str, headers: dict | None = None, stream: bool = False):
+    def _request(self, method: str, path: str, headers: dict | None = None, stream: bool = False,
+                 body: bytes | None = None):
         """A request with Authorization; a 401 is answered (token or Basic) and retried once or twice."""
         for attempt in range(3):
             sent = self.auth.header()
-            resp = self.transport.request(method, path, headers, authorization=sent, stream=stream)
+            resp = self.transport.request(method, path, headers, authorization=sent, stream=stream, body=body)
             self._note_ratelimit(resp)
             # a 401 from a redirect target (a CDN) is not the registry's: its challenge could name
             # any realm, and answering it would send our credentials there (ContainerDrip)
@@ -160,7 +161,9 @@ class RegistryClient:
         status = resp.status_code
         code, detail = None, ""
         try:
-            body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.method != "HEAD" else b""
+            body = getattr(resp, "_content", None)  # a non-streamed body was read already
+            if body is None:
+                body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.method != "HEAD" else b""
             errors = json.loads(body).get("errors") if body else None
             if errors and isinstance(errors, list) and isinstance(errors[0], dict):
                 code = _printable(errors[0].get("code"), 64) or None

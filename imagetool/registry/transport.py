@@ -312,12 +312,13 @@ class Transport:
 
     def request(self, method: str, path: str, headers: dict | None = None,
                 authorization: str | None = None, stream: bool = False,
-                follow_redirects: bool = True) -> Response:
+                follow_redirects: bool = True, body: bytes | None = None) -> Response:
         """One request with retries; redirects followed, Authorization only to the registry's origin.
 
         `path` is "/v2/…" (relative to the registry) or an absolute URL. Returns the final
         response, whatever its status, after the retry budget for 5xx/429 is spent. With
-        `stream=False` the body is read before returning.
+        `stream=False` the body is read before returning. `body` (bytes, for uploads) is sent
+        again on each retry; a redirect of a request with a body is not followed.
         """
         if self._scheme is None and "://" not in path:
             self._decide_scheme()
@@ -326,8 +327,8 @@ class Transport:
             h = dict(headers or {})
             if authorization and self.same_origin(url):
                 h["Authorization"] = authorization
-            resp = self.send(method, url, h, stream=stream)
-            if not follow_redirects or resp.status_code not in REDIRECT_STATUS:
+            resp = self.send(method, url, h, stream=stream, body=body)
+            if not follow_redirects or body is not None or resp.status_code not in REDIRECT_STATUS:
                 return resp
             location = resp.headers.get("Location")
             resp.close()
@@ -367,12 +368,13 @@ class Transport:
             except (ssl.SSLError, ConnectionError, socket.timeout, OSError):
                 self._scheme = "http"
 
-    def send(self, method: str, url: str, headers: dict, stream: bool = False) -> Response:
+    def send(self, method: str, url: str, headers: dict, stream: bool = False,
+             body: bytes | None = None) -> Response:
         """One URL, no redirects, with the retry policy; raises TransportError when it gives up."""
         failures = 0
         while True:
             try:
-                resp = self._once(method, url, headers)
+                resp = self._once(method, url, headers, body)
                 if not stream:
                     resp.content  # noqa: B018 - read the body now (errors are retried below)
             except _Failure as e:
@@ -433,7 +435,7 @@ class Transport:
         conn.sock.settimeout(self.policy.read_timeout)
         return conn
 
-    def _once(self, method: str, url: str, headers: dict) -> Response:
+    def _once(self, method: str, url: str, headers: dict, body: bytes | None = None) -> Response:
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
@@ -448,9 +450,10 @@ class Transport:
             try:
                 via = getattr(conn, "_imagetool_proxy", None)
                 if via is not None:  # plain http through a proxy: absolute-form target
-                    conn.request(method, f"http://{parts.netloc}{target}", headers={**h, **_proxy_auth(via)})
+                    conn.request(method, f"http://{parts.netloc}{target}", body=body,
+                                 headers={**h, **_proxy_auth(via)})
                 else:
-                    conn.request(method, target, headers=h)
+                    conn.request(method, target, body=body, headers=h)
                 resp = conn.getresponse()
             except (socket.timeout, TimeoutError) as e:
                 conn.close()

@@ -1,0 +1,100 @@
+"""The local store as an image source (a name, digest or ID prefix) and as a sink (a name)."""
+
+from __future__ import annotations
+
+from store import Descriptor
+from store.errors import DigestMismatch, SizeMismatch
+
+from imagetool import image, reference
+from imagetool.errors import DigestError, InvalidReference
+from imagetool.transports.base import PUSHED, Sink, Source
+
+CHUNK = 1 << 20
+
+
+class StoreSource(Source):
+    """The image a store ref names; blobs read straight from `blobs/`. `mount_source` offers the
+    other repositories on the destination's registry that hold a blob (from the store's refs)."""
+
+    def __init__(self, store, ref_string: str):
+        self.store = store
+        self.name, desc = image.resolve(store, ref_string)
+        self._top = Descriptor(desc.media_type, desc.digest, desc.size, None, desc.platform)
+        self.label = self.name
+        self._holders: dict | None = None
+
+    def top(self) -> Descriptor:
+        return self._top
+
+    def read(self, desc: Descriptor) -> bytes:
+        return image.read_json_blob(self.store, desc, "manifest")
+
+    def chunks(self, desc: Descriptor, offset: int = 0):
+        with self.store.open_blob(desc.digest) as f:
+            f.seek(offset)
+            while True:
+                data = f.read(CHUNK)
+                if not data:
+                    return
+                yield data
+
+    def carries(self, entry: Descriptor) -> bool:
+        return self.store.has(entry.digest)
+
+    def holders(self, domain: str) -> dict:
+        """{blob digest: repository path} for the images the store's refs name on `domain`."""
+        if self._holders is None:
+            self._holders = {}
+            for name, desc in self.store.refs():
+                try:
+                    ref = reference.parse(name)
+                    _, manifest, _ = image.manifest_for(self.store, desc)
+                except Exception:  # noqa: BLE001 - an unreadable ref offers no mount, nothing more
+                    continue
+                for d in [manifest.config] + list(manifest.layers):
+                    self._holders.setdefault((ref.domain, d.digest), ref.path)
+        return {d: p for (dom, d), p in self._holders.items() if dom == domain}
+
+    def mount_source(self, desc: Descriptor) -> tuple[str, str] | None:
+        try:
+            ref = reference.parse(self.name)
+        except InvalidReference:
+            return None
+        repo = self.holders(ref.domain).get(desc.digest)
+        return (ref.domain, repo) if repo else None
+
+
+class StoreSink(Sink):
+    """Blobs through the store's ingest (verified on commit), manifests by `put`, then the tag.
+
+    The caller holds `store.lock_shared()` for the whole copy (a concurrent prune waits)."""
+
+    def __init__(self, store, name: str):
+        self.store = store
+        self.name = name
+        self.label = name
+
+    def has(self, desc: Descriptor) -> bool:
+        return self.store.has(desc.digest)
+
+    def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
+        with self.store.ingest(desc.digest, desc.size) as w:
+            if w.exists:
+                return PUSHED
+            if w.offset:
+                w.reset()  # an abandoned partial of another download: start from scratch
+            progress.blob_start(str(desc.digest), desc.size, 0)
+            try:
+                for chunk in source.chunks(desc):
+                    w.write(chunk)
+                    progress.blob_advance(str(desc.digest), len(chunk))
+                w.commit()
+            except (DigestMismatch, SizeMismatch) as e:
+                raise DigestError(f"blob {desc.digest} from {source.label}: {e}") from None
+        return PUSHED
+
+    def put_manifest(self, node) -> None:
+        self.store.put(node.raw, node.descriptor.digest)
+
+    def finish(self, top: Descriptor) -> None:
+        self.store.tag(self.name, top)
