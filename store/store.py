@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -18,6 +19,12 @@ from store.layout import KNOWN_ENTRIES, LAYOUT_VERSION, TEMP_PREFIX, Layout
 from store.locking import SHARED
 
 GCReport = gc.GCReport
+
+#: the store root's mode: only its owner may enter (podman's 0700; docker uses 0710). Layers and
+#: containers put setuid-root binaries and device nodes below it (snapshots/, containers/*/upper);
+#: a host user who could reach them would run those as root (the CVE-2021-41091 class). The root
+#: alone is enough: nobody else can resolve any path below it, whatever the modes further down.
+ROOT_MODE = 0o700
 
 
 class _OpenDispatch:
@@ -42,14 +49,20 @@ class Store:
         """Open the store at `root`, creating the layout when missing (idempotent, concurrent safe).
 
         Refuses (StoreError) an `oci-layout` of another version, a corrupt index.json, and a
-        non-empty directory that is not a store."""
+        non-empty directory that is not a store.
+
+        The root is closed to other users (mode 0700, see `_close_to_others`): a store made open
+        (0755, as before this rule) is closed here; the check is one stat of the root."""
         root = Path(os.path.abspath(root))
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=ROOT_MODE, parents=True, exist_ok=True)
+            root_stat = os.stat(root)
         except OSError as e:
             raise NotAStore(f"cannot create store directory {root}: {e.strerror}") from None
-        if not root.is_dir():
+        if not stat.S_ISDIR(root_stat.st_mode):
             raise NotAStore(f"store path {root} is not a directory")
+        if root_stat.st_mode & 0o077:
+            _close_to_others(root, root_stat.st_mode)
         st = cls(root)
         lay = st._layout
         if lay.oci_layout.exists():
@@ -160,6 +173,15 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
+
+
+def _close_to_others(root: Path, mode: int) -> None:
+    """chmod the root to ROOT_MODE; StoreError when we may not (someone else owns it)."""
+    try:
+        os.chmod(root, ROOT_MODE)
+    except OSError as e:
+        raise NotAStore(f"store {root} is open to other users (mode {stat.S_IMODE(mode):04o}) and cannot be "
+                        f"closed: {e.strerror}", hint=f"chmod go-rwx {root}, or use a store you own") from None
 
 
 def _check_oci_layout(path: Path) -> None:
