@@ -130,3 +130,92 @@ def _image(size: int = 300_000):
     from fixtures.images import build_image
 
     return build_image([random_layer(size)])
+
+
+class _LaterFaults:
+    """Wrap a FaultProxy so its faults apply only after the first `skip` PATCH requests."""
+
+    def __init__(self, proxy, skip: int):
+        self.seen = 0
+        take = proxy.take
+
+        def later(method, path):
+            if method == "PATCH":
+                with proxy.lock:
+                    self.seen += 1
+                    if self.seen <= skip:
+                        return None
+            return take(method, path)
+
+        proxy.take = later
+
+
+def _forwarded_patch_bytes(proxy) -> int:
+    return sum(int(r.headers.get("Content-Length", 0)) for r in proxy.records(r"/blobs/uploads/", "PATCH")
+               if r.fault is None)
+
+
+def test_a_failed_chunk_resumes_from_the_registrys_range_with_less_than_the_blob_resent(
+        registry, store, tmp_path, small_chunks, monkeypatch):
+    from fixtures.proxy import Fault, FaultProxy
+
+    from imagetool.push import push
+
+    img = _image(1_200_000)  # 5 chunks of 256 KiB
+    layer = img.layers[0]
+    monkeypatch.setenv("IMAGETOOL_RETRIES", "2")
+    with FaultProxy(registry.url) as proxy:
+        name = f"{proxy.host}/push/resume:v1"
+        load(store, tmp_path, name, img)
+        _LaterFaults(proxy, skip=2)
+        proxy.add(Fault("status", r"/blobs/uploads/", times=2, status=500, method="PATCH"))
+        [res] = push(store, name)
+        failed = [r for r in proxy.records(r"/blobs/uploads/", "PATCH") if r.fault]
+        assert res.digest == img.manifest_digest
+        assert len(failed) == 2                                    # the transport's budget, spent
+        assert _forwarded_patch_bytes(proxy) == len(layer.blob)    # every byte reached it once
+        assert proxy.records(r"/blobs/uploads/", "GET")            # asked the registry's Range
+    assert skopeo_blobs(registry, "push/resume:v1", tmp_path) == img.all_blobs()
+
+
+def test_a_sigkilled_push_run_again_sends_only_the_rest(registry, store, store_dir, tmp_path, small_chunks):
+    from fixtures.proxy import Fault, FaultProxy
+
+    from imagetool.push import push
+
+    img = _image(1_200_000)
+    layer = img.layers[0]
+    with FaultProxy(registry.url) as proxy:
+        name = f"{proxy.host}/push/killed:v1"
+        load(store, tmp_path, name, img)
+        _LaterFaults(proxy, skip=2)
+        proxy.add(Fault("hang", r"/blobs/uploads/", times=1, method="PATCH"))
+        code = ("import sys; from store import Store; from imagetool.push import push; "
+                "push(Store.open(sys.argv[1]), sys.argv[2])")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "IMAGETOOL_PUSH_CHUNK": str(256 << 10),
+               "IMAGETOOL_PUSH_MONOLITHIC": str(256 << 10)}
+        proc = subprocess.Popen([sys.executable, "-c", code, str(store_dir), name], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while not [r for r in proxy.records(r"/blobs/uploads/", "PATCH") if r.fault == "hang"]:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the push never reached its third chunk"
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # by PID: the process this test started
+            proc.communicate()
+        before = _forwarded_patch_bytes(proxy)
+        assert 0 < before < len(layer.blob)
+        [res] = push(store, name)
+        after = _forwarded_patch_bytes(proxy) - before
+        assert res.digest == img.manifest_digest
+        assert before + after == len(layer.blob), (before, after)  # only the rest was sent
+    assert not list(Path(store.ingest_dir).glob("push-*.session"))
+    assert skopeo_blobs(registry, "push/killed:v1", tmp_path) == img.all_blobs()
+
+
+def _image(size: int = 300_000):
+    from fixtures.images import build_image
+
+    return build_image([random_layer(size)])
