@@ -219,3 +219,98 @@ def _image(size: int = 300_000):
     from fixtures.images import build_image
 
     return build_image([random_layer(size)])
+
+
+@pytest.fixture(scope="module")
+def token_registry():
+    from fixtures.registry import RegistryUnavailable
+    from fixtures.tokenserver import TokenRegistry, TokenServer
+
+    try:
+        ts = TokenServer(users={"alice": "wonderland"}, anonymous=True)  # anonymous: pull only
+    except RegistryUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        reg = TokenRegistry.start(ts)
+    except Exception:
+        ts.stop()
+        raise
+    yield ts, reg
+    reg.stop()
+    ts.stop()
+
+
+def _credentials(tmp_path, host: str, user: str, password: str) -> None:
+    import base64
+
+    entry = {"auths": {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}
+    for f in (tmp_path / "docker" / "config.json", tmp_path / "docker" / "auth.json"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(entry))
+
+
+def test_push_to_a_token_registry_asks_for_the_push_scope(token_registry, store, tmp_path):
+    from imagetool.push import push
+
+    ts, reg = token_registry
+    img = _image()
+    name = f"{reg.host}/tok/pushed:v1"
+    load(store, tmp_path, name, img)
+    _credentials(tmp_path, reg.host, "alice", "wonderland")
+    mark = len(ts.requests)
+    [res] = push(store, name)
+    assert res.digest == img.manifest_digest
+    issued = ts.requests[mark:]
+    assert issued and all(t.user == "alice" for t in issued)
+    assert any("repository:tok/pushed:pull,push" in t.scopes for t in issued), issued
+    status, _, _ = reg.get("/v2/tok/pushed/manifests/v1", auth=False)
+    assert status == 401  # the registry really enforces tokens: the push above was authorised
+
+
+def test_push_with_only_pull_rights_is_a_clear_auth_error_and_tags_nothing(token_registry, store, tmp_path):
+    from imagetool.errors import AuthError
+    from imagetool.push import push
+
+    ts, reg = token_registry
+    img = _image()
+    name = f"{reg.host}/tok/denied:v1"
+    load(store, tmp_path, name, img)
+    mark = len(ts.requests)
+    with pytest.raises(AuthError) as e:
+        push(store, name)
+    assert f"push access denied to {reg.host}/tok/denied" in e.value.message
+    assert "imagetool login" in e.value.hint
+    scopes = [s for t in ts.requests[mark:] for s in t.scopes]
+    assert "repository:tok/denied:pull,push" in scopes      # it asked for push, and was re-challenged
+    assert len(ts.requests) - mark >= 2
+    assert not [r for r in reg.requests() if r[0] == "PUT" and "/tok/denied/manifests/" in r[1] and r[2] == 201]
+
+
+def test_multi_platform_index_is_pushed_after_its_manifests_and_pulls_back_per_platform(
+        registry, store, tmp_path, monkeypatch):
+    from fixtures.images import Layer, build_image, build_index
+    from fixtures.tarbuild import file
+
+    from store import Digest, Store
+
+    from imagetool.pull import pull
+    from imagetool.push import push
+
+    amd = build_image([Layer([file("arch", b"amd64\n")])], platform="linux/amd64")
+    arm = build_image([Layer([file("arch", b"arm64\n")])], platform="linux/arm64/v8")
+    index = build_index([amd, arm])
+    name = f"{registry.host}/push/multi:v1"
+    load(store, tmp_path, name, index)
+    mark = registry.mark()
+    [res] = push(store, name)
+    assert res.digest == index.manifest_digest
+    puts = [p for m, p, s in registry.requests(mark) if m == "PUT" and "/manifests/" in p]
+    assert puts.index(f"/v2/push/multi/manifests/{index.manifest_digest}") > max(
+        puts.index(f"/v2/push/multi/manifests/{amd.manifest_digest}"),
+        puts.index(f"/v2/push/multi/manifests/{arm.manifest_digest}"))
+    assert skopeo_raw(registry, "push/multi:v1") == index.manifest
+    for platform, img in (("linux/amd64", amd), ("linux/arm64/v8", arm)):
+        other = Store.open(tmp_path / f"other-{platform.replace('/', '-')}")
+        pull(other, name, platform=platform)
+        assert str(other.resolve(name).digest) == img.manifest_digest
+        assert other.read(Digest.parse(img.layers[0].digest)) == img.layers[0].blob
