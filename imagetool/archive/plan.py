@@ -24,7 +24,7 @@ from store.errors import InvalidDescriptor, InvalidDigest
 
 from imagetool import mediatypes as mt
 from imagetool import oci, reference
-from imagetool.archive import compression
+from imagetool import compression
 from imagetool.archive.source import JSON_LIMIT, Member, Source, normalise
 from imagetool.errors import ArchiveError, InvalidReference, ManifestError
 from imagetool.transports import walk

@@ -21,7 +21,7 @@ from store import Descriptor, Digest
 
 from imagetool import mediatypes as mt
 from imagetool import oci, reference
-from imagetool.archive import compression
+from imagetool import compression
 from imagetool.archive.output import output_fd
 from imagetool.archive.source import FdReader, spool_file
 from imagetool.archive.tarwriter import TarWriter

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagetool.archive import compression
+from imagetool import compression
 from imagetool.errors import ArchiveError
 
 JSON_LIMIT = 4 << 20  # manifests, configs, index.json, manifest.json: read at most this much

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from imagetool import compression
 from imagetool.errors import DigestError, UnpackError
 
-CHUNK = 1 << 20
-ZSTD_MAX_WINDOW = 1 << 27   # 128 MiB: zstd's own default limit; refuses --long=31 style bombs
+CHUNK = compression.CHUNK
 
 def compression_of(media_type: str) -> str | None:
     """"gzip", "zstd" or None (plain tar) for a layer media type (OCI and Docker names).
@@ -56,162 +55,6 @@ class Limits:
                    _env_int("IMAGETOOL_MAX_LAYER_ENTRIES", d.max_entries))
 
 
-class _GzipReader:
-    """Multi-member gzip with bounded output per call (max_length), without gzip.GzipFile's
-    per-call overhead and redundant CRC (the diff_id covers the content). Zero padding after
-    the last member is accepted; other trailing bytes are corruption; EOF inside a member is
-    truncation (EOFError)."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._pending = b""
-
-    def read(self, n: int) -> bytes:
-        while True:
-            if self._d.eof:
-                rest = self._d.unused_data.lstrip(b"\0")
-                while not rest:
-                    chunk = self._raw.read(CHUNK)
-                    if not chunk:
-                        return b""
-                    rest = chunk.lstrip(b"\0")
-                if rest[:2] != b"\x1f\x8b":
-                    raise OSError("trailing garbage after the gzip data")
-                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._pending = rest
-            src = self._d.unconsumed_tail or self._pending
-            self._pending = b""
-            if not src:
-                src = self._raw.read(CHUNK)
-                if not src:
-                    raise EOFError("gzip member truncated")
-            data = self._d.decompress(src, n)
-            if data:
-                return data
-
-    def close(self) -> None:
-        pass
-
-
-_MAGIC, _FHD, _BLOCK, _SKIPPABLE = range(4)
-
-
-class _ZstdFrames:
-    """Follows the zstd frame and block headers in the compressed bytes, without decoding them,
-    to tell a complete stream (it ends between two frames) from a truncated one.
-
-    zstandard's stream_reader silently stops at a truncated frame; this costs a few Python
-    operations per block (a block is at most 128 KiB of output). Bad frame magic raises OSError."""
-
-    __slots__ = ("_state", "_need", "_carry", "_skip", "_checksum")
-
-    def __init__(self):
-        self._state, self._need, self._carry, self._skip, self._checksum = _MAGIC, 4, b"", 0, False
-
-    def complete(self) -> bool:
-        return self._state == _MAGIC and not self._skip and not self._carry
-
-    def feed(self, data) -> None:
-        pos, n = 0, len(data)
-        while pos < n:
-            if self._skip:
-                k = min(self._skip, n - pos)
-                pos += k
-                self._skip -= k
-                continue
-            take = self._need - len(self._carry)
-            hdr = self._carry + data[pos:pos + take]
-            pos += take
-            if len(hdr) < self._need:
-                self._carry = bytes(hdr)
-                return
-            self._carry = b""
-            self._header(hdr)
-
-    def _header(self, h) -> None:
-        state = self._state
-        if state == _BLOCK:
-            v = int.from_bytes(h, "little")
-            btype = (v >> 1) & 3
-            if btype == 3:
-                raise OSError("reserved zstd block type")
-            self._skip = 1 if btype == 1 else v >> 3
-            if v & 1:                         # last block of the frame (then its checksum)
-                self._skip += 4 if self._checksum else 0
-                self._state, self._need = _MAGIC, 4
-        elif state == _MAGIC:
-            m = int.from_bytes(h, "little")
-            if m == 0xFD2FB528:
-                self._state, self._need = _FHD, 1
-            elif m & 0xFFFFFFF0 == 0x184D2A50:
-                self._state, self._need = _SKIPPABLE, 4
-            else:
-                raise OSError("not a zstd frame (bad magic number)")
-        elif state == _FHD:
-            d = h[0]
-            if d & 0x08:
-                raise OSError("zstd frame header has its reserved bit set")
-            single = (d >> 5) & 1
-            self._checksum = bool(d & 0x04)
-            self._skip = (1 - single) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
-            self._state, self._need = _BLOCK, 3
-        else:                                 # skippable frame: its length, then its content
-            self._skip = int.from_bytes(h, "little")
-            self._state, self._need = _MAGIC, 4
-
-
-class _ZstdSource:
-    """The compressed blob as zstandard reads it: every chunk goes through _ZstdFrames."""
-
-    __slots__ = ("_raw", "frames", "eof", "error")
-
-    def __init__(self, raw):
-        self._raw, self.frames, self.eof, self.error = raw, _ZstdFrames(), False, None
-
-    def read(self, n: int = CHUNK) -> bytes:
-        if self.error is not None or self.eof:
-            return b""
-        data = self._raw.read(max(n, CHUNK))
-        if not data:
-            self.eof = True
-            return b""
-        try:
-            self.frames.feed(data)
-        except OSError as e:        # raised from inside zstandard's C code: hand it over by hand
-            self.error = e
-            return b""
-        return data
-
-
-class _ZstdReader:
-    """Multi-frame zstd decompression with bounded memory that notices truncation.
-
-    zstandard's stream_reader reads the blob CHUNK bytes at a time and returns at most `n`
-    bytes per call (bounded output whatever the ratio); _ZstdFrames tells a clean end from a
-    truncated frame, which the stream_reader does not. Trailing non-zstd bytes are corruption."""
-
-    def __init__(self, raw, dctx):
-        self._src = _ZstdSource(raw)
-        self._r = dctx.stream_reader(self._src, read_size=CHUNK, read_across_frames=True,
-                                         closefd=False)
-
-    def read(self, n: int) -> bytes:
-        data = self._r.read(n)
-        src = self._src
-        if src.error is not None:
-            raise src.error
-        if not data:
-            if not src.eof:               # the reader stopped before the blob's end
-                raise OSError("zstd data ends early or carries trailing bytes")
-            if not src.frames.complete():
-                raise EOFError("zstd frame truncated")
-        return data
-
-    def close(self) -> None:
-        self._r.close()
-
-
 class LayerStream:
     """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
 
@@ -231,14 +74,7 @@ class LayerStream:
         self._thread = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        if self.compression == "gzip":
-            self._src = _GzipReader(raw)
-        elif self.compression == "zstd":
-            import zstandard
-
-            self._src = _ZstdReader(raw, zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW))
-        else:
-            self._src = raw
+        self._src = compression.decompressing(raw, self.compression, name) if self.compression else raw
 
     def read(self, n: int = -1) -> bytes:
         """At most `n` bytes (CHUNK when n < 0) of the uncompressed stream; b"" at its end.
@@ -303,14 +139,10 @@ class LayerStream:
     def _read_chunk(self) -> bytes:
         try:
             data = self._src.read(CHUNK)
-        except EOFError:
-            raise UnpackError(f"{self.name}: truncated {self.compression} data (the blob ends early)") from None
-        except (OSError, zlib.error) as e:
-            raise UnpackError(f"{self.name}: corrupt {self.compression or 'tar'} data: {e}") from None
-        except Exception as e:  # zstandard.ZstdError has no common base we can import lazily
-            if type(e).__name__ == "ZstdError":
-                raise UnpackError(f"{self.name}: corrupt zstd data: {e}") from None
-            raise
+        except compression.Corrupt as e:        # Truncated included
+            raise UnpackError(f"{self.name}: {e.detail}") from None
+        except OSError as e:                    # reading the blob itself
+            raise UnpackError(f"{self.name}: cannot read the blob: {e}") from None
         if data:
             data = bytes(data)
             self.bytes += len(data)
