@@ -128,6 +128,17 @@ def pull_lines(result, quiet: bool) -> list[str]:
     return [f"Digest: {result.digest}", f"Status: {result.status} for {result.name}", result.name]
 
 
+def push(store, ref: str, dest: str | None, all_tags: bool, format: str | None, quiet: bool, insecure: bool) -> None:
+    from imagetool.progress import make_reporter
+    from imagetool.push import push as svc_push
+
+    with make_reporter(quiet=quiet) as progress:
+        results = svc_push(store(), ref, dest, all_tags=all_tags, format=format, progress=progress,
+                           insecure=insecure)
+    for r in results:  # docker's closing line per tag
+        print(r.digest if quiet else f"{r.name}: digest: {r.digest} size: {r.size}")
+
+
 def login(store, registry: str, username: str | None, password: str | None, password_stdin: bool,
           insecure: bool) -> None:
     from imagetool.registry import auth
@@ -230,6 +241,6 @@ def export(store, target: str, output: str | None) -> None:
 
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
-          "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps, "rm": rm, "load": load,
-          "save": save, "import": import_, "export": export}
+          "push": push, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps, "rm": rm,
+          "load": load, "save": save, "import": import_, "export": export}
 """Command name → body; options.COMMANDS declares each one's keywords."""

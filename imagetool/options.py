@@ -139,6 +139,16 @@ COMMANDS: tuple[Command, ...] = (
         option("--max-concurrent-downloads", "max_concurrent", "Layers downloaded at once.", int, default=3,
                minimum=1, metavar="N"),
         INSECURE)),
+    Command("push", "Push an image from the store to a registry (its own name's, or DEST).", (
+        argument("ref", "IMAGE", "Image in the store: name, digest or ID prefix."),
+        argument("dest", "[DEST]", "Where to push: [docker://]REGISTRY/REPO[:TAG] (default: IMAGE's name).",
+                 default=None),
+        option("-a --all-tags", "all_tags", "Push every tag of IMAGE's repository (DEST then names a repository).",
+               bool),
+        option("--format", "format", "Refuse to push unless the image is in this format: oci or docker.",
+               metavar="FORMAT"),
+        option("-q --quiet", "quiet", "Print only the pushed digests.", bool),
+        INSECURE)),
     Command("login", "Store credentials for a registry (checked against it first).", (
         argument("registry", "[REGISTRY]", "Registry host (default: docker.io).", default="docker.io"),
         option("-u --username", "username", "User name (asked when absent).", metavar="NAME"),
