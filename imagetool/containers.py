@@ -179,12 +179,9 @@ def _hold_signals() -> None:
 
 
 def _is_archive_arg(text: str) -> bool:
-    """A cheap pre-check (archive.loader.is_archive_arg decides) so plain names never import archive."""
-    if text.startswith(("oci-archive:", "docker-archive:", "oci:")):
-        return True
-    if text.startswith(("./", "/", "../")) or text.endswith((".tar", ".tar.gz", ".tgz")):
-        return os.path.exists(text)
-    return False
+    from imagetool.archive.loader import is_archive_arg  # the one detector (cheap to import)
+
+    return is_archive_arg(text)
 
 
 def _image_for(store, opts: RunOptions, pulling: list | None = None):

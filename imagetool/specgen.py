@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagetool.errors import ImagetoolError
+from imagetool.runtime import capabilities, devices, seccomp
 from imagetool.runtime import spec as S
-from imagetool.runtime.capabilities import DEFAULT_CAPS
 from imagetool.users import lookup as lookup_user
 
 OCI_VERSION = "1.0.2"
 USER_ANNOTATION = "org.imagetool.user"  # the user as given, when it names a user by name
+GROUPS_ANNOTATION = "org.imagetool.group-add"  # --group-add names for the init to resolve inside
+DEFAULT_PIDS_LIMIT = 2048  # podman's; --pids-limit -1 (or 0) for none
 
 
 def _opt(opts, name, default=None):
@@ -82,7 +84,8 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
     if S.env_get(env, "HOME") is None and user["uid"] == 0 and USER_ANNOTATION not in annotations:
         env.append("HOME=/root")
 
-    caps = list(DEFAULT_CAPS)
+    caps = capabilities.resolve(_opt(opts, "cap_add") or (), _opt(opts, "cap_drop") or (),
+                                bool(_opt(opts, "privileged", False)))
     process = {
         "terminal": tty,
         "user": user,
@@ -144,7 +147,9 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
             raise ImagetoolError(f"invalid --cpus {cpus}: must be positive")
         resources["cpu"] = {"quota": max(1000, int(round(cpus * 100000))), "period": 100000}
     pids = _opt(opts, "pids_limit")
-    if pids is not None and pids > 0:
+    if pids is None:
+        pids = DEFAULT_PIDS_LIMIT
+    if pids > 0:
         resources["pids"] = {"limit": int(pids)}
 
     spec = {
@@ -162,4 +167,88 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
     }
     if annotations:
         spec["annotations"] = annotations
+    apply_security(spec, opts, rootfs_dir)
     return spec
+
+
+def apply_security(spec: dict, opts, rootfs_dir: Path | str | None = None) -> None:
+    """docker's security options onto a spec built with the defaults (in place).
+
+    --privileged: every device of the host in linux.devices and allowed, no masked or read-only
+    paths, a writable /sys, no seccomp. Otherwise linux.seccomp is the default profile (or
+    `--security-opt seccomp=FILE`, none with `seccomp=unconfined`) filtered for the container's
+    capabilities. Then --device, --tmpfs, --shm-size, --ulimit, --sysctl, --group-add and
+    `--security-opt no-new-privileges[=false]` (imagetool's default is true).
+    """
+    privileged = bool(_opt(opts, "privileged", False))
+    process, linux = spec["process"], spec["linux"]
+    seccomp_opt, nnp = S.parse_security_opts(_opt(opts, "security_opt"))
+    if nnp is not None:
+        process["noNewPrivileges"] = nnp
+
+    entries: list[dict] = []
+    rules = linux["resources"]["devices"]
+    if privileged:
+        entries = devices.host_devices()
+        rules[:] = [{"allow": True, "access": "rwm"}]
+        linux["maskedPaths"], linux["readonlyPaths"] = [], []
+        for m in spec["mounts"]:
+            if m["destination"] == "/sys":
+                m["options"] = [o for o in m["options"] if o != "ro"]
+    for text in _opt(opts, "devices") or []:
+        entry, rule = devices.parse_device(text)
+        entries = [e for e in entries if e["path"] != entry["path"]] + [entry]
+        if not privileged:
+            rules.append(rule)
+    if entries:
+        linux["devices"] = entries
+
+    for text in _opt(opts, "tmpfs") or []:
+        mount = S.parse_tmpfs(text)
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != mount["destination"]] + [mount]
+    shm = _opt(opts, "shm_size")
+    if shm:
+        size = S.parse_memory(shm, "shm size")
+        for m in spec["mounts"]:
+            if m["destination"] == "/dev/shm":
+                m["options"] = [o for o in m["options"] if not o.startswith("size=")] + [f"size={size}"]
+
+    for text in _opt(opts, "ulimits") or []:
+        limit = S.parse_ulimit(text)
+        process["rlimits"] = [r for r in process["rlimits"] if r["type"] != limit["type"]] + [limit]
+
+    host_network = not any(ns["type"] == "network" for ns in linux["namespaces"])
+    sysctls = dict(S.parse_sysctl(t, host_network) for t in _opt(opts, "sysctls") or [])
+    if sysctls:
+        linux["sysctl"] = sysctls
+
+    _group_add(spec, _opt(opts, "group_add") or [], rootfs_dir)
+
+    if not privileged and seccomp_opt != "unconfined":
+        profile = seccomp.read_profile(seccomp_opt) if seccomp_opt else seccomp.default_profile()
+        linux["seccomp"] = seccomp.profile_to_oci(profile, process["capabilities"]["bounding"])
+
+
+def _group_add(spec: dict, groups: list[str], rootfs_dir) -> None:
+    """--group-add: numeric gids (and names, given the rootfs) join process.user.additionalGids;
+    names without the rootfs go to the GROUPS_ANNOTATION for the init to resolve inside."""
+    user = spec["process"]["user"]
+    gids = list(user.get("additionalGids", []))
+    names = []
+    for g in groups:
+        g = str(g).strip()
+        if g.isdigit():
+            gid = lookup_user(None, f"0:{g}").gid  # the one lookup checks the range
+        elif g and rootfs_dir is not None:
+            gid = lookup_user(rootfs_dir, f"0:{g}").gid
+        elif g and ":" not in g and "," not in g:
+            names.append(g)
+            continue
+        else:
+            raise ImagetoolError(f"invalid --group-add {g!r}: give a group name or a numeric gid")
+        if gid not in gids:
+            gids.append(gid)
+    if gids:
+        user["additionalGids"] = gids
+    if names:
+        spec.setdefault("annotations", {})[GROUPS_ANNOTATION] = ",".join(names)

@@ -322,3 +322,14 @@ def test_cycle_and_reach_checkers_see_a_lazy_package_cycle(tmp_path, monkeypatch
     assert _chain(via, "imagetool.archive.saver", "imagetool.containers") == \
         "imagetool.archive.saver → imagetool.archive.rootfs → imagetool.containers"
     assert cycles(import_graph(module_level_only=True)) == []
+
+
+def test_the_archive_detector_is_cheap_to_import():
+    """`run` asks archive.loader.is_archive_arg about every image argument: importing it loads no
+    other imagetool module than its package's (empty) __init__, and nothing outside the stdlib."""
+    graph = import_graph(module_level_only=True)
+    assert set(reach(graph, "imagetool.archive.loader")) <= {"imagetool", "imagetool.archive"}
+    for module in ("imagetool/archive/__init__.py", "imagetool/archive/loader.py"):
+        outside = [n for _, n in imports(REPO / module, module_level_only=True)
+                   if not (_stdlib(n) or _within(n, ("imagetool",)))]
+        assert not outside, f"{module} imports {outside} at module level"

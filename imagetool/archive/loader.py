@@ -1,14 +1,17 @@
-"""The load service: open a source, plan (verify) it, commit it, and say what was loaded."""
+"""The load service: open a source, plan (verify) it, commit it, and say what was loaded; and
+`is_archive_arg`, the one test of whether `run IMAGE` names an archive.
+
+Cheap to import (the run path imports it for every container): the standard library only at
+module level; the loading machinery is imported by the functions that load.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from imagetool import reference
-from imagetool.archive.commit import commit
-from imagetool.archive.plan import Loaded, read_archive
-from imagetool.archive.source import open_source
-from imagetool.errors import ArchiveError
+if TYPE_CHECKING:
+    from imagetool.archive.plan import Loaded
 
 #: a ref name that keeps an untagged image reachable (and findable by its digest), like
 #: Docker's containerd store does with "moby-dangling@sha256:…"
@@ -23,6 +26,10 @@ def load_images(store, where: str) -> list[Loaded]:
 
     Untagged images get the ref `<none>@<digest>` so they stay reachable and `run sha256:…`
     finds them."""
+    from imagetool.archive.commit import commit
+    from imagetool.archive.plan import Loaded, read_archive
+    from imagetool.archive.source import open_source
+
     with open_source(where, store.root) as src:
         plan = read_archive(src, store)
         images = []
@@ -37,6 +44,8 @@ def load_images(store, where: str) -> list[Loaded]:
 
 def load(store, where: str) -> list[str]:
     """`imagetool load`: the lines to print (`Loaded image: busybox:latest` / `Loaded image ID: …`)."""
+    from imagetool import reference
+
     lines: list[str] = []
     for img in load_images(store, where):
         for name in img.names:
@@ -50,7 +59,9 @@ def load(store, where: str) -> list[str]:
 
 
 def is_archive_arg(text: str) -> bool:
-    """Does `run IMAGE` name an archive rather than an image reference?"""
+    """Does `run IMAGE` name an archive rather than an image reference? A transport prefix
+    (`oci-archive:`, `docker-archive:`, `oci:`) always does; a path (`./`, `/`, `../`) or a name
+    ending in an archive suffix (.tar, .tar.gz, .tgz, .tar.zst, .tar.zstd) does when it exists."""
     if text.startswith(_PREFIXES):
         return True
     if text.startswith(("./", "/", "../")) or text.endswith(_SUFFIXES):
@@ -65,6 +76,8 @@ def load_for_run(store, image_arg: str) -> str | None:
     or a tag such as `latest`), else the first is run."""
     if not is_archive_arg(image_arg):
         return None
+    from imagetool.errors import ArchiveError
+
     path, want = image_arg, None
     for prefix in _PREFIXES:
         if image_arg.startswith(prefix):
@@ -89,6 +102,8 @@ def _runnable(img: Loaded, name: str) -> str:
 
 
 def _matches(name: str, want: str) -> bool:
+    from imagetool import reference
+
     if name == want or name.endswith(":" + want):
         return True
     try:

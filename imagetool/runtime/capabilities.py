@@ -1,7 +1,8 @@
-"""Linux capability names, Docker's default set, and dropping to a set in the container's init."""
+"""Linux capability names, Docker's default set, docker's --cap-add/--cap-drop rules, and dropping to a set."""
 
 from __future__ import annotations
 
+from imagetool.errors import ImagetoolError
 from imagetool.runtime import syscalls
 
 CAPS = {
@@ -24,6 +25,52 @@ DEFAULT_CAPS = (
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
+
+
+def normalize(name: str) -> str:
+    """docker's spelling rules: any case, with or without `CAP_`; `ALL` stays `ALL`."""
+    name = name.strip().upper()
+    if name == "ALL":
+        return name
+    name = name if name.startswith("CAP_") else "CAP_" + name
+    if name not in CAPS:
+        raise ImagetoolError(f"unknown capability: {name!r}", hint="see capabilities(7) for the names")
+    return name
+
+
+def all_caps() -> list[str]:
+    """Every capability this kernel knows that this process may still give (its bounding set):
+    what --privileged and --cap-add ALL give."""
+    top, bounding = last_cap(), (1 << 64) - 1
+    try:
+        with open("/proc/self/status") as f:
+            bounding = next((int(line.split()[1], 16) for line in f if line.startswith("CapBnd:")), bounding)
+    except OSError:
+        pass
+    return [n for n, bit in CAPS.items() if bit <= top and bounding & (1 << bit)]
+
+
+def resolve(add=(), drop=(), privileged: bool = False, base=DEFAULT_CAPS) -> list[str]:
+    """The container's capability set from --cap-add/--cap-drop/--privileged, as docker does.
+
+    --privileged: all. `--cap-add ALL`: all but the dropped ones. `--cap-drop ALL`: only the added
+    ones. Otherwise `base` minus the dropped plus the added (a name in both is kept).
+    Unknown names raise ImagetoolError.
+    """
+    if privileged:
+        return all_caps()
+    adds = [normalize(n) for n in add]
+    drops = [normalize(n) for n in drop]
+    if "ALL" in adds:
+        return [c for c in all_caps() if c not in drops]
+    if "ALL" in drops:
+        caps = []
+    else:
+        caps = [c for c in base if c not in drops]
+    for c in adds:
+        if c not in caps:
+            caps.append(c)
+    return caps
 
 
 def mask(names) -> int:

@@ -143,3 +143,99 @@ def env_get(env: list[str], key: str) -> str | None:
         if item.startswith(key + "="):
             return item[len(key) + 1:]
     return None
+
+
+# ------------------------------------------------------------------ docker's security options
+
+
+RLIM_INFINITY = (1 << 64) - 1
+ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+           "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def parse_ulimit(text: str) -> dict:
+    """`--ulimit NAME=SOFT[:HARD]` -> a process.rlimits entry (-1: unlimited; HARD defaults to SOFT)."""
+    name, sep, values = text.partition("=")
+    name = name.strip().lower()
+    if not sep or name not in ULIMITS:
+        raise ImagetoolError(f"invalid ulimit {text!r}",
+                             hint=f"use NAME=SOFT[:HARD] with NAME one of {', '.join(ULIMITS)}")
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft, hard = int(soft_text), int(hard_text or soft_text)
+    except ValueError:
+        raise ImagetoolError(f"invalid ulimit {text!r}: the limits must be integers (-1: unlimited)") from None
+    soft, hard = (RLIM_INFINITY if v == -1 else v for v in (soft, hard))
+    if not (0 <= soft <= RLIM_INFINITY and 0 <= hard <= RLIM_INFINITY):
+        raise ImagetoolError(f"invalid ulimit {text!r}: a limit is out of range")
+    if soft > hard:
+        raise ImagetoolError(f"invalid ulimit {text!r}: the soft limit is above the hard limit")
+    return {"type": f"RLIMIT_{name.upper()}", "hard": hard, "soft": soft}
+
+
+_TMPFS_DEFAULTS = ("nosuid", "nodev", "noexec")
+_TMPFS_OPPOSITES = {"suid": "nosuid", "dev": "nodev", "exec": "noexec"}
+
+
+def parse_tmpfs(text: str) -> dict:
+    """`--tmpfs DST[:OPTIONS]` -> a tmpfs mount (docker's defaults nosuid,nodev,noexec unless
+    the options say suid, dev or exec)."""
+    dst, _, opts = text.partition(":")
+    if not dst.startswith("/") or _clean(dst) == "/":
+        raise ImagetoolError(f"invalid tmpfs {text!r}: the destination must be an absolute path other than /")
+    options = [o.strip() for o in opts.split(",") if o.strip()]
+    defaults = [d for d in _TMPFS_DEFAULTS if not any(_TMPFS_OPPOSITES.get(o) == d for o in options)]
+    return {"destination": _clean(dst), "type": "tmpfs", "source": "tmpfs", "options": defaults + options}
+
+
+# docker's namespaced sysctls: IPC's (the container has its own IPC namespace), fs.mqueue.*
+# (same), net.* (its own network namespace, so not with --network host)
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+_SYSCTL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_@:+-]*(\.[A-Za-z0-9_@:+-]+)+$")
+
+
+def parse_sysctl(text: str, host_network: bool = False) -> tuple[str, str]:
+    """`--sysctl KEY=VALUE` -> (key with dots, value); a sysctl that is not namespaced is refused."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("/", ".")
+    if not sep or not _SYSCTL_RE.match(key):
+        raise ImagetoolError(f"invalid sysctl {text!r}", hint="use --sysctl KEY=VALUE, e.g. net.ipv4.ip_forward=1")
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return key, value
+    if key.startswith("net."):
+        if host_network:
+            raise ImagetoolError(f"sysctl {key} is not allowed with --network host: it would change the host's network")
+        return key, value
+    raise ImagetoolError(f"sysctl {key} is not allowed in a container: it is not namespaced",
+                         hint="namespaced ones: kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*")
+
+
+def parse_security_opts(items) -> tuple[str | None, bool | None]:
+    """`--security-opt` values -> (seccomp: None (default) | "unconfined" | FILE, no_new_privileges:
+    None (default) | True | False). `apparmor=unconfined` and `label=disable` are accepted and do
+    nothing (imagetool uses neither); any other option is refused."""
+    seccomp_opt: str | None = None
+    nnp: bool | None = None
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep and ":" in item:  # docker's old `seccomp:FILE` spelling
+            key, sep, value = item.partition(":")
+        key = key.strip()
+        if key == "seccomp":
+            if not value:
+                raise ImagetoolError("invalid --security-opt seccomp: give a profile file or unconfined")
+            seccomp_opt = value
+        elif key == "no-new-privileges":
+            if value.lower() in ("", "true"):
+                nnp = True
+            elif value.lower() == "false":
+                nnp = False
+            else:
+                raise ImagetoolError(f"invalid --security-opt {item!r}: no-new-privileges takes true or false")
+        elif (key, value) in (("apparmor", "unconfined"), ("label", "disable")):
+            continue
+        else:
+            raise ImagetoolError(f"unsupported --security-opt {item!r}",
+                                 hint="use seccomp=FILE, seccomp=unconfined or no-new-privileges")
+    return seccomp_opt, nnp
