@@ -1,0 +1,336 @@
+"""`run --script`: the generated POSIX sh script builds and runs the container by hand, for real.
+
+The script is rendered with `imagetool.runtime.script.render` from the spec `specgen` makes and
+the rootfs Mount unpack prepares, then run with `sh`: it prints what the command prints, the
+seed's 7 MB demonstration is killed at 7.5 MB and fits at 2 MB (cgroup v1 here, v2 in the VM),
+and every way out (success, failure, a signal, a hostile image) leaves no mount, cgroup or
+temporary directory behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagetool.mount import Mount
+from imagetool.runtime import shell
+from tests.runhelpers import add_image, cgroup_children, kernel_skip_reason, new_cgroups_that_stay
+
+_reason = kernel_skip_reason()
+needs_kernel = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+SEED_OOM = "data=$(head -c 7500000 /dev/urandom)"
+SEED_FITS = "data=$(head -c 2000000 /dev/urandom)"
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from fixtures.images import busybox_image, build_image, Layer
+    from fixtures.tarbuild import directory, file, symlink
+
+    root = tmp_path_factory.mktemp("imagetool-script") / "store"
+    bb = busybox_image()
+    add_image(root, bb, "docker.io/library/busybox:latest")
+    # a hostile image: busybox with /proc a symlink to a host directory
+    hostile = build_image([Layer(_layer_tar(bb), compression="gzip"),
+                           Layer([symlink("proc", "/tmp")])], config={"Cmd": ["sh"]})
+    add_image(root, hostile, "docker.io/library/procsymlink:latest")
+    # a user database and a workdir owned by nobody
+    users = build_image([Layer(_layer_tar(bb), compression="gzip"),
+                         Layer([directory("etc", mode=0o755),
+                                file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+                                file("etc/group", b"root:x:0:\nnogroup:x:65534:\nstaff:x:50:nobody\n")])],
+                        config={"Cmd": ["sh"], "User": "nobody"})
+    add_image(root, users, "docker.io/library/users:latest")
+    return root
+
+
+def _layer_tar(built) -> bytes:
+    import gzip
+    import json
+
+    manifest = json.loads(built.manifest)
+    return gzip.decompress(built.blobs[manifest["layers"][0]["digest"]])
+
+
+def rootfs_mount(store_root: Path, ref: str, container_dir: Path) -> Mount:
+    """The rootfs Mount unpack prepares for a container (overlay over the store's snapshots)."""
+    from imagetool import image as image_mod
+    from imagetool.unpack.rootfs import prepare_rootfs
+    from store import Store
+
+    st = Store.open(store_root)
+    plan = prepare_rootfs(st, image_mod.load(st, ref), container_dir, "overlay")
+    if isinstance(plan, Mount):
+        return plan
+    return Mount("overlay", "overlay", str(plan.target), tuple(plan.data.split(",")), cwd=str(plan.cwd))
+
+
+def render(store_root: Path, tmp_path: Path, *command, ref="busybox", layout=None, interactive=False, **opts) -> str:
+    from imagetool import image as image_mod
+    from imagetool.containers import RunOptions
+    from imagetool.runtime import script
+    from imagetool.specgen import spec_from_image
+    from store import Store
+
+    img = image_mod.load(Store.open(store_root), ref)
+    spec = spec_from_image(img.config, RunOptions(image=ref, command=list(command), **opts))
+    cid = "script-" + os.urandom(6).hex()
+    return script.render(spec, rootfs_mount(store_root, ref, tmp_path / "c" / cid), cid, layout,
+                         image=img.name, interactive=interactive)
+
+
+def run_script(text: str, tmp_path: Path, timeout=120, **kw) -> subprocess.CompletedProcess:
+    path = tmp_path / "container.sh"
+    path.write_text(text)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    return subprocess.run(["sh", str(path)], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=env, **kw)
+
+
+@pytest.fixture
+def host_unchanged(tmp_path, store):
+    """No mount, cgroup or script temp dir is left after the test (failures included). Other
+    engineers' containers may come and go meanwhile: only this test's paths and the scripts'
+    `script-*` groups count."""
+    mounts_before = _mountinfo(tmp_path, store)
+    cgroups_before = cgroup_children()
+    yield
+    assert _mountinfo(tmp_path, store) == mounts_before
+    assert {g for g in new_cgroups_that_stay(cgroups_before) if Path(g).name.startswith("script-")} == set()
+    assert list(tmp_path.glob("imagetool-script.*")) == []
+
+
+def _mountinfo(*paths) -> set[str]:
+    """The host's mount table (mount root and mount point), only entries under `paths` if given."""
+    with open("/proc/self/mountinfo") as f:
+        entries = {" ".join(line.split()[3:5]) for line in f}
+    return {e for e in entries if not paths or any(str(p) in e for p in paths)}
+
+
+def _v1_memory_or_skip():
+    from imagetool.runtime import cgroups
+
+    if cgroups.detect() not in ("v1", "hybrid") or "memory" not in cgroups.mountinfo_cgroups()[0]:
+        pytest.skip("needs the cgroup v1 memory controller (the v2 run is test_v2_vm_script)")
+
+
+# ---------------------------------------------------------------- the script, run for real
+
+
+@needs_kernel
+def test_script_run_with_sh_prints_hello(store, tmp_path, host_unchanged):
+    r = run_script(render(store, tmp_path, "echo", "hello"), tmp_path)
+    assert (r.returncode, r.stdout) == (0, "hello\n"), r.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("command,status", [(SEED_OOM, 137), (SEED_FITS, 0)], ids=["7.5MB-killed", "2MB-fits"])
+def test_seed_7mb_demonstration_on_v1(store, tmp_path, host_unchanged, command, status):
+    _v1_memory_or_skip()
+    text = render(store, tmp_path, "sh", "-c", command, memory="7m")
+    assert "echo 7340032 > " in text and "/memory.limit_in_bytes" in text
+    r = run_script(text, tmp_path)
+    assert r.returncode == status, r.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("command,status", [
+    (["sh", "-c", "exit 42"], 42),
+    (["no-such-command"], 127),
+    (["/dev/null"], 126),
+], ids=["exit-42", "not-found-127", "not-executable-126"])
+def test_exit_status_is_the_commands_and_nothing_is_left(store, tmp_path, host_unchanged, command, status):
+    r = run_script(render(store, tmp_path, *command, memory="64m", pids_limit=50), tmp_path)
+    assert r.returncode == status, r.stderr
+
+
+@needs_kernel
+def test_sigterm_to_the_script_kills_the_container_and_cleans_up(store, tmp_path, host_unchanged):
+    path = tmp_path / "container.sh"
+    path.write_text(render(store, tmp_path, "sh", "-c", "echo started; sleep 300", memory="64m"))
+    p = subprocess.Popen(["sh", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        assert p.stdout.readline() == "started\n"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@needs_kernel
+def test_symlinked_proc_in_the_image_is_refused_and_nothing_is_left(store, tmp_path, host_unchanged):
+    r = run_script(render(store, tmp_path, "true", ref="procsymlink"), tmp_path)
+    assert r.returncode == 125
+    assert "imagetool: error: /proc must be mounted on an ordinary directory" in r.stderr
+
+
+@needs_kernel
+def test_options_env_workdir_user_hostname_volume_readonly(store, tmp_path, host_unchanged):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("from the host\n")
+    probe = ("id -u; id -G; pwd; echo $FOO; hostname; cat /data/f; "
+             "touch /data/g 2>/dev/null || echo vol-ro; touch /x 2>/dev/null || echo root-ro")
+    r = run_script(render(store, tmp_path, "sh", "-c", probe, ref="users", env=["FOO=bar baz"],
+                          workdir="/work/dir", hostname="box", volumes=[f"{vol}:/data:ro"], read_only=True),
+                   tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["65534", "65534 50", "/work/dir", "bar baz", "box", "from the host",
+                                     "vol-ro", "root-ro"]
+    assert not (vol / "g").exists()
+
+
+@needs_kernel
+@pytest.mark.parametrize("network,interfaces", [("private", ["lo"]), ("none", ["lo"]), ("host", None)])
+def test_network_modes(store, tmp_path, host_unchanged, network, interfaces):
+    r = run_script(render(store, tmp_path, "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate",
+                          network=network), tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = r.stdout.split()[:-1]
+    if interfaces is None:
+        assert len(names) > 1          # the host's interfaces
+    else:
+        assert names == interfaces
+        assert r.stdout.split()[-1] == ("unknown" if network == "private" else "down")
+
+
+@needs_kernel
+def test_capabilities_and_no_new_privs_as_the_runtime_sets_them(store, tmp_path, host_unchanged):
+    from imagetool.runtime.capabilities import DEFAULT_CAPS, mask
+
+    r = run_script(render(store, tmp_path, "grep", "-E", "^(CapBnd|CapEff|CapInh|NoNewPrivs)", "/proc/self/status"),
+                   tmp_path)
+    assert r.returncode == 0, r.stderr
+    fields = dict(line.split(":\t") for line in r.stdout.splitlines())
+    assert int(fields["CapBnd"], 16) == mask(DEFAULT_CAPS)
+    assert int(fields["CapEff"], 16) == mask(DEFAULT_CAPS)
+    assert int(fields["CapInh"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+
+
+@needs_kernel
+def test_container_is_pid_1_with_its_own_dev_and_masked_proc(store, tmp_path, host_unchanged):
+    probe = "echo $$; ls /dev; wc -c < /proc/keys; echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro"
+    r = run_script(render(store, tmp_path, "sh", "-c", probe), tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[0] == "1"
+    for node in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd"):
+        assert node in lines
+    assert lines[-2:] == ["0", "sys-ro"]
+
+
+@needs_kernel
+def test_chroot_escape_from_the_scripted_container_stays_inside(store, tmp_path, host_unchanged):
+    """The root switch is `mount --move . /` + chroot: climbing out of a nested chroot with
+    CAP_SYS_CHROOT (kept by docker's default set) lands back in the rootfs, not on the host."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the static escape probe")
+    src = tmp_path / "esc.c"
+    src.write_text(ESCAPE_C)
+    probe = tmp_path / "vol" / "esc"
+    probe.parent.mkdir()
+    r = subprocess.run(["gcc", "-static", "-O", "-o", str(probe), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot build a static binary: {r.stderr[-200:]}")
+    (tmp_path / "marker-on-host").write_text("host\n")
+    r = run_script(render(store, tmp_path, "/probe/esc", str(tmp_path / "marker-on-host"),
+                          volumes=[f"{probe.parent}:/probe:ro"]), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "contained\n"
+
+
+ESCAPE_C = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    mkdir("/escape", 0755);
+    if (chroot("/escape") != 0) { perror("chroot"); return 2; }
+    for (int i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 2; }
+    puts(access(argv[1], F_OK) == 0 ? "escaped" : "contained");
+    return 0;
+}
+"""
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_rendering_runs_nothing(store, tmp_path):
+    before = _mountinfo(tmp_path, store)
+    text = render(store, tmp_path, "echo", "hello", memory="7m")
+    assert text.startswith("#!/bin/sh\n")
+    groups = re.findall(r"^mkdir -p (\S+/script-[0-9a-f]+)$", text, re.M)
+    assert groups and not any(Path(g).exists() for g in groups)
+    assert _mountinfo(tmp_path, store) == before
+    assert list(tmp_path.glob("imagetool-script.*")) == []
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_script_passes_shellcheck(store, tmp_path):
+    path = tmp_path / "container.sh"
+    path.write_text(render(store, tmp_path, "sh", "-c", "echo 'it''s'; exit 3", memory="7m", cpus=0.5,
+                           pids_limit=20, env=["A=$(x) `y`"], volumes=[f"{tmp_path}:/data"]))
+    r = subprocess.run(["shellcheck", "-s", "sh", "-S", "warning", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("version,groups,resources,expected", [
+    (1, {"memory": "/m", "cpu": "/c", "pids": "/p"},
+     {"memory": {"limit": 7340032, "swap": 14680064}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 20}},
+     ["echo 7340032 > /m/memory.limit_in_bytes", "echo 14680064 > /m/memory.memsw.limit_in_bytes",
+      "echo 100000 > /c/cpu.cfs_period_us", "echo 50000 > /c/cpu.cfs_quota_us", "echo 20 > /p/pids.max"]),
+    (2, {"": "/g"},
+     {"memory": {"limit": 7340032, "swap": 14680064}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 20}},
+     ["echo 7340032 > /g/memory.max", "echo 7340032 > /g/memory.swap.max", "echo '50000 100000' > /g/cpu.max",
+      "echo 20 > /g/pids.max"]),
+    (2, {"": "/g"}, {"memory": {"limit": 1 << 20, "swap": -1}}, ["echo 1048576 > /g/memory.max", "echo max > /g/memory.swap.max"]),
+    (1, {"devices": "/d"}, {"devices": [{"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"}]},
+     ["echo 'a *:* rwm' > /d/devices.deny", "echo 'c 1:9 rwm' > /d/devices.allow"]),
+], ids=["v1", "v2", "v2-unlimited-swap", "v1-devices"])
+def test_cgroup_limit_commands_carry_the_values_the_runtime_writes(version, groups, resources, expected):
+    assert shell.cgroup_limits(version, groups, resources) == expected
+
+
+@pytest.mark.parametrize("m,expected", [
+    (Mount("overlay", "overlay", "/c/rootfs", ("lowerdir=l/1:l/0", "upperdir=upper", "workdir=work"), cwd="/c"),
+     "(cd /c && mount -t overlay -o lowerdir=l/1:l/0,upperdir=upper,workdir=work overlay /c/rootfs)"),
+    (Mount("proc", "proc", "proc", ("nosuid", "noexec", "nodev")), "mount -t proc -o nosuid,noexec,nodev proc proc"),
+    (Mount("bind", "/host dir", "data", ("rbind", "ro")), "mount --rbind '/host dir' data && mount -o remount,bind,ro data"),
+    (Mount("bind", "/h", "d", ("bind",)), "mount --bind /h d"),
+], ids=["overlay-cwd", "proc", "bind-ro", "bind"])
+def test_mount_commands(m, expected):
+    assert shell.mount(m) == expected
+
+
+def test_step_commands_are_the_ones_a_person_types():
+    assert shell.unshare(["pid", "ipc", "uts", "mount", "network", "cgroup"]) == \
+        "unshare --mount --uts --ipc --net --pid --fork --cgroup"
+    assert shell.mknod("dev/urandom", "c", 1, 9) == "mknod -m 666 dev/urandom c 1 9"
+    assert shell.cgroup_join("/sys/fs/cgroup/pids/imagetool/x") == "echo $$ > /sys/fs/cgroup/pids/imagetool/x/cgroup.procs"
+    assert shell.setpriv(uid=1000, gid=1000, bounding=["CAP_CHOWN", "CAP_KILL"], no_new_privs=True) == \
+        "setpriv --reuid=1000 --regid=1000 --clear-groups --bounding-set=-all,+chown,+kill --inh-caps=-all --no-new-privs"
+    assert shell.setpriv(uid=0, gid=0, groups=[10, 20], bounding=None, inheritable=None) == \
+        "setpriv --reuid=0 --regid=0 --groups=10,20"
+    assert shell.rlimit_options([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024},
+                                 {"type": "RLIMIT_CORE", "soft": 0, "hard": (1 << 64) - 1}]) == \
+        ["--nofile=1024:1024", "--core=0:unlimited"]
+    assert shell.exec_command(["sh", "-c", "echo $HOME"], ["HOME=/root"]) == \
+        "exec env -i HOME=/root sh -c 'echo $HOME'"
