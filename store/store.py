@@ -61,11 +61,10 @@ class Store:
             raise NotAStore(f"cannot create store directory {root}: {e.strerror}") from None
         if not stat.S_ISDIR(root_stat.st_mode):
             raise NotAStore(f"store path {root} is not a directory")
-        if root_stat.st_mode & 0o077:
-            _close_to_others(root, root_stat.st_mode)
         st = cls(root)
         lay = st._layout
-        if lay.oci_layout.exists():
+        has_layout = lay.oci_layout.exists()
+        if has_layout:
             _check_oci_layout(lay.oci_layout)
         else:
             foreign = sorted(n for n in os.listdir(root)
@@ -74,6 +73,9 @@ class Store:
                 raise NotAStore(f"{root} is not empty and is not an image store (no oci-layout; "
                                 f"found {', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})",
                                 hint="choose an empty or new directory with --store")
+        if root_stat.st_mode & 0o077:  # only once we know it is ours: a refused directory is left as it was
+            _close_to_others(root, root_stat.st_mode)
+        if not has_layout:
             write_atomic(lay.oci_layout, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
         for d in (lay.blob_dir("sha256"), lay.ingest_dir, lay.snapshots_dir, lay.containers_dir):
             d.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,7 @@ RUNTIMES = ["imagetool", "runc"]
 
 # What the built-in runtime must do for each feature, and a fragment its source has once it does.
 _WIRING = {"seccomp": ("seccomp.load", "seccomp.program"), "sysctl": ('"sysctl"',),
-           "devices": ('linux.get("devices")', '["linux"]["devices"]', 'linux["devices"]')}
+           "devices": ('linux.get("devices")', '{}).get("devices")', 'linux["devices"]')}
 
 
 def _builtin_missing(feature: str) -> str | None:

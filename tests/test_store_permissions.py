@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from store import Store
-from store.errors import NotAStore
+from store.errors import NotAStore, StoreError
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user (nobody)")
@@ -96,6 +96,24 @@ def test_store_someone_else_owns_is_refused_not_left_open(open_tmp):
     assert r.returncode == 3, r.stderr
     assert r.stdout.startswith("NotAStore") and "open to other users (mode 0755)" in r.stdout
     assert _mode(root) == 0o755  # refused, not half-changed
+
+
+REFUSED = {
+    "foreign_directory": lambda root: (root / "notes.txt").write_text("mine"),
+    "other_layout_version": lambda root: (root / "oci-layout").write_text('{"imageLayoutVersion": "9"}'),
+    "corrupt_layout": lambda root: (root / "oci-layout").write_text("{"),
+}
+
+
+@pytest.mark.parametrize("make", REFUSED)
+def test_directory_refused_as_a_store_keeps_its_mode(tmp_path, make):
+    root = tmp_path / "dir"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    REFUSED[make](root)
+    with pytest.raises(StoreError):
+        Store.open(root)
+    assert _mode(root) == 0o755
 
 
 def test_store_path_that_is_a_file_is_refused(tmp_path):

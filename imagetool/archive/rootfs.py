@@ -26,8 +26,8 @@ from imagetool.archive.output import output_fd
 from imagetool.archive.source import FdReader, spool_file
 from imagetool.archive.tarwriter import TarWriter
 from imagetool.errors import ArchiveError
+from imagetool.unpack import whiteouts
 
-_OPAQUE = "trusted.overlay.opaque"
 _CHUNK = 1 << 20
 
 
@@ -58,7 +58,7 @@ def _scan(root: str, layer: int, overlay: bool, out: dict, hidden: set, opaque_a
                     if _blocked(path, out, hidden, opaque_above):
                         continue
                     st = e.stat(follow_symlinks=False)
-                    if overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    if overlay and whiteouts.is_overlay_whiteout(st):
                         whiteouts.add(path)
                         continue
                     is_dir = stat.S_ISDIR(st.st_mode)
@@ -88,9 +88,7 @@ def _is_opaque(dfd: int, name: str) -> bool:
     except OSError:
         return False
     try:
-        return os.getxattr(fd, _OPAQUE) == b"y"
-    except OSError:
-        return False
+        return whiteouts.is_opaque(fd)
     finally:
         os.close(fd)
 

@@ -6,7 +6,7 @@ Contract:
 - Changeset rules (OCI image-spec layer.md): an entry replaces what is at its path (unlink and
   recreate) unless both are directories, in which case only the attributes change.
   `.wh.<name>` deletes <name> from lower layers; `.wh..wh..opq` hides everything below its
-  directory from lower layers and applies *before* the rest of the layer whatever its position:
+  directory from lower layers (both forms of a whiteout are defined in unpack/whiteouts.py) and applies *before* the rest of the layer whatever its position:
   entries this layer created (tracked in `created`/`touched`) survive both.
 - mode="plain": whiteouts delete from the directory (flattened rootfs, `imagetool unpack`).
   mode="overlay": the directory is a fresh snapshot of this layer alone; whiteouts become char
@@ -34,14 +34,12 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from imagetool.errors import UnpackError, UnsafeLayer
+from imagetool.unpack import whiteouts
 from imagetool.unpack.layers import CHUNK, LayerStream, Limits
 from imagetool.unpack.lowerview import LowerView
 from imagetool.safepath import MissingPath, Root, clean_name, join
 from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, REG, SYM, Entry, TarReader
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIRRD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -218,18 +216,15 @@ class Applier:
                 self._root_dir_meta(ti)
                 return
             raise UnsafeLayer(f"layer entry {ti.name!r} would replace the root directory with a non-directory")
-        base = comps[-1]
-        if base.startswith(WHITEOUT):
-            if base == OPAQUE:
+        kind, target = whiteouts.classify(comps[-1])
+        if kind != whiteouts.ENTRY:
+            if kind == whiteouts.OPAQUE_MARKER:
                 self._opaque(comps[:-1])
-            elif base.startswith(WHITEOUT + WHITEOUT):
-                pass   # other AUFS metadata (.wh..wh.plnk etc.): ignored, as Docker does
-            else:
-                target = base[len(WHITEOUT):]
-                if target in ("", ".", ".."):
-                    raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
+            elif kind == whiteouts.WHITEOUT:
                 self._whiteout(comps[:-1] + (target,))
-            return
+            elif kind == whiteouts.INVALID:
+                raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
+            return   # META: AUFS metadata (.wh..wh.plnk etc.), ignored as Docker does
         xattrs = ti.xattrs
         for k in xattrs:
             if k.startswith("trusted.overlay."):
@@ -382,7 +377,7 @@ class Applier:
     def _set_opaque(self, pfd: int, name: str) -> None:
         fd = os.open(name, _O_DIRRD, dir_fd=pfd)
         try:
-            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+            whiteouts.set_opaque(fd)
         finally:
             os.close(fd)
 
@@ -463,13 +458,13 @@ class Applier:
         if st is not None:
             self._remove(pfd, name, st, canon)
         if self.overlay and self.lowerview.lookup(canon) is not None:
-            os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
+            whiteouts.make_overlay_whiteout(name, pfd)
             self.whiteouts.add(canon)
 
     def _opaque(self, dcomps: tuple[str, ...]) -> None:
         if not dcomps:
             if self.overlay:
-                os.setxattr(self.root.path, OVERLAY_OPAQUE_XATTR, b"y")
+                whiteouts.set_opaque(self.root.path)
             else:
                 self._purge(self.root.fd, "")
             return

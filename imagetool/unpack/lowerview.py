@@ -2,23 +2,18 @@
 
 Used while building a snapshot, so that a layer's paths resolve as they would on the mounted
 rootfs: a symlink or directory that exists only in a lower layer is followed or copied up
-(directory attributes kept), and whiteouts (char 0/0) and opaque directories hide what is below.
+(directory attributes kept), and whiteouts and opaque directories (unpack.whiteouts, overlay form)
+hide what is below.
 Every lookup goes through safepath.Root with canonical (symlink-free) paths only.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
 from imagetool.errors import UnpackError
 from imagetool.safepath import MissingPath, Root
-
-OPAQUE_XATTR = "trusted.overlay.opaque"
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+from imagetool.unpack import whiteouts
 
 
 class LowerView:
@@ -43,11 +38,7 @@ class LowerView:
         key = (i, canon)
         v = self._opaque.get(key)
         if v is None:
-            try:
-                v = os.getxattr(f"/proc/self/fd/{fd}", OPAQUE_XATTR) == b"y"
-            except OSError:
-                v = False
-            self._opaque[key] = v
+            v = self._opaque[key] = whiteouts.is_opaque(f"/proc/self/fd/{fd}")
         return v
 
     def lookup(self, canon: str):
@@ -78,7 +69,7 @@ class LowerView:
                 except FileNotFoundError:
                     st = None
                 if st is not None:
-                    if is_whiteout(st):
+                    if whiteouts.is_overlay_whiteout(st):
                         return None
                     return root, fd, comps[-1], st
             if hidden_below:
