@@ -169,17 +169,10 @@ def _exit(rc: int) -> None:
     sys.exit(rc)
 
 
-# ---------------------------------------------------------------- older entry points
-
-
-def parse_run(argv: list[str]):
-    """RunOptions for `run`'s arguments (after the word `run`), or None for the full CLI."""
-    from imagetool.containers import RunOptions
-
-    values = parse_command(BY_NAME["run"], argv)
-    return None if values is None else RunOptions(**values)
+# ---------------------------------------------------------------- older entry point
 
 
 def parse_pull(argv: list[str]) -> dict | None:
-    """`pull`'s keyword arguments (ref, platform, quiet, max_concurrent, insecure), or None."""
+    """`pull`'s keyword arguments (ref, platform, quiet, max_concurrent, insecure), or None
+    (tests/test_pull.py's check of the fast path predates parse())."""
     return parse_command(BY_NAME["pull"], argv)
