@@ -1,4 +1,7 @@
-"""The console entry point (`imagetool`, `python -m imagetool`): the fast path, else the full CLI."""
+"""The console entry point (`imagetool`, `python -m imagetool`): the fast path, else the typer app.
+
+fastcli serves every command whose argv parses against options.py without typer; help,
+`--version` and usage errors go to the typer app (cli.py), built from the same table."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve argv (default sys.argv[1:]) and exit the process with the command's exit code."""
     argv = sys.argv[1:] if argv is None else argv
     from imagetool import fastcli
 
