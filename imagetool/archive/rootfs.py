@@ -43,7 +43,7 @@ class _Node:
 
 def _scan(root: str, layer: int, overlay: bool, out: dict, hidden: set, opaque_above: set) -> tuple[set, set]:
     """Add the entries of one layer dir not hidden by the layers above; return its (whiteouts, opaque dirs)."""
-    whiteouts: set[str] = set()
+    deleted: set[str] = set()
     opaques: set[str] = set()
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     stack = [(root_fd, "")]
@@ -59,7 +59,7 @@ def _scan(root: str, layer: int, overlay: bool, out: dict, hidden: set, opaque_a
                         continue
                     st = e.stat(follow_symlinks=False)
                     if overlay and whiteouts.is_overlay_whiteout(st):
-                        whiteouts.add(path)
+                        deleted.add(path)
                         continue
                     is_dir = stat.S_ISDIR(st.st_mode)
                     opaque = overlay and is_dir and _is_opaque(dfd, e.name)
@@ -79,7 +79,7 @@ def _scan(root: str, layer: int, overlay: bool, out: dict, hidden: set, opaque_a
         for fd, _ in stack:
             os.close(fd)
         raise
-    return whiteouts, opaques
+    return deleted, opaques
 
 
 def _is_opaque(dfd: int, name: str) -> bool:
