@@ -151,8 +151,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if G.debug:
             raise
         rc = report(e, in_run=G.command == "run")
-    sys.stdout.flush()
-    sys.exit(rc if isinstance(rc, int) else 0)
+    from imagetool.commands import flush_stdout
+
+    sys.exit(flush_stdout(rc if isinstance(rc, int) else 0))
 
 
 if __name__ == "__main__":  # the full CLI only; `python -m imagetool` adds the fast path

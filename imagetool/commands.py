@@ -29,13 +29,51 @@ def serve(name: str, values: dict, store_arg: str | None = None, debug: bool = F
         rc = BODIES[name](store, **values)
     except KeyboardInterrupt:
         rc = 130
+    except BrokenPipeError as e:
+        rc = _stdout_gone() if _stdout_reader_left() else _report(e, name, debug)
     except Exception as e:
-        if debug:
-            raise
-        from imagetool.errors import report
-
-        rc = report(e, in_run=name == "run")
+        rc = _report(e, name, debug)
     return rc or 0
+
+
+def _report(e: Exception, name: str, debug: bool) -> int:
+    if debug:
+        raise e
+    from imagetool.errors import report
+
+    return report(e, in_run=name == "run")
+
+
+def flush_stdout(rc: int) -> int:
+    """Flush stdout and return `rc`, or 141 when its reader has gone (`imagetool images | head -1`)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_gone()
+    return rc
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _stdout_gone() -> int:
+    """End quietly, as a command killed by SIGPIPE does in a pipeline (exit 128 + 13): what is still
+    buffered for stdout goes to /dev/null instead of failing again at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 def _usage(message: str):
@@ -234,7 +272,7 @@ def export(store, target: str, output: str | None) -> None:
     _refuse_terminal(output)
     st = store()
     try:
-        cdir = containers._find(st, target)[0]   # H1: containers.find once it is public
+        cdir = containers.find(st, target)[0]
     except ImagetoolError:
         cdir = None
     svc.export(st, target, output or "-", container_dir=cdir)

@@ -24,11 +24,9 @@ def main(argv: list[str]) -> None:
     if parsed is None:
         return
     store_arg, debug, command, values = parsed
-    from imagetool.commands import serve
+    from imagetool.commands import flush_stdout, serve
 
-    rc = serve(command.name, values, store_arg=store_arg, debug=debug)
-    sys.stdout.flush()
-    _exit(rc)
+    _exit(flush_stdout(serve(command.name, values, store_arg=store_arg, debug=debug)))
 
 
 def parse(argv: list[str]) -> tuple[str | None, bool, Command, dict] | None:
@@ -161,9 +159,11 @@ def _exit(rc: int) -> None:
     import os
     import threading
 
+    from imagetool.commands import flush_stdout
+
     if threading.active_count() == 1 and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()
-        sys.stdout.flush()
+        rc = flush_stdout(rc)
         sys.stderr.flush()
         os._exit(rc)
     sys.exit(rc)

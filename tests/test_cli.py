@@ -112,3 +112,16 @@ def test_everyday_commands_start_without_typer(cli, args, rc, capsys):
     assert e.value.code == rc
     assert out.out == r.stdout
     assert out.err.splitlines() == [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+
+
+@pytest.mark.parametrize("args", [("images",), ("images", "--format", "json"), ("ps", "-a")])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(cli, args):
+    """`imagetool images | head -1`: stdout's reader has gone when imagetool writes; the command ends
+    like one killed by SIGPIPE (141), with no error line or traceback."""
+    import subprocess
+
+    p = subprocess.Popen(cli.argv(*args), env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # long before the interpreter has started
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 141, err
+    assert err == b""
