@@ -35,7 +35,7 @@ def bench_rootfs(work: Path, images: dict, runs: int) -> list[dict]:
     from store import Store
 
     from imagetool import image as images_mod
-    from imagetool.unpack.rootfs import overlay_plan
+    from imagetool.unpack.rootfs import overlay_mount
     from imagetool.unpack.snapshots import ensure_snapshots
 
     st = Store.open(work / "store")
@@ -49,9 +49,9 @@ def bench_rootfs(work: Path, images: dict, runs: int) -> list[dict]:
         for i in range(runs + 1):
             cdir = work / "containers" / f"{name}-{i}"
             t0 = time.perf_counter()
-            plan = overlay_plan(st, image, cdir)
+            plan = overlay_mount(st, image, cdir)
             t1 = time.perf_counter()
-            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", plan.data, str(plan.target)],
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", ",".join(plan.options), str(plan.target)],
                            cwd=plan.cwd, check=True, capture_output=True)
             t2 = time.perf_counter()
             subprocess.run(["umount", str(plan.target)], check=True, capture_output=True)

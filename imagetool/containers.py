@@ -178,26 +178,22 @@ def _hold_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
 
 
-def _is_archive_arg(text: str) -> bool:
-    from imagetool.archive.loader import is_archive_arg  # the one detector (cheap to import)
-
-    return is_archive_arg(text)
-
-
 def _image_for(store, opts: RunOptions, pulling: list | None = None):
     """The image to run: from the store, else loaded from an archive argument, else pulled
     (then True is appended to `pulling` first)."""
     from imagetool import image as image_mod
+    from imagetool.archive.loader import is_archive_arg
 
     name = opts.image
-    if _is_archive_arg(name):
+    archive_arg = is_archive_arg(name)
+    if archive_arg:
         from imagetool import archive
 
         name = archive.load_for_run(store, name) or name
     try:
         return image_mod.load(store, name, platform=opts.platform)
     except ImageNotFound:
-        if _is_archive_arg(opts.image):
+        if archive_arg:
             raise
     sys.stderr.write(f"Unable to find image '{opts.image}' locally\n")
     if pulling is not None:
@@ -218,25 +214,33 @@ def _validate_name(name: str) -> None:
 def run(store, opts: RunOptions) -> int:
     """Run a container in the foreground; the container's exit code (125/126/127 on failures).
 
-    Everything created here (cgroup, mounts in the child's namespace, the container directory
-    with --rm) is removed on every path out. A run that fails before its spec exists (image not
-    found, bad --user…) leaves no container behind, as before, nor does an interrupted pull; with
-    imagetool's own runtime the
-    container's directory, cgroup and init (process.prefork) are created first, so the init joins
-    its cgroup while the image is looked up.
+    Calls only the runtime's API (imagetool.runtime): reserve → prepare → create → start →
+    wait → delete. The record and the reservation come first, so the built-in runtime's init
+    joins its cgroup while the image is looked up. Everything created (cgroup, mounts in the
+    init's namespace, the container directory with --rm) is removed on every path out. A run that
+    fails before its spec exists (image not found, bad --user…) leaves no container behind, nor
+    does an interrupted pull. With --explain every step is printed on stderr as it happens (the
+    run is otherwise the same); with --script the script is printed and nothing runs.
     """
+    if opts.script:
+        return _print_script(store, opts)
+    from imagetool import runtime
+    from imagetool.runtime import explain
+
     trace = _Trace()
+    narrator = explain.Narrator(t0=_T0) if opts.explain else explain.SILENT
     old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
     cdir = None
     keep = False        # the container's record outlives an error only once its spec exists
     pulling: list = []  # an interrupt keeps the record too, unless it stopped a pull
-    cgroup = ahead = None
+    reservation = container = None
     state: dict = {}
     code = 125
     try:
         if opts.name:
             _validate_name(opts.name)
-        if opts.runtime and opts.runtime not in ("runc", "crun"):
+        backend = opts.runtime or "imagetool"
+        if backend not in runtime.BACKENDS:
             raise ImagetoolError(f"unknown runtime {opts.runtime!r}", hint="use runc or crun")
         if opts.rootfs_mode not in ("auto", "overlay", "copy"):
             raise ImagetoolError(f"unknown --rootfs {opts.rootfs_mode!r} (auto, overlay or copy)")
@@ -247,26 +251,18 @@ def run(store, opts: RunOptions) -> int:
                                      hint="remove that container (imagetool rm) or choose another --name")
             cdir = _cdir(store, cid)
             cdir.mkdir(mode=0o711)
+            reservation = runtime.reserve(cid, runtime.IO(opts.interactive, opts.tty), backend=backend,
+                                          narrator=narrator, bundle=str(cdir))
             state = {
                 "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
                 "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "status": "created", "exit_code": None, "owner_pid": os.getpid(),
                 "owner_start": _proc_start(os.getpid()), "pid": None, "rm": opts.rm,
-                "runtime": opts.runtime or "imagetool", "cgroups": [], "snapshots": [],
-            }
-            if not opts.runtime:
-                from imagetool.runtime import cgroups
-
-                cgroup = cgroups.create(cid)
-                state["cgroups"] = cgroup.paths      # recorded before they exist: ps cleans up after a SIGKILL
-                state["cgroup_version"] = cgroup.version
+                "runtime": backend, "cgroups": reservation.cgroup_paths, "snapshots": [],
+            }   # the cgroups are recorded before they exist: ps cleans up after a SIGKILL
             _write_state(cdir, state)
-        if cgroup is not None:
-            from imagetool.runtime import process
-
-            cgroup.create()
-            ahead = process.prefork(cgroup, bool(opts.tty), timing=trace.on)
-            trace.mark("prefork")
+        reservation.prepare()
+        trace.mark("prefork")
         img = _image_for(store, opts, pulling)
         trace.mark("image")
         from imagetool.specgen import spec_from_image
@@ -278,14 +274,19 @@ def run(store, opts: RunOptions) -> int:
                      snapshots=[str(d) for d in img.config.diff_ids])
         _write_state(cdir, state)
         keep = True
-        from imagetool.unpack.rootfs import prepare_rootfs
-
-        plan = prepare_rootfs(store, img, cdir, opts.rootfs_mode)
+        rootfs = _prepare_rootfs(store, img, cdir, opts.rootfs_mode, narrator)
         trace.mark("rootfs")
-        if opts.runtime:
-            code = _run_runtime(opts.runtime, spec, plan, cdir, cid, state, trace)
-        else:
-            code = _run_own(spec, plan, cdir, opts, state, trace, cgroup, ahead)
+        container = reservation.create(spec, rootfs)
+        trace.mark("created")
+        container.start()
+        trace.mark("exec")
+        state.update(status="running", pid=container.pid)
+        _write_state(cdir, state)
+        code = container.wait()
+        trace.mark("exit")
+        if container.oom_killed():
+            sys.stderr.write("imagetool: container was killed: out of memory\n")
+            code = 137
     except _Interrupted as e:
         code = 128 + e.signum
         keep = keep or not pulling
@@ -302,11 +303,11 @@ def run(store, opts: RunOptions) -> int:
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         trace.mark("signals")
         try:
-            if ahead is not None:
-                ahead.abort()  # a no-op once it was started
-            if cgroup is not None:
-                cgroup.destroy()
-                trace.mark("cgroup.destroy")
+            if container is not None:
+                container.delete()
+            elif reservation is not None:
+                reservation.abort()
+            trace.mark("cgroup.destroy")
         finally:
             if cdir is not None:
                 if opts.rm or not keep:
@@ -320,83 +321,44 @@ def run(store, opts: RunOptions) -> int:
     return code
 
 
-def _to_mount_plan(plan):
-    from imagetool.runtime.mounts import RootfsPlan
+def _prepare_rootfs(store, img, cdir: Path, mode: str, narrator):
+    """The container's rootfs as one Mount (unpack/rootfs.py), reported as the recipe's first step."""
+    from imagetool.runtime import shell
+    from imagetool.unpack.rootfs import lowerdirs, prepare_rootfs
 
-    if plan.kind == "overlay":
-        data = dict(kv.split("=", 1) for kv in plan.data.split(","))
-        return RootfsPlan(target=str(plan.target), lowerdir=data["lowerdir"], upper=data["upperdir"],
-                          work=data["workdir"], cwd=str(plan.cwd))
-    return RootfsPlan(target=str(plan.target), source=str(plan.target))
-
-
-def _run_own(spec: dict, plan, cdir: Path, opts: RunOptions, state: dict, trace: _Trace, cgroup, ahead) -> int:
-    """Limit the cgroup the pre-forked init (`ahead`) has joined, send it the spec, wait for it.
-    The caller destroys the cgroup."""
-    cgroup.apply(spec["linux"].get("resources", {}))
-    trace.mark("cgroup")
-    ctx = {"rootfs": _to_mount_plan(plan), "cgroup": cgroup, "keep_stdin": opts.interactive}
-    container = ahead.start(spec, ctx)
-    for name, t in container.timing.items():
-        trace.mark(name, t)
-    state.update(status="running", pid=container.pid)
-    _write_state(cdir, state)
-    code = container.wait()
-    trace.mark("exit")
-    if cgroup.oom_killed():
-        sys.stderr.write("imagetool: container was killed: out of memory\n")
-        code = 137
-    return code
+    started = time.perf_counter()
+    rootfs = prepare_rootfs(store, img, cdir, mode)
+    if rootfs.type == "overlay":
+        lines = [shell.mkdir(str(cdir / d)) for d in ("l", "upper", "work", "rootfs")]
+        lines += [shell.symlink(str(d), str(cdir / "l" / str(n)))
+                  for n, d in enumerate(reversed(lowerdirs(rootfs)))]
+    else:
+        lines = [f"# the image flattened into {shell.q(rootfs.source)} (--rootfs copy)"]
+    narrator.report("prepare rootfs", "\n".join(lines), started)
+    return rootfs
 
 
-def _run_runtime(runtime: str, spec: dict, plan, cdir: Path, cid: str, state: dict, trace: _Trace) -> int:
-    """Hand the spec to runc/crun: mount the rootfs in a private mount namespace, exec the runtime there."""
-    from imagetool.runtime import cgroups, mounts, process
-    from imagetool.runtime import syscalls as sc
+def _print_script(store, opts: RunOptions) -> int:
+    """run --script: the POSIX sh script doing what `run` would (runtime/script.py); runs nothing.
+    The rootfs is laid out in a temporary directory only to name the image's snapshot dirs."""
+    import tempfile
 
-    binary = shutil.which(runtime)
-    if not binary:
-        raise ContainerError(f"{runtime} is not installed")
-    spec = json.loads(json.dumps(spec))
-    spec["root"]["path"] = str(plan.target)
-    spec["linux"]["cgroupsPath"] = f"/{cgroups.PARENT}/{cid}"
-    user_name = (spec.pop("annotations", None) or {}).get("org.imagetool.user")
-    mplan = _to_mount_plan(plan)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            sc.unshare(sc.CLONE_NEWNS)
-            mounts.make_private("/")
-            mounts.mount_rootfs(mplan)
-            _resolve_user_for_runtime(spec, plan.target, user_name)
-            with open(cdir / "config.json", "w") as f:
-                json.dump(spec, f, indent=1)
-            os.execv(binary, [runtime, "run", "--bundle", str(cdir), cid])
-        except BaseException as e:
-            sys.stderr.write(f"imagetool: error: {runtime}: {e}\n")
-        finally:
-            os._exit(125)
-    state.update(status="running", pid=pid)
-    _write_state(cdir, state)
-    container = process.Container(pid, None, [], {}, {s: signal.getsignal(s) for s in process.FORWARD})
+    from imagetool.runtime import script
+    from imagetool.specgen import spec_from_image
+    from imagetool.unpack.rootfs import prepare_rootfs
+
+    img = _image_for(store, opts)
+    cid = os.urandom(32).hex()
+    spec = spec_from_image(img.config, opts, hostname=os.uname().nodename if opts.network == "host" else cid[:12])
+    Path(store.containers_dir).mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="imagetool-script-", dir=store.containers_dir)
     try:
-        return container.wait()
+        rootfs = prepare_rootfs(store, img, tmp, "overlay" if opts.rootfs_mode == "auto" else opts.rootfs_mode)
+        text = script.render(spec, rootfs, cid, image=img.name, interactive=opts.interactive)
     finally:
-        _hold_signals()
-        _stop(state)
-
-
-def _resolve_user_for_runtime(spec: dict, rootfs: Path, user_name: str | None) -> None:
-    """runc wants numeric ids: resolve a user name against the mounted rootfs's /etc files."""
-    if not user_name:
-        return
-    from imagetool.runtime.spec import env_get
-    from imagetool.users import lookup as lookup_user
-
-    u = lookup_user(rootfs, user_name)
-    spec["process"]["user"] = {"uid": u.uid, "gid": u.gid, "additionalGids": list(u.additional_gids)}
-    if env_get(spec["process"]["env"], "HOME") is None:
-        spec["process"]["env"].append(f"HOME={u.home or '/'}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
 
 
 # ---------------------------------------------------------------- ps, rm, prune
@@ -417,17 +379,10 @@ def _all_states(store) -> list[tuple[Path, dict]]:
 
 
 def _stop(state: dict) -> None:
-    """Kill what is left of a container: its cgroups and, under --runtime, the runtime's container."""
-    from imagetool.runtime import cgroups
+    """Kill what is left of a container (runtime.destroy: its cgroups, the runc/crun container)."""
+    from imagetool import runtime
 
-    cgroups.destroy_paths(state.get("cgroups") or [])
-    runtime = state.get("runtime")
-    binary = shutil.which(runtime) if runtime in ("runc", "crun") and state.get("id") else None
-    if binary:
-        import subprocess
-
-        subprocess.run([binary, "delete", "-f", state["id"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cgroups.remove_empty_parents()
+    runtime.destroy(state.get("id", ""), state.get("runtime") or "imagetool", state.get("cgroups") or [])
 
 
 def _reconcile(cdir: Path, state: dict) -> dict | None:
@@ -467,7 +422,8 @@ def list_containers(store, all_: bool = False) -> list[ContainerInfo]:
     return rows
 
 
-def _find(store, id_or_name: str) -> tuple[Path, dict]:
+def find(store, id_or_name: str) -> tuple[Path, dict]:
+    """(container directory, state) of a container named by id, name or a unique id prefix (≥ 3)."""
     states = _all_states(store)
     for cdir, st in states:
         if st.get("id") == id_or_name or st.get("name") == id_or_name:
@@ -483,7 +439,7 @@ def _find(store, id_or_name: str) -> tuple[Path, dict]:
 def remove(store, id_or_name: str, force: bool = False) -> str:
     """Remove a container; a running one only with force (its processes are killed first)."""
     with _Lock(store):
-        cdir, state = _find(store, id_or_name)
+        cdir, state = find(store, id_or_name)
         state = _reconcile(cdir, state)
         if state is not None and state.get("status") in ("created", "running"):
             if not force:

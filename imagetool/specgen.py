@@ -110,6 +110,8 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
     ]
     for v in _opt(opts, "volumes") or []:
         mounts.append(S.parse_volume(v).to_mount() if isinstance(v, str) else v.to_mount())

@@ -41,7 +41,7 @@ def test_v1_groups_follow_imagetools_own_cgroup_per_hierarchy():
     assert mgr.groups["memory"] == Path("/sys/fs/cgroup/memory/m/imagetool/abc")
     assert mgr.groups["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct/b/c/imagetool/abc")
     assert mgr.groups["pids"] == Path("/sys/fs/cgroup/pids/a/imagetool/abc")
-    assert len(mgr.paths) == 3
+    assert len(mgr.paths) == 4   # every hierarchy: the unified cgroup2 of a hybrid host too
 
 
 # ---------------------------------------------------------------- v2 against a fake cgroupfs

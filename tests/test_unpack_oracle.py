@@ -58,7 +58,7 @@ def test_unpack_matches_umoci(name, umoci_trees, tmp_path, store_dir, cli):
 
 
 def _mount_overlay(plan) -> None:
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", plan.data, str(plan.target)],
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", ",".join(plan.options), str(plan.target)],
                    cwd=plan.cwd, check=True, capture_output=True)
 
 
@@ -80,12 +80,12 @@ def test_overlay_rootfs_equals_flattened(name, tmp_path, store_dir):
 
     from imagetool import image as images
     from imagetool.unpack.flatten import flatten_new
-    from imagetool.unpack.rootfs import overlay_plan
+    from imagetool.unpack.rootfs import overlay_mount
 
     st = Store.open(store_dir)
     image = images.load(st, import_image(st, CORPUS[name], f"localhost/oracle/{name}"))
     flat = flatten_new(st, image, tmp_path / "flat")
-    plan = overlay_plan(st, image, tmp_path / "ctr")
+    plan = overlay_mount(st, image, tmp_path / "ctr")
     _mount_overlay(plan)
     try:
         got = tree_manifest(plan.target)
@@ -94,6 +94,6 @@ def test_overlay_rootfs_equals_flattened(name, tmp_path, store_dir):
     assert _diff(got, tree_manifest(flat)) == []
     # snapshots are reused, not re-extracted, by a second container
     before = {p.name: p.stat().st_ino for p in st.snapshots_dir.iterdir()}
-    overlay_plan(st, image, tmp_path / "ctr2")
+    overlay_mount(st, image, tmp_path / "ctr2")
     assert {p.name: p.stat().st_ino for p in st.snapshots_dir.iterdir()} == before
     assert len(before) == len({la.diff_id for la in CORPUS[name].layers})

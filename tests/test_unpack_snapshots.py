@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def _load(st, built, name):
 
 
 def _mount(plan):
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", plan.data, str(plan.target)],
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", ",".join(plan.options), str(plan.target)],
                    cwd=plan.cwd, check=True, capture_output=True, text=True)
 
 
@@ -122,21 +123,21 @@ def test_two_processes_unpack_the_same_image_at_once(store_dir, tmp_path):
 def test_128_layer_image_mounts_as_one_overlay(store_dir, tmp_path):
     from store import Store
 
-    from imagetool.unpack.rootfs import MOUNT_DATA_LIMIT, overlay_plan
+    from imagetool.unpack.rootfs import MOUNT_DATA_LIMIT, lowerdirs, overlay_mount
 
     st = Store.open(store_dir)
     layers = [Layer([directory("layers"), file(f"layers/{i:03d}", str(i).encode()), file("top", str(i).encode())])
               for i in range(127)]
     layers.append(Layer([whiteout("layers/000")]))
     image = _load(st, build_image(layers), "localhost/deep/128")
-    plan = overlay_plan(st, image, tmp_path / "containers" / "c128")
-    assert len(plan.lowerdirs) == 128
-    absolute = ":".join(str(p) for p in plan.lowerdirs)
+    plan = overlay_mount(st, image, tmp_path / "containers" / "c128")
+    assert len(lowerdirs(plan)) == 128
+    absolute = ":".join(str(p) for p in lowerdirs(plan))
     assert len(absolute) > MOUNT_DATA_LIMIT, "absolute lowerdirs would not even fit: the test proves nothing"
-    assert len(plan.data) < MOUNT_DATA_LIMIT
+    assert len(",".join(plan.options)) < MOUNT_DATA_LIMIT
     _mount(plan)
     try:
-        root = plan.target
+        root = Path(plan.target)
         assert (root / "top").read_bytes() == b"126"
         assert sorted(os.listdir(root / "layers")) == [f"{i:03d}" for i in range(1, 127)]
         assert (root / "layers" / "042").read_bytes() == b"42"
@@ -148,23 +149,23 @@ def test_128_layer_image_mounts_as_one_overlay(store_dir, tmp_path):
 def test_container_writes_stay_in_its_upper_dir(store_dir, tmp_path):
     from store import Store
 
-    from imagetool.unpack.rootfs import overlay_plan
+    from imagetool.unpack.rootfs import lowerdirs, overlay_mount
 
     st = Store.open(store_dir)
     image = _load(st, build_image([Layer([directory("etc"), file("etc/conf", b"v1")])]), "localhost/cow/img")
-    plan = overlay_plan(st, image, tmp_path / "ctr")
-    snap = plan.lowerdirs[0]
+    plan = overlay_mount(st, image, tmp_path / "ctr")
+    snap = lowerdirs(plan)[0]
     before = tree_digest(snap)
     _mount(plan)
     try:
-        (plan.target / "etc" / "conf").write_bytes(b"changed")
-        (plan.target / "new").write_bytes(b"n")
-        os.unlink(plan.target / "etc" / "conf")
+        (Path(plan.target) / "etc" / "conf").write_bytes(b"changed")
+        (Path(plan.target) / "new").write_bytes(b"n")
+        os.unlink(Path(plan.target) / "etc" / "conf")
     finally:
         _umount(plan.target)
     assert tree_digest(snap) == before
-    assert (plan.upperdir / "new").read_bytes() == b"n"
-    assert plan.snapshots == (snap.name,)
+    assert (Path(plan.cwd) / "upper" / "new").read_bytes() == b"n"
+    assert snap.parent == st.snapshots_dir
 
 
 def test_copy_fallback_rootfs(store_dir, tmp_path):
@@ -176,8 +177,8 @@ def test_copy_fallback_rootfs(store_dir, tmp_path):
     image = _load(st, build_image([Layer([directory("etc"), file("etc/x", b"1")]), Layer([whiteout("etc/x")]),
                                    Layer([file("etc/y", b"2")])]), "localhost/copy/img")
     plan = prepare_rootfs(st, image, tmp_path / "ctr", backend="copy")
-    assert plan.kind == "copy"
-    assert sorted(os.listdir(plan.target / "etc")) == ["y"]
+    assert plan.type == "bind"
+    assert sorted(os.listdir(Path(plan.target) / "etc")) == ["y"]
     assert not list(st.snapshots_dir.iterdir())
 
 
@@ -192,7 +193,7 @@ def test_entry_hiding_a_lower_symlink_already_followed(second, store_dir, tmp_pa
     from fixtures.tarbuild import symlink
 
     from imagetool.unpack.flatten import flatten_new
-    from imagetool.unpack.rootfs import overlay_plan
+    from imagetool.unpack.rootfs import overlay_mount
 
     hide = [directory("a")] if second == "dir-replaces-followed-link" else [whiteout("a")]
     layers = [Layer([directory("b"), symlink("a", "b")]), Layer([file("a/x", b"x")] + hide + [file("a/y", b"y")])]
@@ -200,7 +201,7 @@ def test_entry_hiding_a_lower_symlink_already_followed(second, store_dir, tmp_pa
     image = _load(st, build_image(layers), f"localhost/shadow/{second}")
     flat = tree_manifest(flatten_new(st, image, tmp_path / "flat"))
     assert flat["a/y"][0] == "file" and "b/y" not in flat
-    plan = overlay_plan(st, image, tmp_path / "ctr")
+    plan = overlay_mount(st, image, tmp_path / "ctr")
     _mount(plan)
     try:
         merged = tree_manifest(plan.target)

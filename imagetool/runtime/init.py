@@ -1,21 +1,41 @@
-"""The container's init: the child side of `run`, from fork to execve, as numbered steps.
+"""The container's init: the seed's recipe, one function per step, in the order they happen.
 
-Runs in the forked child, which is already PID 1 of a new PID namespace (the parent unshared
-CLONE_NEWPID before forking). Any failure is sent to the parent as a typed `error` message
-(sync.py) and the child exits; it never returns to the caller's code.
+Runs in the child imagetool forked as PID 1 of a new PID namespace (process.py). Each step does
+its one job and returns the shell command a person would type for it (or None when it had
+nothing to do); `_run` hands that to the narrator (explain.py) — the only thing the steps know
+about explaining. A failure is sent to imagetool as a typed `error` message (sync.py) and the
+child exits; it never returns to the caller's code.
 
-  1. default signal dispositions, new session, parent-death signal, join the cgroup
-  2. unshare mount, uts, ipc, cgroup (and net unless --network host) namespaces
-  3. make `/` private, mount the rootfs, then the spec's mounts inside it (/proc, /dev, /sys, volumes)
-  4. hostname; loopback up in a private network namespace
-  5. pivot_root into the rootfs and detach the old root
-  6. masked and read-only paths; a read-only root for --read-only
-  7. rlimits; the user (resolved from the container's /etc/passwd and /etc/group); workdir
-  8. stdio (the pty slave as controlling terminal with -t, /dev/null stdin without -i)
-  9. capabilities: bounding set, then eff/perm/inh, ambient cleared; setgroups/setgid/setuid;
-     the parent-death signal again (a new uid/gid clears it)
- 10. no_new_privs; close every fd but 0-2 (and the close-on-exec sync pipe)
- 11. look the command up in the container's PATH and execve it
+Before the spec exists (while imagetool still looks up the image):
+   1. new_session            default signals, setsid, parent-death signal SIGKILL
+   2. connect_stdio          fds 0-2 become the pipes (or /dev/null until the pty exists): the
+                             host's own stdout/stderr never stay in the container
+   3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
+Then, with the spec (read from the config pipe):
+   4. unshare_namespaces     mount, uts, ipc, cgroup, network (pid: imagetool, before the fork)
+   5. make_private           nothing propagates back to the host
+   6. mount_rootfs           the overlay (or the bind of a flat copy)
+   7. mount_each             the spec's mounts in order, by fd inside the root: /proc, /dev
+                             (then populate_dev: every node, /dev/urandom among them, and links),
+                             /dev/pts, /dev/shm, /dev/mqueue, /sys, /sys/fs/cgroup, volumes
+   8. create_devices         linux.devices
+   9. open_console           -t: a pty from the container's own devpts, its master sent to
+                             imagetool over the console socket (runc's console socket)
+  10. set_hostname, loopback_up
+  11. pivot_root             and detach the old root
+  12. write_sysctls          linux.sysctl, before /proc/sys is made read-only
+  13. mask_paths, readonly_paths, readonly_root
+  14. join_session_keyring   a keyring of its own (as runc)
+  15. set_rlimits
+  16. resolve_user, enter_workdir   (the user from the container's /etc, read through the root)
+  17. attach_terminal        -t: the pty slave as controlling terminal and fds 0-2
+  18. load_seccomp           here when noNewPrivileges is NOT set (it needs CAP_SYS_ADMIN)
+  19. drop_capabilities      bounding, eff/perm/inh, ambient; setgroups/setgid/setuid
+  20. set_no_new_privs
+  21. close_fds              every fd but 0-2, the sync pipe and the sealed trampoline
+  22. wait_for_start         "created"; `start` lets it go on
+  23. load_seccomp           here when noNewPrivileges is set: the last step before exec
+  24. exec_command           through the sealed trampoline (sealed.py), never the host's binary
 """
 
 from __future__ import annotations
@@ -31,188 +51,413 @@ import time
 from dataclasses import dataclass, field
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
-from imagetool.runtime import capabilities, mounts, sync
+from imagetool.mount import Mount
+from imagetool.runtime import capabilities, mounts, sealed, shell, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.runtime.spec import env_get
+from imagetool.safepath import Root
 from imagetool.users import lookup as lookup_user
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE, signal.SIGCHLD, signal.SIGTSTP,
              signal.SIGTTIN, signal.SIGTTOU)
 
-_RLIMITS = ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_MEMLOCK", "RLIMIT_AS")
-
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+TIOCGPTPEER = 0x5441
+TIOCSPTLCK = 0x40045431
+_NS_FLAGS = (("mount", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
+             ("cgroup", sc.CLONE_NEWCGROUP), ("network", sc.CLONE_NEWNET))
 
 
 @dataclass
-class ChildContext:
-    """What the child needs besides the spec; filled by the parent before fork."""
+class Init:
+    """The init's working state: the fds imagetool gave it, then what the spec and the steps add."""
 
-    rootfs: mounts.RootfsPlan | None      # None until the parent sends it (child_main_ahead)
-    sync_fd: int
-    cgroup: object | None = None          # a cgroup manager with .enter()
+    sync_fd: int                      # child -> imagetool: JSON lines (sync.py), close-on-exec
+    config_fd: int                    # imagetool -> child: the config, then the start byte
+    narrator: object                  # explain.SILENT or explain.Forwarder
+    cgroup: object | None = None      # a cgroup manager (cgroups/): .enter()
+    stdio: tuple = ()                 # (stdin or None, stdout, stderr) pipe ends, () with a tty
+    console_socket: int | None = None  # with a tty: where the pty master goes
+    spec: dict = field(default_factory=dict)
+    rootfs: Mount | None = None
+    cgroup_layout: str | None = None
+    seccomp: bytes | None = None
+    root: Root | None = None
     tty_slave: int | None = None
-    keep_stdin: bool = False
-    timing: bool = False
-    marks: dict = field(default_factory=dict)
+    null_fd: int | None = None
+    trampoline_fd: int | None = None
+    uid: int = 0
+    gid: int = 0
+    groups: list = field(default_factory=list)
+    env: list = field(default_factory=list)
 
 
-def child_main_ahead(config_fd: int, ctx: ChildContext) -> None:
-    """Never returns: the init forked before its spec existed (process.prefork).
-
-    Does step 1 (joining the cgroup is the slow part: the kernel's first cgroup attach waits for an
-    RCU grace period) while the parent still looks up the image, then reads the JSON
-    `{"spec", "rootfs", "keep_stdin"}` from `config_fd` and goes on with the remaining steps;
-    a failure is reported to the parent over the sync pipe, never silently.
-    EOF without a configuration (the parent gave up) exits 0 quietly.
-    """
+def main(init: Init) -> None:
+    """Never returns: the steps above, then exec (or an `error` message and exit)."""
     try:
-        _mark(ctx, "child.start")
-        _prepare(ctx)
-        _mark(ctx, "child.cgroup")
-        data = sync.read_to_eof(config_fd)
-        os.close(config_fd)
-        if not data:
-            os._exit(0)
-        import json
-
-        config = json.loads(data)
-        ctx.rootfs = mounts.RootfsPlan(**config["rootfs"])
-        ctx.keep_stdin = bool(config["keep_stdin"])
-        _steps(config["spec"], ctx)
+        for step in (new_session, connect_stdio, join_cgroup):
+            _run(init, step)
+        if not _read_config(init):
+            os._exit(0)   # imagetool gave up before sending a spec (the image was not found …)
+        for step in RECIPE:
+            _run(init, step)
     except ContainerError as e:
-        _report(ctx, e.exit_code, e.message)
+        _report(init, e.exit_code, e.message)
     except OSError as e:
-        _report(ctx, 125, str(e) if e.strerror is None or e.filename is None else f"{e.strerror}: {e.filename}")
-    except BaseException as e:  # anything else still must reach the parent
-        _report(ctx, 125, f"{type(e).__name__}: {e}")
+        _report(init, 125, str(e) if e.strerror is None or e.filename is None else f"{e.strerror}: {e.filename}")
+    except BaseException as e:  # anything else still must reach imagetool
+        _report(init, 125, f"{type(e).__name__}: {e}")
     os._exit(125)
 
 
-def _report(ctx: ChildContext, code: int, message: str) -> None:
+def _run(init: Init, step) -> None:
+    started = time.perf_counter()
+    command = step(init)
+    if command is not None:
+        init.narrator.report(step.__name__.replace("_", " "), command, started)
+
+
+def _report(init: Init, code: int, message: str) -> None:
     try:
-        sync.send(ctx.sync_fd, "error", code=code, message=message)
+        sync.send(init.sync_fd, "error", code=code, message=message)
     except OSError:
         pass
     os._exit(code)
 
 
-def _mark(ctx: ChildContext, name: str) -> None:
-    if ctx.timing:
-        ctx.marks[name] = time.perf_counter()
+def _read_config(init: Init) -> bool:
+    """The config frame: 8-byte length, then JSON {spec, rootfs, cgroup_layout, seccomp}."""
+    import json
+
+    head = sync.read_exact(init.config_fd, 8)
+    if len(head) < 8:
+        return False
+    config = json.loads(sync.read_exact(init.config_fd, int.from_bytes(head, "big")))
+    init.spec = config["spec"]
+    init.rootfs = Mount.from_dict(config["rootfs"])
+    init.cgroup_layout = config.get("cgroup_layout")
+    init.seccomp = bytes.fromhex(config["seccomp"]) if config.get("seccomp") else None
+    if init.seccomp is not None:
+        import imagetool.runtime.seccomp  # noqa: F401 (before pivot_root takes the host's files away)
+    if init.spec["process"].get("terminal"):
+        import socket  # noqa: F401 (idem)
+    return True
 
 
-def _prepare(ctx: ChildContext) -> None:
-    """Step 1, which needs no spec: signals, session, parent death, cgroup."""
+# ---------------------------------------------------------------- 1-3: before the spec
+
+
+def new_session(init: Init) -> str:
     for s in FORWARDED:
         signal.signal(s, signal.SIG_DFL)
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if ctx.cgroup is not None:
-        ctx.cgroup.enter(0)
+    return "setsid  # and PR_SET_PDEATHSIG=SIGKILL: the init dies with imagetool"
 
 
-def _steps(spec: dict, ctx: ChildContext) -> None:
-    """Steps 2-11 (`_prepare` did step 1)."""
-    proc = spec["process"]
-    linux = spec.get("linux", {})
-    ns_types = {n["type"] for n in linux.get("namespaces", [])}
-    annotations = spec.get("annotations", {})
+def connect_stdio(init: Init) -> str:
+    null = os.open("/dev/null", os.O_RDWR)
+    stdin, stdout, stderr = init.stdio or (None, null, null)
+    for fd, src in ((0, stdin if stdin is not None else null), (1, stdout), (2, stderr)):
+        os.dup2(src, fd)
+    for fd in {null, *(f for f in init.stdio if f is not None)} - {0, 1, 2}:
+        os.close(fd)
+    if init.stdio:
+        return "exec 0<{} 1>&PIPE 2>&PIPE  # imagetool copies the pipes; its own fds never reach the container".format(
+            "PIPE" if stdin is not None else "/dev/null")
+    return "exec 0</dev/null 1>/dev/null 2>/dev/null  # until the pty exists (-t)"
 
-    # 2. namespaces (pid was unshared by the parent before fork)
+
+def join_cgroup(init: Init) -> str | None:
+    if init.cgroup is None:
+        return None
+    return "\n".join(f"echo $$ > {shell.q(path)}" for path in init.cgroup.enter(0))
+
+
+# ---------------------------------------------------------------- 4-11: namespaces and mounts
+
+
+def _ns_types(init: Init) -> list[str]:
+    return [n["type"] for n in init.spec.get("linux", {}).get("namespaces", [])]
+
+
+def unshare_namespaces(init: Init) -> str:
+    types = _ns_types(init)
     flags = 0
-    for t, bit in (("mount", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
-                   ("cgroup", sc.CLONE_NEWCGROUP), ("network", sc.CLONE_NEWNET)):
-        if t in ns_types:
+    for t, bit in _NS_FLAGS:
+        if t in types:
             flags |= bit
     sc.unshare(flags)
-    _mark(ctx, "child.unshare")
+    return shell.unshare([t for t, _ in _NS_FLAGS if t in types], fork=False) + \
+        "  # pid: imagetool ran unshare --pid before forking this init"
 
-    # 3. filesystem
-    root = ctx.rootfs.target
-    mounts.make_private("/")
-    mounts.mount_rootfs(ctx.rootfs)
-    for m in spec.get("mounts", []):
-        mounts.mount_one(root, m)
-    _mark(ctx, "child.mounts")
 
-    # 4. hostname, loopback
-    if "uts" in ns_types and spec.get("hostname"):
-        sc.sethostname(spec["hostname"])
-    if "network" in ns_types and annotations.get("org.imagetool.network") == "loopback":
-        loopback_up()
+def make_private(init: Init) -> str:
+    return mounts.make_private()
 
-    # 5. pivot_root
-    mounts.pivot(root)
 
-    # 6. masked, read-only paths, read-only root
-    mounts.mask_paths(linux.get("maskedPaths", []))
-    mounts.readonly_paths(linux.get("readonlyPaths", []))
-    if spec.get("root", {}).get("readonly"):
-        mounts.readonly_root()
-    _mark(ctx, "child.pivot")
+def mount_rootfs(init: Init) -> str:
+    cmd = mounts.mount_rootfs(init.rootfs)
+    init.root = Root(init.rootfs.target)
+    return cmd
 
-    # 7. rlimits, user, workdir
-    for rl in proc.get("rlimits", []):
-        if rl["type"] in _RLIMITS:
-            resource.setrlimit(getattr(resource, rl["type"]), (rl["soft"], rl["hard"]))
-    env = list(proc.get("env", []))
-    uid, gid = proc["user"].get("uid", 0), proc["user"].get("gid", 0)
-    groups = list(proc["user"].get("additionalGids", []))
-    uname = annotations.get("org.imagetool.user")
-    if uname:
-        u = lookup_user("/", uname)
-        uid, gid, groups = u.uid, u.gid, list(u.additional_gids)
-        if env_get(env, "HOME") is None:
-            env.append(f"HOME={u.home or '/'}")
-    cwd = proc.get("cwd") or "/"
-    target = mounts.secure_join("/", cwd)
-    if not os.path.isdir(target):
-        try:
-            os.makedirs(target, 0o755, exist_ok=True)
-            if uid or gid:
-                os.chown(target, uid, gid)
-        except OSError as e:
-            raise ContainerError(f"cannot create the working directory {cwd}: {e.strerror}") from None
-    os.chdir(target)
 
-    # 8. stdio
-    if ctx.tty_slave is not None:
-        fcntl.ioctl(ctx.tty_slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(ctx.tty_slave, fd)
-    elif not ctx.keep_stdin:
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+def mount_each(init: Init) -> None:
+    """The spec's mounts in order; each is its own reported step (and /dev's nodes too)."""
+    for m in init.spec.get("mounts", []):
+        started = time.perf_counter()
+        cmd = mounts.mount_spec(init.root, m, init.cgroup_layout)
+        init.narrator.report(f"mount {m['destination']}", cmd, started)
+        if m["destination"].rstrip("/") == "/dev" and m.get("type") == "tmpfs":
+            populate_dev(init)
+    return None
 
-    # 9. capabilities and identity
-    caps = proc.get("capabilities") or {}
-    bounding = capabilities.mask(caps.get("bounding", []))
-    capabilities.apply(bounding, capabilities.mask(caps.get("effective", [])),
-                       capabilities.mask(caps.get("permitted", [])),
-                       capabilities.mask(caps.get("inheritable", [])))
-    os.setgroups(groups)
-    os.setgid(gid)
-    os.setuid(uid)
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid/gid cleared it (as runc, set it again)
 
-    # 10. no_new_privs, fds
-    if proc.get("noNewPrivileges"):
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    _close_fds(ctx.sync_fd)
-    _mark(ctx, "child.exec")
-    if ctx.timing:
-        sync.send(ctx.sync_fd, "timing", marks=ctx.marks)
+def populate_dev(init: Init) -> None:
+    for name, major, minor, mode in mounts.DEVICES:
+        started = time.perf_counter()
+        cmd = mounts.populate_dev(init.root, name, major, minor, mode)
+        init.narrator.report(f"create /dev/{name}", cmd, started)
+    started = time.perf_counter()
+    init.narrator.report("link /dev/fd, stdin, stdout, stderr, ptmx", mounts.dev_links(init.root), started)
 
-    # 11. exec
-    args = proc["args"]
-    path = find_executable(args[0], env)
+
+def create_devices(init: Init) -> str | None:
+    lines = []
+    for d in init.spec.get("linux", {}).get("devices") or []:
+        mode = d.get("fileMode", 0o666)
+        lines.append(mounts.populate_dev(init.root, d["path"], d.get("major", 0), d.get("minor", 0), mode,
+                                         d.get("type", "c"), d.get("uid", 0), d.get("gid", 0)))
+    return "\n".join(lines) or None
+
+
+def open_console(init: Init) -> str | None:
+    """-t: a pty from the container's own devpts; the master goes to imagetool (SCM_RIGHTS)."""
+    if not init.spec["process"].get("terminal"):
+        return None
+    pfd, _ = init.root.resolve_dir(("dev", "pts"))
+    master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=pfd)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    init.tty_slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    size = init.spec["process"].get("consoleSize") or {}
+    if size:
+        fcntl.ioctl(init.tty_slave, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0))
+    import socket
+
+    sock = socket.socket(fileno=init.console_socket)
     try:
-        os.execve(path, args, dict(e.split("=", 1) for e in env if "=" in e))
+        socket.send_fds(sock, [b"pty"], [master])
+    finally:
+        sock.close()
+        os.close(master)
+    init.console_socket = None
+    return (f"# open {init.rootfs.target}/dev/pts/ptmx (the container's own devpts): "
+            f"the master goes to imagetool over the console socket, the slave becomes fds 0-2")
+
+
+def set_hostname(init: Init) -> str | None:
+    name = init.spec.get("hostname")
+    if "uts" not in _ns_types(init) or not name:
+        return None
+    sc.sethostname(name)
+    return shell.hostname(name)
+
+
+def loopback_up(init: Init) -> str | None:
+    if "network" not in _ns_types(init) or init.spec.get("annotations", {}).get("org.imagetool.network") != "loopback":
+        return None
+    fd = sc.socket_fd(2, 2)  # AF_INET, SOCK_DGRAM (no `ip` binary needed)
+    try:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        os.close(fd)
+    return shell.loopback_up()
+
+
+def pivot_root(init: Init) -> str:
+    pfd, _ = init.root.resolve_dir(("dev",))
+    try:   # the /dev/null the masks use, opened before anything can replace it
+        init.null_fd = os.open("null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except OSError:
+        init.null_fd = os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+    init.root.close()
+    init.root = None
+    return mounts.pivot(init.rootfs.target)
+
+
+# ---------------------------------------------------------------- 12-24: inside the new root
+
+
+def write_sysctls(init: Init) -> str | None:
+    lines = []
+    for key, value in (init.spec.get("linux", {}).get("sysctl") or {}).items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        if ".." in key.split(".") or "/" in key:
+            raise ContainerError(f"invalid sysctl {key!r}")
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+        lines.append(shell.sysctl(key, value))
+    return "\n".join(lines) or None
+
+
+def mask_paths(init: Init) -> str | None:
+    lines = [mounts.mask_path(p, init.null_fd) for p in init.spec.get("linux", {}).get("maskedPaths", [])]
+    os.close(init.null_fd)
+    init.null_fd = None
+    return "\n".join(x for x in lines if x) or None
+
+
+def readonly_paths(init: Init) -> str | None:
+    lines = [mounts.readonly_path(p) for p in init.spec.get("linux", {}).get("readonlyPaths", [])]
+    return "\n".join(x for x in lines if x) or None
+
+
+def readonly_root(init: Init) -> str | None:
+    return mounts.readonly_root() if init.spec.get("root", {}).get("readonly") else None
+
+
+def join_session_keyring(init: Init) -> str:
+    sc.join_session_keyring()
+    return "keyctl new_session  # a session keyring of the container's own, never the host's"
+
+
+def set_rlimits(init: Init) -> str | None:
+    rlimits = init.spec["process"].get("rlimits") or []
+    for rl in rlimits:
+        which = getattr(resource, rl["type"], None)
+        if which is None:
+            raise ContainerError(f"unknown rlimit {rl['type']}")
+        soft, hard = (resource.RLIM_INFINITY if v >= (1 << 63) - 1 else v for v in (rl["soft"], rl["hard"]))
+        resource.setrlimit(which, (soft, hard))
+    return ("prlimit --pid $$ " + " ".join(shell.rlimit_options(rlimits))) if rlimits else None
+
+
+def resolve_user(init: Init) -> str:
+    proc = init.spec["process"]
+    init.env = list(proc.get("env", []))
+    user = proc.get("user") or {}
+    init.uid, init.gid = user.get("uid", 0), user.get("gid", 0)
+    init.groups = list(user.get("additionalGids", []))
+    name = init.spec.get("annotations", {}).get("org.imagetool.user")
+    if name:
+        with Root("/") as root:
+            u = lookup_user(root, name)
+        init.uid, init.gid = u.uid, u.gid
+        init.groups = list(dict.fromkeys([*u.additional_gids, *init.groups]))
+        if env_get(init.env, "HOME") is None:
+            init.env.append(f"HOME={u.home or '/'}")
+    return f"# user {name or init.uid}: uid={init.uid} gid={init.gid} groups={','.join(map(str, init.groups)) or '-'}"
+
+
+def enter_workdir(init: Init) -> str:
+    cwd = init.spec["process"].get("cwd") or "/"
+    made: list[str] = []
+
+    def mkdir(pfd, name, canon, st):
+        mounts.mkdir_hook(pfd, name, canon, st)
+        made.append(canon)
+
+    with Root("/") as root:
+        try:
+            fd, _ = root.resolve_dir(mounts.components(cwd), mkdir)
+            os.fchdir(fd)
+        except (ContainerError, OSError) as e:
+            reason = e.message if isinstance(e, ContainerError) else e.strerror
+            raise ContainerError(f"cannot create the working directory {cwd}: {reason}") from None
+    if made and (init.uid or init.gid):
+        os.chown(".", init.uid, init.gid)
+    return f"mkdir -p {shell.q(cwd)} && cd {shell.q(cwd)}" if made else f"cd {shell.q(cwd)}"
+
+
+def attach_terminal(init: Init) -> str | None:
+    if init.tty_slave is None:
+        return None
+    fcntl.ioctl(init.tty_slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(init.tty_slave, fd)
+    if init.tty_slave > 2:
+        os.close(init.tty_slave)
+    return "exec 0<>/dev/pts/0 1>&0 2>&0  # the pty slave, controlling terminal of the session"
+
+
+def _nnp(init: Init) -> bool:
+    return bool(init.spec["process"].get("noNewPrivileges"))
+
+
+def load_seccomp_early(init: Init) -> str | None:
+    return None if _nnp(init) else load_seccomp(init)
+
+
+def drop_capabilities(init: Init) -> str:
+    caps = init.spec["process"].get("capabilities") or {}
+    capabilities.apply(capabilities.mask(caps.get("bounding", [])), capabilities.mask(caps.get("effective", [])),
+                       capabilities.mask(caps.get("permitted", [])), capabilities.mask(caps.get("inheritable", [])))
+    os.setgroups(init.groups)
+    os.setgid(init.gid)
+    os.setuid(init.uid)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid/gid cleared it (as runc, set it again)
+    return shell.setpriv(bounding=caps.get("bounding", []), inheritable=caps.get("inheritable", []),
+                         uid=init.uid, gid=init.gid, groups=init.groups)
+
+
+def set_no_new_privs(init: Init) -> str | None:
+    if not _nnp(init):
+        return None
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    return "setpriv --no-new-privs  # prctl(PR_SET_NO_NEW_PRIVS, 1)"
+
+
+def close_fds(init: Init) -> str:
+    init.trampoline_fd = sealed.sealed_trampoline()
+    keep = {0, 1, 2, init.sync_fd, init.config_fd, init.trampoline_fd}
+    for n in os.listdir("/proc/self/fd"):
+        fd = int(n)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return "# close every fd but 0, 1, 2 (and the init's close-on-exec sync pipe and sealed trampoline)"
+
+
+def wait_for_start(init: Init) -> str:
+    sync.send(init.sync_fd, "created")
+    go = sync.read_exact(init.config_fd, 1)
+    if go != b"S":
+        os._exit(0)   # imagetool deleted the container instead of starting it
+    os.close(init.config_fd)
+    return "# created: waiting for imagetool's start"
+
+
+def load_seccomp(init: Init) -> str | None:
+    if init.seccomp is None:
+        return None
+    from imagetool.runtime import seccomp
+
+    flags = seccomp.filter_flags(init.spec.get("linux", {}).get("seccomp") or {})
+    seccomp.load(init.seccomp, flags)
+    return f"# seccomp(SECCOMP_SET_MODE_FILTER, {flags}, <{len(init.seccomp) // 8} BPF instructions>)"
+
+
+def load_seccomp_late(init: Init) -> str | None:
+    return load_seccomp(init) if _nnp(init) else None
+
+
+def exec_command(init: Init) -> None:
+    args = init.spec["process"]["args"]
+    path = find_executable(args[0], init.env)
+    init.narrator.report("exec", shell.exec_command(args, init.env), time.perf_counter())
+    try:
+        sealed.exec_command(path, args, init.env, trampoline_fd=init.trampoline_fd)
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise CommandNotFound(f"exec {args[0]}: no such file or directory") from None
@@ -221,18 +466,10 @@ def _steps(spec: dict, ctx: ChildContext) -> None:
         raise ContainerError(f"exec {args[0]}: {e.strerror}") from None
 
 
-def _close_fds(keep: int) -> None:
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        names = [str(i) for i in range(3, 1024)]
-    for n in names:
-        fd = int(n)
-        if fd > 2 and fd != keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+RECIPE = (unshare_namespaces, make_private, mount_rootfs, mount_each, create_devices, open_console,
+          set_hostname, loopback_up, pivot_root, write_sysctls, mask_paths, readonly_paths, readonly_root,
+          join_session_keyring, set_rlimits, resolve_user, enter_workdir, attach_terminal, load_seccomp_early,
+          drop_capabilities, set_no_new_privs, close_fds, wait_for_start, load_seccomp_late, exec_command)
 
 
 def find_executable(cmd: str, env: list[str]) -> str:
@@ -254,14 +491,3 @@ def find_executable(cmd: str, env: list[str]) -> str:
     if denied:
         raise CommandNotExecutable(f"exec: {cmd!r}: permission denied")
     raise CommandNotFound(f"exec: {cmd!r}: executable file not found in $PATH")
-
-
-def loopback_up() -> None:
-    """Bring `lo` up with SIOCSIFFLAGS (no `ip` binary needed)."""
-    fd = sc.socket_fd(2, 2)  # AF_INET, SOCK_DGRAM
-    try:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
-    finally:
-        os.close(fd)

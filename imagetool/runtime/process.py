@@ -1,19 +1,27 @@
-"""The parent side of a container: fork into a new PID namespace, wait, forward signals, relay a tty.
+"""The built-in backend: imagetool's own side of a container (the init's side is init.py).
 
-`start()` forks the init (init.py) as PID 1 of a new PID namespace and waits for it to exec or
-fail; `Container.wait()` forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to it (and
-copies bytes and window size with -t) until it exits, and returns docker's exit code
-(the status, or 128+signal).
+Steps on this side, in order (each reported to the narrator):
+  prepare():  create_cgroup (every hierarchy) → fork_init (unshare --pid, then fork: the init is
+              PID 1 of a new PID namespace and joins the cgroup while the caller still looks up
+              the image — the first cgroup attach waits ~10 ms for an RCU grace period)
+  create():   write_limits → compile_seccomp → send the config → the init's steps arrive as it
+              does them, up to "created" (with -t, the pty master arrives over the console socket)
+  start():    the start byte → the init's last steps → exec (EOF on the close-on-exec sync pipe)
+  wait():     copy stdio (or relay the pty), forward signals, reap PID 1: docker's exit code
+  delete():   kill what is left in the cgroup and remove it (on every path out, whatever the
+              container did: PID 1 may have cleared its parent-death signal)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 from imagetool.errors import ContainerError
-from imagetool.runtime import init, sync
+from imagetool.mount import Mount
+from imagetool.runtime import cgroups, shell, stdio, sync
 from imagetool.runtime import syscalls as sc
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -25,148 +33,245 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-class Container:
-    """A started container process (host PID `pid`)."""
+class Reservation:
+    """The first half of `create` for the built-in runtime: nothing happens until `prepare()`.
 
-    def __init__(self, pid: int, master: int | None, pending: list[int], timing: dict, saved: dict,
-                 interactive: bool = False):
-        self.pid = pid
-        self.interactive = interactive  # with a tty: relay stdin (docker -i), else output only
-        self._saved = saved
-        self.master = master
-        self.timing = timing
-        self._pending = pending
-        self._status: int | None = None
+    `cgroup_paths` are known before anything exists, so the caller can record them first (a
+    later `ps` cleans up after an imagetool killed in between)."""
 
-    def _forward(self, signum, frame=None) -> None:
+    def __init__(self, container_id: str, io, narrator, cgroup_layout: str | None = None):
+        self.id = container_id
+        self.io = io
+        self.narrator = narrator
+        self.cgroup = cgroups.create(container_id, cgroup_layout)
+        self.cgroup_layout = cgroup_layout or ("v2" if self.cgroup.version == 2 else "v1")
+        self.cgroup_paths = self.cgroup.paths
+        self.pid: int | None = None
+        self._fds: dict = {}
+        self._handed_over = False   # a Container owns the init and the cgroup now
+        self._aborted = False
+
+    # -- prepare: create_cgroup, fork_init
+
+    def prepare(self) -> None:
+        """Create the cgroup and fork the init (it joins the cgroup and waits for its config).
+        Call before starting threads."""
+        create_cgroup(self.cgroup, self.narrator)
+        self.pid, self._fds = fork_init(self.cgroup, self.io, self.narrator)
+
+    def abort(self) -> None:
+        """Kill the waiting init and remove the cgroup, on every path out before `create()`
+        succeeded (a no-op after it: the Container's `delete()` does it then). Idempotent."""
+        if self._handed_over or self._aborted:
+            return
+        self._aborted = True
+        if self.pid is not None:
+            _kill_and_reap(self.pid)
+            self.pid = None
+        self._close_all()
+        delete_cgroup(self.cgroup, self.narrator)
+
+    def _close_all(self) -> None:
+        for key, fd in self._fds.items():
+            if key == "pipes":
+                fd.close_parent_ends()
+            elif fd is not None:
+                stdio._close(fd)
+        self._fds = {}
+
+    # -- create: write_limits, compile_seccomp, send the config, the init's steps
+
+    def create(self, spec: dict, rootfs: Mount) -> "Container":
+        """Limit the cgroup, send the spec and the rootfs, return once the init is "created"
+        (everything done but seccomp-with-no_new_privs and the exec). Raises ContainerError with
+        the init's own message (and cleans up) when a step failed."""
+        if self._handed_over or self._aborted or self.pid is None:
+            raise ContainerError("internal error: this container was already created or aborted")
+        if bool(spec["process"].get("terminal")) != bool(self.io.tty):
+            raise ContainerError("internal error: the spec's terminal setting differs from the io's")
+        pending: list[int] = []
+        saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in FORWARD}
+        reader = sync.Reader(self._fds["sync"])
         try:
-            os.kill(self.pid, signum)
+            write_limits(self.cgroup, spec["linux"].get("resources", {}), self.narrator)
+            program = compile_seccomp(spec, self.narrator)
+            config = {"spec": spec, "rootfs": rootfs.to_dict(), "cgroup_layout": self.cgroup_layout,
+                      "seccomp": program.hex() if program else None}
+            _send_config(self._fds["config"], json.dumps(config).encode())
+            _until(reader, "created", self.narrator)
+            master = _receive_console(self._fds["console"]) if self.io.tty else None
+        except BaseException:
+            _kill_and_reap(self.pid)
+            self.pid = None
+            self._close_all()
+            _restore(saved)
+            raise   # the caller's abort() removes the cgroup
+        self._handed_over = True
+        if self._fds.get("console") is not None:
+            stdio._close(self._fds.pop("console"))
+        return Container(self.cgroup, self.id, self.pid, self.io, self.narrator, reader, self._fds["config"],
+                         self._fds.get("pipes"), master, saved, pending)
+
+
+class Supervised:
+    """What a container of every backend is on imagetool's side: a child (the init, or runc)
+    waiting for the start byte on `go_fd`, its messages on `reader`, its stdio on `pipes` (or a
+    pty `master`). start(), state(), kill(), wait(), delete(); `_cleanup()` is the backend's."""
+
+    def __init__(self, container_id, pid, io, narrator, reader, go_fd, pipes, master, saved, pending):
+        self.id = container_id
+        self.pid = pid
+        self.io = io
+        self.narrator = narrator
+        self._reader = reader
+        self._go_fd = go_fd
+        self._pipes = pipes
+        self._master = master
+        self._saved = saved        # signal handlers to restore once the container is gone
+        self._pending = pending    # signals that arrived before wait(): forwarded then
+        self.status = "created"
+        self._code: int | None = None
+        self._deleted = False
+
+    def start(self) -> None:
+        """Let it exec; returns once it did. Raises CommandNotFound (127), CommandNotExecutable
+        (126) or ContainerError (125) with the init's message."""
+        started = time.perf_counter()
+        try:
+            os.write(self._go_fd, b"S")
+        except BrokenPipeError:
+            pass   # it died: its error (or EOF) follows
+        stdio._close(self._go_fd)
+        self._go_fd = None
+        try:
+            _until(self._reader, None, self.narrator)
+        finally:
+            stdio._close(self._reader.fd)
+        self.status = "running"
+        self.narrator.report("start", f"# running: host pid {self.pid}", started)
+
+    def state(self) -> dict:
+        """The OCI state: ociVersion, id, status (created, running, stopped), pid."""
+        return {"ociVersion": "1.0.2", "id": self.id, "status": self.status, "pid": self.pid}
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        try:
+            os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
 
     def wait(self) -> int:
-        """Forward signals until the container's PID 1 exits; its exit code (128+signal)."""
+        """Copy stdio (or relay the pty) and forward signals until it exits; docker's exit code."""
+        if self._code is not None:
+            return self._code
         for s in FORWARD:
-            signal.signal(s, self._forward)
+            signal.signal(s, lambda signum, frame: self.kill(signum))
         for s in self._pending:
-            self._forward(s)
+            self.kill(s)
+        started = time.perf_counter()
         try:
-            if self.master is not None:
-                self._relay_tty()
-            while self._status is None:
-                _, status = os.waitpid(self.pid, 0)
-                self._status = status
-        finally:
-            _restore(self._saved)
-        return exit_code(self._status)
-
-    def _relay_tty(self) -> None:
-        import fcntl
-        import select
-        import termios
-        import tty
-
-        stdin = 0
-        is_tty = os.isatty(stdin)
-        raw = self.interactive and is_tty  # keystrokes go to the container only with -i
-        saved = termios.tcgetattr(stdin) if raw else None
-
-        def winch(signum=None, frame=None):
-            if is_tty:
-                try:
-                    size = fcntl.ioctl(stdin, termios.TIOCGWINSZ, b"\0" * 8)
-                    fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
-                except OSError:
-                    pass
-
-        old_winch = signal.signal(signal.SIGWINCH, winch)
-        winch()
-        try:
-            if raw:
-                tty.setraw(stdin)
-            fds = [self.master, stdin] if self.interactive else [self.master]
+            if self._master is not None:
+                master, self._master = self._master, None
+                stdio.relay_tty(master, self.io.interactive)
+            elif self._pipes is not None:
+                pipes, self._pipes = self._pipes, None
+                stdio.copy(pipes)
             while True:
                 try:
-                    ready, _, _ = select.select(fds, [], [])
+                    _, status = os.waitpid(self.pid, 0)
+                    break
                 except InterruptedError:
                     continue
-                if self.master in ready:
-                    try:
-                        data = os.read(self.master, 65536)
-                    except OSError:  # EIO: every slave fd is closed, the container is gone
-                        data = b""
-                    if not data:
-                        break
-                    _write_all(1, data)
-                if stdin in ready:
-                    try:
-                        data = os.read(stdin, 65536)
-                    except OSError:
-                        data = b""
-                    if data:
-                        _write_all(self.master, data)
-                    else:
-                        fds.remove(stdin)  # stdin closed: keep relaying output
-                        try:
-                            _write_all(self.master, b"\x04")
-                        except OSError:
-                            pass
         finally:
-            if saved is not None:
-                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-            signal.signal(signal.SIGWINCH, old_winch)
-            os.close(self.master)
-            self.master = None
+            _restore(self._saved)
+        self._code = exit_code(status)
+        self.status = "stopped"
+        self.narrator.report("wait", f"wait {self.pid}  # exit code {self._code}", started)
+        return self._code
+
+    def oom_killed(self) -> bool:
+        return False
+
+    def delete(self) -> None:
+        """Kill what is left and remove what the backend made (idempotent; call it in a finally)."""
+        if self._deleted:
+            return
+        self._deleted = True
+        if self._code is None:
+            _kill_and_reap(self.pid)
+            _restore(self._saved)
+        for fd in (self._go_fd, self._master):
+            if fd is not None:
+                stdio._close(fd)
+        if self._pipes is not None:
+            self._pipes.close_parent_ends()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        raise NotImplementedError
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
+class Container(Supervised):
+    """A created container of the built-in runtime; delete() empties and removes its cgroup
+    (every process in it, whatever PID 1 did: no cooperation needed)."""
+
+    def __init__(self, cgroup, *args):
+        super().__init__(*args)
+        self.cgroup = cgroup
+
+    def oom_killed(self) -> bool:
+        return self.cgroup.oom_killed()
+
+    def _cleanup(self) -> None:
+        delete_cgroup(self.cgroup, self.narrator)
 
 
-def start(spec: dict, ctx_kwargs: dict, timing: bool = False) -> Container:
-    """Fork the container's init as PID 1 of a new PID namespace; return once it exec'd.
-
-    Raises ContainerError (125/126/127) with the child's own message when setup or exec failed.
-    Signals that arrive while the container starts are forwarded once it runs.
-    (`prefork(...).start(...)` in one go.)
-    """
-    pending = prefork(ctx_kwargs.get("cgroup"), bool(spec["process"].get("terminal")), timing)
-    return pending.start(spec, ctx_kwargs)
+# ---------------------------------------------------------------- the steps on this side
 
 
-def prefork(cgroup, terminal: bool, timing: bool = False) -> "Pending":
-    """Fork the container's init before its spec exists: PID 1 of a new PID namespace that sets
-    itself up (signals, session, parent-death signal) and joins `cgroup` (created, not yet limited)
-    while the caller still prepares the image, the spec and the rootfs; then `Pending.start()`
-    sends it the spec, or `Pending.abort()` kills it. Joining a cgroup is the slow part of a
-    start (the kernel's first cgroup attach waits for an RCU grace period), and it overlaps.
+def create_cgroup(cgroup, narrator) -> None:
+    started = time.perf_counter()
+    made = cgroup.create()
+    narrator.report("create cgroup", "\n".join(shell.cgroup_create(d) for d in made) or "# exists", started)
 
-    Call it before starting threads. `terminal` must equal the spec's process.terminal.
-    """
-    master = slave = None
-    fds: list[int] = []
-    if terminal:
-        master, slave = os.openpty()
-        fds += [master, slave]
-    r, w = os.pipe2(os.O_CLOEXEC)            # child -> parent: sync messages (sync.py)
-    config_r, config_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: the spec
-    fds += [r, w, config_r, config_w]
-    t_fork = time.perf_counter()
+
+def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
+    """unshare(CLONE_NEWPID) and fork: the child is PID 1 of the new namespace and runs
+    init.main; imagetool goes back to its own PID namespace for later children."""
+    from imagetool.runtime import explain, init
+
+    started = time.perf_counter()
+    fds: dict = {}
     try:
+        fds["sync"], sync_w = os.pipe2(os.O_CLOEXEC)        # init → imagetool: messages
+        fds["_sync_w"] = sync_w
+        config_r, fds["config"] = os.pipe2(os.O_CLOEXEC)    # imagetool → init: config, start
+        fds["_config_r"] = config_r
+        if io.tty:
+            import socket
+
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds["console"], fds["_console_child"] = a.detach(), b.detach()
+        else:
+            fds["pipes"] = stdio.Pipes.make(io.interactive)
         pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.unshare(sc.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:  # the child: never returns
                 try:
-                    os.close(r)
-                    os.close(config_w)
-                    if master is not None:
-                        os.close(master)
-                    ctx = init.ChildContext(rootfs=None, sync_fd=w, cgroup=cgroup, tty_slave=slave, timing=timing)
-                    init.child_main_ahead(config_r, ctx)
+                    for key in ("sync", "config", "console"):
+                        if fds.get(key) is not None:
+                            os.close(fds[key])
+                    pipes = fds.get("pipes")
+                    if pipes is not None:
+                        for fd in (pipes.stdin_w, pipes.stdout_r, pipes.stderr_r):
+                            if fd is not None:
+                                os.close(fd)
+                    child_narrator = explain.Forwarder(sync_w) if narrator is not explain.SILENT else explain.SILENT
+                    init.main(init.Init(sync_fd=sync_w, config_fd=config_r, narrator=child_narrator, cgroup=cgroup,
+                                        stdio=pipes.child_ends() if pipes else (),
+                                        console_socket=fds.get("_console_child")))
                 finally:
                     os._exit(125)
         finally:
@@ -174,104 +279,103 @@ def prefork(cgroup, terminal: bool, timing: bool = False) -> "Pending":
                 sc.setns(pidns, sc.CLONE_NEWPID)  # imagetool's later children stay in the host's PID namespace
                 os.close(pidns)
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        for key, fd in fds.items():
+            if key == "pipes":
+                fd.close_parent_ends()
+                fd.close_child_ends()
+            elif fd is not None:
+                stdio._close(fd)
         raise
-    os.close(w)
-    os.close(config_r)
-    if slave is not None:
-        os.close(slave)
-    return Pending(pid, r, config_w, master, t_fork)
+    for key in ("_sync_w", "_config_r", "_console_child"):
+        if fds.get(key) is not None:
+            os.close(fds.pop(key))
+    if "pipes" in fds:
+        fds["pipes"].close_child_ends()
+    narrator.report("fork init", f"unshare --pid --fork  # the init: PID 1 of a new PID namespace, host pid {pid}",
+                    started)
+    return pid, fds
 
 
-class Pending:
-    """An init forked by `prefork`, waiting for its spec: `start()` it or `abort()` it, once."""
+def write_limits(cgroup, resources: dict, narrator) -> None:
+    started = time.perf_counter()
+    writes = cgroup.apply(resources)
+    if writes:
+        narrator.report("write limits", "\n".join(shell.cgroup_write(path, value) if not value.startswith("#")
+                                                  else f"{value}: {path}" for path, value in writes), started)
 
-    def __init__(self, pid: int, sync_r: int, config_w: int, master: int | None, t_fork: float):
-        self.pid = pid
-        self._r = sync_r
-        self._config_w = config_w
-        self.master = master
-        self.t_fork = t_fork
-        self.done = False
 
-    def start(self, spec: dict, ctx_kwargs: dict) -> Container:
-        """Send the spec (and ctx_kwargs' rootfs, keep_stdin); return once the init exec'd.
+def compile_seccomp(spec: dict, narrator) -> bytes | None:
+    section = spec.get("linux", {}).get("seccomp")
+    if not section:
+        return None
+    from imagetool.runtime import seccomp
 
-        Raises ContainerError (125/126/127) with the child's own message when setup or exec failed.
-        Signals that arrive while the container starts are forwarded once it runs.
-        """
-        import dataclasses
-        import json
+    started = time.perf_counter()
+    program = seccomp.compile(section)
+    narrator.report("compile seccomp", f"# libseccomp: {len(section.get('syscalls') or [])} rules, default "
+                    f"{section.get('defaultAction')} → {len(program) // 8} BPF instructions", started)
+    return program
 
-        if self.done:
-            raise ContainerError("internal error: this init was already started or aborted")
-        if bool(spec["process"].get("terminal")) != (self.master is not None):
-            self.abort()
-            raise ContainerError("internal error: the spec's terminal setting differs from prefork's")
-        self.done = True
-        pending: list[int] = []
-        saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in FORWARD}
-        try:
-            rootfs = ctx_kwargs["rootfs"]
-            config = {"spec": spec, "keep_stdin": bool(ctx_kwargs.get("keep_stdin")),
-                      "rootfs": {f.name: getattr(rootfs, f.name) for f in dataclasses.fields(rootfs)}}
-            data = json.dumps(config).encode()
-            try:
-                while data:
-                    data = data[os.write(self._config_w, data):]
-            except BrokenPipeError:
-                pass  # the init failed before reading: its error message follows
-            finally:
-                os.close(self._config_w)
-            messages = sync.receive_all(self._r)
-        except BaseException:
-            self._kill()
-            _restore(saved)
-            if self.master is not None:
-                os.close(self.master)
-            raise
-        finally:
-            os.close(self._r)
-        pid, master = self.pid, self.master
-        marks = {"fork": self.t_fork}
-        for m in messages:
-            if m.get("type") == "timing":
-                marks.update(m.get("marks", {}))
-        errors = [m for m in messages if m.get("type") == "error"]
-        if errors:
-            _, status = os.waitpid(pid, 0)
-            _restore(saved)
-            if master is not None:
-                os.close(master)
-            err = errors[0]
-            from imagetool.errors import CommandNotExecutable, CommandNotFound
 
-            cls = {126: CommandNotExecutable, 127: CommandNotFound}.get(err.get("code"), ContainerError)
-            raise cls(err.get("message", "the container failed to start"))
-        marks["exec"] = time.perf_counter()
-        return Container(pid, master, pending, marks, saved, interactive=bool(ctx_kwargs.get("keep_stdin")))
+def delete_cgroup(cgroup, narrator) -> None:
+    started = time.perf_counter()
+    groups = cgroup.destroy() or cgroup.paths
+    narrator.report("remove cgroup", "\n".join(
+        shell.cgroup_kill(g, cgroup.version) + "\n" + shell.cgroup_remove(g) for g in groups), started)
 
-    def abort(self) -> None:
-        """Kill the waiting init and reap it (no-op after `start()`)."""
-        if self.done:
+
+def _send_config(fd: int, data: bytes) -> None:
+    frame = len(data).to_bytes(8, "big") + data
+    try:
+        while frame:
+            frame = frame[os.write(fd, frame):]
+    except BrokenPipeError:
+        pass  # the init failed before reading: its error message follows
+
+
+def _until(reader: sync.Reader, kind: str | None, narrator) -> None:
+    """Hand the init's `step` messages to the narrator until `kind` (None: EOF, i.e. exec);
+    an `error` message (or EOF before `kind`) raises."""
+    from imagetool.errors import CommandNotExecutable, CommandNotFound
+
+    while True:
+        m = reader.next()
+        if m is None:
+            if kind is None:
+                return
+            raise ContainerError("the container's init exited before it was set up")
+        t = m.get("type")
+        if t == "step":
+            narrator.emit_message(m)
+        elif t == kind:
             return
-        self.done = True
-        os.close(self._config_w)
-        os.close(self._r)
-        if self.master is not None:
-            os.close(self.master)
-        self._kill()
+        elif t == "error":
+            cls = {126: CommandNotExecutable, 127: CommandNotFound}.get(m.get("code"), ContainerError)
+            raise cls(m.get("message", "the container failed to start"))
 
-    def _kill(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+
+def _receive_console(sock_fd: int) -> int:
+    import socket
+
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    finally:
+        sock.close()
+    if not fds:
+        raise ContainerError("the container's init sent no terminal")
+    return fds[0]
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _restore(saved: dict) -> None:

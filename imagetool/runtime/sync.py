@@ -2,8 +2,10 @@
 
 Protocol: the child writes zero or more JSON lines `{"type": …, …}` on a close-on-exec pipe.
 A successful `execve` closes the pipe, so EOF without an `error` message means "started".
-Types: `error` (code: the exit code to report — 125 setup failure, 126 not executable,
-127 not found — and message) and `timing` (name → seconds, for IMAGETOOL_TRACE_TIMING).
+Types: `step` (a step done: name, command, ms, end — for `--explain`, see explain.py),
+`created` (the init is set up and waits for `start`), and `error` (code: the exit code to
+report — 125 setup failure, 126 not executable, 127 not found — and message).
+The other direction (imagetool → init) is a byte stream: `read_exact` reads its frames.
 """
 
 from __future__ import annotations
@@ -41,3 +43,48 @@ def receive_all(fd: int) -> list[dict]:
         except ValueError:
             out.append({"type": "error", "code": 125, "message": line.decode(errors="replace")})
     return out
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """`n` bytes from `fd`, fewer only at EOF."""
+    chunks, got = [], 0
+    while got < n:
+        try:
+            b = os.read(fd, n - got)
+        except InterruptedError:
+            continue
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+class Reader:
+    """Messages one at a time, as the child writes them (`next()` blocks; None at EOF)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._buf = b""
+        self.eof = False
+
+    def next(self) -> dict | None:
+        while b"\n" not in self._buf:
+            if self.eof:
+                return None
+            try:
+                b = os.read(self.fd, 65536)
+            except InterruptedError:
+                continue
+            if not b:
+                self.eof = True
+                if self._buf:   # a torn last line: report it as the error it must be
+                    line, self._buf = self._buf, b""
+                    return {"type": "error", "code": 125, "message": line.decode(errors="replace")}
+                return None
+            self._buf += b
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"type": "error", "code": 125, "message": line.decode(errors="replace")}

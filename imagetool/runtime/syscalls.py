@@ -119,6 +119,18 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc.syscall(_SYS_capset, ctypes.byref(hdr), ctypes.byref(data)), "capset")
 
 
+_SYS_keyctl = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str | None = None) -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, name): a new session keyring for this process (an
+    anonymous one for None), so the container never shares the host's; its serial number."""
+    if _SYS_keyctl is None:
+        raise OSError(38, f"keyctl: unsupported architecture {os.uname().machine}")
+    return _check(_libc.syscall(_SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, _b(name), 0, 0, 0), "keyctl")
+
+
 # ------------------------------------------------------------------ seccomp(2) and bpf(2)
 # (appended for runtime/seccomp.py and runtime/devices.py)
 import struct  # noqa: E402

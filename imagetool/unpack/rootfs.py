@@ -1,50 +1,37 @@
-"""A container's root filesystem: an overlay mount plan over the image's snapshots, or a flat copy.
+"""A container's root filesystem as one `Mount`: an overlay over the image's snapshots, or a flat copy.
 
-Overlay (the default): nothing is copied whatever the image size. `overlay_plan()` makes
+Overlay (the default): nothing is copied whatever the image size. `overlay_mount()` makes
 `containers/<id>/{l,upper,work,rootfs}` and one short symlink per layer, `l/<n>` → the snapshot
-(like Docker's overlay2 `l/` directory), so that the mount data uses short relative paths:
+(like Docker's overlay2 `l/` directory), and returns the Mount
 
-    lowerdir=l/3:l/2:l/1:l/0,upperdir=upper,workdir=work      (top layer first)
+    Mount("overlay", "overlay", "<cdir>/rootfs",
+          ("lowerdir=l/3:l/2:l/1:l/0", "upperdir=upper", "workdir=work"), cwd="<cdir>")
 
-The caller (the runtime, inside the container's mount namespace) must `chdir(plan.cwd)` and then
-`mount("overlay", plan.target, "overlay", 0, plan.data)`; the kernel resolves the relative paths
-against that cwd. 128 layers take about 900 bytes, well inside the one-page limit for mount data
-(absolute snapshot paths would need ~100 bytes each). `plan.lowerdirs` holds the absolute paths
-too, for callers using the new mount API (`fsconfig(..., "lowerdir+", path)`, Linux ≥ 6.8).
-This module never mounts anything itself (no syscalls, no shelling out).
+whose relative paths the kernel resolves against `cwd` (the runtime chdirs there to mount it,
+inside the container's mount namespace), so the mount data stays inside its one page: 128 layers
+take about 900 bytes (absolute snapshot paths would need ~100 bytes each). `lowerdirs(m)` gives
+the absolute snapshot directories, top layer first. This module never mounts anything itself.
 
 Copy fallback (overlay unavailable, or chosen for tests): `copy_rootfs()` flattens the image into
-`containers/<id>/rootfs` (plain whiteouts, see flatten.py).
+`containers/<id>/rootfs` (plain whiteouts, see flatten.py) and returns a bind Mount of it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from imagetool.errors import UnpackError
+from imagetool.mount import Mount
 from imagetool.unpack.snapshots import ensure_snapshots
 
 MOUNT_DATA_LIMIT = 4096 - 1   # the mount data is copied into one page
 
 
-@dataclass(frozen=True, slots=True)
-class RootfsPlan:
-    """How to get a container's rootfs at `target`.
-
-    kind "overlay": mount overlay at `target` with `data` after chdir(`cwd`).
-    kind "copy": `target` already holds a flattened copy (bind-mount it or use it as is).
-    `snapshots` are the diff_id hexes used, base first (for state.json, so gc keeps them)."""
-
-    kind: str
-    target: Path
-    cwd: Path
-    data: str = ""
-    lowerdirs: tuple = ()        # absolute snapshot dirs, top layer first
-    upperdir: Path | None = None
-    workdir: Path | None = None
-    snapshots: tuple = ()
+def lowerdirs(m: Mount) -> list[Path]:
+    """The absolute lower directories of an overlay Mount, top layer first (links resolved)."""
+    base = Path(m.cwd or "/")
+    return [Path(os.path.realpath(base / d)) for d in (m.option("lowerdir") or "").split(":") if d]
 
 
 def overlay_supported() -> bool:
@@ -56,8 +43,8 @@ def overlay_supported() -> bool:
         return False
 
 
-def overlay_plan(store, image, container_dir) -> RootfsPlan:
-    """Ensure the snapshots, create l/ upper/ work/ rootfs/ in `container_dir`, return the plan."""
+def overlay_mount(store, image, container_dir) -> Mount:
+    """Ensure the snapshots, create l/ upper/ work/ rootfs/ in `container_dir`, return the Mount."""
     cdir = Path(os.path.abspath(container_dir))
     snaps = ensure_snapshots(store, image)
     links = cdir / "l"
@@ -67,7 +54,7 @@ def overlay_plan(store, image, container_dir) -> RootfsPlan:
     if not snaps:   # an image without layers: overlay still needs one lowerdir
         empty = cdir / "empty"
         empty.mkdir(mode=0o755, exist_ok=True)
-        lower_rel, lowers = ["empty"], (empty,)
+        lower_rel = ["empty"]
     else:
         lower_rel = []
         for n, snap in enumerate(snaps):
@@ -78,31 +65,29 @@ def overlay_plan(store, image, container_dir) -> RootfsPlan:
                 link.symlink_to(snap)
             lower_rel.append(f"l/{n}")
         lower_rel.reverse()
-        lowers = tuple(reversed(snaps))
     data = f"lowerdir={':'.join(lower_rel)},upperdir=upper,workdir=work"
     if len(data) > MOUNT_DATA_LIMIT:   # 10k+ layers; the kernel caps lowers at 500 anyway
         raise UnpackError(f"image {image.name} has too many layers ({len(snaps)}) for one overlay mount")
-    return RootfsPlan("overlay", cdir / "rootfs", cdir, data, lowers, cdir / "upper", cdir / "work",
-                      tuple(p.name for p in snaps))
+    return Mount("overlay", "overlay", str(cdir / "rootfs"), tuple(data.split(",")), cwd=str(cdir))
 
 
-def copy_rootfs(store, image, container_dir) -> RootfsPlan:
-    """The fallback: a flattened copy in `container_dir/rootfs`."""
+def copy_rootfs(store, image, container_dir) -> Mount:
+    """The fallback: a flattened copy in `container_dir/rootfs`, bind-mounted onto itself."""
     cdir = Path(os.path.abspath(container_dir))
     target = cdir / "rootfs"
     target.mkdir(parents=True, exist_ok=True)
     from imagetool.unpack.flatten import flatten  # lazy: keeps `run` with overlay lean
 
     flatten(store, image, target)
-    return RootfsPlan("copy", target, cdir)
+    return Mount("bind", str(target), str(target), ("rbind",))
 
 
-def prepare_rootfs(store, image, container_dir, backend: str = "auto") -> RootfsPlan:
+def prepare_rootfs(store, image, container_dir, backend: str = "auto") -> Mount:
     """backend "overlay", "copy", or "auto" (overlay when the kernel has it and we are root)."""
     if backend == "auto":
         backend = "overlay" if overlay_supported() and os.geteuid() == 0 else "copy"
     if backend == "overlay":
-        return overlay_plan(store, image, container_dir)
+        return overlay_mount(store, image, container_dir)
     if backend == "copy":
         return copy_rootfs(store, image, container_dir)
     raise ValueError(f"unknown rootfs backend {backend!r}")

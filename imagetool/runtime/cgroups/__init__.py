@@ -17,9 +17,61 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PARENT = "imagetool"
+
+
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy: a v1 one (its controllers, or `name=systemd`) or cgroup2."""
+
+    fstype: str                    # "cgroup" (v1) or "cgroup2"
+    mountpoint: str
+    controllers: tuple[str, ...]   # v1: ("cpu", "cpuacct") or ("name=systemd",); cgroup2: ()
+
+    @property
+    def key(self) -> str:
+        """Its name in /proc/self/cgroup (see own_cgroups): a controller, `name=…`, or "" for cgroup2."""
+        return self.controllers[0] if self.controllers else ""
+
+    @property
+    def dirname(self) -> str:
+        return os.path.basename(self.mountpoint.rstrip("/")) or "unified"
+
+    @property
+    def data(self) -> str:
+        """The mount data selecting this hierarchy (`memory`, `cpu,cpuacct`, `none,name=systemd`)."""
+        real = [c for c in self.controllers if not c.startswith("name=")]
+        return ",".join(self.controllers if real else ["none", *self.controllers])
+
+
+def hierarchies(mountinfo: str | None = None) -> list[Hierarchy]:
+    """Every mounted cgroup hierarchy, once each (v1 ones including named ones such as
+    name=systemd, and cgroup2 — the unified one of a hybrid host, or the only one on v2)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    out: list[Hierarchy] = []
+    seen: set = set()
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rf = left.split(), right.split()
+        if len(fields) < 5 or len(rf) < 3 or rf[0] not in ("cgroup", "cgroup2"):
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        ctrls = () if rf[0] == "cgroup2" else tuple(o for o in rf[2].split(",") if o in V1_CONTROLLERS or
+                                                     o.startswith("name="))
+        if (rf[0], ctrls) in seen or (rf[0] == "cgroup" and not ctrls):
+            continue
+        seen.add((rf[0], ctrls))
+        out.append(Hierarchy(rf[0], mnt, ctrls))
+    return out
+
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices", "net_cls",
+                  "net_prio", "hugetlb", "perf_event", "rdma", "misc")
 
 
 def mountinfo_cgroups(mountinfo: str | None = None) -> tuple[dict[str, str], str | None]:
@@ -42,8 +94,7 @@ def mountinfo_cgroups(mountinfo: str | None = None) -> tuple[dict[str, str], str
                 v2 = mnt
         elif fstype == "cgroup":
             for opt in rf[2].split(","):
-                if opt in ("memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio",
-                           "devices", "net_cls", "net_prio", "hugetlb", "perf_event", "rdma", "misc"):
+                if opt in V1_CONTROLLERS:
                     v1.setdefault(opt, mnt)
     return v1, v2
 

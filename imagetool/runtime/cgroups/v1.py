@@ -1,7 +1,16 @@
-"""cgroup v1: one group per controller hierarchy (memory, cpu, cpuacct, pids, devices).
+"""cgroup v1 (and hybrid): one group in EVERY mounted hierarchy, limits in memory, cpu, pids, devices.
 
 Groups live at `<hierarchy mount>/<imagetool's own cgroup there>/imagetool/<id>`, so limits the
-host placed on imagetool itself still hold (v1 has no "no internal processes" rule).
+host placed on imagetool itself still hold (v1 has no "no internal processes" rule). The
+container joins every hierarchy — blkio, cpuset, freezer, cpuacct, name=systemd and a hybrid
+host's unified cgroup2 included — before it unshares its cgroup namespace, so no hierarchy is
+left rooted at the host's top group where a process able to mount it could move itself or
+create groups (issue 14 item 4, as runc joins all of them).
+
+Joining is cheap on v1: the init writes `0` (itself) to each group's `tasks` file. Moving one
+thread skips the kernel's global threadgroup lock (and its RCU grace period, ~10 ms) that a
+`cgroup.procs` write takes; the init is single-threaded at that point, so its whole process
+moves. Only the hybrid's cgroup2 needs `cgroup.procs`.
 """
 
 from __future__ import annotations
@@ -11,65 +20,88 @@ from pathlib import Path
 
 from imagetool.runtime import cgroups as cg
 
-CONTROLLERS = ("memory", "cpu", "pids", "devices")
+LIMITED = ("memory", "cpu", "pids", "devices")   # the controllers `apply` writes to
 
 
 class V1Cgroup:
     version = 1
 
-    def __init__(self, groups: dict[str, Path]):
-        """`groups`: {controller: group directory}; controllers sharing a hierarchy share a path."""
+    def __init__(self, groups: dict[str, Path], joins: list[tuple[Path, str]] | None = None):
+        """`groups`: {controller: group directory} (controllers sharing a hierarchy share a path);
+        `joins`: every (group directory, file to write the pid to) to join, one per hierarchy."""
         self.groups = groups
+        self.joins = joins if joins is not None else [(p, "cgroup.procs") for p in sorted(set(groups.values()))]
 
     @classmethod
     def for_host(cls, container_id: str, mountinfo: str | None = None, proc_cgroup: str | None = None):
-        mounts, _ = cg.mountinfo_cgroups(mountinfo)
         own = cg.own_cgroups(proc_cgroup)
-        groups = {}
-        for c in CONTROLLERS:
-            if c in mounts:
-                base = own.get(c, "/").lstrip("/")
-                groups[c] = Path(mounts[c], base, cg.PARENT, container_id)
-        return cls(groups)
+        groups: dict[str, Path] = {}
+        joins: list[tuple[Path, str]] = []
+        for h in cg.hierarchies(mountinfo):
+            base = own.get(h.key, "/").lstrip("/")
+            group = Path(h.mountpoint, base, cg.PARENT, container_id)
+            joins.append((group, "cgroup.procs" if h.fstype == "cgroup2" else "tasks"))
+            for c in h.controllers:
+                groups[c] = group
+        return cls(groups, joins)
 
     @property
     def paths(self) -> list[str]:
-        return sorted({str(p) for p in self.groups.values()})
+        return sorted({str(p) for p, _ in self.joins})
 
-    def create(self) -> None:
-        for p in self.paths:
-            try:
-                os.makedirs(p)
-            except FileExistsError:
-                pass
+    def create(self) -> list[str]:
+        """mkdir the group in every hierarchy (cpuset: cpus and mems copied down from the parent,
+        which a new cpuset group lacks); the directories made."""
+        made = []
+        for p, _ in self.joins:
+            cpuset = (p.parent.parent / "cpuset.cpus").exists()
+            for d in (p.parent, p):
+                try:
+                    os.mkdir(d)
+                except FileExistsError:
+                    continue
+                made.append(str(d))
+                if cpuset:
+                    for f in ("cpuset.cpus", "cpuset.mems"):
+                        if not (d / f).read_text().strip():
+                            cg.write(d / f, (d.parent / f).read_text().strip())
+        return made
 
-    def apply(self, resources: dict) -> None:
-        """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids, device rules)."""
+    def apply(self, resources: dict) -> list[tuple[str, str]]:
+        """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids, device rules);
+        the (file, value) pairs written, in order."""
+        writes: list[tuple[str, str]] = []
+
+        def w(path: Path, value) -> None:
+            cg.write(path, value)
+            writes.append((str(path), str(value)))
+
         mem = resources.get("memory") or {}
         if mem.get("limit") is not None:
             g = self._need("memory", "--memory")
-            cg.write(g / "memory.limit_in_bytes", mem["limit"])
+            w(g / "memory.limit_in_bytes", mem["limit"])
             swap = mem.get("swap")
             if swap is not None and (g / "memory.memsw.limit_in_bytes").exists():
-                cg.write(g / "memory.memsw.limit_in_bytes", -1 if swap < 0 else max(swap, mem["limit"]))
+                w(g / "memory.memsw.limit_in_bytes", -1 if swap < 0 else max(swap, mem["limit"]))
         cpu = resources.get("cpu") or {}
         if cpu.get("quota"):
             g = self._need("cpu", "--cpus")
-            cg.write(g / "cpu.cfs_period_us", cpu.get("period", 100000))
-            cg.write(g / "cpu.cfs_quota_us", cpu["quota"])
+            w(g / "cpu.cfs_period_us", cpu.get("period", 100000))
+            w(g / "cpu.cfs_quota_us", cpu["quota"])
         pids = resources.get("pids") or {}
         if pids.get("limit"):
             g = self._need("pids", "--pids-limit")
-            cg.write(g / "pids.max", pids["limit"])
+            w(g / "pids.max", pids["limit"])
         if resources.get("devices") and "devices" in self.groups:
             g = self.groups["devices"]
             for d in resources["devices"]:
                 rule = f"{d.get('type', 'a')} {d.get('major', '*')}:{d.get('minor', '*')} {d.get('access', 'rwm')}"
                 try:
-                    cg.write(g / ("devices.allow" if d.get("allow") else "devices.deny"), rule)
+                    w(g / ("devices.allow" if d.get("allow") else "devices.deny"), rule)
                 except OSError:
                     if not d.get("allow"):
                         raise  # an allow the parent group refuses only narrows access
+        return writes
 
     def _need(self, controller: str, option: str) -> Path:
         from imagetool.errors import ContainerError
@@ -78,16 +110,23 @@ class V1Cgroup:
             raise ContainerError(f"{option} needs the cgroup v1 {controller} controller, which is not mounted")
         return self.groups[controller]
 
-    def enter(self, pid: int = 0) -> None:
-        """Move `pid` (0: the caller) into every group."""
-        for p in self.paths:
-            cg.write(Path(p) / "cgroup.procs", pid)
+    def enter(self, pid: int = 0) -> list[str]:
+        """Move `pid` into every group; 0 means the caller, which must be single-threaded (it is
+        moved through `tasks`, see the module docstring). The files written."""
+        done = []
+        for p, name in self.joins:
+            if pid:
+                name = "cgroup.procs"
+            cg.write(p / name, pid)
+            done.append(str(p / name))
+        return done
 
     def oom_killed(self) -> bool:
         g = self.groups.get("memory")
         return bool(g and cg.read_keyed(g / "memory.oom_control").get("oom_kill", 0) > 0)
 
-    def destroy(self) -> None:
+    def destroy(self) -> list[str]:
+        """Kill what is left, rmdir every group (and the imagetool parents left empty); the groups."""
         first_error = None
         for p in self.paths:
             try:
@@ -97,3 +136,4 @@ class V1Cgroup:
             cg.remove_parent_if_empty(Path(p).parent)
         if first_error:
             raise first_error
+        return self.paths

@@ -1,0 +1,166 @@
+"""The runc/crun backend: the same spec handed over as config.json, behind the same API.
+
+Steps (each reported to the narrator):
+  create():  a helper process unshares a mount namespace of its own (make_private), mounts the
+             rootfs there (the one Mount), resolves a user name through the rootfs (users.lookup:
+             inside the root, regular files only — never the host's /etc/passwd), writes
+             `<bundle>/config.json` and waits for `start`
+  start():   the helper execs `runc run --bundle <bundle> <id>` with the container's stdio on
+             pipes imagetool copies (with -t runc's own console: the container gets runc's pty)
+  wait():    copy stdio, forward signals to runc (it forwards them), reap: runc's exit code
+  delete():  `runc delete --force <id>`, then the empty `imagetool/` cgroup parents
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+from imagetool.errors import ContainerError
+from imagetool.mount import Mount
+from imagetool.runtime import explain, mounts, process, shell, stdio, sync
+from imagetool.runtime import syscalls as sc
+
+
+
+class Reservation:
+    """For runc/crun nothing happens before the spec exists (runc makes its own cgroups)."""
+
+    def __init__(self, backend: str, container_id: str, io, narrator, bundle: str | None):
+        self.backend = backend
+        self.id = container_id
+        self.io = io
+        self.narrator = narrator
+        self.bundle = bundle
+        self.cgroup_paths: list[str] = []
+        self._handed_over = False
+
+    def prepare(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def create(self, spec: dict, rootfs: Mount) -> "Container":
+        from imagetool.runtime import cgroups
+
+        binary = shutil.which(self.backend)
+        if not binary:
+            raise ContainerError(f"{self.backend} is not installed")
+        if not self.bundle:
+            raise ContainerError(f"internal error: {self.backend} needs a bundle directory")
+        if bool(spec["process"].get("terminal")) != bool(self.io.tty):
+            raise ContainerError("internal error: the spec's terminal setting differs from the io's")
+        spec = json.loads(json.dumps(spec))
+        spec["root"]["path"] = rootfs.target
+        spec["linux"]["cgroupsPath"] = f"/{cgroups.PARENT}/{self.id}"
+        user_name = (spec.pop("annotations", None) or {}).get("org.imagetool.user")
+        pipes = None if self.io.tty else stdio.Pipes.make(self.io.interactive)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        argv = [self.backend, "run", "--bundle", self.bundle, self.id]
+        pending: list[int] = []
+        saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in process.FORWARD}
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(sync_r)
+                os.close(go_w)
+                narrator = explain.Forwarder(sync_w) if self.narrator is not explain.SILENT else explain.SILENT
+                _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, self.bundle, binary, argv)
+            except ContainerError as e:
+                _send_error(sync_w, e.exit_code, e.message)
+            except BaseException as e:
+                _send_error(sync_w, 125, f"{self.backend}: {e}")
+            finally:
+                os._exit(125)
+        os.close(sync_w)
+        os.close(go_r)
+        if pipes is not None:
+            pipes.close_child_ends()
+        reader = sync.Reader(sync_r)
+        try:
+            process._until(reader, "created", self.narrator)
+        except BaseException:
+            process._kill_and_reap(pid)
+            for fd in (sync_r, go_w):
+                stdio._close(fd)
+            if pipes is not None:
+                pipes.close_parent_ends()
+            process._restore(saved)
+            raise
+        self._handed_over = True
+        return Container(self.backend, self.id, pid, self.io, self.narrator, reader, go_w, pipes, None, saved, pending)
+
+
+def _send_error(fd: int, code: int, message: str) -> None:
+    try:
+        sync.send(fd, "error", code=code, message=message)
+    except OSError:
+        pass
+
+
+def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, binary, argv) -> None:
+    """The helper process: never returns (exec of runc, or an error message and exit)."""
+    from imagetool.runtime.spec import env_get
+    from imagetool.users import lookup
+
+    os.setsid()
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if pipes is not None:   # the container (and runc) get the pipes, never imagetool's fds
+        for fd, src in ((0, pipes.stdin_r), (1, pipes.stdout_w), (2, pipes.stderr_w)):
+            os.dup2(src if src is not None else os.open("/dev/null", os.O_RDONLY), fd)
+    t = time.perf_counter()
+    sc.unshare(sc.CLONE_NEWNS)
+    narrator.report("unshare mount namespace", shell.unshare(["mount"], fork=False), t)
+    t = time.perf_counter()
+    narrator.report("make private", mounts.make_private(), t)
+    t = time.perf_counter()
+    narrator.report("mount rootfs", mounts.mount_rootfs(rootfs), t)
+    if user_name:
+        t = time.perf_counter()
+        u = lookup(rootfs.target, user_name)
+        spec["process"]["user"] = {"uid": u.uid, "gid": u.gid, "additionalGids": list(u.additional_gids)}
+        if env_get(spec["process"]["env"], "HOME") is None:
+            spec["process"]["env"].append(f"HOME={u.home or '/'}")
+        narrator.report("resolve user", f"# {user_name}: uid={u.uid} gid={u.gid} (read through the rootfs)", t)
+    t = time.perf_counter()
+    path = os.path.join(bundle, "config.json")
+    text = json.dumps(spec, indent=1)
+    with open(path, "w") as f:
+        f.write(text)
+    narrator.report("write config.json", f"cat > {shell.q(path)} <<'EOF'\n{text}\nEOF", t)
+    sync.send(sync_w, "created")
+    if sync.read_exact(go_r, 1) != b"S":
+        os._exit(0)
+    narrator.report("exec runtime", shell.join(argv), time.perf_counter())
+    os.execv(binary, argv)
+
+
+class Container(process.Supervised):
+    """A created runc/crun container: its `runc run` waits for start in the helper (`pid`)."""
+
+    def __init__(self, backend, *args):
+        super().__init__(*args)
+        self.backend = backend
+
+    def _cleanup(self) -> None:
+        started = time.perf_counter()
+        force_delete(self.backend, self.id)
+        self.narrator.report("delete", shell.join([self.backend, "delete", "--force", self.id]), started)
+
+
+def force_delete(backend: str, container_id: str) -> None:
+    """`runc delete --force ID` (kills what is left) and the empty imagetool/ cgroup parents."""
+    import subprocess
+
+    from imagetool.runtime import cgroups
+
+    binary = shutil.which(backend)
+    if binary:
+        subprocess.run([binary, "delete", "--force", container_id], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    cgroups.remove_empty_parents()
