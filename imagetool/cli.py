@@ -52,7 +52,7 @@ def _annotation(p: options.Param):
     if p.type is bool:
         return bool
     if p.multiple:
-        return List[str] if p.required else Optional[List[str]]
+        return List[p.type] if p.required else Optional[List[p.type]]
     return p.type if (p.required or p.default is not None) else Optional[p.type]
 
 
