@@ -1,4 +1,4 @@
-"""The only resolver of paths taken from image content: everything stays inside one root directory.
+"""The one resolver of paths taken from image content: everything stays inside one root directory.
 
 Contract (the rules every caller relies on):
 
@@ -13,6 +13,9 @@ Contract (the rules every caller relies on):
 - The last component of an entry is never followed: callers get `(parent_fd, name)` and create,
   replace or delete `name` through `dir_fd=` calls, so a symlink planted earlier (in this layer or a
   lower one) is replaced, never written through.
+- `Root.resolve(components)` follows the last component's symlink too (in-root), for callers
+  that act on what a path points at: `read_file` (e.g. the image's /etc/passwd, users.py) and
+  `open` (an O_PATH fd of a mount target, mounted on as /proc/self/fd/N).
 - The returned fds are owned by the Root (a cache keyed by the canonical, symlink-free path):
   `invalidate()` (after removing a directory or symlink) retires them from the cache, and
   `release()` closes retired fds once no caller holds one (between entries).
@@ -196,36 +199,60 @@ class Root:
         pfd, pcanon = self.resolve_dir(comps[:-1], mkdir)
         return pfd, comps[-1], pcanon
 
-    def read_file(self, comps: tuple[str, ...], limit: int) -> bytes | None:
-        """The first `limit` bytes of the regular file named by `comps`, every symlink (the last
-        one too) followed in-root; None when it is missing or not a regular file (a fifo or a
-        device is never opened for reading: that could block or read host state)."""
+    def resolve(self, comps: tuple[str, ...], mkdir: MkdirHook | None = None
+                ) -> tuple[int, str, str, os.stat_result | None]:
+        """(parent fd, name, canonical parent, lstat or None) of the entry `comps` names, with
+        every symlink, the last component's too, followed inside the root (chroot semantics).
+
+        The entry itself is never a symlink; st None means it does not exist (create it with
+        `dir_fd=` calls). Missing parents go to `mkdir` as in resolve_dir (else MissingPath).
+        A path that resolves to the root itself, an empty link or a loop raise UnpackError."""
+        comps = tuple(comps)
         for _ in range(MAX_SYMLINKS + 1):
-            if not comps or comps[-1] in (".", ".."):
-                return None
-            try:
-                pfd, pcanon = self.resolve_dir(comps[:-1])
-            except UnpackError:          # MissingPath included
-                return None
-            st = self.lstat(pfd, comps[-1])
-            if st is None:
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(comps[-1], dir_fd=pfd)
-                base = () if target.startswith("/") or not pcanon else tuple(pcanon.split("/"))
-                comps = base + tuple(c for c in target.split("/") if c)
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            fd = os.open(comps[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return None
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    return f.read(limit)
-            finally:
-                os.close(fd)
+            if comps and comps[-1] in ("", ".", ".."):       # settle a trailing "." or ".." physically
+                comps = tuple(c for c in self.resolve_dir(comps, mkdir)[1].split("/") if c)
+            if not comps:
+                raise UnpackError("the path resolves to the root directory itself")
+            pfd, pcanon = self.resolve_dir(comps[:-1], mkdir)
+            name = comps[-1]
+            st = self.lstat(pfd, name)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return pfd, name, pcanon, st
+            target = os.readlink(name, dir_fd=pfd)
+            if not target:
+                raise UnpackError(f"empty symlink {join(pcanon, name)!r}")
+            base = () if target.startswith("/") or not pcanon else tuple(pcanon.split("/"))
+            comps = base + tuple(c for c in target.split("/") if c)
         raise UnpackError(f"too many levels of symbolic links resolving {'/'.join(comps)!r}")
+
+    def open(self, comps: tuple[str, ...], flags: int = os.O_PATH) -> int:
+        """An fd (the caller closes it) of the existing entry `comps` names, resolved as by
+        `resolve` and opened with O_NOFOLLOW|O_CLOEXEC added: what is opened is what was checked,
+        even if a component is swapped for a symlink meanwhile (e.g. a mount target, as
+        /proc/self/fd/N). MissingPath when it does not exist."""
+        pfd, name, pcanon, st = self.resolve(comps)
+        if st is None:
+            raise MissingPath(f"{join(pcanon, name)!r} does not exist")
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+
+    def read_file(self, comps: tuple[str, ...], limit: int) -> bytes | None:
+        """The first `limit` bytes of the regular file named by `comps` (resolved as by
+        `resolve`); None when it is missing, unresolvable or not a regular file (a fifo or a
+        device is never opened for reading: that could block or read host state)."""
+        try:
+            pfd, name, _, st = self.resolve(comps)
+        except UnpackError:              # MissingPath included
+            return None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read(limit)
+        finally:
+            os.close(fd)
 
     def lstat(self, pfd: int, name: str) -> os.stat_result | None:
         try:

@@ -22,6 +22,7 @@ import pytest
 
 from imagetool.mount import Mount
 from imagetool.runtime import shell
+from tests import scripthelpers
 from tests.runhelpers import add_image, cgroup_children, kernel_skip_reason, new_cgroups_that_stay
 
 _reason = kernel_skip_reason()
@@ -64,31 +65,8 @@ def _layer_tar(built) -> bytes:
     return gzip.decompress(built.blobs[manifest["layers"][0]["digest"]])
 
 
-def rootfs_mount(store_root: Path, ref: str, container_dir: Path) -> Mount:
-    """The rootfs Mount unpack prepares for a container (overlay over the store's snapshots)."""
-    from imagetool import image as image_mod
-    from imagetool.unpack.rootfs import prepare_rootfs
-    from store import Store
-
-    st = Store.open(store_root)
-    plan = prepare_rootfs(st, image_mod.load(st, ref), container_dir, "overlay")
-    if isinstance(plan, Mount):
-        return plan
-    return Mount("overlay", "overlay", str(plan.target), tuple(plan.data.split(",")), cwd=str(plan.cwd))
-
-
-def render(store_root: Path, tmp_path: Path, *command, ref="busybox", layout=None, interactive=False, **opts) -> str:
-    from imagetool import image as image_mod
-    from imagetool.containers import RunOptions
-    from imagetool.runtime import script
-    from imagetool.specgen import spec_from_image
-    from store import Store
-
-    img = image_mod.load(Store.open(store_root), ref)
-    spec = spec_from_image(img.config, RunOptions(image=ref, command=list(command), **opts))
-    cid = "script-" + os.urandom(6).hex()
-    return script.render(spec, rootfs_mount(store_root, ref, tmp_path / "c" / cid), cid, layout,
-                         image=img.name, interactive=interactive)
+def render(store_root: Path, tmp_path: Path, *command, **kw) -> str:
+    return scripthelpers.render(store_root, tmp_path / "c", *command, **kw)
 
 
 def run_script(text: str, tmp_path: Path, timeout=120, **kw) -> subprocess.CompletedProcess:
@@ -143,6 +121,15 @@ def test_seed_7mb_demonstration_on_v1(store, tmp_path, host_unchanged, command, 
     assert "echo 7340032 > " in text and "/memory.limit_in_bytes" in text
     r = run_script(text, tmp_path)
     assert r.returncode == status, r.stderr
+
+
+@needs_kernel
+def test_sys_fs_cgroup_inside_shows_the_containers_own_limit_read_only(store, tmp_path, host_unchanged):
+    _v1_memory_or_skip()
+    probe = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes || echo ro"
+    r = run_script(render(store, tmp_path, "sh", "-c", probe, memory="7m"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["7340032", "ro"]
 
 
 @needs_kernel
@@ -268,6 +255,61 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+
+
+# ---------------------------------------------------------------- the cgroup-v2 VM (one boot)
+
+V2HOST = Path("/work/shared/v2host")
+V2DATA = Path(os.environ.get("V2HOST_DATA", "/var/tmp/v2host-data"))
+
+V2_GUEST = r"""
+set -u
+export PYTHONPATH=/host/src IMAGETOOL_FIXTURE_CACHE=/var/tmp/fx
+cd /host/src
+python3 -c "from tests.runhelpers import add_image; from fixtures.images import busybox_image; add_image('/var/tmp/st', busybox_image(), 'docker.io/library/busybox:latest')" || exit 90
+r() { python3 -m tests.scripthelpers /var/tmp/st /var/tmp/c "$@"; }
+echo "LAYOUT $(python3 -c 'from imagetool.runtime import cgroups; print(cgroups.detect())')"
+r '{}' echo hello > /tmp/hello.sh && sh /tmp/hello.sh > /tmp/hello.out; echo "RESULT hello $? $(cat /tmp/hello.out)"
+r '{"memory": "7m"}' sh -c 'data=$(head -c 7500000 /dev/urandom)' > /tmp/oom.sh && sh /tmp/oom.sh; echo "RESULT oom $?"
+grep -c -e '^echo 7340032 > /sys/fs/cgroup/imagetool/script-[0-9a-f]*/memory.max$' /tmp/oom.sh | sed 's/^/RESULT memory_max /'
+r '{"memory": "7m"}' sh -c 'data=$(head -c 2000000 /dev/urandom); cat /sys/fs/cgroup/memory.max' > /tmp/fits.sh && sh /tmp/fits.sh > /tmp/fits.out; echo "RESULT fits $? $(cat /tmp/fits.out)"
+r '{"pids_limit": 20, "cpus": 0.5}' no-such-command > /tmp/fail.sh && sh /tmp/fail.sh; echo "RESULT fail $?"
+echo "RESULT leftover_cgroups $(find /sys/fs/cgroup/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
+echo "RESULT parent_group $(test -d /sys/fs/cgroup/imagetool && echo present || echo absent)"
+echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/c -e imagetool-script /proc/self/mountinfo)"
+echo "RESULT leftover_tmp $(ls -d /tmp/imagetool-script.* 2>/dev/null | wc -l)"
+"""
+
+
+def test_v2_vm_script(tmp_path):
+    """One boot of the cgroup-v2-only VM: the script prints hello, the seed's 7 MB demonstration
+    (memory.max; 7.5 MB killed → 137, 2 MB fits), a failing command, and nothing left behind."""
+    if not (V2HOST / "run.sh").is_file() or not (V2DATA / "root.img").is_file():
+        pytest.skip("the v2host VM image is not built (run /work/shared/v2host/build.sh)")
+    if os.environ.get("IMAGETOOL_SKIP_VM"):
+        pytest.skip("IMAGETOOL_SKIP_VM is set")
+    repo = Path(__file__).resolve().parent.parent
+    share = tmp_path / "share"
+    for part in ("imagetool", "store", "fixtures", "tests"):
+        shutil.copytree(repo / part, share / "src" / part, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
+    (share / "guest.sh").write_text(V2_GUEST)
+    r = subprocess.run([str(V2HOST / "run.sh"), "--share", str(share), "--timeout", "400", "--", "bash /host/guest.sh"],
+                       capture_output=True, text=True, timeout=500)
+    sys.stdout.write(r.stdout)  # what the VM saw, shown on failure
+    if r.returncode == 125 and "RESULT" not in r.stdout:
+        pytest.skip(f"the VM did not start: {r.stderr[-300:]}")
+    results = {line.split(" ", 2)[1]: line.split(" ", 2)[2] for line in r.stdout.splitlines()
+               if line.startswith("RESULT ") and len(line.split(" ", 2)) == 3}
+    assert "LAYOUT v2" in r.stdout
+    assert results["hello"] == "0 hello"
+    assert results["oom"] == "137"
+    assert results["memory_max"] == "1"
+    assert results["fits"] == "0 7340032"
+    assert results["fail"] == "127"
+    assert results["leftover_cgroups"] == "0"
+    assert results["parent_group"] == "absent"
+    assert results["leftover_mounts"] == "0"
+    assert results["leftover_tmp"] == "0"
 
 
 # ---------------------------------------------------------------- rendering

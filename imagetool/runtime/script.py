@@ -50,7 +50,7 @@ def render(spec: dict, rootfs: Mount, container_id: str, cgroup_layout: str | No
         raise ContainerError("run --script does not render user namespaces (rootless) yet")
     version, groups, dirs = cgroup_groups(container_id, cgroup_layout)
     lowers = lower_layers(rootfs)
-    init = _init_script(spec, rootfs, lowers, ns_types)
+    init = _init_script(spec, rootfs, lowers, ns_types, version)
     delimiter = INIT_EOF
     while delimiter in init.splitlines():
         delimiter += "_"
@@ -214,7 +214,7 @@ def _cgroups(version: int, groups: dict[str, str], dirs: list[str], resources: d
 # ---------------------------------------------------------------- the init (inside the namespaces)
 
 
-def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[str]) -> str:
+def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[str], version: int) -> str:
     proc = spec["process"]
     linux = spec.get("linux") or {}
     annotations = spec.get("annotations") or {}
@@ -267,7 +267,7 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
         out.append(shell.mount(Mount("bind", lowers[0], "rootfs", ("rbind",))))
     out += ["cd rootfs", "", "# 8. /proc, /dev (each device node), /sys and the volumes"]
     for m in spec.get("mounts", []):
-        out += _spec_mount(m)
+        out += _spec_mount(m, version)
     for d in linux.get("devices") or ():
         path = d["path"].lstrip("/")
         out += [f"mkpoint {q(os.path.dirname(path) or '.')}",
@@ -315,13 +315,17 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
     return "\n".join(out) + "\n"
 
 
-def _spec_mount(m: dict) -> list[str]:
-    """A spec mount as mkpoint + mount lines (relative to the rootfs); /dev's tmpfs with its nodes."""
+def _spec_mount(m: dict, version: int) -> list[str]:
+    """A spec mount as mkpoint + mount lines (relative to the rootfs); /dev's tmpfs with its nodes;
+    `cgroup`: the container's own cgroups (its cgroup namespace's view), read-only."""
+    from imagetool.runtime import cgroups
     from imagetool.runtime import mounts as rt
 
     dest = m["destination"].lstrip("/")
     mtype = m.get("type") or "none"
     options = tuple(m.get("options") or ())
+    if mtype in ("cgroup", "cgroup2"):
+        return [f"mkpoint {q(dest)}", *shell.mount_cgroupfs(dest, None if version == 2 else cgroups.hierarchies())]
     if mtype == "bind" or "bind" in options or "rbind" in options:
         src = m["source"]
         return [f"if [ -d {q(src)} ]; then mkpoint {q(dest)}; else mkpoint {q(dest)} file; fi",

@@ -169,6 +169,24 @@ def make_private(path: str = "/") -> str:
     return f"mount --make-rprivate {q(path)}"
 
 
+def mount_cgroupfs(dest: str, hierarchies: Iterable | None) -> list[str]:
+    """The container's own cgroups at `dest` (/sys/fs/cgroup), read-only, through its cgroup
+    namespace. `hierarchies` None: cgroup v2, one `mount -t cgroup2`. Otherwise (v1/hybrid) the
+    host's hierarchies (`cgroups.Hierarchy`: .fstype, .dirname, .data): a tmpfs, one read-only
+    mount per hierarchy in it (`mount -t cgroup -o ro,…,memory cgroup DEST/memory`), the tmpfs
+    remounted read-only last."""
+    ro = "ro,nosuid,nodev,noexec"
+    if hierarchies is None:
+        return [join(["mount", "-t", "cgroup2", "-o", ro, "cgroup2", dest])]
+    out = [join(["mount", "-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=755", "tmpfs", dest])]
+    for h in hierarchies:
+        sub = f"{dest}/{h.dirname}"
+        opts = ro if h.fstype == "cgroup2" else f"{ro},{h.data}"
+        out += [mkdir(sub), join(["mount", "-t", h.fstype, "-o", opts, h.fstype, sub])]
+    out.append(join(["mount", "-o", "remount,bind,ro", dest]))
+    return out
+
+
 def mknod(path: str, kind: str, major: int, minor: int, mode: int = 0o666) -> str:
     """`mknod -m 666 dev/urandom c 1 9` (kind "c" or "b")."""
     return f"mknod -m {mode:o} {q(path)} {q(kind)} {int(major)} {int(minor)}"
