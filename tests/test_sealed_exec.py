@@ -205,10 +205,8 @@ def _pt_interp_elf(interp: bytes) -> bytes:
     return head + pt_interp + load + interp + b"\0"
 
 
-@pytest.fixture
-def interpreter_copy(tmp_path):
-    """A copy of the running interpreter's binary and libpython; returns (binary, env to run it)."""
-    d = tmp_path / "python-copy"
+def _copy_interpreter(d: Path) -> tuple[Path, dict]:
+    """A copy of the running interpreter's binary and libpython in `d`; (binary, env to run it)."""
     d.mkdir()
     real = Path(os.path.realpath(sys.executable))
     copy = d / real.name
@@ -219,8 +217,13 @@ def interpreter_copy(tmp_path):
             lib = line.split("=>")[1].split("(")[0].strip()
             shutil.copy2(lib, d / Path(lib).name)
     env = {"PYTHONHOME": sys.base_prefix, "PYTHONPATH": os.pathsep.join([str(REPO), *_site_packages()]),
-           "LD_LIBRARY_PATH": str(d), "PATH": "/usr/bin:/bin"}
+           "LD_LIBRARY_PATH": str(d), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     return copy, env
+
+
+@pytest.fixture
+def interpreter_copy(tmp_path):
+    return _copy_interpreter(tmp_path / "python-copy")
 
 
 def _site_packages() -> list[str]:
@@ -307,3 +310,88 @@ def test_non_dumpable_process_hides_its_exe_from_the_same_uid(non_dumpable):
         assert status == 99 and "PermissionError" in out
     else:
         assert status == 0 and os.path.basename(out).startswith("python")
+
+
+# --- end to end: `imagetool run`, itself running from a copy of the interpreter -------------------
+@pytest.fixture(scope="module")
+def run_from_copy(tmp_path_factory):
+    """(imagetool run …) from a copied interpreter, the copy, and the store (busybox inside)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from runhelpers import add_image, kernel_skip_reason
+
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from fixtures.images import busybox_image
+
+    base = tmp_path_factory.mktemp("sealed-run")
+    copy, env = _copy_interpreter(base / "python-copy")
+    add_image(base / "store", busybox_image(), "busybox")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(copy), "-m", "imagetool", "--store", str(base / "store"), "run", "--rm", *args],
+                              env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    return run, copy
+
+
+def _host_interpreter_volumes() -> list[str]:
+    """-v options giving the container what the host interpreter needs to run inside it (its
+    prefix, the host's loader and libraries, read-only) and PYTHONHOME: with these only the sealed
+    exec stands between the container and the host's binary."""
+    out = []
+    for d in (sys.base_prefix, "/lib", "/lib64", "/usr/lib"):
+        if os.path.isdir(d):
+            out += ["-v", f"{d}:{d}:ro"]
+    return out + ["-e", f"PYTHONHOME={sys.base_prefix}"]
+
+
+def test_run_proc_self_exe_prints_no_python_version(run_from_copy):
+    run, _ = run_from_copy
+    r = run(*_host_interpreter_volumes(), "busybox", "/proc/self/exe", "--version")
+    assert "Python" not in r.stdout + r.stderr
+    assert r.returncode == 126  # the trampoline re-entered as [/proc/self/exe, --version]
+
+
+def test_run_attacks_on_proc_exe_leave_the_interpreter_unchanged(run_from_copy):
+    """chmod/setxattr through /proc/self/exe with everything the host interpreter needs to run in
+    the container (see _host_interpreter_volumes), and, from a shell, through /proc/1/exe."""
+    run, copy = run_from_copy
+    before = _fingerprint(copy)
+    attack = ("import os; os.chmod('/proc/self/exe', 0o6777); "
+              "os.setxattr('/proc/self/exe', 'user.pwned', b'1'); print('attack ran')")
+    r1 = run(*_host_interpreter_volumes(), "--entrypoint", "/proc/self/exe", "busybox", "-c", attack)
+    r2 = run("busybox", "sh", "-c", "readlink /proc/1/exe; chmod 6777 /proc/1/exe /proc/self/exe; "
+                                    "setfattr -n user.pwned -v 1 /proc/1/exe 2>/dev/null; true")
+    assert _fingerprint(copy) == before
+    assert "attack ran" not in r1.stdout and r1.returncode in (126, 127), r1.stderr
+    assert r2.returncode == 0 and r2.stdout.splitlines()[0] == "/bin/busybox", r2.stderr
+
+
+def test_run_command_gets_its_argv_and_env_unchanged(run_from_copy):
+    run, _ = run_from_copy
+    r = run("-e", "FOO=a b  c", "-e", "EMPTY=", "busybox", "sh", "-c",
+            'tr "\\0" "|" < /proc/$$/cmdline; echo; echo "[$FOO][$EMPTY]"; readlink /proc/$$/exe', "arg0")
+    assert r.returncode == 0, r.stderr
+    cmdline, env, exe = r.stdout.splitlines()
+    assert cmdline.split("|")[:2] == ["sh", "-c"] and cmdline.endswith("|arg0|")
+    assert env == "[a b  c][]"
+    assert exe == "/bin/busybox"
+
+
+EXIT_CASES = [
+    # (command, exit code, what stderr says)
+    (["/nonexistent"], 127, "no such file or directory"),
+    (["nonexistent-cmd"], 127, "not found"),
+    (["/etc/passwd"], 126, "permission denied"),
+    (["sh", "-c", "exit 3"], 3, ""),
+]
+
+
+@pytest.mark.parametrize("cmd,code,message", EXIT_CASES, ids=["missing_path", "missing_in_PATH", "not_executable",
+                                                              "command_exit_code"])
+def test_run_exit_codes_and_messages_survive_the_trampoline(run_from_copy, cmd, code, message):
+    run, _ = run_from_copy
+    r = run("busybox", *cmd)
+    assert r.returncode == code
+    assert message in r.stderr.lower()
