@@ -12,6 +12,7 @@ from store import Descriptor, Digest
 from imagetool import mediatypes as mt
 from imagetool.errors import ManifestError
 from imagetool.transports import walk
+from test_push import env  # noqa: F401 - the fixture: no host configuration
 
 
 def _doc(obj) -> tuple[Descriptor, bytes]:
@@ -72,3 +73,123 @@ def test_an_index_entry_that_lies_about_its_manifest_is_refused(lie):
     blobs = {a.digest: raw_a, top.digest: raw_top}
     with pytest.raises(ManifestError):
         walk.walk(lambda d: blobs[d.digest], top)
+
+
+# ---------------------------------------------------------------- copy between transports
+
+SOURCES = ["docker", "oci", "oci-archive", "docker-archive", "store"]
+
+
+@pytest.fixture(scope="module")
+def copy_image_built():
+    from fixtures.images import Layer, build_image
+    from fixtures.tarbuild import file
+
+    from test_pull_support import random_layer
+
+    return build_image([random_layer(200_000), Layer([file("etc/motd", b"copied\n")], compression=None)])
+
+
+def _source(kind: str, registry, img, tmp_path, store) -> str:
+    from fixtures.images import build_archive, write_oci_layout
+
+    if kind == "docker":
+        registry.push(img, "copy/src:v1")
+        return f"docker://{registry.host}/copy/src:v1"
+    if kind == "oci":
+        return f"oci:{write_oci_layout(tmp_path / 'src-oci', {'v1': img})}:v1"
+    if kind == "store":
+        layout = write_oci_layout(tmp_path / "src-load", {"v1": img}, {"v1": "copy/src:v1"})
+        from imagetool.archive import load_images
+
+        load_images(store, str(layout))
+        return "store:copy/src:v1"
+    path = tmp_path / f"src-{kind}.tar"
+    path.write_bytes(build_archive({"copy/src:v1": img}, "oci" if kind == "oci-archive" else "docker"))
+    return f"{kind}:{path}:copy/src:v1"
+
+
+def _dest(kind: str, registry, tmp_path, n: str) -> tuple[str, list[str]]:
+    """(imagetool address, skopeo's name for the same image)."""
+    if kind == "docker":
+        return f"docker://{registry.host}/copy/dst-{n}:v1", [f"docker://{registry.host}/copy/dst-{n}:v1",
+                                                            "--tls-verify=false"]
+    if kind == "oci":
+        return f"oci:{tmp_path / 'dst-oci'}:v1", [f"oci:{tmp_path / 'dst-oci'}:v1"]
+    if kind == "oci-archive":
+        return f"oci-archive:{tmp_path / 'dst.tar'}:v1", [f"oci-archive:{tmp_path / 'dst.tar'}:v1"]
+    if kind == "docker-archive":
+        return f"docker-archive:{tmp_path / 'dst-d.tar'}:copy/dst:v1", [f"docker-archive:{tmp_path / 'dst-d.tar'}"]
+    return "store:copy/dst:v1", [f"oci:{tmp_path / 'store'}:docker.io/copy/dst:v1"]
+
+
+def _skopeo(*args) -> bytes:
+    import subprocess
+
+    r = subprocess.run(["skopeo", "inspect", *args], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("dst", SOURCES)
+@pytest.mark.parametrize("src", SOURCES)
+def test_copy_between_every_pair_of_transports_keeps_what_skopeo_sees(
+        src, dst, registry, copy_image_built, tmp_path, store_dir, env):
+    from store import Store
+
+    from imagetool.transfer import copy
+
+    img = copy_image_built
+    store = Store.open(store_dir)
+    source = _source(src, registry, img, tmp_path, store)
+    dest, seen_as = _dest(dst, registry, tmp_path, f"{src}-{dst}")
+    result = copy(store, source, dest)
+    name, *flags = seen_as
+    # the oracle: skopeo reads the destination and finds the same config (every transport) and,
+    # where both formats carry the manifest as is, the very same manifest bytes
+    assert _skopeo("--config", "--raw", *flags, name) == img.config_bytes
+    if "docker-archive" not in (src, dst):
+        assert _skopeo("--raw", *flags, name) == img.manifest
+        assert result.digest == img.manifest_digest
+        assert _skopeo_copy_back(registry, flags, name, tmp_path) == img.all_blobs()
+
+
+def _skopeo_copy_back(registry, flags, name: str, tmp_path) -> dict:
+    import subprocess
+
+    out = tmp_path / "back"
+    flags = ["--src-tls-verify=false"] if flags else []
+    r = subprocess.run(["skopeo", "--policy", str(registry._policy()), "copy", "--preserve-digests", *flags,
+                        name, f"oci:{out}:x"], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return {"sha256:" + p.name: p.read_bytes() for p in (out / "blobs" / "sha256").iterdir()}
+
+
+@pytest.mark.parametrize("dst", ["oci", "oci-archive", "docker-archive", "store", "docker"])
+def test_a_corrupt_source_names_nothing_at_the_destination_and_leaves_no_temp_files(
+        dst, registry, copy_image_built, tmp_path, store_dir, env):
+    from fixtures.images import write_oci_layout
+    from store import Store
+
+    from imagetool.errors import ImagetoolError
+    from imagetool.transfer import copy
+
+    img = copy_image_built
+    layout = write_oci_layout(tmp_path / "bad", {"v1": img})
+    layer = layout / "blobs" / "sha256" / img.layers[0].digest.split(":")[1]
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    store = Store.open(store_dir)
+    dest, _ = _dest(dst, registry, tmp_path, f"corrupt-{dst}")
+    with pytest.raises(ImagetoolError):
+        copy(store, f"oci:{layout}:v1", dest)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("imagetool-") or p.suffix == ".tar"
+                and p.name.startswith("dst")]
+    if dst == "oci":
+        assert not (tmp_path / "dst-oci" / "index.json").exists()
+    if dst == "store":
+        assert Store.open(store_dir).refs() == []
+    if dst == "docker":
+        status, _, _ = registry.get("/v2/copy/dst-corrupt-docker/manifests/v1")
+        assert status == 404

@@ -43,7 +43,7 @@ def save(store, refs: list[str], out: str, fmt: str = "docker") -> None:
         if fmt == "docker":
             top, manifest = _platform_manifest(store, top, name)
             _collect_manifest(store, top, manifest, blobs, name)
-            _docker_entry(docker_entries, manifest, name)
+            docker_entry(docker_entries, manifest, name)
         else:
             _collect(store, top, blobs, name)
         entry = Descriptor(top.media_type, top.digest, top.size,
@@ -54,7 +54,14 @@ def save(store, refs: list[str], out: str, fmt: str = "docker") -> None:
              "index.json": _dump({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": index_entries})}
     if fmt == "docker":
         files["manifest.json"] = _dump(docker_entries)
-        files["repositories"] = _dump(_repositories(docker_entries))
+        files["repositories"] = _dump(repositories(docker_entries))
+    write_tar(out, files, list(blobs), store.open_blob)
+
+
+def write_tar(out: str, files: dict, blobs: list, open_blob) -> None:
+    """The archive: metadata `files` (oci-layout, index.json, manifest.json, repositories) first,
+    then every blob of `blobs` (Digests, in order) read from `open_blob(digest)`; deterministic
+    (mtime 0, root owner). `out` appears only complete (see output.output_fd)."""
     with output_fd(out) as fd:
         w = TarWriter(fd)
         for name in ("oci-layout", "index.json", "manifest.json", "repositories"):
@@ -64,7 +71,7 @@ def save(store, refs: list[str], out: str, fmt: str = "docker") -> None:
         for alg in sorted({d.algorithm for d in blobs}):
             w.add_dir(f"blobs/{alg}")
         for d in blobs:
-            _add_blob(store, w, d)
+            _add_blob(open_blob, w, d)
         w.close()
 
 
@@ -135,7 +142,7 @@ def _platform_manifest(store, top: Descriptor, name):
     return Descriptor(desc.media_type, desc.digest, desc.size, None, desc.platform), manifest
 
 
-def _docker_entry(entries: list[dict], manifest, name: str | None) -> None:
+def docker_entry(entries: list[dict], manifest, name: str | None) -> None:
     tag = reference.parse(name).familiar if name else None
     config = blob_name(manifest.config.digest)
     for e in entries:
@@ -147,7 +154,7 @@ def _docker_entry(entries: list[dict], manifest, name: str | None) -> None:
                     "Layers": [blob_name(la.digest) for la in manifest.layers]})
 
 
-def _repositories(entries: list[dict]) -> dict:
+def repositories(entries: list[dict]) -> dict:
     repos: dict[str, dict[str, str]] = {}
     for e in entries:
         if not e["Layers"]:
@@ -159,10 +166,10 @@ def _repositories(entries: list[dict]) -> dict:
     return repos
 
 
-def _add_blob(store, w: TarWriter, d: Digest) -> None:
+def _add_blob(open_blob, w: TarWriter, d: Digest) -> None:
     import tarfile
 
-    f = store.open_blob(d)
+    f = open_blob(d)
     try:
         size = os.fstat(f.fileno()).st_size
         ti = tarfile.TarInfo(blob_name(d))

@@ -1,0 +1,254 @@
+"""OCI layout directories and image archives (oci-archive, docker-archive) as sources and sinks.
+
+Source: `ArchiveSource(path, ref)` reads `oci:DIR`, `oci-archive:FILE` and `docker-archive:FILE`
+through the load path's verified reader (archive/plan.py: every blob hashed before any byte is
+copied; a legacy docker save gets the OCI manifest the load would write). `ref` picks the image:
+for a layout, the `org.opencontainers.image.ref.name` annotation as written (skopeo's rule), or an
+image name; for a docker save, one of its RepoTags. Without `ref` the archive must hold one image.
+
+Sinks: `LayoutSink(dir, ref)` writes blobs (hashed while written, temp + fsync + rename) and then
+index.json with an entry annotated `ref` (replacing an entry of the same ref). `ArchiveSink(file,
+format, ref)` builds such a layout in a temp dir beside `file` and writes it as one tar
+(docker-archive: plus manifest.json and repositories, one platform), the file appearing only
+complete; the temp dir goes on every path out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from store import Descriptor, Digest
+from store.errors import InvalidDescriptor
+
+from imagetool import mediatypes as mt
+from imagetool import reference
+from imagetool.errors import ArchiveError, DigestError, ImageNotFound
+from imagetool.transports.base import PUSHED, Sink, Source, skip
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class _NoStore:
+    """What plan.read_archive asks of a store, for a copy that writes none: nothing is present."""
+
+    @staticmethod
+    def has(_digest) -> bool:
+        return False
+
+
+class ArchiveSource(Source):
+    def __init__(self, path: str, ref: str | None, spool_dir: Path):
+        from imagetool.archive.plan import read_archive
+        from imagetool.archive.source import open_source
+
+        self.label = path
+        self.src = open_source(path, spool_dir)
+        try:
+            self.plan = read_archive(self.src, _NoStore())
+            self._top = self._choose(ref)
+        except BaseException:
+            self.src.close()
+            raise
+
+    def close(self) -> None:
+        self.src.close()
+
+    def _choose(self, ref: str | None) -> Descriptor:
+        images = self.plan.images
+        if ref is None:
+            if len(images) != 1:
+                raise ArchiveError(f"{self.label} holds {len(images)} images: name one",
+                                   hint="append :REF (a ref name or image name) to the path")
+            return images[0].descriptor
+        by_annotation = self._ref_names().get(ref)
+        for img in images:
+            if by_annotation is not None and img.descriptor.digest == by_annotation:
+                return img.descriptor
+        full = _full(ref)
+        for img in images:
+            if full and full in img.names:
+                return img.descriptor
+        raise ImageNotFound(f"no image {ref!r} in {self.label}")
+
+    def _ref_names(self) -> dict:
+        """{ref.name annotation: digest} of index.json (empty for a legacy docker save)."""
+        if not self.src.exists("index.json"):
+            return {}
+        try:
+            entries = json.loads(self.src.read("index.json")).get("manifests") or []
+            return {e["annotations"][REF_NAME]: Digest.parse(e["digest"]) for e in entries
+                    if isinstance(e, dict) and REF_NAME in (e.get("annotations") or {})}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return {}
+
+    def top(self) -> Descriptor:
+        return self._top
+
+    def read(self, desc: Descriptor) -> bytes:
+        if desc.digest in self.plan.puts:
+            return self.plan.puts[desc.digest]
+        raise ArchiveError(f"{self.label}: manifest {desc.digest} is not in the archive")
+
+    def carries(self, entry: Descriptor) -> bool:
+        return entry.digest in self.plan.puts
+
+    def chunks(self, desc: Descriptor, offset: int = 0):
+        if desc.digest in self.plan.puts:
+            yield self.plan.puts[desc.digest][offset:]
+            return
+        member = self.plan.copies.get(desc.digest)
+        if member is None:
+            raise ArchiveError(f"{self.label}: blob {desc.digest} is not in the archive")
+        yield from skip(self.src.chunks(member), offset)
+
+
+def _full(name: str) -> str | None:
+    try:
+        ref = reference.parse(name)
+    except Exception:  # noqa: BLE001 - not an image name: only the annotation can match
+        return None
+    return None if ref.digest else str(ref)
+
+
+class LayoutSink(Sink):
+    def __init__(self, root: str | Path, ref: str | None):
+        self.root = Path(root)
+        self.ref = ref
+        self.label = f"oci:{root}"
+        if self.root.exists() and any(self.root.iterdir()) and not (self.root / "oci-layout").exists():
+            raise ArchiveError(f"{root} is a non-empty directory that is not an OCI layout; refusing to "
+                               "write into it")
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            _atomic(layout, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        self.written: list[Digest] = []
+
+    def _path(self, d: Digest) -> Path:
+        return self.root / "blobs" / d.algorithm / d.hex
+
+    def has(self, desc: Descriptor) -> bool:
+        return self._path(desc.digest).is_file()
+
+    def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
+        self._write(desc, source.chunks(desc), source.label, progress)
+        return PUSHED
+
+    def _write(self, desc: Descriptor, chunks, label: str, progress=None) -> None:
+        path = self._path(desc.digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="imagetool-", suffix=".tmp", dir=path.parent)
+        try:
+            h, size = desc.digest.hasher(), 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress.blob_advance(str(desc.digest), len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+            if size != desc.size or h.hexdigest() != desc.digest.hex:
+                raise DigestError(f"blob {desc.digest} from {label} does not match its descriptor "
+                                  f"({size} bytes, sha256:{h.hexdigest()})")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)  # point of no return: the verified blob appears under its digest
+            self.written.append(desc.digest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_manifest(self, node) -> None:
+        if not self.has(node.descriptor):
+            self._write(node.descriptor, [node.raw], "the source")
+        elif node.descriptor.digest not in self.written:
+            self.written.append(node.descriptor.digest)
+
+    def finish(self, top: Descriptor) -> None:
+        index_path = self.root / "index.json"
+        entries = []
+        if index_path.exists():
+            try:
+                doc = json.loads(index_path.read_bytes())
+                entries = [Descriptor.from_dict(e) for e in doc.get("manifests") or []]
+            except (ValueError, AttributeError, InvalidDescriptor) as e:
+                raise ArchiveError(f"{index_path} is not a valid OCI index ({e})") from None
+        ann = {REF_NAME: self.ref} if self.ref else None
+        entry = Descriptor(top.media_type, top.digest, top.size, ann, top.platform)
+        keep = [e for e in entries if not (self.ref and (e.annotations or {}).get(REF_NAME) == self.ref)
+                and e.to_dict() != entry.to_dict()]
+        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                 "manifests": [e.to_dict() for e in keep + [entry]]}
+        _atomic(index_path, json.dumps(index, separators=(",", ":")).encode())
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix="imagetool-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArchiveSink(Sink):
+    """An oci-archive or docker-archive file (`fmt` "oci" or "docker"), written at `finish`."""
+
+    def __init__(self, path: str, fmt: str, ref: str | None):
+        self.path = path
+        self.fmt = fmt
+        self.label = f"{fmt}-archive:{path}"
+        self.name = None
+        if fmt == "docker" and ref:
+            self.name = _full(ref)
+            if not self.name:
+                raise ArchiveError(f"docker-archive names its image with a tag, not {ref!r}")
+        parent = Path(path).parent if str(Path(path).parent) else Path(".")
+        if not parent.is_dir():
+            raise ArchiveError(f"{path}: the directory {parent} does not exist")
+        self.tmp = Path(tempfile.mkdtemp(prefix="imagetool-copy-", dir=parent))
+        self.layout = LayoutSink(self.tmp, ref if fmt == "oci" else self.name)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def has(self, desc: Descriptor) -> bool:
+        return self.layout.has(desc)
+
+    def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
+        return self.layout.put_blob(desc, source, progress)
+
+    def put_manifest(self, node) -> None:
+        if self.fmt == "docker" and node.is_index:
+            raise ArchiveError("a docker-archive holds one platform's image, not an index",
+                               hint="copy one platform (without --all), or use oci-archive:")
+        self.layout.put_manifest(node)
+        self._last = node
+
+    def finish(self, top: Descriptor) -> None:
+        from imagetool.archive.saver import docker_entry, repositories, write_tar
+
+        self.layout.finish(top)
+        files = {"oci-layout": (self.tmp / "oci-layout").read_bytes(),
+                 "index.json": (self.tmp / "index.json").read_bytes()}
+        if self.fmt == "docker":
+            entries: list = []
+            docker_entry(entries, self._last.document, self.name)
+            files["manifest.json"] = json.dumps(entries, separators=(",", ":")).encode()
+            files["repositories"] = json.dumps(repositories(entries), separators=(",", ":")).encode()
+        write_tar(self.path, files, list(dict.fromkeys(self.layout.written + self._blobs())),
+                  lambda d: open(self.tmp / "blobs" / d.algorithm / d.hex, "rb"))
+
+    def _blobs(self) -> list[Digest]:
+        return [Digest("sha256", p.name) for p in sorted((self.tmp / "blobs" / "sha256").iterdir())]
+
