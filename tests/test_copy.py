@@ -154,11 +154,12 @@ def test_copy_between_every_pair_of_transports_keeps_what_skopeo_sees(
         assert _skopeo_copy_back(registry, flags, name, tmp_path) == img.all_blobs()
 
 
-def _skopeo_copy_back(registry, flags, name: str, tmp_path) -> dict:
+def _skopeo_copy_back(registry, flags, name: str, tmp_path, every: bool = False) -> dict:
+    """Every blob skopeo copies from `name` into an OCI layout (digests preserved)."""
     import subprocess
 
     out = tmp_path / "back"
-    flags = ["--src-tls-verify=false"] if flags else []
+    flags = (["--src-tls-verify=false"] if flags else []) + (["--all"] if every else [])
     r = subprocess.run(["skopeo", "--policy", str(registry._policy()), "copy", "--preserve-digests", *flags,
                         name, f"oci:{out}:x"], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -193,3 +194,49 @@ def test_a_corrupt_source_names_nothing_at_the_destination_and_leaves_no_temp_fi
     if dst == "docker":
         status, _, _ = registry.get("/v2/copy/dst-corrupt-docker/manifests/v1")
         assert status == 404
+
+
+@pytest.fixture(scope="module")
+def two_platforms():
+    from fixtures.images import Layer, build_image, build_index
+    from fixtures.tarbuild import file
+
+    amd = build_image([Layer([file("arch", b"amd64\n")])], platform="linux/amd64")
+    arm = build_image([Layer([file("arch", b"arm64\n")])], platform="linux/arm64/v8")
+    return build_index([amd, arm])
+
+
+@pytest.mark.parametrize("dst", ["docker", "oci", "oci-archive", "store"])
+def test_copy_all_keeps_the_index_and_every_platform(dst, registry, two_platforms, tmp_path, store_dir, env):
+    from store import Store
+
+    from imagetool.transfer import copy
+
+    registry.push(two_platforms, "copy/multi:v1")
+    dest, (name, *flags) = _dest(dst, registry, tmp_path, f"all-{dst}")
+    result = copy(Store.open(store_dir), f"docker://{registry.host}/copy/multi:v1", dest, all_platforms=True)
+    assert result.digest == two_platforms.manifest_digest
+    assert _skopeo("--raw", *flags, name) == two_platforms.manifest
+    assert _skopeo_copy_back(registry, flags, name, tmp_path, every=True) == two_platforms.all_blobs()
+
+
+def test_copy_without_all_takes_one_platform_and_docker_archive_refuses_an_index(
+        registry, two_platforms, tmp_path, store_dir, env):
+    from store import Store
+
+    from imagetool.errors import ArchiveError
+    from imagetool.transfer import copy
+
+    registry.push(two_platforms, "copy/multi:v1")
+    store = Store.open(store_dir)
+    arm = two_platforms.images[1]
+    r = copy(store, f"docker://{registry.host}/copy/multi:v1", f"oci:{tmp_path / 'one'}:v1",
+             platform="linux/arm64/v8")
+    assert r.digest == arm.manifest_digest
+    assert _skopeo("--raw", f"oci:{tmp_path / 'one'}:v1") == arm.manifest
+    with pytest.raises(ArchiveError, match="one platform"):
+        copy(store, f"docker://{registry.host}/copy/multi:v1", f"docker-archive:{tmp_path / 'd.tar'}:x:v1",
+             all_platforms=True)
+    assert not (tmp_path / "d.tar").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("imagetool-")]
+
