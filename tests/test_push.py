@@ -314,3 +314,33 @@ def test_multi_platform_index_is_pushed_after_its_manifests_and_pulls_back_per_p
         pull(other, name, platform=platform)
         assert str(other.resolve(name).digest) == img.manifest_digest
         assert other.read(Digest.parse(img.layers[0].digest)) == img.layers[0].blob
+
+
+def test_all_tags_pushes_every_tag_of_the_repository_and_nothing_else(registry, store, tmp_path):
+    from imagetool.push import push
+
+    one, two, other = _image(1000), _image(2000), _image(3000)
+    load(store, tmp_path, f"{registry.host}/push/tags:one", one)
+    load(store, tmp_path, f"{registry.host}/push/tags:two", two)
+    load(store, tmp_path, f"{registry.host}/push/other:one", other)
+    results = push(store, f"{registry.host}/push/tags:one", all_tags=True)
+    assert [(r.name, r.digest) for r in results] == [
+        (f"{registry.host}/push/tags:one", one.manifest_digest), (f"{registry.host}/push/tags:two", two.manifest_digest)]
+    assert skopeo_raw(registry, "push/tags:two") == two.manifest
+    assert registry.get("/v2/push/other/manifests/one")[0] == 404
+
+
+@pytest.mark.parametrize("bad,error", [
+    ({"format": "v1"}, "unknown manifest format"),
+    ({"format": "docker"}, "would change its digests"),        # an OCI image is not re-encoded
+    ({"dest": "docker://localhost:5000/UPPER/case"}, "invalid reference"),
+])
+def test_bad_push_options_are_one_clear_error_and_send_nothing(bad, error, registry, store, tmp_path):
+    from imagetool.errors import ImagetoolError
+    from imagetool.push import push
+
+    load(store, tmp_path, f"{registry.host}/push/bad:v1", _image(1000))
+    mark = registry.mark()
+    with pytest.raises(ImagetoolError, match=error):
+        push(store, f"{registry.host}/push/bad:v1", **bad)
+    assert [r for r in registry.requests(mark) if r[0] in ("POST", "PATCH", "PUT")] == []
