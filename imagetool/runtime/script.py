@@ -70,7 +70,7 @@ def render(spec: dict, rootfs: Mount, container_id: str, cgroup_layout: str | No
             "#    in between reports how it ended: 128+N for signal N, which `unshare --fork` does not for",
             "#    SIGKILL). The script waits for it, and its trap still runs on a signal.",
             "sh -c 'while [ \"$1\" != -- ]; do echo $$ > \"$1/cgroup.procs\"; shift; done; shift; exec \"$@\"' join \\",
-            "    " + " ".join(q(g) for g in dirs) + " -- \\",
+            "    $CGROUPS -- \\",
             "    " + shell.join(["unshare", *flags]) + " \\",
             "    sh -c 'exec 3<&0; sh -eu \"$1\" \"$2\" <&3 3<&- & wait $!' pid1 \"$RUN/init.sh\" \"$RUN\" " + stdin + " &",
             "status=0",
@@ -141,29 +141,32 @@ def _header(spec: dict, container_id: str, image: str | None, version: int) -> l
 
 
 def _cleanup(dirs: list[str]) -> list[str]:
-    parents = sorted({os.path.dirname(g) for g in dirs})
-    out = ["",
-           "# kill what is left in a cgroup, then remove it (rmdir waits while the kernel lets go of it)",
-           "cg_remove() {",
-           '    [ -d "$1" ] || return 0',
-           ]
-    out.append('    ! [ -e "$1/cgroup.kill" ] || echo 1 > "$1/cgroup.kill"  # v2 (Linux 5.14+): all at once')
-    out += ["    i=0",
+    if any(c.isspace() or c in "*?[" for d in dirs for c in d):
+        raise ContainerError(f"run --script cannot name a cgroup path with blanks or wildcards: {dirs}")
+    return ["",
+            "# the container's cgroup" + (": one group in each hierarchy" if len(dirs) > 1 else ""),
+            'CGROUPS="' + "\n".join(dirs) + '"',
+            "",
+            "# kill what is left in a cgroup, then remove it (rmdir waits while the kernel lets go of it),",
+            "# and its imagetool/ parent when no other container uses that",
+            "cg_remove() {",
+            '    [ -d "$1" ] || return 0',
+            '    ! [ -e "$1/cgroup.kill" ] || echo 1 > "$1/cgroup.kill"  # v2 (Linux 5.14+): all at once',
+            "    i=0",
             '    until rmdir "$1" 2>/dev/null; do',
             '        for pid in $(cat "$1/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || :; done',
             "        wait 2>/dev/null || :",
             '        i=$((i + 1)); [ "$i" -lt 100 ] || { echo "imagetool: error: cannot remove $1" >&2; return 1; }',
             "        sleep 0.05",
             "    done",
+            '    rmdir "${1%/*}" 2>/dev/null || :',
             "}",
             "cleanup() {",
             "    status=$?",
             "    trap - EXIT HUP INT TERM",
-            "    set +e"]
-    out += [f"    cg_remove {q(d)}" for d in dirs]
-    out += [f"    rmdir {q(p)} 2>/dev/null  # the parent group, when no other container uses it" for p in parents
-            if os.path.basename(p) == "imagetool"]
-    out += ["    # the mounts live in the container's mount namespace and went with it; this is for one that did not",
+            "    set +e",
+            '    for g in $CGROUPS; do cg_remove "$g"; done',
+            "    # the mounts live in the container's mount namespace and went with it; this is for one that did not",
             '    ! mountpoint -q "$RUN/rootfs" || umount -l "$RUN/rootfs"',
             '    rm -rf --one-file-system "$RUN"',
             '    exit "$status"',
@@ -172,7 +175,6 @@ def _cleanup(dirs: list[str]) -> list[str]:
             "trap 'exit 129' HUP",
             "trap 'exit 130' INT",
             "trap 'exit 143' TERM"]
-    return out
 
 
 def _rootfs(rootfs: Mount, lowers: list[str]) -> list[str]:
