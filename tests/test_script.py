@@ -112,6 +112,25 @@ def test_script_run_with_sh_prints_hello(store, tmp_path, host_unchanged):
 
 
 @needs_kernel
+def test_cli_run_script_prints_it_and_runs_nothing(store, tmp_path, host_unchanged):
+    """`imagetool run --script` (containers.py): the printed script, piped into sh, prints hello;
+    printing it created no container record, cgroup or mount."""
+    from tests.runhelpers import Imagetool
+
+    containers = store / "containers"
+    records = sorted(p.name for p in containers.glob("*")) if containers.exists() else []
+    r = Imagetool(store)("run", "--script", "--rm", "busybox", "echo", "hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("#!/bin/sh\n")
+    assert (sorted(p.name for p in containers.glob("*")) if containers.exists() else []) == records
+    groups = re.findall(r"^mkdir -p (\S+)$", r.stdout, re.M)
+    assert groups and not any(Path(g).exists() for g in groups)
+    ran = subprocess.run(["sh"], input=r.stdout, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert (ran.returncode, ran.stdout) == (0, "hello\n"), ran.stderr
+
+
+@needs_kernel
 @pytest.mark.parametrize("command,status", [(SEED_OOM, 137), (SEED_FITS, 0)], ids=["7.5MB-killed", "2MB-fits"])
 def test_seed_7mb_demonstration_on_v1(store, tmp_path, host_unchanged, command, status):
     _v1_memory_or_skip()
@@ -139,6 +158,16 @@ def test_sys_fs_cgroup_inside_shows_the_containers_own_limit_read_only(store, tm
 def test_exit_status_is_the_commands_and_nothing_is_left(store, tmp_path, host_unchanged, command, status):
     r = run_script(render(store, tmp_path, *command, memory="64m", pids_limit=50), tmp_path)
     assert r.returncode == status, r.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("interactive,seen", [(True, "from stdin\n"), (False, "")], ids=["-i", "no-i"])
+def test_stdin_reaches_the_command_only_with_i(store, tmp_path, host_unchanged, interactive, seen):
+    path = tmp_path / "container.sh"
+    path.write_text(render(store, tmp_path, "cat", interactive=interactive))
+    r = subprocess.run(["sh", str(path)], input="from stdin\n", capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert (r.returncode, r.stdout) == (0, seen), r.stderr
 
 
 @needs_kernel
