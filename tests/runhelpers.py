@@ -113,3 +113,39 @@ def _has_subdirs(path: Path) -> bool:
 
 def have_tool(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+class HostSnapshot:
+    """The host's mounts under a test store and its imagetool cgroups, to compare after a test;
+    also no container of the store may still be marked created or running."""
+
+    def __init__(self, store: Path):
+        self.store = store
+        self.mounts = mounts_under(store.parent)
+        self.cgroups = cgroup_children()
+
+    def assert_unchanged(self) -> None:
+        import json
+
+        assert mounts_under(self.store.parent) == self.mounts
+        assert new_cgroups_that_stay(self.cgroups) == set()
+        states = [json.loads(p.read_text()) for p in (self.store / "containers").glob("*/state.json")]
+        assert [s["name"] for s in states if s.get("status") in ("created", "running")] == []
+
+
+def busybox_store(root: Path, extra: dict | None = None) -> Path:
+    """A store at `root` with busybox as `busybox`, and for each `name: (entries, config)` of
+    `extra` an image of busybox's layers plus one layer of those tar entries."""
+    import gzip
+    import json
+
+    from fixtures.images import Layer, build_image, busybox_image
+
+    bb = busybox_image()
+    add_image(root, bb, "docker.io/library/busybox:latest")
+    tars = [gzip.decompress(bb.blobs[la["digest"]]) for la in json.loads(bb.manifest)["layers"]]
+    for name, (entries, config) in (extra or {}).items():
+        img = build_image([*(Layer(t, compression="gzip") for t in tars), Layer(entries)],
+                          config=config or {"Cmd": ["sh"], "Env": ["PATH=/bin"]})
+        add_image(root, img, f"docker.io/library/{name}:latest")
+    return root

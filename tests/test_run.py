@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import (Imagetool, add_image, cgroup_children, kernel_skip_reason, mounts_under,
-                              new_cgroups_that_stay)
+from tests.runhelpers import HostSnapshot, Imagetool, add_image, kernel_skip_reason
 
 _reason = kernel_skip_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -59,13 +58,9 @@ def it(store):
 def host_unchanged(store):
     """The host's mount table and imagetool cgroups are the same after the test as before, and no
     container of the store is still marked created or running (every imagetool has exited)."""
-    mounts_before = mounts_under(store.parent)
-    cgroups_before = cgroup_children()
+    before = HostSnapshot(store)
     yield
-    assert mounts_under(store.parent) == mounts_before
-    assert new_cgroups_that_stay(cgroups_before) == set()
-    states = [json.loads(p.read_text()) for p in (store / "containers").glob("*/state.json")]
-    assert [s["name"] for s in states if s.get("status") in ("created", "running")] == []
+    before.assert_unchanged()
 
 
 def run_ok(it, *args, **kw) -> str:
@@ -431,6 +426,30 @@ def test_tty_without_i_does_not_take_stdin(it):
     r = it("run", "--rm", "-t", "busybox", "sh", "-c", "read -t 2 x; echo got:$x", input="typed\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.replace("\r", "").splitlines() == ["got:"]
+
+
+def test_tty_is_a_pty_of_the_containers_own_devpts(it):
+    """-t: fd 0 is /dev/pts/0 of the container's devpts (runc's console socket), so ttyname() works."""
+    r = it("run", "--rm", "-t", "busybox", "sh", "-c", "tty; ls /dev/pts")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r", "").split() == ["/dev/pts/0", "0", "ptmx"]
+
+
+def test_sys_fs_cgroup_shows_the_containers_own_cgroup_read_only(it):
+    """docker's view: the container's own group at /sys/fs/cgroup (cgroup namespace), read-only,
+    with the limits a language runtime sizes itself from."""
+    from imagetool.runtime import cgroups
+
+    v2 = cgroups.detect() == "v2"
+    limit = "/sys/fs/cgroup/memory.max" if v2 else "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    procs = "/sys/fs/cgroup/cgroup.procs" if v2 else "/sys/fs/cgroup/memory/cgroup.procs"
+    _need_controller("memory")
+    out = run_ok(it, "-m", "7m", "busybox", "sh", "-c",
+                 f"cat {limit}; cat {procs} | wc -l; mkdir /sys/fs/cgroup/escape 2>&1; {{ echo 1 > {limit}; }} 2>&1; true")
+    lines = out.splitlines()
+    assert lines[0] == "7340032"
+    assert int(lines[1]) <= 3            # only the container's own processes (sh, cat, wc), no host one
+    assert "Read-only file system" in lines[2] and "Read-only file system" in lines[3], out
 
 
 # ---------------------------------------------------------------- ps, rm, state

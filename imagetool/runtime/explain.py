@@ -9,7 +9,9 @@ the step writes several files. A step never asks whether it is being explained: 
 
 The container's init runs in another process: its narrator is a `Forwarder` that sends each step
 as a `step` message over the init's sync pipe (sync.py); imagetool's side hands every message it
-reads to `Narrator.emit`, so the steps appear on stderr in the order they completed.
+reads to `Narrator.emit_message`; before printing one of its own steps the Narrator first prints
+the init's steps already waiting in the pipe (`sources`), so the steps appear on stderr in the
+order they completed.
 
 Output (stderr), one block per step:
 
@@ -45,9 +47,13 @@ class Narrator:
         self.fd = fd
         self.t0 = time.perf_counter() if t0 is None else t0
         self.steps: list[Step] = []
+        self.sources: list = []   # callables returning the init's `step` messages already sent
 
     def report(self, name: str, command: str, started: float, where: str = "imagetool") -> None:
         now = time.perf_counter()
+        for source in self.sources:   # the init's steps done meanwhile come first, in order
+            for message in source():
+                self.emit_message(message)
         self.emit(Step(where, name, command, 1000 * (now - started), 1000 * (now - self.t0)))
 
     def emit(self, step: Step) -> None:
@@ -70,6 +76,7 @@ class _Silent:
     """The narrator when nothing is explained: report() does nothing."""
 
     steps: list = []
+    sources: list = []
 
     def report(self, name: str, command: str, started: float, where: str = "imagetool") -> None:
         pass

@@ -29,7 +29,7 @@ Then, with the spec (read from the config pipe):
   15. set_rlimits
   16. resolve_user, enter_workdir   (the user from the container's /etc, read through the root)
   17. attach_terminal        -t: the pty slave as controlling terminal and fds 0-2
-  18. load_seccomp           here when noNewPrivileges is NOT set (it needs CAP_SYS_ADMIN)
+  18. load_seccomp_with_capabilities   when noNewPrivileges is NOT set (it needs CAP_SYS_ADMIN)
   19. drop_capabilities      bounding, eff/perm/inh, ambient; setgroups/setgid/setuid
   20. set_no_new_privs
   21. close_fds              every fd but 0-2, the sync pipe and the sealed trampoline
@@ -393,8 +393,9 @@ def _nnp(init: Init) -> bool:
     return bool(init.spec["process"].get("noNewPrivileges"))
 
 
-def load_seccomp_early(init: Init) -> str | None:
-    return None if _nnp(init) else load_seccomp(init)
+def load_seccomp_with_capabilities(init: Init) -> str | None:
+    """Without no_new_privs, loading the filter needs CAP_SYS_ADMIN: before the drop (as runc)."""
+    return None if _nnp(init) else _load_seccomp(init)
 
 
 def drop_capabilities(init: Init) -> str:
@@ -438,7 +439,7 @@ def wait_for_start(init: Init) -> str:
     return "# created: waiting for imagetool's start"
 
 
-def load_seccomp(init: Init) -> str | None:
+def _load_seccomp(init: Init) -> str | None:
     if init.seccomp is None:
         return None
     from imagetool.runtime import seccomp
@@ -448,8 +449,9 @@ def load_seccomp(init: Init) -> str | None:
     return f"# seccomp(SECCOMP_SET_MODE_FILTER, {flags}, <{len(init.seccomp) // 8} BPF instructions>)"
 
 
-def load_seccomp_late(init: Init) -> str | None:
-    return load_seccomp(init) if _nnp(init) else None
+def load_seccomp(init: Init) -> str | None:
+    """With no_new_privs: the last step before exec, so nothing after it needs a refused syscall."""
+    return _load_seccomp(init) if _nnp(init) else None
 
 
 def exec_command(init: Init) -> None:
@@ -468,8 +470,8 @@ def exec_command(init: Init) -> None:
 
 RECIPE = (unshare_namespaces, make_private, mount_rootfs, mount_each, create_devices, open_console,
           set_hostname, loopback_up, pivot_root, write_sysctls, mask_paths, readonly_paths, readonly_root,
-          join_session_keyring, set_rlimits, resolve_user, enter_workdir, attach_terminal, load_seccomp_early,
-          drop_capabilities, set_no_new_privs, close_fds, wait_for_start, load_seccomp_late, exec_command)
+          join_session_keyring, set_rlimits, resolve_user, enter_workdir, attach_terminal, load_seccomp_with_capabilities,
+          drop_capabilities, set_no_new_privs, close_fds, wait_for_start, load_seccomp, exec_command)
 
 
 def find_executable(cmd: str, env: list[str]) -> str:

@@ -21,7 +21,7 @@ import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import cgroups, shell, stdio, sync
+from imagetool.runtime import cgroups, explain, shell, stdio, sync
 from imagetool.runtime import syscalls as sc
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -58,6 +58,9 @@ class Reservation:
         Call before starting threads."""
         create_cgroup(self.cgroup, self.narrator)
         self.pid, self._fds = fork_init(self.cgroup, self.io, self.narrator)
+        self._reader = sync.Reader(self._fds["sync"])
+        if self.narrator is not explain.SILENT:
+            self.narrator.sources.append(self._reader.ready_steps)
 
     def abort(self) -> None:
         """Kill the waiting init and remove the cgroup, on every path out before `create()`
@@ -71,7 +74,14 @@ class Reservation:
         self._close_all()
         delete_cgroup(self.cgroup, self.narrator)
 
+    def _forget_reader(self) -> None:
+        """From "created" on, the caller reads the init's messages itself (start())."""
+        if self._reader.ready_steps in self.narrator.sources:
+            self.narrator.sources.remove(self._reader.ready_steps)
+
     def _close_all(self) -> None:
+        if getattr(self, "_reader", None) is not None:
+            self._forget_reader()
         for key, fd in self._fds.items():
             if key == "pipes":
                 fd.close_parent_ends()
@@ -91,7 +101,7 @@ class Reservation:
             raise ContainerError("internal error: the spec's terminal setting differs from the io's")
         pending: list[int] = []
         saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in FORWARD}
-        reader = sync.Reader(self._fds["sync"])
+        reader = self._reader
         try:
             write_limits(self.cgroup, spec["linux"].get("resources", {}), self.narrator)
             program = compile_seccomp(spec, self.narrator)
@@ -101,12 +111,14 @@ class Reservation:
             _until(reader, "created", self.narrator)
             master = _receive_console(self._fds["console"]) if self.io.tty else None
         except BaseException:
+            self._forget_reader()
             _kill_and_reap(self.pid)
             self.pid = None
             self._close_all()
             _restore(saved)
             raise   # the caller's abort() removes the cgroup
         self._handed_over = True
+        self._forget_reader()
         if self._fds.get("console") is not None:
             stdio._close(self._fds.pop("console"))
         return Container(self.cgroup, self.id, self.pid, self.io, self.narrator, reader, self._fds["config"],

@@ -68,6 +68,29 @@ class Reader:
         self._buf = b""
         self.eof = False
 
+    def ready_steps(self) -> list[dict]:
+        """The `step` messages already written, without blocking; stops before any other message
+        (which `next()` returns later)."""
+        import select
+
+        while not self.eof and select.select([self.fd], [], [], 0)[0]:
+            b = os.read(self.fd, 65536)
+            if not b:
+                self.eof = True
+            self._buf += b
+        out = []
+        while b"\n" in self._buf:
+            line, _, rest = self._buf.partition(b"\n")
+            try:
+                m = json.loads(line)
+            except ValueError:
+                break
+            if m.get("type") != "step":
+                break
+            out.append(m)
+            self._buf = rest
+        return out
+
     def next(self) -> dict | None:
         while b"\n" not in self._buf:
             if self.eof:

@@ -1,0 +1,131 @@
+"""`run --explain`: every step of the recipe printed as it happens, in order, with real values;
+the run itself (output, exit code, cleanup) the same as without it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.runhelpers import HostSnapshot, Imagetool, busybox_store, kernel_skip_reason
+
+_reason = kernel_skip_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+STEP = re.compile(r"^imagetool: explain: \[(imagetool|init)\] +[\d.]+ ms  (.+) \(([\d.]+) ms\)$")
+
+# the seed's recipe, in the order the steps must be reported (a subsequence of what is printed)
+RECIPE = ["create cgroup", "fork init", "join cgroup", "prepare rootfs", "write limits", "unshare namespaces",
+          "make private", "mount rootfs", "mount /proc", "mount /dev", "create /dev/null", "create /dev/urandom",
+          "mount /dev/pts", "mount /sys", "mount /sys/fs/cgroup", "set hostname", "pivot root", "mask paths",
+          "readonly paths", "join session keyring", "drop capabilities", "set no new privs", "close fds",
+          "wait for start", "load seccomp", "exec", "start", "wait", "remove cgroup"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return busybox_store(tmp_path_factory.mktemp("imagetool-explain") / "store")
+
+
+@pytest.fixture
+def it(store):
+    return Imagetool(store)
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged(store):
+    before = HostSnapshot(store)
+    yield
+    before.assert_unchanged()
+
+
+def steps(stderr: str) -> list[tuple[str, str, list[str]]]:
+    """(where, name, command lines) for each reported step."""
+    out: list = []
+    for line in stderr.splitlines():
+        m = STEP.match(line)
+        if m:
+            out.append((m.group(1), m.group(2), []))
+        elif line.startswith("    ") and out:
+            out[-1][2].append(line[4:])
+    return out
+
+
+def without_explain(stderr: str) -> str:
+    return "\n".join(line for line in stderr.splitlines()
+                     if not STEP.match(line) and not line.startswith("    "))
+
+
+def is_subsequence(wanted: list[str], names: list[str]) -> bool:
+    it = iter(names)
+    return all(any(n == w for n in it) for w in wanted)
+
+
+def test_every_step_is_reported_in_the_recipes_order_with_real_values(it, store):
+    from imagetool.runtime import cgroups
+
+    r = it("run", "--rm", "--explain", "-m", "7m", "busybox", "echo", "hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello\n"
+    got = steps(r.stderr)
+    names = [name for _, name, _ in got]
+    assert is_subsequence(RECIPE, names), names
+    by_name = {name: (where, "\n".join(cmd)) for where, name, cmd in got}
+    # who did what: the cgroup and the fork on imagetool's side, the namespaces and mounts in the init
+    assert by_name["create cgroup"][0] == "imagetool" and by_name["mount /proc"][0] == "init"
+    # the real values a person would type
+    limit_file = "memory.max" if cgroups.detect() == "v2" else "memory.limit_in_bytes"
+    assert re.search(rf"^echo 7340032 > /sys/fs/cgroup/\S*/imagetool/[0-9a-f]{{64}}/{limit_file}$",
+                     by_name["write limits"][1], re.M), by_name["write limits"][1]
+    assert by_name["unshare namespaces"][1].startswith("unshare --mount --uts --ipc --net --cgroup")
+    assert re.search(r"mknod -m 666 \S+/rootfs/dev/urandom c 1 9", by_name["create /dev/urandom"][1])
+    assert f"-o lowerdir=l/0,upperdir=upper,workdir=work overlay {store}/containers/" in by_name["mount rootfs"][1]
+    assert re.search(r"host pid \d+", by_name["fork init"][1])
+    assert "pivot_root . ." in by_name["pivot root"][1]
+    assert "mount --bind /dev/null /proc/keys" in by_name["mask paths"][1]
+    assert by_name["exec"][1].endswith("echo hello")
+
+
+def test_a_step_time_is_reported_for_each_step(it):
+    r = it("run", "--rm", "--explain", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    times = [float(m.group(3)) for m in map(STEP.match, r.stderr.splitlines()) if m]
+    assert len(times) >= len(RECIPE) and all(t >= 0 for t in times)
+
+
+@pytest.mark.parametrize("args", [
+    ["busybox", "echo", "hello"],
+    ["busybox", "sh", "-c", "echo out; echo err >&2; exit 7"],
+    ["busybox", "no-such-command"],
+    ["-u", "nobody-here", "busybox", "true"],
+    ["--read-only", "busybox", "sh", "-c", "touch /x"],
+])
+def test_output_exit_code_and_cleanup_are_the_same_with_and_without_explain(it, args):
+    plain = it("run", "--rm", *args)
+    explained = it("run", "--rm", "--explain", *args)
+    assert explained.returncode == plain.returncode
+    assert explained.stdout == plain.stdout
+    assert without_explain(explained.stderr) == plain.stderr.rstrip("\n")
+    assert steps(explained.stderr), "nothing was explained"
+
+
+def test_a_failing_step_is_explained_up_to_the_failure(it):
+    r = it("run", "--rm", "--explain", "busybox", "no-such-command")
+    assert r.returncode == 127
+    names = [name for _, name, _ in steps(r.stderr)]
+    assert "pivot root" in names and "exec" not in names and names[-1] == "remove cgroup"
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc")
+def test_runc_backend_explains_the_config_it_hands_over_and_the_runc_command(it, store):
+    r = it("run", "--rm", "--explain", "--runtime", "runc", "busybox", "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hi\n"
+    got = {name: "\n".join(cmd) for _, name, cmd in steps(r.stderr)}
+    config = got["write config.json"]
+    assert config.startswith(f"cat > {store}/containers/") and '"args": [' in config and '"echo"' in config
+    assert re.fullmatch(rf"runc run --bundle {store}/containers/[0-9a-f]{{64}} [0-9a-f]{{64}}", got["exec runtime"])
+    assert got["delete"].startswith("runc delete --force ")
+    assert not list(Path(store, "containers").glob("*/config.json"))
