@@ -177,6 +177,17 @@ def push(store, ref: str, dest: str | None, all_tags: bool, format: str | None, 
         print(r.digest if quiet else f"{r.name}: digest: {r.digest} size: {r.size}")
 
 
+def copy(store, src: str, dest: str, all_platforms: bool, platform: str | None, quiet: bool,
+         insecure: bool) -> None:
+    from imagetool.progress import make_reporter
+    from imagetool.transfer import copy as svc_copy
+
+    with make_reporter(quiet=quiet) as progress:
+        result = svc_copy(store(), src, dest, all_platforms=all_platforms, platform=platform, progress=progress,
+                          insecure=insecure)
+    print(result.digest if quiet else f"{result.destination}: digest: {result.digest}")
+
+
 def login(store, registry: str, username: str | None, password: str | None, password_stdin: bool,
           insecure: bool) -> None:
     from imagetool.registry import auth
@@ -271,7 +282,7 @@ def export(store, target: str, output: str | None) -> None:
 
     _refuse_terminal(output)
     st = store()
-    try:
+    try:  # a container of that id or name, else an image
         cdir = containers.find(st, target)[0]
     except ImagetoolError:
         cdir = None
@@ -279,6 +290,6 @@ def export(store, target: str, output: str | None) -> None:
 
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
-          "push": push, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps, "rm": rm,
-          "load": load, "save": save, "import": import_, "export": export}
+          "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
+          "rm": rm, "load": load, "save": save, "import": import_, "export": export}
 """Command name → body; options.COMMANDS declares each one's keywords."""

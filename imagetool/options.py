@@ -149,6 +149,15 @@ COMMANDS: tuple[Command, ...] = (
                metavar="FORMAT"),
         option("-q --quiet", "quiet", "Print only the pushed digests.", bool),
         INSECURE)),
+    Command("copy", "Copy an image between registries, OCI layouts, archives and the store, digests unchanged.", (
+        argument("src", "SRC", "docker://REF | oci:DIR[:REF] | oci-archive:FILE[:REF] | docker-archive:FILE[:REF] "
+                 "| store:REF"),
+        argument("dest", "DEST", "Where to copy to, in the same forms as SRC."),
+        option("-a --all", "all_platforms", "Copy every platform of a multi-platform image (the index too).", bool),
+        option("--platform", "platform", "Platform to copy from a multi-platform image (default: this host's).",
+               metavar="PLATFORM"),
+        option("-q --quiet", "quiet", "Print only the copied digest.", bool),
+        INSECURE)),
     Command("login", "Store credentials for a registry (checked against it first).", (
         argument("registry", "[REGISTRY]", "Registry host (default: docker.io).", default="docker.io"),
         option("-u --username", "username", "User name (asked when absent).", metavar="NAME"),

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-COMMANDS = ("images", "inspect", "tag", "rmi", "prune", "pull", "push", "login", "logout", "unpack", "run",
+COMMANDS = ("images", "inspect", "tag", "rmi", "prune", "pull", "push", "copy", "login", "logout", "unpack", "run",
             "ps", "rm", "load", "save", "import", "export")
 
 

@@ -1,26 +1,36 @@
-"""`imagetool push` through the command line against the real docker-registry on loopback: the
-image arrives with its digest unchanged (pulled back into an empty store), docker's closing line,
-`-q`, and an image missing from the store as one error line."""
+"""`imagetool push` and `imagetool copy` through the command line: against the real docker-registry on
+loopback the image arrives with its digest unchanged (pulled back into an empty store); store → OCI
+layout → store keeps the digest; docker's closing line, `-q`, and bad input as one error line."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import pytest
 
-def test_push_then_pull_back_gives_the_same_digest(cli, registry, tmp_path):
+
+def load_busybox(cli, tmp_path) -> None:
     from fixtures.images import busybox_archive
 
     archive = tmp_path / "bb.tar"
     archive.write_bytes(busybox_archive())
     cli("load", "-i", str(archive), check=True)
+
+
+def store_digest(cli, repository: str) -> str:
+    rows = json.loads(cli("images", "--format", "json", check=True).stdout)
+    return next(row["digest"] for row in rows if row["repository"] == repository)
+
+
+def test_push_then_pull_back_gives_the_same_digest(cli, registry, tmp_path):
+    load_busybox(cli, tmp_path)
     dest = f"{registry.host}/cli/push:v1"
 
     r = cli("push", "busybox", dest, check=True)
     assert re.fullmatch(rf"{re.escape(dest)}: digest: (sha256:[0-9a-f]{{64}}) size: \d+\n", r.stdout), r.stdout
     digest = r.stdout.split()[2]
-    rows = json.loads(cli("images", "--format", "json", check=True).stdout)
-    assert digest == next(row["digest"] for row in rows if row["repository"] == "busybox")
+    assert digest == store_digest(cli, "busybox")
 
     again = cli("push", "-q", "busybox", dest, check=True)
     assert again.stdout == digest + "\n"
@@ -37,3 +47,24 @@ def test_push_of_an_image_not_in_the_store_is_one_error_line(cli, registry):
     r = cli("push", "nosuch", f"{registry.host}/cli/none:v1")
     assert r.returncode == 1
     assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr
+
+
+def test_copy_store_to_layout_and_back_keeps_the_digest(cli, tmp_path):
+    load_busybox(cli, tmp_path)
+    digest = store_digest(cli, "busybox")
+    layout = tmp_path / "layout"
+
+    r = cli("copy", "store:busybox", f"oci:{layout}:bb", check=True)
+    assert r.stdout == f"oci:{layout}:bb: digest: {digest}\n"
+    assert (layout / "index.json").is_file()
+    r = cli("copy", "-q", f"oci:{layout}:bb", "store:localhost/copied:v1", check=True)
+    assert r.stdout == digest + "\n"
+    assert store_digest(cli, "localhost/copied") == digest
+
+
+@pytest.mark.parametrize("args", [("copy", "nowhere", "oci:{tmp}/never"), ("copy", "store:nosuch", "oci:{tmp}/never")])
+def test_copy_with_a_bad_address_or_image_is_one_error_line(cli, args, tmp_path):
+    r = cli(*(a.format(tmp=tmp_path) for a in args))
+    assert r.returncode == 1
+    assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr
+    assert not (tmp_path / "never").exists()
