@@ -150,6 +150,22 @@ def test_sys_fs_cgroup_inside_shows_the_containers_own_limit_read_only(store, tm
 
 
 @needs_kernel
+@pytest.mark.parametrize("options,probe,expected", [
+    ({"cpus": 0.5}, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us", "50000 100000"),
+    ({"pids_limit": 20}, "cat /sys/fs/cgroup/pids/pids.max; (i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done) "
+                         "2>&1 | grep -o \"can't fork\" | sort -u", "20 can't fork"),
+], ids=["cpus", "pids-limit"])
+def test_cpu_and_pids_limits_hold_inside(store, tmp_path, host_unchanged, options, probe, expected):
+    from imagetool.runtime import cgroups
+
+    if cgroups.detect() not in ("v1", "hybrid"):
+        pytest.skip("reads the v1 files inside (the v2 run is test_v2_vm_script)")
+    r = run_script(render(store, tmp_path, "sh", "-c", probe, **options), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert " ".join(r.stdout.split()) == expected
+
+
+@needs_kernel
 @pytest.mark.parametrize("command,status", [
     (["sh", "-c", "exit 42"], 42),
     (["no-such-command"], 127),
@@ -198,13 +214,13 @@ def test_options_env_workdir_user_hostname_volume_readonly(store, tmp_path, host
     vol = tmp_path / "vol"
     vol.mkdir()
     (vol / "f").write_text("from the host\n")
-    probe = ("id -u; id -G; pwd; echo $FOO; hostname; cat /data/f; "
+    probe = ("id -u; id -G; pwd; stat -c %u .; echo $FOO; hostname; cat /data/f; "
              "touch /data/g 2>/dev/null || echo vol-ro; touch /x 2>/dev/null || echo root-ro")
     r = run_script(render(store, tmp_path, "sh", "-c", probe, ref="users", env=["FOO=bar baz"],
                           workdir="/work/dir", hostname="box", volumes=[f"{vol}:/data:ro"], read_only=True),
                    tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["65534", "65534 50", "/work/dir", "bar baz", "box", "from the host",
+    assert r.stdout.splitlines() == ["65534", "65534 50", "/work/dir", "65534", "bar baz", "box", "from the host",
                                      "vol-ro", "root-ro"]
     assert not (vol / "g").exists()
 

@@ -288,7 +288,8 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
     cwd = (proc.get("cwd") or "/").lstrip("/")
     if cwd:
         chown = f" && chown {uid}:{gid} {q(cwd)}" if uid or gid else ""
-        out.append(f"[ -d {q(cwd)} ] && [ ! -L {q(cwd)} ] || {{ mkpoint {q(cwd)}{chown}; }}")
+        out += ["# the working directory, made (for the user) when missing; a symlink is left to resolve in the root",
+                f"[ -L {q(cwd)} ] || [ -d {q(cwd)} ] || {{ mkpoint {q(cwd)}{chown}; }}"]
     if (spec.get("root") or {}).get("readonly"):
         out.append(shell.readonly_root("."))
     if linux.get("seccomp"):
