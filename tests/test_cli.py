@@ -125,3 +125,18 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(cli, args):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 141, err
     assert err == b""
+
+
+def test_the_store_comes_from_the_option_else_the_environment(cli, tmp_path):
+    """--store wins over $IMAGETOOL_STORE, which wins over the default; `--help` says so."""
+    import subprocess
+
+    env_store, opt_store = tmp_path / "from-env", tmp_path / "from-option"
+    argv = cli.argv("images")[:3]  # python -m imagetool, without the fixture's --store
+    env = {**cli.env, "IMAGETOOL_STORE": str(env_store)}
+    assert subprocess.run([*argv, "images"], env=env, capture_output=True, timeout=60).returncode == 0
+    assert env_store.is_dir() and not opt_store.exists()
+    assert subprocess.run([*argv, "--store", str(opt_store), "images"], env=env, capture_output=True,
+                          timeout=60).returncode == 0
+    assert opt_store.is_dir()
+    assert "$IMAGETOOL_STORE" in cli("--help").stdout
