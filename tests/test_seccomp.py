@@ -266,3 +266,20 @@ def test_a_cache_others_can_write_is_not_trusted(tmp_path, monkeypatch):
     (cache / (seccomp.cache_key(oci) + ".bpf")).write_bytes(b"\x06\x00\x00\x00\x00\x00\xff\x7f")  # allow all
     os.chmod(cache, 0o777)
     assert seccomp.program(oci, cache) == seccomp.compile(oci)
+
+
+def test_a_cache_below_a_directory_others_can_write_is_not_trusted(tmp_path):
+    """(another user could swap the cache directory itself for one holding an allow-all filter)"""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    oci = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_KILL"}]}
+    seccomp.program(oci, shared / "c")
+    (shared / "c" / (seccomp.cache_key(oci) + ".bpf")).write_bytes(b"\x06\x00\x00\x00\x00\x00\xff\x7f")
+    assert seccomp.program(oci, shared / "c") == seccomp.compile(oci)
+
+
+def test_no_cache_for_a_user_without_a_runtime_dir(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert seccomp._cache_dir() is None

@@ -327,20 +327,29 @@ def load(program: bytes, flags: int = 0) -> None:
     syscalls.seccomp_set_mode_filter(program, flags)
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> Path | None:
     if os.geteuid() == 0:
         return Path("/run/imagetool/seccomp")
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/imagetool-{os.geteuid()}"
-    return Path(base) / "imagetool" / "seccomp"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "imagetool" / "seccomp" if base else None
 
 
 def _private_dir(path: Path) -> bool:
-    """`path` exists as a directory of ours that nobody else can write (else it is not used)."""
+    """`path` is a directory of ours that nobody else can write, nor swap: every directory above
+    it belongs to root or us and is not writable by others (a root-owned sticky one, /tmp, is)."""
+    euid = os.geteuid()
+    path = Path(os.path.abspath(path))
     try:
         st = os.lstat(path)
+        if st.st_uid != euid or st.st_mode & 0o022 or (st.st_mode & 0o170000) != 0o040000:
+            return False
+        for parent in path.parents:
+            st = os.lstat(parent)
+            if st.st_uid not in (0, euid) or st.st_mode & 0o022 and not (st.st_mode & 0o1000 and st.st_uid == 0):
+                return False
     except OSError:
         return False
-    return st.st_uid == os.geteuid() and not st.st_mode & 0o022 and (st.st_mode & 0o170000) == 0o040000
+    return True
 
 
 def cache_key(linux_seccomp: dict) -> str:
@@ -356,16 +365,20 @@ def program(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> by
     """compile() through a cache of programs (compiling takes ~12 ms, reading one ~0.1 ms).
 
     The cache lives in /run/imagetool/seccomp for root ($XDG_RUNTIME_DIR/imagetool/seccomp
-    otherwise), or `cache_dir`; None compiles without it. It is used only while the directory
-    belongs to this user and nobody else can write it; entries are written whole (temp + rename).
+    otherwise: none without it), or `cache_dir`; None compiles without it. A cached program is a
+    filter the init trusts, so the cache is used only while nobody else can write or swap the
+    directory (_private_dir); entries are written whole (temp + rename).
     """
     if cache_dir is None:
+        root = None
+    else:
+        root = Path(cache_dir) if cache_dir else _cache_dir()
+    if root is None:
         return compile(linux_seccomp)
-    root = Path(cache_dir) if cache_dir else _cache_dir()
     path = root / (cache_key(linux_seccomp) + ".bpf")
     if _private_dir(root):
         try:
-            with open(path, "rb") as f:
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 data = f.read(8 * 0x10000 + 1)
             if data and not len(data) % 8:
                 return data
