@@ -22,7 +22,6 @@ together with `names`) raises ImagetoolError with one line, which `run` turns in
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -354,6 +353,8 @@ def _private_dir(path: Path) -> bool:
 
 def cache_key(linux_seccomp: dict) -> str:
     """The compiled program's name: the section's canonical JSON, libseccomp's version, the arch."""
+    import hashlib  # (lazy: its OpenSSL import costs ~2.5 ms, needed only here)
+
     lib = _lib()
     lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
     version = ".".join(map(str, lib.seccomp_version().contents))
