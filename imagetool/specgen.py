@@ -177,7 +177,7 @@ def apply_security(spec: dict, opts, rootfs_dir: Path | str | None = None) -> No
     """docker's security options onto a spec built with the defaults (in place).
 
     --privileged: every device of the host in linux.devices and allowed, no masked or read-only
-    paths, a writable /sys, no seccomp. Otherwise linux.seccomp is the default profile (or
+    paths, a writable /sys and /sys/fs/cgroup, no seccomp. Otherwise linux.seccomp is the default profile (or
     `--security-opt seccomp=FILE`, none with `seccomp=unconfined`) filtered for the container's
     capabilities. Then --device, --tmpfs, --shm-size, --ulimit, --sysctl, --group-add and
     `--security-opt no-new-privileges[=false]` (imagetool's default is true).
@@ -195,7 +195,7 @@ def apply_security(spec: dict, opts, rootfs_dir: Path | str | None = None) -> No
         rules[:] = [{"allow": True, "access": "rwm"}]
         linux["maskedPaths"], linux["readonlyPaths"] = [], []
         for m in spec["mounts"]:
-            if m["destination"] == "/sys":
+            if m["destination"] in ("/sys", "/sys/fs/cgroup"):
                 m["options"] = [o for o in m["options"] if o != "ro"]
     for text in _opt(opts, "devices") or []:
         entry, rule = devices.parse_device(text)

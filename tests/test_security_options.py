@@ -97,8 +97,8 @@ def test_privileged_opens_devices_masks_and_sys():
     s = spec_for(privileged=True)
     assert s["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     assert s["linux"]["maskedPaths"] == [] and s["linux"]["readonlyPaths"] == []
-    sysfs = next(m for m in s["mounts"] if m["destination"] == "/sys")
-    assert "ro" not in sysfs["options"]
+    for dest in ("/sys", "/sys/fs/cgroup"):
+        assert "ro" not in next(m for m in s["mounts"] if m["destination"] == dest)["options"]
     paths = {d["path"] for d in s["linux"]["devices"]}
     assert "/dev/null" in paths and not any(p.startswith(("/dev/pts/", "/dev/shm/")) for p in paths)
 
@@ -390,3 +390,12 @@ def test_a_namespaced_sysctl_reaches_the_container_only(store, runtime):
     assert out.strip() == "1234"
     with open("/proc/sys/kernel/shmmni") as f:
         assert f.read() == host
+
+
+@needs_containers
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_default_pids_limit_is_in_force(store, runtime):
+    """Issue 14 item 7: 3000 processes fitted in a container without --pids-limit."""
+    script = "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"
+    assert run(store, runtime, "busybox", "sh", "-c", script).stdout.strip() == str(DEFAULT_PIDS_LIMIT)
+    assert run(store, runtime, "--pids-limit", "-1", "busybox", "sh", "-c", script).stdout.strip() == "max"
