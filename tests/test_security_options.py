@@ -399,3 +399,15 @@ def test_the_default_pids_limit_is_in_force(store, runtime):
     script = "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"
     assert run(store, runtime, "busybox", "sh", "-c", script).stdout.strip() == str(DEFAULT_PIDS_LIMIT)
     assert run(store, runtime, "--pids-limit", "-1", "busybox", "sh", "-c", script).stdout.strip() == "max"
+
+
+@needs_containers
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_seccomp_is_loaded_without_no_new_privileges_too(store, runtime):
+    """no_new_privs off: the filter goes in while CAP_SYS_ADMIN is still held (as runc does)."""
+    need(runtime, "seccomp")
+    out = run(store, runtime, "--security-opt", "no-new-privileges=false", "busybox", "cat",
+              "/proc/self/status").stdout
+    status = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"] == "0" and status["Seccomp"] == "2"
+    assert status["CapEff"] == f"{capabilities.mask(capabilities.DEFAULT_CAPS):016x}"
