@@ -126,7 +126,7 @@ class RegistryClient:
     # -------------------------------------------------------------- plumbing
 
     def _request(self, method: str, path: str, headers: dict | None = None, stream: bool = False,
-                 body: bytes | None = None):
+                 body=None):
         """A request with Authorization; a 401 is answered (token or Basic) and retried once or twice."""
         for attempt in range(3):
             sent = self.auth.header()

@@ -312,13 +312,14 @@ class Transport:
 
     def request(self, method: str, path: str, headers: dict | None = None,
                 authorization: str | None = None, stream: bool = False,
-                follow_redirects: bool = True, body: bytes | None = None) -> Response:
+                follow_redirects: bool = True, body=None) -> Response:
         """One request with retries; redirects followed, Authorization only to the registry's origin.
 
         `path` is "/v2/…" (relative to the registry) or an absolute URL. Returns the final
         response, whatever its status, after the retry budget for 5xx/429 is spent. With
-        `stream=False` the body is read before returning. `body` (bytes, for uploads) is sent
-        again on each retry; a redirect of a request with a body is not followed.
+        `stream=False` the body is read before returning. `body` (uploads) is bytes, or a
+        callable returning a fresh iterable of bytes for each attempt (streamed; the caller sets
+        Content-Length); it is sent again on each retry. A request with a body is not redirected.
         """
         if self._scheme is None and "://" not in path:
             self._decide_scheme()
@@ -369,7 +370,7 @@ class Transport:
                 self._scheme = "http"
 
     def send(self, method: str, url: str, headers: dict, stream: bool = False,
-             body: bytes | None = None) -> Response:
+             body=None) -> Response:
         """One URL, no redirects, with the retry policy; raises TransportError when it gives up."""
         failures = 0
         while True:
@@ -435,7 +436,7 @@ class Transport:
         conn.sock.settimeout(self.policy.read_timeout)
         return conn
 
-    def _once(self, method: str, url: str, headers: dict, body: bytes | None = None) -> Response:
+    def _once(self, method: str, url: str, headers: dict, body=None) -> Response:
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
@@ -447,13 +448,14 @@ class Transport:
             reused = conn is not None
             if conn is None:
                 conn = self._connect(parts.scheme, parts.netloc)
+            data = body() if callable(body) else body
             try:
                 via = getattr(conn, "_imagetool_proxy", None)
                 if via is not None:  # plain http through a proxy: absolute-form target
-                    conn.request(method, f"http://{parts.netloc}{target}", body=body,
+                    conn.request(method, f"http://{parts.netloc}{target}", body=data,
                                  headers={**h, **_proxy_auth(via)})
                 else:
-                    conn.request(method, target, body=body, headers=h)
+                    conn.request(method, target, body=data, headers=h)
                 resp = conn.getresponse()
             except (socket.timeout, TimeoutError) as e:
                 conn.close()

@@ -5,8 +5,11 @@
     up.mount(digest, "team/base")            # POST ?mount=&from=: True when mounted (201)
     loc = up.start()                         # POST: an upload session (202 Location)
     loc, offset = up.status(loc)             # GET the session: where the registry stands (Range)
-    loc = up.patch(loc, data, offset)        # PATCH one chunk (Content-Range), the new Location
-    up.finish(loc, digest, data=b"")         # PUT ?digest=: the registry verifies and commits
+    loc, held = up.patch(loc, body, n, offset)  # PATCH n bytes (Content-Range): new Location, Range
+    up.finish(loc, digest, body, n)          # PUT ?digest=: the registry verifies and commits
+
+A `body` is bytes or a callable returning a fresh iterable of bytes (streamed, so a large chunk
+is never held in memory, and sent again when the transport retries).
     up.put_manifest("v1", raw, media_type)   # PUT a manifest/index under a tag or digest
 
 Token scope: `repository:<path>:pull,push` plus `repository:<source>:pull` for every mount
@@ -104,25 +107,26 @@ class Uploader(RegistryClient):
             raise self._push_fail(resp, "reading an upload's status")
         return self._url(resp.headers.get("Location") or location), _end(resp)
 
-    def patch(self, location: str, data: bytes, offset: int) -> tuple[str, int]:
-        """Send `data` as the bytes from `offset`; (new location, bytes the registry now holds)."""
-        headers = {"Content-Type": "application/octet-stream",
-                   "Content-Range": f"{offset}-{offset + len(data) - 1}"}
-        resp = self._request("PATCH", self._url(location), headers, body=data)
+    def patch(self, location: str, body, size: int, offset: int) -> tuple[str, int]:
+        """Send `size` bytes of `body` as the bytes from `offset`; (new location, bytes the
+        registry now holds)."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+                   "Content-Range": f"{offset}-{offset + size - 1}"}
+        resp = self._request("PATCH", self._url(location), headers, body=body)
         resp.close()
         if resp.status_code == 404:
             raise UploadGone(f"upload session on {self.host} is gone", status=404, code="BLOB_UPLOAD_UNKNOWN")
         if resp.status_code != 202:
             raise self._push_fail(resp, "uploading a chunk")
         got = _end(resp)
-        return self._url(resp.headers.get("Location") or location), got if got else offset + len(data)
+        return self._url(resp.headers.get("Location") or location), got if got else offset + size
 
-    def finish(self, location: str, digest: Digest, data: bytes = b"") -> None:
-        """PUT ?digest=: close the session (with the last bytes, or the whole blob: monolithic)."""
-        headers = {"Content-Type": "application/octet-stream"}
-        resp = self._request("PUT", self._url(location, digest=str(digest)), headers, body=data)
+    def finish(self, location: str, digest: Digest, body=b"", size: int = 0) -> None:
+        """PUT ?digest=: close the session (with `size` bytes of `body`: the whole blob, monolithic)."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        resp = self._request("PUT", self._url(location, digest=str(digest)), headers, body=body)
         resp.close()
-        if resp.status_code == 404 and not data:
+        if resp.status_code == 404 and not size:
             raise UploadGone(f"upload session on {self.host} is gone", status=404, code="BLOB_UPLOAD_UNKNOWN")
         if resp.status_code != 201:
             raise self._push_fail(resp, f"committing blob {digest}")

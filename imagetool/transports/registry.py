@@ -147,9 +147,8 @@ class RegistrySink(Sink):
         digest = str(desc.digest)
         progress.blob_start(digest, desc.size, offset)
         if offset == 0 and desc.size <= MONOLITHIC:
-            data = b"".join(source.chunks(desc))
-            self.up.finish(loc, desc.digest, data)
-            progress.blob_advance(digest, len(data))
+            self.up.finish(loc, desc.digest, lambda: _exactly(source.chunks(desc), desc.size, source.label), desc.size)
+            progress.blob_advance(digest, desc.size)
             return PUSHED
         self._save_session(desc, loc)
         loc = self._chunked(desc, source, loc, offset, progress)
@@ -164,14 +163,14 @@ class RegistrySink(Sink):
         while offset < desc.size:
             before = offset
             try:
-                for data in _pieces(source.chunks(desc, offset), CHUNK):
-                    loc, got = self.up.patch(loc, data, offset)
+                while offset < desc.size:
+                    n = min(CHUNK, desc.size - offset)
+                    start = offset
+                    loc, got = self.up.patch(loc, lambda: _exactly(source.chunks(desc, start), n, source.label),
+                                             n, offset)
                     self._save_session(desc, loc)
                     progress.blob_advance(str(desc.digest), got - offset)
                     offset = got
-                if offset < desc.size:
-                    raise TransportError(f"{source.label}: blob {desc.digest} ended after {offset} of "
-                                         f"{desc.size} bytes")
             except AuthError:
                 raise
             except (TransportError, RegistryError) as e:
@@ -198,13 +197,15 @@ class RegistrySink(Sink):
             self.up.put_manifest(self.ref.tag, raw, media)
 
 
-def _pieces(chunks, size: int):
-    """Re-cut an iterator of bytes into pieces of exactly `size` (the last may be shorter)."""
-    buf = bytearray()
+def _exactly(chunks, size: int, label: str):
+    """The first `size` bytes of `chunks` (a request body of that Content-Length); an error when
+    the source ends sooner (the request is then cut, never padded)."""
+    left = size
     for chunk in chunks:
-        buf += chunk
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
+        if left <= 0:
+            break
+        piece = chunk[:left] if len(chunk) > left else chunk
+        left -= len(piece)
+        yield piece
+    if left > 0:
+        raise TransportError(f"{label}: a blob ended {left} bytes early while being uploaded")
