@@ -188,6 +188,33 @@ def copy(store, src: str, dest: str, all_platforms: bool, platform: str | None, 
     print(result.digest if quiet else f"{result.destination}: digest: {result.digest}")
 
 
+def commit(store, container: str, image: str | None, changes: list, message: str | None,
+           author: str | None) -> None:
+    from imagetool.commit import commit as svc_commit
+
+    print(svc_commit(store(), container, image, changes=changes, message=message, author=author).digest)
+
+
+def history(store, ref: str, no_trunc: bool, fmt: str) -> None:
+    import dataclasses
+
+    from imagetool.commit import history as svc_history
+    from imagetool.images import human_size
+
+    if fmt not in ("table", "json"):
+        raise _usage(f"unknown format {fmt!r} (use table or json)")
+    rows = svc_history(store(), ref)
+    if fmt == "json":
+        return _print_json([dataclasses.asdict(r) for r in rows])
+    table = [("LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for r in rows:
+        layer, by = r.layer or "<none>", r.created_by
+        if not no_trunc:
+            layer, by = layer[:19], _trim(by, 45)
+        table.append((layer, r.created[:19] or "<unknown>", by, human_size(r.size), r.comment))
+    _print_table(table)
+
+
 def login(store, registry: str, username: str | None, password: str | None, password_stdin: bool,
           insecure: bool) -> None:
     from imagetool.registry import auth
@@ -291,5 +318,6 @@ def export(store, target: str, output: str | None) -> None:
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
-          "rm": rm, "load": load, "save": save, "import": import_, "export": export}
+          "rm": rm, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
+          "export": export}
 """Command name → body; options.COMMANDS declares each one's keywords."""

@@ -158,6 +158,17 @@ COMMANDS: tuple[Command, ...] = (
                metavar="PLATFORM"),
         option("-q --quiet", "quiet", "Print only the copied digest.", bool),
         INSECURE)),
+    Command("commit", "Make a new image from a stopped container's changes (one layer on its image).", (
+        argument("container", "CONTAINER", "Container id, name or id prefix (not running)."),
+        argument("image", "[IMAGE]", "Name of the new image (default: untagged).", default=None),
+        option("-c --change", "changes", "Apply an instruction: CMD, ENTRYPOINT, ENV, WORKDIR, EXPOSE, LABEL or USER "
+               "(Dockerfile syntax).", multiple=True, metavar="INSTRUCTION"),
+        option("-m --message", "message", "Comment recorded in the image's history.", metavar="TEXT"),
+        option("-a --author", "author", "Author recorded in the image's config.", metavar="NAME"))),
+    Command("history", "Show an image's history, newest first, with each layer's size.", (
+        argument("ref", "IMAGE", "Image reference or digest."),
+        option("--no-trunc", "no_trunc", "Do not shorten CREATED BY.", bool),
+        FORMAT_TABLE_JSON)),
     Command("login", "Store credentials for a registry (checked against it first).", (
         argument("registry", "[REGISTRY]", "Registry host (default: docker.io).", default="docker.io"),
         option("-u --username", "username", "User name (asked when absent).", metavar="NAME"),

@@ -6,7 +6,7 @@ import re
 import pytest
 
 COMMANDS = ("images", "inspect", "tag", "rmi", "prune", "pull", "push", "copy", "login", "logout", "unpack", "run",
-            "ps", "rm", "load", "save", "import", "export")
+            "ps", "rm", "commit", "history", "load", "save", "import", "export")
 
 
 def test_help_lists_every_command(cli):

@@ -68,3 +68,28 @@ def test_copy_with_a_bad_address_or_image_is_one_error_line(cli, args, tmp_path)
     assert r.returncode == 1
     assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_commit_makes_an_image_holding_the_container_changes_and_history_shows_it(cli, tmp_path):
+    from runhelpers import kernel_skip_reason
+
+    if kernel_skip_reason():
+        pytest.skip(kernel_skip_reason())
+    load_busybox(cli, tmp_path)
+    cli("run", "--name", "c1", "busybox", "sh", "-c", "echo committed > /hello", check=True)
+    r = cli("commit", "-m", "say hello", "-c", "CMD cat /hello", "c1", "localhost/committed:v1", check=True)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", r.stdout), r.stdout
+    assert store_digest(cli, "localhost/committed") == r.stdout.strip()
+    assert cli("run", "--rm", "localhost/committed:v1", check=True).stdout == "committed\n"
+    rows = json.loads(cli("history", "--format", "json", "localhost/committed:v1", check=True).stdout)
+    assert rows[0]["created_by"] == "imagetool commit" and rows[0]["comment"] == "say hello"
+    assert rows[0]["size"] > 0 and rows[0]["layer"].startswith("sha256:")
+    assert rows[1:] == json.loads(cli("history", "--format", "json", "busybox", check=True).stdout)
+    table = cli("history", "localhost/committed:v1", check=True).stdout.splitlines()
+    assert table[0].split()[:2] == ["LAYER", "CREATED"] and "say hello" in table[1]
+    cli("rm", "c1", check=True)
+
+
+def test_commit_of_no_such_container_is_one_error_line(cli):
+    r = cli("commit", "nosuch", "localhost/x:v1")
+    assert r.returncode == 1 and r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr
