@@ -98,9 +98,8 @@ def copy_image(source: Source, sink: Sink, platform=None, all_platforms: bool = 
         nodes = walk.select(source.read, top, platform)[-1:]
     sent: list = []
     for n in nodes:
-        if not n.is_index:
-            blobs = [d for d in walk.blobs_of(n.document) if not _has(sink, d, progress)]
-            sent += _each(lambda d: _put(sink, source, d, progress), blobs, max_concurrent)
+        if not n.is_index:  # each worker checks (HEAD) and then sends its blob
+            sent += _each(lambda d: _put(sink, source, d, progress), walk.blobs_of(n.document), max_concurrent)
         sink.put_manifest(n)
     final = nodes[-1].descriptor
     sink.finish(final)
@@ -117,15 +116,8 @@ def skip(chunks, offset: int):
         offset = 0
 
 
-def _has(sink: Sink, desc: Descriptor, progress: Progress) -> bool:
-    if sink.has(desc):
-        progress.blob_done(str(desc.digest), EXISTS)
-        return True
-    return False
-
-
 def _put(sink: Sink, source: Source, desc: Descriptor, progress: Progress):
-    status = sink.put_blob(desc, source, progress)
+    status = EXISTS if sink.has(desc) else sink.put_blob(desc, source, progress)
     progress.blob_done(str(desc.digest), status)
     return desc, status
 
