@@ -1,4 +1,4 @@
-"""`imagetool push` and `imagetool copy` through the command line: against the real docker-registry on
+"""`imagetool push`, `copy`, `commit` and `history` through the command line: against the real docker-registry on
 loopback the image arrives with its digest unchanged (pulled back into an empty store); store → OCI
 layout → store keeps the digest; docker's closing line, `-q`, and bad input as one error line."""
 
