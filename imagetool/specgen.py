@@ -15,7 +15,6 @@ from imagetool.users import lookup as lookup_user
 
 OCI_VERSION = "1.0.2"
 USER_ANNOTATION = "org.imagetool.user"  # the user as given, when it names a user by name
-GROUPS_ANNOTATION = "org.imagetool.group-add"  # --group-add names for the init to resolve inside
 DEFAULT_PIDS_LIMIT = 2048  # podman's; --pids-limit -1 (or 0) for none
 
 
@@ -232,25 +231,23 @@ def apply_security(spec: dict, opts, rootfs_dir: Path | str | None = None) -> No
 
 
 def _group_add(spec: dict, groups: list[str], rootfs_dir) -> None:
-    """--group-add: numeric gids (and names, given the rootfs) join process.user.additionalGids;
-    names without the rootfs go to the GROUPS_ANNOTATION for the init to resolve inside."""
+    """--group-add: numeric gids, and names when the rootfs is given (the bundle writer), join
+    process.user.additionalGids. A name without the rootfs is refused rather than dropped: the
+    run path builds the spec before the rootfs exists and its init does not resolve group names."""
     user = spec["process"]["user"]
     gids = list(user.get("additionalGids", []))
-    names = []
     for g in groups:
         g = str(g).strip()
         if g.isdigit():
             gid = lookup_user(None, f"0:{g}").gid  # the one lookup checks the range
-        elif g and rootfs_dir is not None:
+        elif g and ":" not in g and "," not in g and rootfs_dir is not None:
             gid = lookup_user(rootfs_dir, f"0:{g}").gid
         elif g and ":" not in g and "," not in g:
-            names.append(g)
-            continue
+            raise ImagetoolError(f"--group-add {g}: group names are not resolved in the container yet",
+                                 hint="give the numeric gid (e.g. --group-add 29)")
         else:
             raise ImagetoolError(f"invalid --group-add {g!r}: give a group name or a numeric gid")
         if gid not in gids:
             gids.append(gid)
     if gids:
         user["additionalGids"] = gids
-    if names:
-        spec.setdefault("annotations", {})[GROUPS_ANNOTATION] = ",".join(names)

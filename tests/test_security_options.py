@@ -22,7 +22,7 @@ import pytest
 
 from imagetool.errors import ImagetoolError
 from imagetool.runtime import capabilities, seccomp
-from imagetool.specgen import DEFAULT_PIDS_LIMIT, GROUPS_ANNOTATION, spec_from_image
+from imagetool.specgen import DEFAULT_PIDS_LIMIT, spec_from_image
 from tests.runhelpers import REPO, Imagetool, add_image, kernel_skip_reason
 from tests.syscall_probe import write_probe
 
@@ -139,8 +139,8 @@ def test_namespaced_sysctls_reach_the_spec():
 
 def test_group_add_numbers_and_names(tmp_path):
     assert spec_for(group_add=["10", "20"])["process"]["user"]["additionalGids"] == [10, 20]
-    s = spec_for(group_add=["audio"])
-    assert s["annotations"][GROUPS_ANNOTATION] == "audio"
+    with pytest.raises(ImagetoolError, match="group names are not resolved in the container yet"):
+        spec_for(group_add=["audio"])  # refused, never silently dropped
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "group").write_text("audio:x:29:\n")
     s = spec_from_image(cfg(), opts(group_add=["audio", "7"]), rootfs_dir=tmp_path)

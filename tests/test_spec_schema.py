@@ -81,7 +81,7 @@ OPTION_SETS = [
     ("device_tmpfs_shm", {"devices": ["/dev/null:/dev/n:rw"], "tmpfs": ["/scratch:size=1m"], "shm_size": "8m"}),
     ("ulimits_sysctls_groups", {"ulimits": ["nofile=100:200", "core=-1"],
                                 "sysctls": ["net.ipv4.ip_forward=1", "kernel.shmmax=65536"],
-                                "group_add": ["10", "audio"]}),
+                                "group_add": ["10", "29"]}),
 ]
 
 
