@@ -344,3 +344,22 @@ def test_bad_push_options_are_one_clear_error_and_send_nothing(bad, error, regis
     with pytest.raises(ImagetoolError, match=error):
         push(store, f"{registry.host}/push/bad:v1", **bad)
     assert [r for r in registry.requests(mark) if r[0] in ("POST", "PATCH", "PUT")] == []
+
+
+def test_429_and_5xx_during_a_push_are_waited_out_as_pull_does(registry, store, tmp_path):
+    from fixtures.proxy import Fault, FaultProxy
+
+    from imagetool.push import push
+
+    img = _image()
+    with FaultProxy(registry.url) as proxy:
+        name = f"{proxy.host}/push/busy:v1"
+        load(store, tmp_path, name, img)
+        proxy.add(Fault("status", r"/blobs/uploads/$", times=1, status=429, method="POST",
+                        headers={"Retry-After": "0"}))
+        proxy.add(Fault("status", r"/manifests/v1", times=2, status=503, method="PUT"))
+        [res] = push(store, name)
+        assert res.digest == img.manifest_digest
+        assert [r.status for r in proxy.records(r"/manifests/v1", "PUT")] == [503, 503, 201]
+        assert proxy.records(r"/blobs/uploads/$", "POST")[0].status == 429
+    assert skopeo_raw(registry, "push/busy:v1") == img.manifest
