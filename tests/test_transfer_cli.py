@@ -1,6 +1,7 @@
-"""`imagetool push`, `copy`, `commit` and `history` through the command line: against the real docker-registry on
-loopback the image arrives with its digest unchanged (pulled back into an empty store); store → OCI
-layout → store keeps the digest; docker's closing line, `-q`, and bad input as one error line."""
+"""`imagetool push`, `copy`, `commit` and `history` through the command line: pushed to the real
+docker-registry on loopback, an image keeps its digest (pulled back into an empty store); store → OCI
+layout → store keeps it too; a committed container's file is in the new image and its history row
+leads its base image's; docker's closing lines, `-q`, and bad input as one error line."""
 
 from __future__ import annotations
 
