@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import HostSnapshot, Imagetool, busybox_store, kernel_skip_reason
+from tests.runhelpers import host_unchanged, it, kernel_skip_reason, store_fixture  # noqa: F401 (fixtures)
 
 _reason = kernel_skip_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -24,21 +24,7 @@ RECIPE = ["create cgroup", "fork init", "join cgroup", "prepare rootfs", "write 
           "wait for start", "load seccomp", "exec", "start", "wait", "remove cgroup"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return busybox_store(tmp_path_factory.mktemp("imagetool-explain") / "store")
-
-
-@pytest.fixture
-def it(store):
-    return Imagetool(store)
-
-
-@pytest.fixture(autouse=True)
-def host_unchanged(store):
-    before = HostSnapshot(store)
-    yield
-    before.assert_unchanged()
+store = store_fixture("imagetool-explain")
 
 
 def steps(stderr: str) -> list[tuple[str, str, list[str]]]:
