@@ -240,3 +240,56 @@ def test_copy_without_all_takes_one_platform_and_docker_archive_refuses_an_index
     assert not (tmp_path / "d.tar").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("imagetool-")]
 
+
+
+@pytest.mark.parametrize("text", ["busybox", "dir:/tmp/x", "oci:", "store:", "docker://Bad/Name", "oci-archive"])
+def test_an_unknown_or_malformed_address_is_an_invalid_reference(text):
+    from imagetool.errors import InvalidReference
+    from imagetool.transfer import parse
+
+    with pytest.raises(InvalidReference):
+        parse(text)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("docker://localhost:5000/a/b:v1", ("docker", "", "localhost:5000/a/b:v1")),
+    ("oci:/tmp/lay", ("oci", "/tmp/lay", None)),
+    ("oci:/tmp/lay:v1", ("oci", "/tmp/lay", "v1")),
+    ("oci-archive:/tmp/x.tar:busybox:latest", ("oci-archive", "/tmp/x.tar", "busybox:latest")),
+    ("docker-archive:x.tar", ("docker-archive", "x.tar", None)),
+    ("store:busybox", ("store", "", "busybox")),
+])
+def test_addresses_read_as_skopeo_reads_them(text, want):
+    from imagetool.transfer import parse
+
+    a = parse(text)
+    assert (a.transport, a.path, a.ref) == want
+
+
+def test_copy_into_a_directory_that_is_not_a_layout_is_refused_and_leaves_it_alone(
+        registry, copy_image_built, tmp_path, store_dir, env):
+    from store import Store
+
+    from imagetool.errors import ArchiveError
+    from imagetool.transfer import copy
+
+    registry.push(copy_image_built, "copy/src:v1")
+    target = tmp_path / "home"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    with pytest.raises(ArchiveError, match="not an OCI layout"):
+        copy(Store.open(store_dir), f"docker://{registry.host}/copy/src:v1", f"oci:{target}:v1")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_a_docker25_save_keeps_its_manifest_digest_through_copy(registry, copy_image_built, tmp_path, store_dir, env):
+    from fixtures.images import build_archive
+    from store import Store
+
+    from imagetool.transfer import copy
+
+    archive = tmp_path / "d25.tar"
+    archive.write_bytes(build_archive({"copy/src:v1": copy_image_built}, "docker25"))
+    r = copy(Store.open(store_dir), f"docker-archive:{archive}:copy/src:v1", f"oci:{tmp_path / 'o'}:v1")
+    assert r.digest == copy_image_built.manifest_digest
+    assert _skopeo("--raw", f"oci:{tmp_path / 'o'}:v1") == copy_image_built.manifest
