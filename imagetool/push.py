@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from imagetool import mediatypes as mt
 from imagetool import reference
-from imagetool.errors import ImageNotFound, ManifestError
+from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
 from imagetool.progress import NullProgress, Progress
 
 FORMATS = ("oci", "docker")
@@ -56,7 +56,7 @@ def push(store, src_ref: str, dest: str | None = None, all_tags: bool = False, f
         for ref_name, _ in store.refs():
             try:
                 r = reference.parse(ref_name)
-            except Exception:  # noqa: BLE001 - refs written by other tools
+            except InvalidReference:  # refs written by other tools
                 continue
             if r.name == repo and r.tag and not r.digest:
                 pairs.append((ref_name, f"{target}:{r.tag}"))

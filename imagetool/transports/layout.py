@@ -26,7 +26,7 @@ from store.errors import InvalidDescriptor
 
 from imagetool import mediatypes as mt
 from imagetool import reference
-from imagetool.errors import ArchiveError, DigestError, ImageNotFound
+from imagetool.errors import ArchiveError, DigestError, ImageNotFound, InvalidReference
 from imagetool.transports.base import PUSHED, Sink, Source, skip
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -109,7 +109,7 @@ class ArchiveSource(Source):
 def _full(name: str) -> str | None:
     try:
         ref = reference.parse(name)
-    except Exception:  # noqa: BLE001 - not an image name: only the annotation can match
+    except InvalidReference:  # not an image name: only the annotation can match
         return None
     return None if ref.digest else str(ref)
 

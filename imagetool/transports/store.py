@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from store import Descriptor
-from store.errors import DigestMismatch, SizeMismatch
+from store.errors import DigestMismatch, SizeMismatch, StoreError
 
 from imagetool import image, reference
-from imagetool.errors import DigestError, InvalidReference
+from imagetool.errors import DigestError, ImagetoolError, InvalidReference
 from imagetool.transports.base import PUSHED, Sink, Source
 
 CHUNK = 1 << 20
@@ -49,7 +49,7 @@ class StoreSource(Source):
                 try:
                     ref = reference.parse(name)
                     _, manifest, _ = image.manifest_for(self.store, desc)
-                except Exception:  # noqa: BLE001 - an unreadable ref offers no mount, nothing more
+                except (ImagetoolError, StoreError):  # an unreadable ref offers no mount, nothing more
                     continue
                 for d in [manifest.config] + list(manifest.layers):
                     self._holders.setdefault((ref.domain, d.digest), ref.path)
