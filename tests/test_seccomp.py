@@ -283,3 +283,12 @@ def test_no_cache_for_a_user_without_a_runtime_dir(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     assert seccomp._cache_dir() is None
+
+
+@pytest.mark.parametrize("caps", [(), capabilities.DEFAULT_CAPS, tuple(capabilities.CAPS)], ids=["none", "docker", "all"])
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_the_default_profile_compiles_for_every_capability_set(caps, arch):
+    """(a syscall allowed by two capability groups, or by the main list and one, is one rule twice)"""
+    oci = seccomp.profile_to_oci(seccomp.default_profile(), caps, arch)
+    assert oci["architectures"][0] == {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}[arch]
+    assert len(seccomp.compile(oci)) > 8 * 100  # (libseccomp builds for a foreign arch too)
