@@ -254,6 +254,19 @@ def test_capabilities_and_no_new_privs_as_the_runtime_sets_them(store, tmp_path,
 
 
 @needs_kernel
+def test_devices_sysctls_ulimits_and_dropped_capabilities(store, tmp_path, host_unchanged):
+    from imagetool.runtime.capabilities import DEFAULT_CAPS, mask
+
+    probe = "head -c 3 /dev/z | wc -c; cat /proc/sys/net/ipv4/ip_forward; ulimit -u; grep CapBnd /proc/self/status"
+    r = run_script(render(store, tmp_path, "sh", "-c", probe, devices=["/dev/zero:/dev/z"], sysctls=["net.ipv4.ip_forward=1"],
+                          ulimits=["nproc=100:200"], cap_drop=["SETUID"]), tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["3", "1", "100"]
+    assert int(lines[3].split()[1], 16) == mask([c for c in DEFAULT_CAPS if c != "CAP_SETUID"])
+
+
+@needs_kernel
 def test_container_is_pid_1_with_its_own_dev_and_masked_proc(store, tmp_path, host_unchanged):
     probe = "echo $$; ls /dev; wc -c < /proc/keys; echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro"
     r = run_script(render(store, tmp_path, "sh", "-c", probe), tmp_path)
@@ -324,9 +337,10 @@ echo "RESULT leftover_tmp $(ls -d /tmp/imagetool-script.* 2>/dev/null | wc -l)"
 def test_v2_vm_script(tmp_path):
     """One boot of the cgroup-v2-only VM: the script prints hello, the seed's 7 MB demonstration
     (memory.max; 7.5 MB killed → 137, 2 MB fits), a failing command, and nothing left behind."""
-    vm = v2vm.boot(tmp_path, V2_GUEST, timeout=400)
-    results = vm.results
-    assert "LAYOUT v2" in vm.stdout
+    out = v2vm.boot(tmp_path, V2_GUEST, started_marker="LAYOUT", timeout=400)
+    results = dict(line.split(" ", 2)[1:] for line in out.splitlines()
+                   if line.startswith("RESULT ") and line.count(" ") >= 2)
+    assert "LAYOUT v2" in out
     assert results["hello"] == "0 hello"
     assert results["oom"] == "137"
     assert results["memory_max"] == "1"

@@ -314,7 +314,8 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
     if rl:
         out.append("    " + shell.join(["prlimit", *rl]) + " -- \\")
     out.append("    " + shell.join(["env", "-i", *proc.get("env", [])]) + " \\")
-    out.append('    "$UNSHARE" ' + shell.join([f"--root=.", f"--wd=/{cwd}", f"--setuid={uid}", "--", *proc["args"]]))
+    setuid = [f"--setuid={uid}"] if uid else []
+    out.append('    "$UNSHARE" ' + shell.join(["--root=.", f"--wd=/{cwd}", *setuid, "--", *proc["args"]]))
     return "\n".join(out) + "\n"
 
 
