@@ -30,6 +30,7 @@ from imagetool.progress import NullProgress, Progress
 from imagetool.transports import walk
 
 PUSHED = "Pushed"
+COPIED = "Copied"
 EXISTS = "Layer already exists"
 MOUNTED = "Mounted"
 
@@ -65,7 +66,7 @@ class Sink:
         raise NotImplementedError
 
     def put_blob(self, desc: Descriptor, source: Source, progress: Progress) -> str:
-        """Write one blob; returns the status to report (PUSHED, MOUNTED)."""
+        """Write one blob; returns the status to report (PUSHED or MOUNTED to a registry, COPIED)."""
         raise NotImplementedError
 
     def put_manifest(self, node: walk.Node) -> None:
@@ -103,7 +104,7 @@ def copy_image(source: Source, sink: Sink, platform=None, all_platforms: bool = 
         sink.put_manifest(n)
     final = nodes[-1].descriptor
     sink.finish(final)
-    return Copied(final, tuple(d.digest for d, status in sent if status == PUSHED))
+    return Copied(final, tuple(d.digest for d, status in sent if status in (PUSHED, COPIED)))
 
 
 def skip(chunks, offset: int):

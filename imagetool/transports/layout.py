@@ -27,7 +27,7 @@ from store.errors import InvalidDescriptor
 from imagetool import mediatypes as mt
 from imagetool import reference
 from imagetool.errors import ArchiveError, DigestError, ImageNotFound, InvalidReference
-from imagetool.transports.base import PUSHED, Sink, Source, skip
+from imagetool.transports.base import COPIED, Sink, Source, skip
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -136,7 +136,7 @@ class LayoutSink(Sink):
 
     def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
         self._write(desc, source.chunks(desc), source.label, progress)
-        return PUSHED
+        return COPIED
 
     def _write(self, desc: Descriptor, chunks, label: str, progress=None) -> None:
         path = self._path(desc.digest)

@@ -7,7 +7,7 @@ from store.errors import DigestMismatch, SizeMismatch, StoreError
 
 from imagetool import image, reference
 from imagetool.errors import DigestError, ImagetoolError, InvalidReference
-from imagetool.transports.base import PUSHED, Sink, Source
+from imagetool.transports.base import COPIED, EXISTS, Sink, Source
 
 CHUNK = 1 << 20
 
@@ -79,8 +79,8 @@ class StoreSink(Sink):
 
     def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
         with self.store.ingest(desc.digest, desc.size) as w:
-            if w.exists:
-                return PUSHED
+            if w.exists:  # another process committed it meanwhile
+                return EXISTS
             if w.offset:
                 w.reset()  # an abandoned partial of another download: start from scratch
             progress.blob_start(str(desc.digest), desc.size, 0)
@@ -91,7 +91,7 @@ class StoreSink(Sink):
                 w.commit()
             except (DigestMismatch, SizeMismatch) as e:
                 raise DigestError(f"blob {desc.digest} from {source.label}: {e}") from None
-        return PUSHED
+        return COPIED
 
     def put_manifest(self, node) -> None:
         self.store.put(node.raw, node.descriptor.digest)
