@@ -194,3 +194,74 @@ def test_an_entry_cut_by_the_bound_is_not_half_read(tmp_path):
     root = rootfs(tmp_path, passwd=body + "cut:x:1234567:1:" + "h" * cut + ":/bin/sh\n")
     with pytest.raises(ContainerError, match="unable to find user cut"):
         lookup(root, "cut")
+
+
+# ---------------------------------------------------------------- end to end: `run -u` (issue 14 item 6)
+
+HOST_USER = "app:x:4242:4242::/host-secret-home:/bin/sh\n"
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory):
+    """A store with busybox whose /etc/passwd is (a) an absolute symlink to a host file holding
+    an `app` entry, (b) a relative ../../ link to the same host file, (c) a FIFO."""
+    from tests.runhelpers import kernel_skip_reason
+
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import gzip
+    import json
+
+    from fixtures.images import Layer, build_image, busybox_image
+    from fixtures.tarbuild import fifo, symlink
+    from tests.runhelpers import add_image
+
+    base = tmp_path_factory.mktemp("imagetool-users")
+    host_file = base / "host-passwd"
+    host_file.write_text(HOST_USER)
+    bb = busybox_image()
+    tars = [gzip.decompress(bb.blobs[la["digest"]]) for la in json.loads(bb.manifest)["layers"]]
+    root = base / "store"
+    climb = "../" * (len(host_file.parts) + 2) + str(host_file).lstrip("/")
+    for name, entry in (("abs-link", symlink("etc/passwd", str(host_file))),
+                        ("dotdot-link", symlink("etc/passwd", climb)),
+                        ("fifo", fifo("etc/passwd"))):
+        img = build_image([Layer(t, compression="gzip") for t in tars] + [Layer([entry])],
+                          config={"Cmd": ["sh"]})
+        add_image(root, img, f"docker.io/library/{name}:latest")
+    return root, host_file
+
+
+RUNTIMES = ["imagetool", "runc"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("image", ["abs-link", "dotdot-link", "fifo"])
+def test_run_u_never_takes_a_user_from_a_host_file_nor_hangs(run_store, runtime, image):
+    """`run -u app` with the image's /etc/passwd pointing at a host file that has `app`, or being
+    a FIFO: docker's error (exit 125), not the host's uid, no hang; -u 4242 runs as 4242 and gets
+    no HOME from the host file."""
+    from tests.runhelpers import Imagetool, have_tool
+
+    if runtime != "imagetool" and not have_tool(runtime):
+        pytest.skip(f"{runtime} is not installed")
+    store, host_file = run_store
+    it = Imagetool(store)
+    before = host_file.stat()
+    r = it("run", "--rm", "--runtime", runtime, "-u", "app", image, "id", timeout=120)
+    assert r.returncode == 125, (r.stdout, r.stderr)
+    assert "unable to find user app: no matching entries in passwd file" in r.stderr
+    assert "4242" not in r.stdout
+    if runtime == "runc" and image == "fifo":
+        return   # runc 1.1's own init reads the container's /etc/passwd for every user (GetExecUserPath)
+                 # and blocks on a FIFO there, as under docker: that wait is runc's, not imagetool's lookup
+    # (no `id` here: it would read the FIFO itself and block, as it would under docker)
+    r = it("run", "--rm", "--runtime", runtime, "-u", "4242", image, "sh", "-c",
+           "grep ^Uid: /proc/self/status; echo HOME=$HOME", timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[1:] == ["4242"] * 4
+    assert lines[1] in ("HOME=/", "HOME="), "docker gives HOME=/ to a user without an entry"
+    after = host_file.stat()
+    assert (after.st_mode, after.st_uid, after.st_size) == (before.st_mode, before.st_uid, before.st_size)
