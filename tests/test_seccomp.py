@@ -1,6 +1,6 @@
 """seccomp: the default profile refuses what docker refuses, for real, in a forked child.
 
-Unit part (no container): profile_to_oci's capability/arch/kernel rules, compile() through the
+Unit part (no container): profile_to_oci's capability/arch/kernel rules, build() through the
 system's libseccomp, load() in a forked child with no_new_privs, the cache, and the one-line
 errors. The end-to-end part (`imagetool run`) is in tests/test_security_options.py.
 """
@@ -64,7 +64,7 @@ def in_filtered_child(program: bytes, probe) -> dict:
 
 
 def default_program(caps=capabilities.DEFAULT_CAPS) -> bytes:
-    return seccomp.compile(seccomp.profile_to_oci(seccomp.default_profile(), caps))
+    return seccomp.build(seccomp.profile_to_oci(seccomp.default_profile(), caps))
 
 
 def status_seccomp() -> str:
@@ -185,7 +185,7 @@ def test_podmans_profile_loads():
     if not os.path.exists(PODMAN_PROFILE):
         pytest.skip(f"{PODMAN_PROFILE} is not installed (package golang-github-containers-common)")
     oci = seccomp.profile_to_oci(seccomp.read_profile(PODMAN_PROFILE), capabilities.DEFAULT_CAPS)
-    got = in_filtered_child(seccomp.compile(oci), lambda: {
+    got = in_filtered_child(seccomp.build(oci), lambda: {
         "mode": status_seccomp(), "kexec": errno_of("kexec_file_load", 0, 0, 0, 0, 0), "getpid": errno_of("getpid")})
     assert got == {"mode": "2", "kexec": errno.EPERM, "getpid": 0}
 
@@ -194,7 +194,7 @@ def test_unknown_syscall_names_are_skipped_as_runc_does():
     oci = {"defaultAction": "SCMP_ACT_ALLOW",
            "syscalls": [{"names": ["no_such_syscall_at_all", "getppid"], "action": "SCMP_ACT_ERRNO",
                          "errnoRet": errno.EACCES}]}
-    got = in_filtered_child(seccomp.compile(oci), lambda: {"getppid": errno_of("getppid")})
+    got = in_filtered_child(seccomp.build(oci), lambda: {"getppid": errno_of("getppid")})
     assert got["getppid"] == errno.EACCES
 
 
@@ -202,7 +202,7 @@ def test_a_repeated_argument_index_means_any_of_the_values():
     oci = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EDOM,
          "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}, {"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]}]}
-    got = in_filtered_child(seccomp.compile(oci), lambda: {
+    got = in_filtered_child(seccomp.build(oci), lambda: {
         n: errno_of("getpriority", n, 0) for n in (0, 1, 2)})
     assert got == {"0": 0, "1": errno.EDOM, "2": errno.EDOM}
 
@@ -229,13 +229,13 @@ MALFORMED = [
 @pytest.mark.parametrize("name,profile,message", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_a_malformed_profile_is_one_clear_error(name, profile, message):
     with pytest.raises(ImagetoolError) as e:
-        seccomp.compile(seccomp.profile_to_oci(profile, capabilities.DEFAULT_CAPS))
+        seccomp.build(seccomp.profile_to_oci(profile, capabilities.DEFAULT_CAPS))
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_unknown_architecture_is_refused_by_compile():
+def test_an_unknown_architecture_is_refused_by_build():
     with pytest.raises(ImagetoolError, match="unknown architecture 'SCMP_ARCH_VAX'"):
-        seccomp.compile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]})
+        seccomp.build({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]})
 
 
 @pytest.mark.parametrize("text", ["{", "", "[1, 2"])
@@ -247,25 +247,25 @@ def test_a_file_that_is_not_json_is_one_clear_error(tmp_path, text):
     assert "\n" not in str(e.value)
 
 
-def test_the_cache_returns_the_compiled_program_without_compiling(tmp_path, monkeypatch):
+def test_the_cache_returns_the_program_without_building_it(tmp_path, monkeypatch):
     oci = seccomp.profile_to_oci(seccomp.default_profile(), capabilities.DEFAULT_CAPS)
-    first = seccomp.program(oci, tmp_path / "c")
-    assert first == seccomp.compile(oci)
+    first = seccomp.compile(oci, tmp_path / "c")
+    assert first == seccomp.build(oci)
     assert oct((tmp_path / "c").stat().st_mode & 0o777) == "0o700"
 
-    def no_compile(_):
-        raise AssertionError("compiled again")
-    monkeypatch.setattr(seccomp, "compile", no_compile)
-    assert seccomp.program(oci, tmp_path / "c") == first
+    def no_build(_):
+        raise AssertionError("built again")
+    monkeypatch.setattr(seccomp, "build", no_build)
+    assert seccomp.compile(oci, tmp_path / "c") == first
 
 
 def test_a_cache_others_can_write_is_not_trusted(tmp_path, monkeypatch):
     oci = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_KILL"}]}
     cache = tmp_path / "c"
-    seccomp.program(oci, cache)
+    seccomp.compile(oci, cache)
     (cache / (seccomp.cache_key(oci) + ".bpf")).write_bytes(b"\x06\x00\x00\x00\x00\x00\xff\x7f")  # allow all
     os.chmod(cache, 0o777)
-    assert seccomp.program(oci, cache) == seccomp.compile(oci)
+    assert seccomp.compile(oci, cache) == seccomp.build(oci)
 
 
 def test_a_cache_below_a_directory_others_can_write_is_not_trusted(tmp_path):
@@ -274,9 +274,9 @@ def test_a_cache_below_a_directory_others_can_write_is_not_trusted(tmp_path):
     shared.mkdir()
     os.chmod(shared, 0o777)
     oci = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_KILL"}]}
-    seccomp.program(oci, shared / "c")
+    seccomp.compile(oci, shared / "c")
     (shared / "c" / (seccomp.cache_key(oci) + ".bpf")).write_bytes(b"\x06\x00\x00\x00\x00\x00\xff\x7f")
-    assert seccomp.program(oci, shared / "c") == seccomp.compile(oci)
+    assert seccomp.compile(oci, shared / "c") == seccomp.build(oci)
 
 
 def test_no_cache_for_a_user_without_a_runtime_dir(monkeypatch):
@@ -291,4 +291,4 @@ def test_the_default_profile_compiles_for_every_capability_set(caps, arch):
     """(a syscall allowed by two capability groups, or by the main list and one, is one rule twice)"""
     oci = seccomp.profile_to_oci(seccomp.default_profile(), caps, arch)
     assert oci["architectures"][0] == {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}[arch]
-    assert len(seccomp.compile(oci)) > 8 * 100  # (libseccomp builds for a foreign arch too)
+    assert len(seccomp.build(oci)) > 8 * 100  # (libseccomp builds for a foreign arch too)

@@ -6,9 +6,10 @@ Three steps, three functions, used in this order:
       default one is `seccomp_default.json` next to this file) filtered for the container's
       capabilities, architecture and kernel, as docker does. The result is `linux.seccomp` of the
       spec, so `--runtime runc` gets the same filter in config.json.
-  compile(linux_seccomp) -> bytes               the parent: libseccomp (the system's
-      libseccomp.so.2 through ctypes) builds the filter and exports the classic-BPF program
-      (an array of 8-byte `struct sock_filter`).
+  compile(linux_seccomp) -> bytes               the parent: the classic-BPF program (an array of
+      8-byte `struct sock_filter`), from a cache of programs (/run/imagetool/seccomp) or built by
+      build(): libseccomp (the system's libseccomp.so.2 through ctypes) builds the filter and
+      exports it (~13 ms; a cache hit ~0.1 ms).
   load(program)                                 the container's init, its last step before exec:
       seccomp(2) SECCOMP_SET_MODE_FILTER (prctl(PR_SET_SECCOMP) on old kernels). Needs
       no_new_privs or CAP_SYS_ADMIN; libseccomp is not needed here (the init runs after
@@ -261,8 +262,9 @@ def _conditions(args: list[dict]) -> list[list[_ArgCmp]]:
     return [conds]
 
 
-def compile(linux_seccomp: dict) -> bytes:  # noqa: A001 (the brief's name: compile a profile)
-    """The classic-BPF program (struct sock_filter[]) for an OCI `linux.seccomp` section."""
+def build(linux_seccomp: dict) -> bytes:
+    """The classic-BPF program (struct sock_filter[]) for an OCI `linux.seccomp` section, built
+    by libseccomp now (compile() is the same through the cache)."""
     if not isinstance(linux_seccomp, dict):
         raise _fail("linux.seccomp must be an object")
     default = _action(linux_seccomp.get("defaultAction"), linux_seccomp.get("defaultErrnoRet"))
@@ -362,11 +364,11 @@ def cache_key(linux_seccomp: dict) -> str:
     return hashlib.sha256(f"{os.uname().machine}\n{version}\n{text}".encode()).hexdigest()
 
 
-def program(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> bytes:
-    """compile() through a cache of programs (compiling takes ~12 ms, reading one ~0.1 ms).
+def compile(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> bytes:  # noqa: A001
+    """build() through a cache of programs (building takes ~13 ms, reading one ~0.1 ms).
 
     The cache lives in /run/imagetool/seccomp for root ($XDG_RUNTIME_DIR/imagetool/seccomp
-    otherwise: none without it), or `cache_dir`; None compiles without it. A cached program is a
+    otherwise: none without it), or `cache_dir`; None builds without it. A cached program is a
     filter the init trusts, so the cache is used only while nobody else can write or swap the
     directory (_private_dir); entries are written whole (temp + rename).
     """
@@ -375,7 +377,7 @@ def program(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> by
     else:
         root = Path(cache_dir) if cache_dir else _cache_dir()
     if root is None:
-        return compile(linux_seccomp)
+        return build(linux_seccomp)
     path = root / (cache_key(linux_seccomp) + ".bpf")
     if _private_dir(root):
         try:
@@ -385,7 +387,7 @@ def program(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> by
                 return data
         except OSError:
             pass
-    data = compile(linux_seccomp)
+    data = build(linux_seccomp)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if _private_dir(root):
