@@ -306,7 +306,8 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
             "mount --move . /",
             "",
             "# 12. drop privileges and exec: setpriv (gid, groups, capabilities, no_new_privs), prlimit",
-            "#     (rlimits), env -i (the environment), unshare --root/--wd/--setuid (chroot, workdir, uid)",
+            "#     (rlimits), env -i (the environment), unshare --root/--wd/--setuid (chroot, workdir, uid).",
+            "#     Not done by hand: a session keyring of its own, a pty in the container's devpts (-t).",
             "exec " + shell.join(["setpriv", *shell.setpriv_options(
                 gid=gid, groups=groups, bounding=bounding, inheritable=caps.get("inheritable", []),
                 no_new_privs=bool(proc.get("noNewPrivileges")))]) + " -- \\"]
