@@ -363,3 +363,25 @@ def test_429_and_5xx_during_a_push_are_waited_out_as_pull_does(registry, store, 
         assert [r.status for r in proxy.records(r"/manifests/v1", "PUT")] == [503, 503, 201]
         assert proxy.records(r"/blobs/uploads/$", "POST")[0].status == 429
     assert skopeo_raw(registry, "push/busy:v1") == img.manifest
+
+
+def test_an_upload_session_the_registry_no_longer_knows_is_replaced_by_a_new_one(
+        registry, store, tmp_path, small_chunks):
+    from store import Descriptor, Digest
+
+    from imagetool import reference
+    from imagetool.push import push
+    from imagetool.transports.registry import RegistrySink
+
+    img = _image(600_000)
+    name = f"{registry.host}/push/stale:v1"
+    load(store, tmp_path, name, img)
+    sink = RegistrySink(reference.parse(name), state_dir=store.ingest_dir)
+    layer = img.layers[0]
+    sink._save_session(Descriptor(layer.media_type, Digest.parse(layer.digest), layer.size),
+                       f"{registry.url}/v2/push/stale/blobs/uploads/0000-gone?_state=forged")
+    sink.close()
+    [res] = push(store, name)
+    assert res.digest == img.manifest_digest
+    assert not list(Path(store.ingest_dir).glob("push-*.session"))
+    assert skopeo_blobs(registry, "push/stale:v1", tmp_path) == img.all_blobs()
