@@ -131,6 +131,31 @@ def test_cli_run_script_prints_it_and_runs_nothing(store, tmp_path, host_unchang
 
 
 @needs_kernel
+def test_explain_and_script_show_the_same_commands(store, tmp_path, host_unchanged):
+    """The cgroup writes, mounts, device nodes and /dev links `run --explain` prints as it runs are
+    lines of the `run --script` script (ids and the rootfs prefix aside): both come from shell.py."""
+    from tests.runhelpers import Imagetool
+
+    options = ["-m", "7m", "--pids-limit", "30", "busybox", "true"]
+    it = Imagetool(store)
+    explained = it("run", "--rm", "--explain", *options)
+    assert explained.returncode == 0, explained.stderr
+    scripted = it("run", "--script", *options)
+    assert scripted.returncode == 0, scripted.stderr
+
+    def normal(line: str) -> str:
+        line = re.sub(r"\S*/containers/[0-9a-f]{64}/rootfs/", "", line.strip())
+        return re.sub(r"(script-)?[0-9a-f]{64}|script-[0-9a-f]{12}", "ID", line)
+
+    kinds = ("mknod ", "ln -s /proc", "mount -t proc", "mount -t tmpfs", "mount -t devpts", "mount -t sysfs")
+    shown = {normal(line) for line in explained.stderr.splitlines()
+             if line.strip().startswith(kinds) or re.match(r"\s*echo \S+ > /sys/fs/cgroup/.*(limit_in_bytes|max)$", line)}
+    shown = {line for line in shown if not line.startswith("mount -t tmpfs -o ro tmpfs /")}  # masks: the mask helper
+    assert len(shown) > 10, explained.stderr
+    assert shown - {normal(line) for line in scripted.stdout.splitlines()} == set()
+
+
+@needs_kernel
 @pytest.mark.parametrize("command,status", [(SEED_OOM, 137), (SEED_FITS, 0)], ids=["7.5MB-killed", "2MB-fits"])
 def test_seed_7mb_demonstration_on_v1(store, tmp_path, host_unchanged, command, status):
     _v1_memory_or_skip()
