@@ -26,6 +26,7 @@ from imagetool.archive.output import output_fd
 from imagetool.archive.source import FdReader, spool_file
 from imagetool.archive.tarwriter import TarWriter
 from imagetool.errors import ArchiveError
+from imagetool.safepath import Root
 from imagetool.unpack import whiteouts
 
 _CHUNK = 1 << 20
@@ -121,7 +122,26 @@ def merged_tree(layers: list[str], overlay: bool = True) -> dict[str, _Node]:
 
 
 def write_tree(w: TarWriter, layers: list[str], tree: dict[str, _Node]) -> None:
-    """Write `tree` as tar entries (parents before children, hard links after their target)."""
+    """Write `tree` as tar entries (parents before children, hard links after their target).
+
+    Each layer is read through a safepath.Root: a directory swapped for a symlink while the tree
+    is written (a running container's upper dir) still resolves inside that layer."""
+    roots: dict[int, Root] = {}
+    try:
+        _write_tree(w, layers, tree, roots)
+    finally:
+        for root in roots.values():
+            root.close()
+
+
+def _write_tree(w: TarWriter, layers: list[str], tree: dict[str, _Node], roots: dict[int, Root]) -> None:
+    def entry(node: _Node, path: str) -> tuple[int, str]:
+        root = roots.get(node.layer)
+        if root is None:
+            root = roots[node.layer] = Root(layers[node.layer])
+        pfd, name, _ = root.lookup(tuple(path.split("/")))
+        return pfd, name
+
     first_path: dict[tuple, str] = {}
     for path in sorted(tree, key=lambda p: p.split("/")):
         node = tree[path]
@@ -141,8 +161,11 @@ def write_tree(w: TarWriter, layers: list[str], tree: dict[str, _Node]) -> None:
             first_path[key] = path
         if fmt == stat.S_IFREG:
             ti.size = st.st_size
-            fd = _open_in(layers[node.layer], path)
+            pfd, name = entry(node, path)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ArchiveError(f"{path!r} changed while it was being exported")
                 w.add_fd(ti, fd)
             finally:
                 os.close(fd)
@@ -151,7 +174,8 @@ def write_tree(w: TarWriter, layers: list[str], tree: dict[str, _Node]) -> None:
             ti.type = tarfile.DIRTYPE
         elif fmt == stat.S_IFLNK:
             ti.type = tarfile.SYMTYPE
-            ti.linkname = _readlink_in(layers[node.layer], path)
+            pfd, name = entry(node, path)
+            ti.linkname = os.readlink(name, dir_fd=pfd)
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
             ti.type = tarfile.CHRTYPE if fmt == stat.S_IFCHR else tarfile.BLKTYPE
             ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -160,37 +184,6 @@ def write_tree(w: TarWriter, layers: list[str], tree: dict[str, _Node]) -> None:
         else:
             continue  # sockets and the like do not go into archives
         w.header(ti)
-
-
-def _open_parent(root: str, path: str) -> tuple[int, str]:
-    """An fd of `path`'s parent reached without following any symlink, and the last name."""
-    parts = path.split("/")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for p in parts[:-1]:
-            nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
-
-
-def _open_in(root: str, path: str) -> int:
-    pfd, name = _open_parent(root, path)
-    try:
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    finally:
-        os.close(pfd)
-
-
-def _readlink_in(root: str, path: str) -> str:
-    pfd, name = _open_parent(root, path)
-    try:
-        return os.readlink(name, dir_fd=pfd)
-    finally:
-        os.close(pfd)
 
 
 # ---------------------------------------------------------------- export
