@@ -292,6 +292,18 @@ def test_devices_sysctls_ulimits_and_dropped_capabilities(store, tmp_path, host_
 
 
 @needs_kernel
+def test_hostile_values_stay_data_in_the_script(store, tmp_path, host_unchanged):
+    """Quotes, command substitution, backticks and a line that ends the init's heredoc, in an
+    environment value and an argument, reach the command as bytes and run nothing on the host."""
+    marker = tmp_path / "pwned"
+    value = f"a'b\"c $(touch {marker}1) `touch {marker}2`\nIMAGETOOL_INIT_EOF\ntouch {marker}3\n"
+    r = run_script(render(store, tmp_path, "sh", "-c", 'printf %s "$X"; printf %s "$1"', "-", value, env=[f"X={value}"]),
+                   tmp_path)
+    assert (r.returncode, r.stdout) == (0, value + value), r.stderr
+    assert list(tmp_path.glob("pwned*")) == []
+
+
+@needs_kernel
 def test_container_is_pid_1_with_its_own_dev_and_masked_proc(store, tmp_path, host_unchanged):
     probe = "echo $$; ls /dev; wc -c < /proc/keys; echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro"
     r = run_script(render(store, tmp_path, "sh", "-c", probe), tmp_path)
