@@ -147,8 +147,8 @@ def _comment(text: str) -> str:
 
 
 def _cleanup(dirs: list[str]) -> list[str]:
-    if any(c.isspace() or c in "*?[" for d in dirs for c in d):
-        raise ContainerError(f"run --script cannot name a cgroup path with blanks or wildcards: {dirs}")
+    if any(q(d) != d for d in dirs):   # CGROUPS is split by the shell: plain words only
+        raise ContainerError(f"run --script cannot name a cgroup path that needs quoting: {dirs}")
     return ["",
             "# the container's cgroup" + (": one group in each hierarchy" if len(dirs) > 1 else ""),
             'CGROUPS="' + "\n".join(dirs) + '"',
