@@ -333,3 +333,42 @@ def test_the_archive_detector_is_cheap_to_import():
         outside = [n for _, n in imports(REPO / module, module_level_only=True)
                    if not (_stdlib(n) or _within(n, ("imagetool",)))]
         assert not outside, f"{module} imports {outside} at module level"
+
+
+# ---------------------------------------------------------------- one of each
+
+
+def _strings(path: Path) -> set[str]:
+    """The string constants of a module, docstrings left out (prose may name anything)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings}
+
+
+# what only one module may do: (what, does this module do it?, the modules allowed to)
+ONE_OF_EACH = [
+    ("reads or writes zstd", lambda path, names, strings: "zstandard" in names, {"imagetool.compression"}),
+    ("reads or writes gzip", lambda path, names, strings: bool({"gzip", "zlib"} & names),
+     {"imagetool.compression", "imagetool.unpack.tarstream"}),   # tarstream: zlib.adler32 only
+    ("spells a whiteout", lambda path, names, strings: any(".wh." in s or "trusted.overlay.opaque" in s
+                                                           for s in strings), {"imagetool.unpack.whiteouts"}),
+    ("reads /etc/passwd", lambda path, names, strings: any(s in ("passwd", "/etc/passwd", "etc/passwd")
+                                                           for s in strings),
+     {"imagetool.users", "imagetool.runtime.script"}),   # script: only picks the layer users.lookup reads
+]
+
+
+@pytest.mark.parametrize("what,does,allowed", ONE_OF_EACH, ids=[w for w, _, _ in ONE_OF_EACH])
+def test_one_module_for_each_job(what, does, allowed):
+    doers = set()
+    for path in _modules("imagetool"):
+        names = {n.split(".")[0] for _, n in imports(path)}
+        if does(path, names, _strings(path)):
+            doers.add(_module_name(path))
+    assert doers - allowed == set(), f"only {sorted(allowed)} may do this ({what}); also: {sorted(doers - allowed)}"
