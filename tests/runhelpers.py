@@ -150,37 +150,3 @@ def busybox_store(root: Path, extra: dict | None = None) -> Path:
         add_image(root, img, f"docker.io/library/{name}:latest")
     return root
 
-
-# fixtures shared by the run test modules: `store = store_fixture(...)`, then import `it` and
-# `host_unchanged` into the module (pytest finds fixtures by the module's names)
-
-def store_fixture(name: str, extra=None):
-    """A module-scoped `store` fixture: busybox_store() in a temp dir (`extra`: a callable
-    returning busybox_store's `extra`, called when the fixture is first used)."""
-    import pytest
-
-    @pytest.fixture(scope="module")
-    def store(tmp_path_factory):
-        return busybox_store(tmp_path_factory.mktemp(name) / "store", extra() if extra else None)
-
-    return store
-
-
-def _it(store):
-    return Imagetool(store)
-
-
-def _host_unchanged(store):
-    """Every test leaves the host's mounts and imagetool cgroups as it found them."""
-    before = HostSnapshot(store)
-    yield
-    before.assert_unchanged()
-
-
-def _fixtures():
-    import pytest
-
-    return pytest.fixture(name="it")(_it), pytest.fixture(name="host_unchanged", autouse=True)(_host_unchanged)
-
-
-it, host_unchanged = _fixtures()

@@ -223,6 +223,13 @@ echo "RESULT cpumax $(cat ${f}cpu.max 2>/dev/null | tr ' ' _)"
 kill -TERM $job; wait $job; echo "RESULT sigterm $?"
 echo "RESULT pid1 $(cat /tmp/cpu.out)"
 it run --rm busybox sh -c 'exit 42'; echo "RESULT exit42 $?"
+out=$(it run --rm --explain -m 7m busybox cat /sys/fs/cgroup/memory.max 2>/tmp/explain.err); echo "RESULT sysfscg $out"
+echo "RESULT explain_steps $(grep -c '^imagetool: explain: ' /tmp/explain.err)"
+grep -q '^    echo 7340032 > /sys/fs/cgroup/imagetool/[0-9a-f]*/memory.max$' /tmp/explain.err; echo "RESULT explain_limit $?"
+it run --rm busybox sh -c 'mkdir /sys/fs/cgroup/x' 2>/tmp/ro.err; grep -q 'Read-only' /tmp/ro.err; echo "RESULT cgroup_ro $?"
+echo "RESULT tty $(it run --rm -t busybox tty | tr -d '\r')"
+echo before > /tmp/host.log; chmod 600 /tmp/host.log; it run --rm busybox sh -c 'chmod 777 /proc/self/fd/1' >> /tmp/host.log
+echo "RESULT stdout_mode $(stat -c %a /tmp/host.log)"
 echo "RESULT leftover_cgroups $(find /sys/fs/cgroup/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
 echo "RESULT parent_group $(test -d /sys/fs/cgroup/imagetool && echo present || echo absent)"
 echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/mountinfo)"
@@ -246,7 +253,8 @@ def _ensure_site() -> Path | None:
 
 
 def test_v2_vm_smoke(tmp_path):
-    """One boot of the cgroup-v2-only VM: OOM → 137, pids limit, cpu.max, PID 1, exit codes, cleanup."""
+    """One boot of the cgroup-v2-only VM: OOM → 137, pids limit, cpu.max, PID 1, exit codes, --explain
+    with v2's file names, /sys/fs/cgroup, the tty, stdio on pipes, cleanup."""
     if not (V2HOST / "run.sh").is_file() or not (V2DATA / "root.img").is_file():
         pytest.skip("the v2host VM image is not built (run /work/shared/v2host/build.sh)")
     if os.environ.get("IMAGETOOL_SKIP_VM"):
@@ -278,6 +286,11 @@ def test_v2_vm_smoke(tmp_path):
     assert results["pid1"] == "1"
     assert results["sigterm"] == "0"
     assert results["exit42"] == "42"
+    assert results["sysfscg"] == "7340032"          # the container's own cgroup at /sys/fs/cgroup
+    assert results["cgroup_ro"] == "0"                # … read-only
+    assert int(results["explain_steps"]) >= 30 and results["explain_limit"] == "0"   # --explain, v2 file names
+    assert results["tty"] == "/dev/pts/0"             # the pty of the container's own devpts
+    assert results["stdout_mode"] == "600"            # the host file behind stdout is out of reach
     assert results["leftover_cgroups"] == "0"
     assert results["parent_group"] == "absent"
     assert results["leftover_mounts"] == "0"

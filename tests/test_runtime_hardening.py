@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import host_unchanged, it, kernel_skip_reason, store_fixture  # noqa: F401 (fixtures)
+from tests.runfixtures import host_unchanged, it, store_fixture  # noqa: F401 (fixtures)
+from tests.runhelpers import kernel_skip_reason
 
 _reason = kernel_skip_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
