@@ -179,24 +179,35 @@ PACKAGES = ("imagetool", "store")
 def import_graph(module_level_only: bool = False) -> dict[str, set[str]]:
     """module -> the repo modules it imports (lazy imports too, unless module_level_only).
 
-    Importing `a.b.c` runs `a/__init__` and `a/b/__init__` first, so an import of `a.b.c` from
-    outside package `a.b` is also an edge to `a.b` (and from outside `a`, to `a`): a lazy import
-    of a package is how today's cycle was made (archive → archive.rootfs → containers → archive).
+    Importing `a.b.c` runs the bodies of `a/__init__` and `a/b/__init__` first: from outside
+    package `a.b` that is an edge to the node `a.b.__init__` (the package's module-level imports
+    only), while importing the package itself (`from a import b`, then using `b.x`) is an edge
+    to `a.b` (its lazy imports too): a lazy import of a package is how today's cycle was made
+    (archive → archive.rootfs → containers → archive).
     """
-    graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in _modules(package):
-            graph[_module_name(path)] = set()
-    for package in PACKAGES:
-        for path in _modules(package):
-            me = _module_name(path)
-            own = me if path.name == "__init__.py" else me.rpartition(".")[0]
-            for _, name in imports(path, module_level_only):
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):
-                    target = ".".join(parts[:i])
-                    if target in graph and target != me and not _within(own, (target,)):
-                        graph[me].add(target)
+    modules = {_module_name(path): path for package in PACKAGES for path in _modules(package)}
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    graph.update({p + ".__init__": set() for p in packages})
+
+    def add(node: str, path: Path, module_level: bool) -> None:
+        me = _module_name(path)
+        own = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        for _, name in imports(path, module_level):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                target = ".".join(parts[:i])
+                if target not in modules or target == me or _within(own, (target,)):
+                    continue
+                if i == len(parts):
+                    graph[node].add(target)
+                elif target in packages:
+                    graph[node].add(target + ".__init__")
+
+    for name, path in modules.items():
+        add(name, path, module_level_only)
+        if name in packages:
+            add(name + ".__init__", path, True)
     return graph
 
 
@@ -271,7 +282,7 @@ def test_no_import_cycles_anywhere():
     assert not found, "import cycles (lazy imports included):\n" + "\n".join(" ↔ ".join(c) for c in found)
 
 
-FACADES = ("store",)
+FACADES = ("store", "store.__init__")
 # the store's storage (not its value types Digest, Descriptor and its errors)
 STORAGE = ("store.store", "store.blobs", "store.ingest", "store.refs", "store.gc", "store.snapshots",
            "store.layout", "store.locking", "store.atomic")
@@ -322,6 +333,23 @@ def test_cycle_and_reach_checkers_see_a_lazy_package_cycle(tmp_path, monkeypatch
     assert _chain(via, "imagetool.archive.saver", "imagetool.containers") == \
         "imagetool.archive.saver → imagetool.archive.rootfs → imagetool.containers"
     assert cycles(import_graph(module_level_only=True)) == []
+
+
+def test_cycle_checker_runs_only_the_module_level_of_a_parent_package(tmp_path, monkeypatch):
+    """Importing `pkg.helpers` runs pkg/__init__'s module level, not its lazy imports: a module
+    that the package's lazy service imports may use pkg.helpers without making a cycle; using
+    the package itself (`from imagetool import archive`) does make one."""
+    pkg = tmp_path / "imagetool"
+    (pkg / "archive").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "archive" / "__init__.py").write_text("def __getattr__(name):\n    from imagetool.archive import saver\n")
+    (pkg / "archive" / "helpers.py").write_text("")
+    (pkg / "archive" / "saver.py").write_text("from imagetool import transport\n")
+    (pkg / "transport.py").write_text("def f():\n    from imagetool.archive.helpers import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert cycles(import_graph()) == []
+    (pkg / "transport.py").write_text("def f():\n    from imagetool import archive\n")
+    assert cycles(import_graph()) == [["imagetool.archive", "imagetool.archive.saver", "imagetool.transport"]]
 
 
 def test_the_archive_detector_is_cheap_to_import():
