@@ -91,11 +91,29 @@ def open_sink(store, a: Address, source, insecure: bool = False):
         from imagetool.transports.store import StoreSink
 
         return StoreSink(store, str(reference.parse(a.ref)))
-    from imagetool.transports.layout import ArchiveSink, LayoutSink
+    from imagetool.transports.layout import LayoutSink
 
     if a.transport == "oci":
         return LayoutSink(a.path, a.ref)
-    return ArchiveSink(a.path, "oci" if a.transport == "oci-archive" else "docker", a.ref)
+    return _archive_sink(a)
+
+
+def _archive_sink(a: Address):
+    """oci-archive: REF is the ref.name annotation as given (skopeo); docker-archive: REF is an
+    image name, its RepoTag (and the annotations docker save writes)."""
+    from imagetool.errors import ArchiveError
+    from imagetool.transports.archive import CONTAINERD_NAME, REF_NAME, ArchiveSink, ArchiveWriter
+
+    if a.transport == "oci-archive":
+        return ArchiveSink(ArchiveWriter("oci"), {REF_NAME: a.ref} if a.ref else None, None, out=a.path)
+    name = None
+    if a.ref:
+        ref = reference.parse(a.ref)
+        if ref.digest:
+            raise ArchiveError(f"docker-archive names its image with a tag, not {a.ref!r}")
+        name = str(ref)
+    return ArchiveSink(ArchiveWriter("docker"), {CONTAINERD_NAME: name, REF_NAME: name} if name else None,
+                       name, out=a.path)
 
 
 def copy(store, src: str, dest: str, all_platforms: bool = False, platform: str | None = None,

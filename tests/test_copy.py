@@ -293,3 +293,19 @@ def test_a_docker25_save_keeps_its_manifest_digest_through_copy(registry, copy_i
     r = copy(Store.open(store_dir), f"docker-archive:{archive}:copy/src:v1", f"oci:{tmp_path / 'o'}:v1")
     assert r.digest == copy_image_built.manifest_digest
     assert _skopeo("--raw", f"oci:{tmp_path / 'o'}:v1") == copy_image_built.manifest
+
+
+@pytest.mark.parametrize("fmt", ["oci", "docker"])
+def test_save_of_an_image_missing_a_blob_writes_nothing(fmt, copy_image_built, tmp_path, store_dir, env):
+    from fixtures.images import write_oci_layout
+    from store import Digest, Store
+
+    from imagetool.archive import load_images, save
+    from imagetool.errors import ArchiveError
+
+    store = Store.open(store_dir)
+    load_images(store, str(write_oci_layout(tmp_path / "l", {"v1": copy_image_built}, {"v1": "copy/partial:v1"})))
+    store.delete(Digest.parse(copy_image_built.layers[1].digest))
+    with pytest.raises(ArchiveError, match="incomplete in the store"):
+        save(store, ["copy/partial:v1"], str(tmp_path / "out.tar"), fmt)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tar" or p.name.startswith("imagetool-")]

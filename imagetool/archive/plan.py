@@ -28,9 +28,8 @@ from imagetool import compression
 from imagetool.archive.source import JSON_LIMIT, Member, Source, normalise
 from imagetool.errors import ArchiveError, InvalidReference, ManifestError
 from imagetool.transports import walk
+from imagetool.transports.archive import CONTAINERD_NAME, REF_NAME, blob_name
 
-REF_NAME = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME = "io.containerd.image.name"
 MAX_IMAGES = 1000
 WORKERS = min(4, os.cpu_count() or 1)  # blobs hashed / copied at once
 
@@ -89,10 +88,6 @@ def _json(data: bytes, what: str, label: str):
         return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ArchiveError(f"{label}: {what} is not valid JSON ({e})") from None
-
-
-def blob_name(d: Digest) -> str:
-    return f"blobs/{d.algorithm}/{d.hex}"
 
 
 def _digest_in_name(name: str) -> Digest | None:

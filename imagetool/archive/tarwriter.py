@@ -51,6 +51,20 @@ class TarWriter:
         self.copy_fd(src_fd, ti.size)
         self._pad(ti.size)
 
+    def add_chunks(self, ti: tarfile.TarInfo, chunks) -> None:
+        """An entry whose `ti.size` bytes come from an iterable of bytes; OSError when it yields
+        a different amount (the archive would be corrupt: the caller abandons it)."""
+        self.header(ti)
+        n = 0
+        for chunk in chunks:
+            n += len(chunk)
+            if n > ti.size:
+                raise OSError(errno.EIO, f"{ti.name}: more than the {ti.size} bytes announced")
+            self._write(chunk)
+        if n != ti.size:
+            raise OSError(errno.EIO, f"{ti.name}: {n} of the {ti.size} bytes announced")
+        self._pad(ti.size)
+
     def copy_fd(self, src_fd: int, size: int, offset: int = 0) -> None:
         end = offset + size
         while offset < end:

@@ -7,6 +7,7 @@
         chunks(desc, offset=0) -> iterator   a blob's bytes from `offset` (the sink verifies them)
         mount_source(desc) -> (host, repo)?  where a registry already holds it (cross-repo mount)
         carries(entry) -> bool               the manifest an index entry names is here
+        path(desc) -> Path | None            a verified local file of the blob (sendfile), if any
 
     class Sink:                              where an image is written to
         has(desc) -> bool                    present already: never sent again
@@ -48,6 +49,10 @@ class Source:
         raise NotImplementedError
 
     def mount_source(self, desc: Descriptor) -> tuple[str, str] | None:
+        return None
+
+    def path(self, desc: Descriptor):
+        """A local file holding the blob's verified bytes (the store's), else None."""
         return None
 
     def carries(self, entry: Descriptor) -> bool:

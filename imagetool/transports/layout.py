@@ -6,18 +6,15 @@ copied; a legacy docker save gets the OCI manifest the load would write). `ref` 
 for a layout, the `org.opencontainers.image.ref.name` annotation as written (skopeo's rule), or an
 image name; for a docker save, one of its RepoTags. Without `ref` the archive must hold one image.
 
-Sinks: `LayoutSink(dir, ref)` writes blobs (hashed while written, temp + fsync + rename) and then
-index.json with an entry annotated `ref` (replacing an entry of the same ref). `ArchiveSink(file,
-format, ref)` builds such a layout in a temp dir beside `file` and writes it as one tar
-(docker-archive: plus manifest.json and repositories, one platform), the file appearing only
-complete; the temp dir goes on every path out.
+Sink: `LayoutSink(dir, ref)` writes blobs (hashed while written, temp + fsync + rename) and then
+index.json with an entry annotated `ref` (replacing an entry of the same ref). Archives as a
+sink: transports/archive.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,9 +24,9 @@ from store.errors import InvalidDescriptor
 from imagetool import mediatypes as mt
 from imagetool import reference
 from imagetool.errors import ArchiveError, DigestError, ImageNotFound, InvalidReference
+from imagetool.transports.archive import REF_NAME
 from imagetool.transports.base import COPIED, Sink, Source, skip
 
-REF_NAME = "org.opencontainers.image.ref.name"
 
 
 class _NoStore:
@@ -199,56 +196,4 @@ def _atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class ArchiveSink(Sink):
-    """An oci-archive or docker-archive file (`fmt` "oci" or "docker"), written at `finish`."""
-
-    def __init__(self, path: str, fmt: str, ref: str | None):
-        self.path = path
-        self.fmt = fmt
-        self.label = f"{fmt}-archive:{path}"
-        self.name = None
-        if fmt == "docker" and ref:
-            self.name = _full(ref)
-            if not self.name:
-                raise ArchiveError(f"docker-archive names its image with a tag, not {ref!r}")
-        parent = Path(path).parent if str(Path(path).parent) else Path(".")
-        if not parent.is_dir():
-            raise ArchiveError(f"{path}: the directory {parent} does not exist")
-        self.tmp = Path(tempfile.mkdtemp(prefix="imagetool-copy-", dir=parent))
-        self.layout = LayoutSink(self.tmp, ref if fmt == "oci" else self.name)
-
-    def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def has(self, desc: Descriptor) -> bool:
-        return self.layout.has(desc)
-
-    def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
-        return self.layout.put_blob(desc, source, progress)
-
-    def put_manifest(self, node) -> None:
-        if self.fmt == "docker" and node.is_index:
-            raise ArchiveError("a docker-archive holds one platform's image, not an index",
-                               hint="copy one platform (without --all), or use oci-archive:")
-        self.layout.put_manifest(node)
-        self._last = node
-
-    def finish(self, top: Descriptor) -> None:
-        from imagetool.archive.saver import docker_entry, repositories, write_tar
-
-        self.layout.finish(top)
-        files = {"oci-layout": (self.tmp / "oci-layout").read_bytes(),
-                 "index.json": (self.tmp / "index.json").read_bytes()}
-        if self.fmt == "docker":
-            entries: list = []
-            docker_entry(entries, self._last.document, self.name)
-            files["manifest.json"] = json.dumps(entries, separators=(",", ":")).encode()
-            files["repositories"] = json.dumps(repositories(entries), separators=(",", ":")).encode()
-        write_tar(self.path, files, list(dict.fromkeys(self.layout.written + self._blobs())),
-                  lambda d: open(self.tmp / "blobs" / d.algorithm / d.hex, "rb"))
-
-    def _blobs(self) -> list[Digest]:
-        return [Digest("sha256", p.name) for p in sorted((self.tmp / "blobs" / "sha256").iterdir())]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from store import Descriptor
-from store.errors import DigestMismatch, SizeMismatch, StoreError
+from store.errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreError
 
 from imagetool import image, reference
-from imagetool.errors import DigestError, ImagetoolError, InvalidReference
+from imagetool import mediatypes as mt
+from imagetool.errors import DigestError, ImagetoolError, InvalidReference, ManifestError
 from imagetool.transports.base import COPIED, EXISTS, Sink, Source
 
 CHUNK = 1 << 20
@@ -16,9 +17,9 @@ class StoreSource(Source):
     """The image a store ref names; blobs read straight from `blobs/`. `mount_source` offers the
     other repositories on the destination's registry that hold a blob (from the store's refs)."""
 
-    def __init__(self, store, ref_string: str):
+    def __init__(self, store, ref_string: str, resolved: tuple | None = None):
         self.store = store
-        self.name, desc = image.resolve(store, ref_string)
+        self.name, desc = resolved or image.resolve(store, ref_string)
         self._top = Descriptor(desc.media_type, desc.digest, desc.size, None, desc.platform)
         self.label = self.name
         self._holders: dict | None = None
@@ -38,8 +39,24 @@ class StoreSource(Source):
                     return
                 yield data
 
+    def path(self, desc: Descriptor):
+        try:
+            return self.store.path(desc.digest)
+        except BlobNotFound:
+            raise ManifestError(f"image {self.name} is incomplete in the store: blob {desc.digest} is missing",
+                                hint="pull or load the image again") from None
+
     def carries(self, entry: Descriptor) -> bool:
-        return self.store.has(entry.digest)
+        """The entry's manifest and all its blobs are stored (a platform pulled in full)."""
+        if not self.store.has(entry.digest):
+            return False
+        if mt.is_index(entry.media_type):
+            return True
+        try:
+            _, manifest, _ = image.manifest_for(self.store, entry)
+        except (ImagetoolError, StoreError):
+            return False
+        return all(self.store.has(d.digest) for d in [manifest.config] + list(manifest.layers))
 
     def holders(self, domain: str) -> dict:
         """{blob digest: repository path} for the images the store's refs name on `domain`."""
