@@ -140,3 +140,20 @@ def test_the_store_comes_from_the_option_else_the_environment(cli, tmp_path):
                           timeout=60).returncode == 0
     assert opt_store.is_dir()
     assert "$IMAGETOOL_STORE" in cli("--help").stdout
+
+
+@pytest.mark.parametrize("command", ["save", "export"])
+def test_an_archive_to_a_reader_that_left_ends_quietly_too(cli, tmp_path, command):
+    """`imagetool save busybox | false`: the write to the closed pipe fails inside the service, which
+    is told apart from a broken connection elsewhere by polling stdout (POLLERR: no reader)."""
+    import subprocess
+
+    from fixtures.images import busybox_archive
+
+    archive = tmp_path / "bb.tar"
+    archive.write_bytes(busybox_archive())
+    cli("load", "-i", str(archive), check=True)
+    p = subprocess.Popen(cli.argv(command, "busybox"), env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    _, err = p.communicate(timeout=120)
+    assert (p.returncode, err) == (141, b"")
