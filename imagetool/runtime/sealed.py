@@ -191,7 +191,7 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str] | Sequen
     (and on failure).
     Returns only by raising OSError, when the execveat of the trampoline itself fails; a failure
     of the command's execve is the exit status 127 (ENOENT) or 126 (anything else)."""
-    if not isinstance(env, Mapping):
+    if isinstance(env, (list, tuple)):  # (not isinstance(env, Mapping): the ABC check costs copy-on-write faults)
         env = dict(e.split("=", 1) for e in env if "=" in e)
     fd = sealed_trampoline() if trampoline_fd is None else trampoline_fd
     try:
