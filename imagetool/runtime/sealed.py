@@ -16,8 +16,10 @@ chmod/setxattr/write the host's binary through that link. Of the fixes issue 14 
 - unlike runc's and crun's re-exec of their own binary from a sealed copy, we need no copy of the
   interpreter (tens of MB) per start, and unlike "refuse an exec target that is the interpreter"
   there is no list of paths to get wrong: the host interpreter is simply never the container's exe.
-- cost: memfd_create + write + F_ADD_SEALS (~15 µs) and one more execve, of a 230-byte static ELF
-  with one page to map (no loader, no libraries): a fraction of a millisecond of the start.
+- cost: memfd_create + write + F_ADD_SEALS (~15 µs in a parent) and one more execve, of a 230-byte
+  static ELF with one page to map (no loader, no libraries). benchmarks/sealed_exec.py measures the
+  exec step: +0.02-0.05 ms with the memfd made before the init is forked (`trampoline_fd`),
+  +0.2-0.3 ms when the init makes it (Python in a forked child pays copy-on-write faults).
 
 The trampoline's contract (both architectures):
     argv = [NAME, PATH, ARG0, ARG1, …]  →  execve(PATH, [ARG0, ARG1, …], envp)
@@ -186,9 +188,9 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str] | Sequen
 
     `env` is a mapping or a list of "KEY=value" strings (the OCI spec's form; entries without
     `=` are dropped). `path` should be the result of the init's own lookup (it is exec'd as is,
-    relative to the cwd). Pass `trampoline_fd` from `sealed_trampoline()` to create the memfd
-    earlier (e.g. before a seccomp filter that refuses memfd_create); it is closed by the exec
-    (and on failure).
+    relative to the cwd). Pass `trampoline_fd` from `sealed_trampoline()` made earlier: best in
+    the parent before it forks the init (cheapest, and before any seccomp filter that refuses
+    memfd_create); it is closed by the exec (and on failure).
     Returns only by raising OSError, when the execveat of the trampoline itself fails; a failure
     of the command's execve is the exit status 127 (ENOENT) or 126 (anything else)."""
     if isinstance(env, (list, tuple)):  # (not isinstance(env, Mapping): the ABC check costs copy-on-write faults)
