@@ -83,6 +83,20 @@ def test_store_root_ends_up_closed_to_other_users(tmp_path, make):
     assert Store.open(root).root == st.root  # and it stays open for its owner
 
 
+def test_opening_a_closed_store_changes_no_mode(tmp_path, monkeypatch):
+    import store.store as store_module
+
+    root = tmp_path / "store"
+    Store.open(root)
+
+    def refuse(*a, **kw):
+        raise AssertionError(f"chmod{a} on the hot path")
+
+    monkeypatch.setattr(store_module.os, "chmod", refuse)
+    assert Store.open(root).root == root
+    assert _mode(root) == 0o700
+
+
 @needs_root
 def test_store_someone_else_owns_is_refused_not_left_open(open_tmp):
     root = open_tmp / "store"
