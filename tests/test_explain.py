@@ -116,3 +116,19 @@ def test_runc_backend_explains_the_config_it_hands_over_and_the_runc_command(it,
     assert re.fullmatch(rf"runc run --bundle {store}/containers/[0-9a-f]{{64}} [0-9a-f]{{64}}", got["exec runtime"])
     assert got["delete"].startswith("runc delete --force ")
     assert not list(Path(store, "containers").glob("*/config.json"))
+
+
+def test_script_prints_the_recipe_and_runs_nothing(it, store):
+    """run --script: a POSIX script (runtime/script.py) on stdout; no container, record or cgroup
+    is made by printing it, and the script itself runs the command."""
+    import subprocess
+
+    before = sorted(p.name for p in (store / "containers").iterdir()) if (store / "containers").exists() else []
+    r = it("run", "--script", "-m", "7m", "busybox", "echo", "hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("#!/bin/sh\n")
+    after = sorted(p.name for p in (store / "containers").iterdir())
+    assert [n for n in after if n not in before and n != ".lock"] == []
+    ran = subprocess.run(["sh", "-c", r.stdout], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "hello\n"
