@@ -141,32 +141,61 @@ def ca_files(host: str) -> list[Path]:
     return found
 
 
+def client_pair(host: str) -> tuple[Path, Path] | None:
+    """The client certificate and key for registries that demand mutual TLS: the first `*.cert`
+    in certs.d/<host>/ (imagetool's dir first, as docker names them) with its `*.key` beside it.
+    A certificate without its key is a TransportError, as docker makes it."""
+    for d in settings.certs_dirs(host):
+        try:
+            certs = sorted(p for p in d.iterdir() if p.suffix == ".cert" and p.is_file())
+        except OSError:
+            continue
+        for cert in certs:
+            key = cert.with_suffix(".key")
+            if not key.is_file():
+                raise TransportError(f"client certificate {cert} has no key {key.name} beside it")
+            return cert, key
+    return None
+
+
 _CONTEXTS: dict[tuple, ssl.SSLContext] = {}
 
 
 def ssl_context(host: str, verify: bool = True) -> ssl.SSLContext:
-    """A TLS context for `host`: system CAs plus its certs.d CAs, or no verification at all."""
+    """A TLS context for `host`: system CAs plus its certs.d CAs, or no verification at all; with
+    the client certificate of certs.d/<host>/ when there is one (mutual TLS)."""
     extra = ca_files(host) if verify else []
-    key = (verify, tuple(str(p) for p in extra))
+    pair = client_pair(host)
+    key = (verify, tuple(str(p) for p in extra), pair)
     with _BUNDLES_LOCK:
         ctx = _CONTEXTS.get(key)
         if ctx is not None:
             return ctx
-        if not verify:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            ctx = ssl.create_default_context()
-            paths = ssl.get_default_verify_paths()
-            has_default = (paths.cafile and os.path.isfile(paths.cafile)) or \
-                (paths.capath and os.path.isdir(paths.capath))
-            if not has_default and _system_cafile():
-                ctx.load_verify_locations(cafile=_system_cafile())
-            for p in extra:
-                ctx.load_verify_locations(cafile=str(p))
+        ctx = _new_context(verify, extra)
+        if pair is not None:
+            try:
+                ctx.load_cert_chain(str(pair[0]), str(pair[1]))
+            except (ssl.SSLError, OSError) as e:
+                raise TransportError(f"cannot use client certificate {pair[0]} for {host}: {_reason(e)}") from None
         _CONTEXTS[key] = ctx
         return ctx
+
+
+def _new_context(verify: bool, extra: list) -> ssl.SSLContext:
+    """System CAs (and certifi when the system has none) plus `extra`; or no verification."""
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    has_default = (paths.cafile and os.path.isfile(paths.cafile)) or (paths.capath and os.path.isdir(paths.capath))
+    if not has_default and _system_cafile():
+        ctx.load_verify_locations(cafile=_system_cafile())
+    for p in extra:
+        ctx.load_verify_locations(cafile=str(p))
+    return ctx
 
 
 # ------------------------------------------------------------------ the transport
@@ -479,6 +508,11 @@ class Transport:
                     f"TLS certificate of {host} is not trusted: {_reason(cause)}",
                     hint=f"install the registry's CA as {settings.config_dir()}/certs.d/{host}/ca.crt"
                          " (or mark the registry insecure)")
+            elif any(s in str(cause) for s in ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE")):
+                err = TransportError(
+                    f"TLS handshake with {host} failed: {_reason(cause)}",
+                    hint=f"if the registry demands a client certificate, put client.cert and client.key in "
+                         f"{settings.config_dir()}/certs.d/{host}/")
             else:
                 err = TransportError(f"TLS handshake with {host} failed: {_reason(cause)}")
             err.retryable = False
