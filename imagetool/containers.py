@@ -4,7 +4,10 @@ A container is a directory `containers/<id>/` holding `state.json`, the overlay'
 `work/`, `l/` links and the `rootfs/` mount point. state.json lists the snapshots (diff_ids) the
 container uses, so store GC keeps them, the cgroup paths, and the PID of the imagetool process
 that owns it: with no daemon, `ps`/`rm`/`prune` notice an owner that died (SIGKILL) and clean up
-after it (kill what is left in its cgroups, mark it exited).
+after it (runtime.destroy: kill what is left in its cgroups, mark it exited).
+
+This module keeps records, names and options; everything below them goes through the runtime's
+API (imagetool.runtime: reserve/create, start, state, kill, wait, delete, destroy).
 """
 
 from __future__ import annotations
