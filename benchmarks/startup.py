@@ -2,8 +2,9 @@
 `images`, `ps -a`, `--help` and `run --rm busybox true`, side by side with podman's same command.
 
 Usage: python3 -m benchmarks.startup [--venv DIR]... [--runs N]
-Each --venv (repeatable: before/after side by side) holds an installed imagetool; without one it makes one: a venv of /usr/bin/python3 (the distribution's interpreter) with
-`pip install .` (not editable), as the README's quick start does. The store is a temporary one
+Each --venv (repeatable: before/after side by side) holds an installed imagetool; without one it
+makes one: a venv of /usr/bin/python3 (the distribution's interpreter) with `pip install .` (not
+editable), as the README's quick start does. The store is a temporary one
 holding busybox (loaded from fixtures' archive); podman uses its own store. Needs root for `run`.
 """
 
@@ -29,17 +30,23 @@ def make_venv(where: Path) -> Path:
     return where
 
 
-def timed(argv: list[str], env: dict, runs: int) -> tuple[float, float]:
-    """(median, minimum) wall seconds of `runs` runs after one warm-up; SystemExit on a failure."""
-    times = []
+def timed(targets: list[tuple[list[str], dict]], runs: int) -> list[tuple[float, float] | str]:
+    """(median, minimum) wall seconds of each (argv, env) over `runs` runs after one warm-up, the
+    targets taking turns so that a change in the machine's load falls on all of them alike; a
+    target that fails gets its error line instead."""
+    times: list[list[float]] = [[] for _ in targets]
+    failed: dict[int, str] = {}
     for i in range(runs + 1):
-        t = time.perf_counter()
-        r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if i:
-            times.append(time.perf_counter() - t)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.decode(errors='replace')}")
-    return statistics.median(times), min(times)
+        for k, (argv, env) in enumerate(targets):
+            if k in failed:
+                continue
+            t = time.perf_counter()
+            r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                failed[k] = f"failed: exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:60]}"
+            elif i:
+                times[k].append(time.perf_counter() - t)
+    return [failed.get(k) or (statistics.median(ts), min(ts)) for k, ts in enumerate(times)]
 
 
 def main() -> None:
@@ -61,18 +68,16 @@ def main() -> None:
         podman = shutil.which("podman")
         if podman:
             subprocess.run([podman, "load", "-i", str(archive)], check=True, capture_output=True)
-        print(f"{args.runs} runs each, median / min; one store for every venv")
+        print(f"{args.runs} runs each (taking turns), median / min; one store for every venv")
         for command in COMMANDS:
-            for venv in venvs:
-                med, low = timed([str(venv / "bin" / "imagetool"), *command], env, args.runs)
-                print(f"{' '.join(command):24} {str(venv):28} {1000 * med:6.1f} / {1000 * low:6.1f} ms")
+            targets = [([str(venv / "bin" / "imagetool"), *command], env) for venv in venvs]
+            names = [str(venv) for venv in venvs]
             if podman:
-                try:
-                    pmed, plow = timed([podman, *command], os.environ.copy(), args.runs)
-                    print(f"{' '.join(command):24} {'podman':28} {1000 * pmed:6.1f} / {1000 * plow:6.1f} ms")
-                except SystemExit as e:
-                    print(f"{' '.join(command):24} {'podman':28} failed: {str(e).splitlines()[0][:70]}")
-
+                targets.append(([podman, *command], os.environ.copy()))
+                names.append("podman")
+            for name, result in zip(names, timed(targets, args.runs)):
+                shown = result if isinstance(result, str) else f"{1000 * result[0]:6.1f} / {1000 * result[1]:6.1f} ms"
+                print(f"{' '.join(command):24} {name:28} {shown}")
 
 if __name__ == "__main__":
     main()
