@@ -10,16 +10,17 @@ insecure=False) -> list[PushResult]`:
    store holds the blob in another repository of the same registry, else an upload (monolithic
    or chunked, resumable: see transports/registry.py). Manifests after their blobs, an index
    after its manifests (every platform the store holds), the tag last.
-3. `format` "oci" or "docker" is refused when the image is not already in that format
-   (converting would change the digests); None keeps the image as it is.
-The registry stores the store's bytes: every digest is unchanged. Never prints.
+3. `format` "oci" or "docker" rewrites the manifests' media types (transports/convert.py: the
+   blobs stay as they are; a converted manifest has a new digest, one already in the format keeps
+   its bytes); None pushes the image exactly as stored.
+The registry stores the store's bytes: every blob digest, and without `format` every manifest
+digest, is unchanged. Never prints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imagetool import mediatypes as mt
 from imagetool import reference
 from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
 from imagetool.progress import NullProgress, Progress
@@ -70,31 +71,23 @@ def push(store, src_ref: str, dest: str | None = None, all_tags: bool = False, f
 
 def _push_one(store, src_ref: str, dest: str, format, progress, insecure: bool) -> PushResult:
     from imagetool.transports.base import copy_image
+    from imagetool.transports.convert import Converted
     from imagetool.transports.registry import RegistrySink
     from imagetool.transports.store import StoreSource
 
     source = StoreSource(store, src_ref)
     ref = _dest_ref(dest)
-    if ref.digest and ref.digest != str(source.top().digest):
+    if ref.digest and (format or ref.digest != str(source.top().digest)):
         raise ManifestError(f"cannot push {source.name} as {ref}: its digest is {source.top().digest}")
     mounts = set(source.holders(ref.domain).values())
     sink = RegistrySink(ref, insecure=insecure, state_dir=store.ingest_dir, mount_from=sorted(mounts))
     try:
         progress.message(f"The push refers to repository [{ref.name}]")
-        if format is not None:
-            _check_format(source, format)
         with store.lock_shared():
-            copied = copy_image(source, sink, all_platforms=True, progress=progress)
+            src = Converted(source, format) if format else source
+            copied = copy_image(src, sink, all_platforms=True, progress=progress)
     finally:
         sink.close()
     top = copied.descriptor
     return PushResult(str(ref), str(top.digest), top.size, len(copied.sent))
 
-
-def _check_format(source, format: str) -> None:
-    media = source.top().media_type
-    docker = mt.is_docker(media)
-    if (format == "docker") != docker:
-        have = "Docker" if docker else "OCI"
-        raise ManifestError(f"{source.name} is an {have} image; pushing it as {format} would change its digests",
-                            hint="push it without --format (registries accept both)")

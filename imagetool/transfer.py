@@ -117,8 +117,9 @@ def _archive_sink(a: Address):
 
 
 def copy(store, src: str, dest: str, all_platforms: bool = False, platform: str | None = None,
-         progress: Progress | None = None, insecure: bool = False) -> CopyResult:
-    """Copy (see the module docstring)."""
+         progress: Progress | None = None, insecure: bool = False, format: str | None = None) -> CopyResult:
+    """Copy (see the module docstring); `format` "oci"/"docker" rewrites the manifests' media types
+    on the way (transports/convert.py: blobs unchanged, converted manifests get new digests)."""
     from contextlib import ExitStack
 
     from imagetool.transports.base import copy_image
@@ -131,5 +132,9 @@ def copy(store, src: str, dest: str, all_platforms: bool = False, platform: str 
         sink = open_sink(store, d, source, insecure)
         stack.callback(sink.close)
         stack.enter_context(store.lock_shared())
+        if format:
+            from imagetool.transports.convert import Converted
+
+            source = Converted(source, format)
         copied = copy_image(source, sink, platform, all_platforms, progress)
     return CopyResult(dest, str(copied.descriptor.digest), len(copied.sent))

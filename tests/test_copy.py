@@ -309,3 +309,24 @@ def test_save_of_an_image_missing_a_blob_writes_nothing(fmt, copy_image_built, t
     with pytest.raises(ArchiveError, match="incomplete in the store"):
         save(store, ["copy/partial:v1"], str(tmp_path / "out.tar"), fmt)
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tar" or p.name.startswith("imagetool-")]
+
+
+def test_copy_format_docker_renames_the_manifest_types_and_keeps_every_blob(registry, tmp_path, store_dir, env):
+    from fixtures.images import build_image
+    from store import Digest, Store
+
+    from imagetool import mediatypes as mt
+    from imagetool.transfer import copy
+
+    from test_pull_support import random_layer
+
+    copy_image_built = build_image([random_layer(50_000)])  # gzip only: Docker names it as it is
+    registry.push(copy_image_built, "copy/gz:v1")
+    store = Store.open(store_dir)
+    r = copy(store, f"docker://{registry.host}/copy/gz:v1", "store:copy/docker:v1", format="docker")
+    desc = store.resolve("docker.io/copy/docker:v1")
+    manifest = json.loads(store.read(desc.digest))
+    assert (desc.media_type, manifest["mediaType"], r.digest) == (mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST, str(desc.digest))
+    assert [la["digest"] for la in manifest["layers"]] == [la.digest for la in copy_image_built.layers]
+    for digest, data in copy_image_built.blobs.items():
+        assert store.read(Digest.parse(digest), limit=1 << 30) == data

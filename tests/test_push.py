@@ -332,7 +332,6 @@ def test_all_tags_pushes_every_tag_of_the_repository_and_nothing_else(registry, 
 
 @pytest.mark.parametrize("bad,error", [
     ({"format": "v1"}, "unknown manifest format"),
-    ({"format": "docker"}, "would change its digests"),        # an OCI image is not re-encoded
     ({"dest": "docker://localhost:5000/UPPER/case"}, "invalid reference"),
 ])
 def test_bad_push_options_are_one_clear_error_and_send_nothing(bad, error, registry, store, tmp_path):
@@ -385,3 +384,47 @@ def test_an_upload_session_the_registry_no_longer_knows_is_replaced_by_a_new_one
     assert res.digest == img.manifest_digest
     assert not list(Path(store.ingest_dir).glob("push-*.session"))
     assert skopeo_blobs(registry, "push/stale:v1", tmp_path) == img.all_blobs()
+
+
+def test_push_format_docker_rewrites_only_the_manifests_and_oci_keeps_the_bytes(registry, store, tmp_path):
+    from fixtures.images import Layer, build_image, build_index
+    from fixtures.tarbuild import file
+
+    from imagetool import mediatypes as mt
+    from imagetool.push import push
+
+    amd = build_image([Layer([file("arch", b"amd64\n")])], platform="linux/amd64")
+    arm = build_image([Layer([file("arch", b"arm64\n")])], platform="linux/arm64/v8")
+    index = build_index([amd, arm])
+    name = f"{registry.host}/push/format:v1"
+    load(store, tmp_path, name, index)
+    [same] = push(store, name, format="oci")                     # already OCI: exact bytes
+    assert same.digest == index.manifest_digest
+    [res] = push(store, name, dest=f"{registry.host}/push/format-docker:v1", format="docker")
+    top = json.loads(skopeo_raw(registry, "push/format-docker:v1"))
+    assert top["mediaType"] == mt.DOCKER_MANIFEST_LIST and res.digest != index.manifest_digest
+    for entry, img in zip(top["manifests"], (amd, arm)):
+        assert entry["mediaType"] == mt.DOCKER_MANIFEST and entry["platform"] == img.platform
+        m = json.loads(skopeo_raw(registry, f"push/format-docker@{entry['digest']}"))
+        assert m["config"] == {**json.loads(img.manifest)["config"], "mediaType": mt.DOCKER_CONFIG}
+        assert [(la["digest"], la["mediaType"]) for la in m["layers"]] == \
+            [(la.digest, mt.DOCKER_LAYER) for la in img.layers]      # the same blobs, Docker names
+    for img in (amd, arm):  # the registry holds the same blob bytes under the Docker manifests
+        for digest, data in img.blobs.items():
+            assert registry.get(f"/v2/push/format-docker/blobs/{digest}")[2] == data
+
+
+def test_push_format_docker_refuses_a_layer_it_would_have_to_recompress(registry, store, tmp_path):
+    from fixtures.images import Layer, build_image
+    from fixtures.tarbuild import file
+
+    from imagetool.errors import ManifestError
+    from imagetool.push import push
+
+    img = build_image([Layer([file("z", b"zstd\n")], compression="zstd")])
+    name = f"{registry.host}/push/zstd:v1"
+    load(store, tmp_path, name, img)
+    mark = registry.mark()
+    with pytest.raises(ManifestError, match="no docker form without recompressing"):
+        push(store, name, format="docker")
+    assert [r for r in registry.requests(mark) if r[0] in ("POST", "PATCH", "PUT")] == []
