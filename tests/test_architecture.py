@@ -288,7 +288,8 @@ STORAGE = ("store.store", "store.blobs", "store.ingest", "store.refs", "store.gc
            "store.layout", "store.locking", "store.atomic")
 # package -> what no module in it may reach, directly or through other modules
 FORBIDDEN = [
-    ("imagetool.unpack", SERVICES + ("imagetool.runtime", "imagetool.registry", "imagetool.specgen")),
+    ("imagetool.unpack", SERVICES + ("imagetool.runtime", "imagetool.registry", "imagetool.specgen",
+                                     "imagetool.bundle")),
     ("imagetool.runtime", SERVICES + STORAGE + ("imagetool.unpack", "imagetool.registry", "imagetool.image",
                                                 "imagetool.oci")),
     ("imagetool.registry", SERVICES + STORAGE + ("imagetool.unpack", "imagetool.runtime", "imagetool.fetch")),
