@@ -36,9 +36,6 @@ class Step:
     ms: float      # how long the step took
     at_ms: float   # when it ended, since the narrator was made
 
-    def to_dict(self) -> dict:
-        return {"where": self.where, "name": self.name, "command": self.command, "ms": self.ms}
-
 
 class Narrator:
     """Prints each step on `fd` (stderr) as it is reported, and keeps them (`steps`) for callers."""
