@@ -55,17 +55,26 @@ class V1Cgroup:
         made = []
         for p, _ in self.joins:
             cpuset = (p.parent.parent / "cpuset.cpus").exists()
-            for d in (p.parent, p):
+            for attempt in range(3):
                 try:
-                    os.mkdir(d)
-                except FileExistsError:
-                    continue
-                made.append(str(d))
-                if cpuset:
-                    for f in ("cpuset.cpus", "cpuset.mems"):
-                        if not (d / f).read_text().strip():
-                            cg.write(d / f, (d.parent / f).read_text().strip())
+                    made += self._mkdir(p.parent, cpuset) + self._mkdir(p, cpuset)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:   # another imagetool removed the empty parent meanwhile: retry
+                        raise
         return made
+
+    @staticmethod
+    def _mkdir(d: Path, cpuset: bool) -> list[str]:
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            return []
+        if cpuset:
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                if not (d / f).read_text().strip():
+                    cg.write(d / f, (d.parent / f).read_text().strip())
+        return [str(d)]
 
     def apply(self, resources: dict) -> list[tuple[str, str]]:
         """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids, device rules);
