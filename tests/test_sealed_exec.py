@@ -38,27 +38,35 @@ def _runner(arch: str) -> list[str]:
 
 
 CONTRACT = [
-    # (case, PATH and argv after it, expected exit status, expected stdout)
+    # (case, PATH and argv after it, expected exit status, stdout, stderr)
     ("argv0_and_env_reach_the_command", ["/bin/sh", "custom-argv0", "-c", 'printf "%s|%s" "$0" "$FOO"'], 0,
-     "custom-argv0|from-env"),
-    ("missing_command_exits_127", ["/nonexistent/cmd", "cmd"], 127, ""),
-    ("non_executable_file_exits_126", ["/etc/passwd", "passwd"], 126, ""),
-    ("directory_exits_126", ["/", "root"], 126, ""),
-    ("missing_argv0_exits_126", ["/bin/true"], 126, ""),
-    ("missing_path_exits_126", [], 126, ""),
+     "custom-argv0|from-env", ""),
+    ("missing_command_exits_127", ["/nonexistent/cmd", "cmd"], 127, "",
+     "imagetool: error: exec /nonexistent/cmd: no such file or directory\n"),
+    ("script_without_shebang_exits_126", ["{noshebang}", "x"], 126, "",
+     "imagetool: error: exec {noshebang}: exec format error\n"),
+    ("non_executable_file_exits_126", ["/etc/passwd", "passwd"], 126, "",
+     "imagetool: error: exec /etc/passwd: cannot execute\n"),
+    ("directory_exits_126", ["/", "root"], 126, "", "imagetool: error: exec /: cannot execute\n"),
+    ("missing_argv0_exits_126", ["/bin/true"], 126, "", ""),
+    ("missing_path_exits_126", [], 126, "", ""),
 ]
 
 
 @pytest.mark.parametrize("arch", sorted(sealed.ARCHES))
-@pytest.mark.parametrize("case,args,status,out", CONTRACT, ids=[c[0] for c in CONTRACT])
-def test_trampoline_contract(tmp_path, arch, case, args, status, out):
+@pytest.mark.parametrize("case,args,status,out,err", CONTRACT, ids=[c[0] for c in CONTRACT])
+def test_trampoline_contract(tmp_path, arch, case, args, status, out, err):
     runner = _runner(arch)
     elf = tmp_path / f"trampoline-{arch}"
     elf.write_bytes(sealed.trampoline_elf(sealed.arch_for(arch)))
     elf.chmod(0o555)
+    noshebang = tmp_path / "noshebang"
+    noshebang.write_text("echo this is no script\n")
+    noshebang.chmod(0o755)
+    args = [a.format(noshebang=noshebang) for a in args]
     r = subprocess.run([*runner, str(elf), *args], capture_output=True, text=True, timeout=60,
                        env={"FOO": "from-env", "PATH": "/usr/bin:/bin"})
-    assert (r.returncode, r.stdout) == (status, out), r.stderr
+    assert (r.returncode, r.stdout, r.stderr) == (status, out, err.format(noshebang=noshebang))
 
 
 @pytest.mark.parametrize("machine", ["riscv64", "s390x", "i686"])
@@ -70,7 +78,7 @@ def test_unknown_architecture_is_a_clear_error(machine):
 def test_trampoline_is_a_small_static_elf_without_interpreter():
     for arch in sealed.ARCHES.values():
         elf = sealed.trampoline_elf(arch)
-        assert elf[:4] == b"\x7fELF" and len(elf) < 256
+        assert elf[:4] == b"\x7fELF" and len(elf) < 512
         e_type, e_machine = struct.unpack_from("<HH", elf, 16)
         assert (e_type, e_machine) == (2, arch.e_machine)
         phoff, = struct.unpack_from("<Q", elf, 32)
@@ -380,18 +388,25 @@ def test_run_command_gets_its_argv_and_env_unchanged(run_from_copy):
 
 
 EXIT_CASES = [
-    # (command, exit code, what stderr says)
-    (["/nonexistent"], 127, "no such file or directory"),
-    (["nonexistent-cmd"], 127, "not found"),
-    (["/etc/passwd"], 126, "permission denied"),
-    (["sh", "-c", "exit 3"], 3, ""),
+    # (volume files, command, exit code, what stderr says): the init's pre-check, then the trampoline's
+    ({}, ["/nonexistent"], 127, "no such file or directory"),
+    ({}, ["nonexistent-cmd"], 127, "not found"),
+    ({}, ["/etc/passwd"], 126, "permission denied"),
+    ({}, ["sh", "-c", "exit 3"], 3, ""),
+    ({"noshebang": "echo no #! line\n"}, ["/v/noshebang"], 126, "exec /v/noshebang: exec format error"),
+    ({"badinterp": "#!/no/such/interpreter\n"}, ["/v/badinterp"], 127,
+     "exec /v/badinterp: no such file or directory"),
 ]
 
 
-@pytest.mark.parametrize("cmd,code,message", EXIT_CASES, ids=["missing_path", "missing_in_PATH", "not_executable",
-                                                              "command_exit_code"])
-def test_run_exit_codes_and_messages_survive_the_trampoline(run_from_copy, cmd, code, message):
+@pytest.mark.parametrize("files,cmd,code,message", EXIT_CASES,
+                         ids=["missing_path", "missing_in_PATH", "not_executable", "command_exit_code",
+                              "script_without_shebang", "missing_script_interpreter"])
+def test_run_exit_codes_and_messages_survive_the_trampoline(run_from_copy, tmp_path, files, cmd, code, message):
     run, _ = run_from_copy
-    r = run("busybox", *cmd)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    r = run(*(["-v", f"{tmp_path}:/v:ro"] if files else []), "busybox", *cmd)
     assert r.returncode == code
     assert message in r.stderr.lower()

@@ -8,22 +8,27 @@ chmod/setxattr/write the host's binary through that link. Of the fixes issue 14 
 "exec the container's command from a small static init":
 
 - the init's very last step is `execveat(memfd, "", argv, envp, AT_EMPTY_PATH)` of a trampoline
-  of a few dozen bytes of machine code, held in a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING) sealed
-  with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE (| F_SEAL_EXEC where the kernel has it) |
-  F_SEAL_SEAL; the trampoline then execve()s the command. From the first exec on, every
+  of 173 (x86_64) or 200 (aarch64) bytes of machine code, held in a memfd (MFD_CLOEXEC |
+  MFD_ALLOW_SEALING) sealed with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE (| F_SEAL_EXEC where
+  the kernel has it) | F_SEAL_SEAL; the trampoline then execve()s the command. From the first exec on, every
   `/proc/<pid>/exe` the container can see is the sealed trampoline or an image file, never a host
   file; nothing can write the trampoline (the seals are permanent), and it has no host path.
 - unlike runc's and crun's re-exec of their own binary from a sealed copy, we need no copy of the
   interpreter (tens of MB) per start, and unlike "refuse an exec target that is the interpreter"
   there is no list of paths to get wrong: the host interpreter is simply never the container's exe.
-- cost: memfd_create + write + F_ADD_SEALS (~15 µs in a parent) and one more execve, of a 230-byte
+- cost: memfd_create + write + F_ADD_SEALS (~15 µs in a parent) and one more execve, of a 437-byte
   static ELF with one page to map (no loader, no libraries). benchmarks/sealed_exec.py measures the
   exec step: +0.02-0.05 ms with the memfd made before the init is forked (`trampoline_fd`),
   +0.2-0.3 ms when the init makes it (Python in a forked child pays copy-on-write faults).
 
 The trampoline's contract (both architectures):
     argv = [NAME, PATH, ARG0, ARG1, …]  →  execve(PATH, [ARG0, ARG1, …], envp)
-    on failure: exit(127) for ENOENT, exit(126) for any other error or when ARG0 is missing.
+    when execve fails: `imagetool: error: exec PATH: REASON` on fd 2 (REASON: no such file or
+    directory, exec format error, cannot execute), then exit(127) for ENOENT, exit(126) for any
+    other error; exit(126) silently when ARG0 is missing.
+The init pre-checks the path (not found, not executable) with its own messages; the trampoline's
+own are for what only the kernel finds: a script without `#!`, a missing ELF or `#!` interpreter,
+a binary for another machine.
 Requiring ARG0 bounds the one loop left: a `#!/proc/self/exe` script re-enters the trampoline
 with one argument fewer each time, so it ends with exit 126 instead of spinning.
 
@@ -50,46 +55,141 @@ from imagetool.errors import ContainerError
 from imagetool.runtime import syscalls as sc
 
 # --- the trampoline's code -------------------------------------------------------------------
+# The file: ELF header (64 bytes), two program headers (2 x 56), the messages below, the code.
 # At the ELF entry point the kernel has laid out the stack as
 #     [sp] = argc, [sp+8] = argv[0] (NAME), [sp+16] = argv[1] (PATH), [sp+24] = argv[2] (ARG0), …,
 #     [sp+8*argc+8] = NULL, [sp+8*argc+16] = envp[0], …
-# so execve's three arguments are argv[1], &argv[2] and sp + 8*argc + 16.
+# so execve's three arguments are argv[1], &argv[2] and sp + 8*argc + 16. When execve fails the
+# trampoline writes `imagetool: error: exec PATH: REASON` to fd 2 and exits 127 or 126.
+
+_BASE = 0x400000           # where the single PT_LOAD maps the file (ET_EXEC: no relocation)
+_EHDR_SIZE, _PHDR_SIZE = 64, 56
+_MESSAGES = (b"imagetool: error: exec ",            # then PATH, then one of:
+             b": no such file or directory\n",       #   ENOENT (exit 127)
+             b": exec format error\n",               #   ENOEXEC (exit 126)
+             b": cannot execute\n")                  #   any other errno (exit 126)
+_MSG_ADDR = tuple(_BASE + _EHDR_SIZE + 2 * _PHDR_SIZE + sum(map(len, _MESSAGES[:i])) for i in range(4))
+PREFIX, NOENT, NOEXEC, OTHER = ((a, len(m)) for a, m in zip(_MSG_ADDR, _MESSAGES))
+_CODE_OFFSET = _EHDR_SIZE + 2 * _PHDR_SIZE + sum(map(len, _MESSAGES))   # 264: 4-aligned for aarch64
+
+
+def _i32(v: int) -> bytes:
+    """A little-endian 32-bit immediate (x86_64 `mov r32, imm32` zero-extends: our addresses fit)."""
+    return struct.pack("<I", v)
+
 
 _X86_64 = (
-    # ---- bytes ---------------------------- offset  instruction              meaning
-    b"\x48\x8b\x04\x24",                   #  0   mov  rax, [rsp]          rax = argc
-    b"\x48\x83\xf8\x03",                   #  4   cmp  rax, 3
-    b"\x72\x20",                           #  8   jb   +0x20 (→ 42)        no ARG0: exit 126
-    b"\x48\x8b\x7c\x24\x10",               # 10   mov  rdi, [rsp+16]       rdi = PATH
-    b"\x48\x8d\x74\x24\x18",               # 15   lea  rsi, [rsp+24]       rsi = &ARG0
-    b"\x48\x8d\x54\xc4\x10",               # 20   lea  rdx, [rsp+rax*8+16] rdx = envp
-    b"\xb8\x3b\x00\x00\x00",               # 25   mov  eax, 59             SYS_execve
-    b"\x0f\x05",                           # 30   syscall                  returns only on error: rax = -errno
-    b"\x83\xf8\xfe",                       # 32   cmp  eax, -2             -ENOENT?
-    b"\xbf\x7f\x00\x00\x00",               # 35   mov  edi, 127            (mov leaves the flags alone)
-    b"\x74\x05",                           # 40   je   +5 (→ 47)           ENOENT: exit 127
-    b"\xbf\x7e\x00\x00\x00",               # 42   mov  edi, 126            any other error
-    b"\xb8\xe7\x00\x00\x00",               # 47   mov  eax, 231            SYS_exit_group
-    b"\x0f\x05",                           # 52   syscall                  (does not return)
+    # ---- bytes --------------------------------- offset instruction                meaning
+    b"\x48\x8b\x04\x24",                         #   0  mov  rax, [rsp]          rax = argc
+    b"\x48\x83\xf8\x03",                         #   4  cmp  rax, 3
+    b"\x73\x0c",                                 #   8  jae  +12 (→ 22)          ARG0 present: go on
+    b"\xbf\x7e\x00\x00\x00",                     #  10  mov  edi, 126            no ARG0: exit 126,
+    b"\xb8\xe7\x00\x00\x00",                     #  15  mov  eax, 231            SYS_exit_group
+    b"\x0f\x05",                                 #  20  syscall                  (does not return)
+    b"\x48\x8b\x7c\x24\x10",                     #  22  mov  rdi, [rsp+16]       rdi = PATH
+    b"\x48\x8d\x74\x24\x18",                     #  27  lea  rsi, [rsp+24]       rsi = &ARG0
+    b"\x48\x8d\x54\xc4\x10",                     #  32  lea  rdx, [rsp+rax*8+16] rdx = envp
+    b"\xb8\x3b\x00\x00\x00",                     #  37  mov  eax, 59             SYS_execve
+    b"\x0f\x05",                                 #  42  syscall                  returns only on error: rax = -errno
+    b"\x49\x89\xc4",                             #  44  mov  r12, rax            keep -errno
+    b"\x49\x89\xfd",                             #  47  mov  r13, rdi            keep PATH (syscall keeps rdi)
+    b"\xbf\x02\x00\x00\x00",                     #  50  mov  edi, 2              write(2,
+    b"\xbe" + _i32(PREFIX[0]),                    #  55  mov  esi, PREFIX           "imagetool: error: exec ",
+    b"\xba" + _i32(PREFIX[1]),                    #  60  mov  edx, len(PREFIX)      its length)
+    b"\xb8\x01\x00\x00\x00",                     #  65  mov  eax, 1              SYS_write
+    b"\x0f\x05",                                 #  70  syscall
+    b"\x4c\x89\xee",                             #  72  mov  rsi, r13            rsi = PATH
+    b"\x31\xd2",                                 #  75  xor  edx, edx            rdx = 0
+    b"\x80\x3c\x16\x00",                         #  77  cmp  byte [rsi+rdx], 0   strlen(PATH):
+    b"\x74\x05",                                 #  81  je   +5 (→ 88)            end of PATH
+    b"\x48\xff\xc2",                             #  83  inc  rdx
+    b"\xeb\xf5",                                 #  86  jmp  -11 (→ 77)
+    b"\xbf\x02\x00\x00\x00",                     #  88  mov  edi, 2              write(2, PATH, rdx)
+    b"\xb8\x01\x00\x00\x00",                     #  93  mov  eax, 1              SYS_write
+    b"\x0f\x05",                                 #  98  syscall
+    b"\xbb\x7f\x00\x00\x00",                     # 100  mov  ebx, 127            exit code and message
+    b"\xbe" + _i32(NOENT[0]),                     # 105  mov  esi, NOENT            for ENOENT
+    b"\xba" + _i32(NOENT[1]),                     # 110  mov  edx, len(NOENT)
+    b"\x41\x83\xfc\xfe",                         # 115  cmp  r12d, -2            -ENOENT?
+    b"\x74\x1f",                                 # 119  je   +31 (→ 152)
+    b"\xbb\x7e\x00\x00\x00",                     # 121  mov  ebx, 126            every other error: 126
+    b"\xbe" + _i32(NOEXEC[0]),                    # 126  mov  esi, NOEXEC
+    b"\xba" + _i32(NOEXEC[1]),                    # 131  mov  edx, len(NOEXEC)
+    b"\x41\x83\xfc\xf8",                         # 136  cmp  r12d, -8            -ENOEXEC?
+    b"\x74\x0a",                                 # 140  je   +10 (→ 152)
+    b"\xbe" + _i32(OTHER[0]),                     # 142  mov  esi, OTHER
+    b"\xba" + _i32(OTHER[1]),                     # 147  mov  edx, len(OTHER)
+    b"\xbf\x02\x00\x00\x00",                     # 152  mov  edi, 2              write(2, reason)
+    b"\xb8\x01\x00\x00\x00",                     # 157  mov  eax, 1              SYS_write
+    b"\x0f\x05",                                 # 162  syscall
+    b"\x89\xdf",                                 # 164  mov  edi, ebx            exit code
+    b"\xb8\xe7\x00\x00\x00",                     # 166  mov  eax, 231            SYS_exit_group
+    b"\x0f\x05",                                 # 171  syscall                  (does not return)
 )
 
+
+def _movz(rd: int, imm16: int) -> int:
+    """aarch64 `movz xRD, #imm16`."""
+    return 0xD2800000 | (imm16 << 5) | rd
+
+
+def _movk_16(rd: int, imm16: int) -> int:
+    """aarch64 `movk xRD, #imm16, lsl #16`."""
+    return 0xF2A00000 | (imm16 << 5) | rd
+
+
 _AARCH64_WORDS = (
-    # ---- word ---- offset  instruction                meaning
-    0xF94003E3,   #  0   ldr  x3, [sp]              x3 = argc
-    0xD2800FC0,   #  4   movz x0, #126              exit code if we stop here
-    0xF1000C7F,   #  8   cmp  x3, #3                (subs xzr, x3, #3)
-    0x54000143,   # 12   b.lo +40 (→ 52)            no ARG0: exit 126
-    0xF9400BE0,   # 16   ldr  x0, [sp, #16]         x0 = PATH
-    0x910063E1,   # 20   add  x1, sp, #24           x1 = &ARG0
-    0x910043E2,   # 24   add  x2, sp, #16
-    0x8B030C42,   # 28   add  x2, x2, x3, lsl #3    x2 = envp = sp + 16 + 8*argc
-    0xD2801BA8,   # 32   movz x8, #221              SYS_execve
-    0xD4000001,   # 36   svc  #0                    returns only on error: x0 = -errno
-    0xD2800FC1,   # 40   movz x1, #126
-    0xB100081F,   # 44   cmn  x0, #2                (adds xzr, x0, #2): Z when x0 == -ENOENT
-    0x9A811420,   # 48   cinc x0, x1, eq            (csinc x0, x1, x1, ne): 127 if ENOENT else 126
-    0xD2800BC8,   # 52   movz x8, #94               SYS_exit_group
-    0xD4000001,   # 56   svc  #0                    (does not return)
+    # ---- word ---------------------- offset instruction             meaning
+    0xF94003E3,                       #   0  ldr  x3, [sp]           x3 = argc
+    0xF1000C7F,                       #   4  cmp  x3, #3             (subs xzr, x3, #3)
+    0x54000082,                       #   8  b.hs +16 (→ 24)         ARG0 present: go on
+    0xD2800FC0,                       #  12  movz x0, #126           no ARG0: exit 126,
+    0xD2800BC8,                       #  16  movz x8, #94            SYS_exit_group
+    0xD4000001,                       #  20  svc  #0                 (does not return)
+    0xF9400BE0,                       #  24  ldr  x0, [sp, #16]      x0 = PATH
+    0x910063E1,                       #  28  add  x1, sp, #24        x1 = &ARG0
+    0x910043E2,                       #  32  add  x2, sp, #16
+    0x8B030C42,                       #  36  add  x2, x2, x3, lsl #3 x2 = envp = sp + 16 + 8*argc
+    0xD2801BA8,                       #  40  movz x8, #221           SYS_execve
+    0xD4000001,                       #  44  svc  #0                 returns only on error: x0 = -errno
+    0xAA0003F3,                       #  48  mov  x19, x0            (orr x19, xzr, x0) keep -errno
+    0xF9400BF4,                       #  52  ldr  x20, [sp, #16]     x20 = PATH
+    _movz(0, 2),                      #  56  movz x0, #2             write(2,
+    _movz(1, PREFIX[0] & 0xFFFF),     #  60  movz x1, #PREFIX&0xffff  "imagetool: error: exec ",
+    _movk_16(1, PREFIX[0] >> 16),     #  64  movk x1, #PREFIX>>16, lsl #16
+    _movz(2, PREFIX[1]),              #  68  movz x2, #len(PREFIX)    its length)
+    _movz(8, 64),                     #  72  movz x8, #64            SYS_write
+    0xD4000001,                       #  76  svc  #0
+    0xD2800002,                       #  80  movz x2, #0             x2 = 0
+    0x38626A83,                       #  84  ldrb w3, [x20, x2]      strlen(PATH):
+    0x34000063,                       #  88  cbz  w3, +12 (→ 100)    end of PATH
+    0x91000442,                       #  92  add  x2, x2, #1
+    0x17FFFFFD,                       #  96  b    -12 (→ 84)
+    _movz(0, 2),                      # 100  movz x0, #2             write(2, PATH, x2)
+    0xAA1403E1,                       # 104  mov  x1, x20            (orr x1, xzr, x20)
+    _movz(8, 64),                     # 108  movz x8, #64            SYS_write
+    0xD4000001,                       # 112  svc  #0
+    _movz(21, 127),                   # 116  movz x21, #127          exit code and message
+    _movz(1, NOENT[0] & 0xFFFF),      # 120  movz x1, #NOENT&0xffff   for ENOENT
+    _movk_16(1, NOENT[0] >> 16),      # 124  movk x1, #NOENT>>16, lsl #16
+    _movz(2, NOENT[1]),               # 128  movz x2, #len(NOENT)
+    0xB1000A7F,                       # 132  cmn  x19, #2            (adds xzr, x19, #2) -ENOENT?
+    0x54000140,                       # 136  b.eq +40 (→ 176)
+    _movz(21, 126),                   # 140  movz x21, #126          every other error: 126
+    _movz(1, NOEXEC[0] & 0xFFFF),     # 144  movz x1, #NOEXEC&0xffff
+    _movk_16(1, NOEXEC[0] >> 16),     # 148  movk x1, #NOEXEC>>16, lsl #16
+    _movz(2, NOEXEC[1]),              # 152  movz x2, #len(NOEXEC)
+    0xB100227F,                       # 156  cmn  x19, #8            -ENOEXEC?
+    0x54000080,                       # 160  b.eq +16 (→ 176)
+    _movz(1, OTHER[0] & 0xFFFF),      # 164  movz x1, #OTHER&0xffff
+    _movk_16(1, OTHER[0] >> 16),      # 168  movk x1, #OTHER>>16, lsl #16
+    _movz(2, OTHER[1]),               # 172  movz x2, #len(OTHER)
+    _movz(0, 2),                      # 176  movz x0, #2             write(2, reason)
+    _movz(8, 64),                     # 180  movz x8, #64            SYS_write
+    0xD4000001,                       # 184  svc  #0
+    0xAA1503E0,                       # 188  mov  x0, x21            (orr x0, xzr, x21) exit code
+    _movz(8, 94),                     # 192  movz x8, #94            SYS_exit_group
+    0xD4000001,                       # 196  svc  #0                 (does not return)
 )
 
 
@@ -109,8 +209,6 @@ ARCHES = {
 }
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
-_BASE = 0x400000           # where the single PT_LOAD maps the file (ET_EXEC: no relocation)
-_EHDR_SIZE, _PHDR_SIZE = 64, 56
 PT_LOAD, PT_GNU_STACK = 1, 0x6474E551
 PF_X, PF_W, PF_R = 1, 2, 4
 
@@ -132,18 +230,18 @@ def arch_for(machine: str | None = None) -> Arch:
 
 def trampoline_elf(arch: Arch) -> bytes:
     """A minimal static ELF64 (ET_EXEC): header, a PT_LOAD (R+X) of the whole file, a
-    non-executable PT_GNU_STACK, then `arch.code` at the entry point. No interpreter, no sections."""
-    code_off = _EHDR_SIZE + 2 * _PHDR_SIZE
-    size = code_off + len(arch.code)
+    non-executable PT_GNU_STACK, the messages, then `arch.code` at the entry point. No
+    interpreter, no sections."""
+    size = _CODE_OFFSET + len(arch.code)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)        # ELFCLASS64, little endian, v1, SysV ABI
     ehdr = ident + struct.pack(
         "<HHIQQQIHHHHHH",
         2, arch.e_machine, 1,                                  # ET_EXEC, machine, EV_CURRENT
-        _BASE + code_off, _EHDR_SIZE, 0,                       # e_entry, e_phoff, e_shoff (none)
+        _BASE + _CODE_OFFSET, _EHDR_SIZE, 0,                   # e_entry, e_phoff, e_shoff (none)
         0, _EHDR_SIZE, _PHDR_SIZE, 2, 64, 0, 0)                # flags, ehsize, phentsize, phnum, shentsize, shnum, shstrndx
     load = struct.pack("<IIQQQQQQ", PT_LOAD, PF_R | PF_X, 0, _BASE, _BASE, size, size, arch.align)
     stack = struct.pack("<IIQQQQQQ", PT_GNU_STACK, PF_R | PF_W, 0, 0, 0, 0, 0, 16)
-    return ehdr + load + stack + arch.code
+    return ehdr + load + stack + b"".join(_MESSAGES) + arch.code
 
 
 # --- the sealed memfd ------------------------------------------------------------------------
