@@ -1,7 +1,9 @@
 """The pull service: resolve a reference at a registry and bring its image into the store.
 
 Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=None, insecure=False)`:
-1. Parse the reference (InvalidReference before any network or store write).
+1. Parse the reference (InvalidReference before any network or store write). registries.conf
+   (registry/mirrors.py) may block it (RegistryError) or name mirrors: each is tried in order
+   (steps 2-5 against it), then the registry; `PullResult.served_by` names the host that served.
 2. Resolve a tag with HEAD (free against Docker Hub's pull limit). When that digest is stored,
    the name already points at the image it selects and all its blobs are present: done
    ("Image is up to date"), nothing else is fetched.
@@ -23,12 +25,13 @@ pull, so a concurrent `prune` waits instead of sweeping blobs not yet reachable.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from store import Descriptor, Digest
 from store.errors import RefNotFound
 
-from imagetool import oci, reference, settings
+from imagetool import oci, reference
 from imagetool.errors import ManifestError, RegistryError, TransportError
 from imagetool.progress import NullProgress, Progress
 from imagetool.transports import walk
@@ -42,6 +45,7 @@ class PullResult:
     name: str      # the full name tagged in the store
     digest: str    # the digest the registry resolved the reference to
     status: str    # UP_TO_DATE or DOWNLOADED
+    served_by: str = ""  # the host that answered: the registry's, or a mirror's
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +60,26 @@ def pull(store, ref_string: str, platform: str | None = None, max_concurrent: in
     """Pull `ref_string` into `store` (see the module docstring for the steps and guarantees)."""
     from imagetool.registry.client import RegistryClient
 
+    from imagetool.registry.mirrors import endpoints as endpoints_for
+
     ref = reference.parse(ref_string)
     want = oci.Platform.parse(platform) if platform else None
     progress = progress or NullProgress()
-    mirrors = list((settings.registries_config().get("mirrors") or {}).get(ref.domain) or [])
-    endpoints = mirrors + [None]
-    for i, endpoint in enumerate(endpoints):
-        client = RegistryClient(ref, insecure=insecure, endpoint=endpoint)
+    endpoints = endpoints_for(ref)  # mirrors first (registries.conf), then the registry
+    for i, ep in enumerate(endpoints):
+        client = RegistryClient(ep.ref, insecure=insecure or ep.insecure, endpoint=ep.url)
         try:
+            if ep.mirror:
+                progress.message(f"trying mirror {client.host} for {ref.name}")
             # the shared GC lock from the first blob written until the tag makes them reachable
             with store.lock_shared():
-                return _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
+                result = _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
+            return dataclasses.replace(result, served_by=client.host)
         except (TransportError, RegistryError) as e:
-            if endpoint is None or i == len(endpoints) - 1:
+            if i == len(endpoints) - 1:
                 raise
-            progress.message(f"mirror {client.host} failed ({e}); trying the next endpoint")
+            progress.message(f"{'mirror' if ep.mirror else 'registry'} {client.host} failed ({e}); "
+                             "trying the next endpoint")
         finally:
             client.close()
     raise AssertionError("unreachable")  # pragma: no cover

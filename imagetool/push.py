@@ -75,8 +75,11 @@ def _push_one(store, src_ref: str, dest: str, format, progress, insecure: bool) 
     from imagetool.transports.registry import RegistrySink
     from imagetool.transports.store import StoreSource
 
+    from imagetool.registry.mirrors import check_not_blocked
+
     source = StoreSource(store, src_ref)
     ref = _dest_ref(dest)
+    check_not_blocked(ref)
     if ref.digest and (format or ref.digest != str(source.top().digest)):
         raise ManifestError(f"cannot push {source.name} as {ref}: its digest is {source.top().digest}")
     mounts = set(source.holders(ref.domain).values())
