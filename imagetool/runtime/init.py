@@ -88,7 +88,7 @@ class Init:
     root: Root | None = None
     tty_slave: int | None = None
     null_fd: int | None = None
-    trampoline_fd: int | None = None
+    trampoline_fd: int | None = None  # the sealed memfd the command is exec'd through (imagetool made it)
     uid: int = 0
     gid: int = 0
     groups: list = field(default_factory=list)
@@ -423,7 +423,8 @@ def set_no_new_privs(init: Init) -> str | None:
 
 
 def close_fds(init: Init) -> str:
-    init.trampoline_fd = sealed.sealed_trampoline()
+    if init.trampoline_fd is None:
+        init.trampoline_fd = sealed.sealed_trampoline()
     keep = {0, 1, 2, init.sync_fd, init.config_fd, init.trampoline_fd}
     for n in os.listdir("/proc/self/fd"):
         fd = int(n)

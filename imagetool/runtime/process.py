@@ -266,6 +266,9 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             fds["console"], fds["_console_child"] = a.detach(), b.detach()
         else:
             fds["pipes"] = stdio.Pipes.make(io.interactive)
+        from imagetool.runtime import sealed
+
+        fds["_trampoline"] = sealed.sealed_trampoline()    # what the init execs last (sealed.py)
         pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.unshare(sc.CLONE_NEWPID)
@@ -283,7 +286,8 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
                     child_narrator = explain.Forwarder(sync_w) if narrator is not explain.SILENT else explain.SILENT
                     init.main(init.Init(sync_fd=sync_w, config_fd=config_r, narrator=child_narrator, cgroup=cgroup,
                                         stdio=pipes.child_ends() if pipes else (),
-                                        console_socket=fds.get("_console_child")))
+                                        console_socket=fds.get("_console_child"),
+                                        trampoline_fd=fds["_trampoline"]))
                 finally:
                     os._exit(125)
         finally:
@@ -298,7 +302,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             elif fd is not None:
                 stdio._close(fd)
         raise
-    for key in ("_sync_w", "_config_r", "_console_child"):
+    for key in ("_sync_w", "_config_r", "_console_child", "_trampoline"):
         if fds.get(key) is not None:
             os.close(fds.pop(key))
     if "pipes" in fds:
