@@ -330,3 +330,25 @@ def test_copy_format_docker_renames_the_manifest_types_and_keeps_every_blob(regi
     assert [la["digest"] for la in manifest["layers"]] == [la.digest for la in copy_image_built.layers]
     for digest, data in copy_image_built.blobs.items():
         assert store.read(Digest.parse(digest), limit=1 << 30) == data
+
+
+def test_copy_from_a_registry_into_the_store_resumes_a_cut_blob_with_range(registry, tmp_path, store_dir, env):
+    from fixtures.images import build_image
+    from fixtures.proxy import Fault, FaultProxy
+    from store import Digest, Store
+
+    from imagetool.transfer import copy
+
+    from test_pull_support import random_layer
+
+    img = build_image([random_layer(600_000)])
+    registry.push(img, "copy/cut:v1")
+    layer = img.layers[0]
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Fault("reset", f"/blobs/{layer.digest}", after=200_000))
+        store = Store.open(store_dir)
+        copy(store, f"docker://{proxy.host}/copy/cut:v1", "store:copy/cut:v1")
+        gets = proxy.records(f"/blobs/{layer.digest}", "GET")
+        assert [r.headers.get("Range") for r in gets][:2] == [None, f"bytes={gets[0].sent}-"]
+        assert sum(r.sent for r in gets) == len(layer.blob)      # nothing fetched twice
+    assert store.read(Digest.parse(layer.digest), limit=1 << 30) == layer.blob

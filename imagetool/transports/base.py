@@ -8,6 +8,7 @@
         mount_source(desc) -> (host, repo)?  where a registry already holds it (cross-repo mount)
         carries(entry) -> bool               the manifest an index entry names is here
         path(desc) -> Path | None            a verified local file of the blob (sendfile), if any
+        registry_client() -> client | None   the registry the blobs come from (resumable fetch)
 
     class Sink:                              where an image is written to
         has(desc) -> bool                    present already: never sent again
@@ -53,6 +54,10 @@ class Source:
 
     def path(self, desc: Descriptor):
         """A local file holding the blob's verified bytes (the store's), else None."""
+        return None
+
+    def registry_client(self):
+        """The RegistryClient the blobs come from (the store then fetches them resumably), else None."""
         return None
 
     def carries(self, entry: Descriptor) -> bool:

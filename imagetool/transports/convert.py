@@ -92,5 +92,8 @@ class Converted(Source):
     def mount_source(self, desc: Descriptor):
         return self.source.mount_source(desc)
 
+    def registry_client(self):
+        return self.source.registry_client()
+
     def close(self) -> None:
         self.source.close()

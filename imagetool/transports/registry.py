@@ -68,6 +68,9 @@ class RegistrySource(Source):
     def mount_source(self, desc: Descriptor) -> tuple[str, str] | None:
         return self.ref.domain, self.ref.path
 
+    def registry_client(self):
+        return self.client
+
 
 class RegistrySink(Sink):
     """Push into repository `ref` (tagged with `ref.tag` at the end when it has one).

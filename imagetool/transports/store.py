@@ -95,6 +95,11 @@ class StoreSink(Sink):
         return self.store.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, source: Source, progress) -> str:
+        client = source.registry_client()
+        if client is not None:  # the pull's glue: verified, resumed with Range after a cut
+            from imagetool.fetch import fetch_blob
+
+            return COPIED if fetch_blob(self.store, client, desc, _Quiet(progress)) else EXISTS
         with self.store.ingest(desc.digest, desc.size) as w:
             if w.exists:  # another process committed it meanwhile
                 return EXISTS
@@ -115,3 +120,22 @@ class StoreSink(Sink):
 
     def finish(self, top: Descriptor) -> None:
         self.store.tag(self.name, top)
+
+
+class _Quiet:
+    """Progress without blob_done: the copy loop reports each blob's end once itself."""
+
+    def __init__(self, progress):
+        self._p = progress
+
+    def message(self, text: str) -> None:
+        self._p.message(text)
+
+    def blob_start(self, digest: str, size, offset: int) -> None:
+        self._p.blob_start(digest, size, offset)
+
+    def blob_advance(self, digest: str, nbytes: int) -> None:
+        self._p.blob_advance(digest, nbytes)
+
+    def blob_done(self, digest: str, status: str) -> None:
+        pass
