@@ -16,21 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import cgroups, explain, shell, stdio, sync
+from imagetool.runtime import cgroups, explain, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
-
-FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell would report it: the exit status, or 128 + the signal number."""
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
 
 
 class Reservation:
@@ -69,7 +60,7 @@ class Reservation:
             return
         self._aborted = True
         if self.pid is not None:
-            _kill_and_reap(self.pid)
+            supervise.kill_and_reap(self.pid)
             self.pid = None
         self._close_all()
         delete_cgroup(self.cgroup, self.narrator)
@@ -100,7 +91,7 @@ class Reservation:
         if bool(spec["process"].get("terminal")) != bool(self.io.tty):
             raise ContainerError("internal error: the spec's terminal setting differs from the io's")
         pending: list[int] = []
-        saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in FORWARD}
+        saved = supervise.hold_signals(pending)
         reader = self._reader
         try:
             write_limits(self.cgroup, spec["linux"].get("resources", {}), self.narrator)
@@ -108,14 +99,14 @@ class Reservation:
             config = {"spec": spec, "rootfs": rootfs.to_dict(), "cgroup_layout": self.cgroup_layout,
                       "seccomp": program.hex() if program else None}
             _send_config(self._fds["config"], json.dumps(config).encode())
-            _until(reader, "created", self.narrator)
+            supervise.receive_until(reader, "created", self.narrator)
             master = _receive_console(self._fds["console"]) if self.io.tty else None
         except BaseException:
             self._forget_reader()
-            _kill_and_reap(self.pid)
+            supervise.kill_and_reap(self.pid)
             self.pid = None
             self._close_all()
-            _restore(saved)
+            supervise.restore_signals(saved)
             raise   # the caller's abort() removes the cgroup
         self._handed_over = True
         self._forget_reader()
@@ -125,105 +116,7 @@ class Reservation:
                          self._fds.get("pipes"), master, saved, pending)
 
 
-class Supervised:
-    """What a container of every backend is on imagetool's side: a child (the init, or runc)
-    waiting for the start byte on `go_fd`, its messages on `reader`, its stdio on `pipes` (or a
-    pty `master`). start(), state(), kill(), wait(), delete(); `_cleanup()` is the backend's."""
-
-    def __init__(self, container_id, pid, io, narrator, reader, go_fd, pipes, master, saved, pending):
-        self.id = container_id
-        self.pid = pid
-        self.io = io
-        self.narrator = narrator
-        self._reader = reader
-        self._go_fd = go_fd
-        self._pipes = pipes
-        self._master = master
-        self._saved = saved        # signal handlers to restore once the container is gone
-        self._pending = pending    # signals that arrived before wait(): forwarded then
-        self.status = "created"
-        self._code: int | None = None
-        self._deleted = False
-
-    def start(self) -> None:
-        """Let it exec; returns once it did. Raises CommandNotFound (127), CommandNotExecutable
-        (126) or ContainerError (125) with the init's message."""
-        started = time.perf_counter()
-        try:
-            os.write(self._go_fd, b"S")
-        except BrokenPipeError:
-            pass   # it died: its error (or EOF) follows
-        stdio._close(self._go_fd)
-        self._go_fd = None
-        try:
-            _until(self._reader, None, self.narrator)
-        finally:
-            stdio._close(self._reader.fd)
-        self.status = "running"
-        self.narrator.report("start", f"# running: host pid {self.pid}", started)
-
-    def state(self) -> dict:
-        """The OCI state: ociVersion, id, status (created, running, stopped), pid."""
-        return {"ociVersion": "1.0.2", "id": self.id, "status": self.status, "pid": self.pid}
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def wait(self) -> int:
-        """Copy stdio (or relay the pty) and forward signals until it exits; docker's exit code."""
-        if self._code is not None:
-            return self._code
-        for s in FORWARD:
-            signal.signal(s, lambda signum, frame: self.kill(signum))
-        for s in self._pending:
-            self.kill(s)
-        started = time.perf_counter()
-        try:
-            if self._master is not None:
-                master, self._master = self._master, None
-                stdio.relay_tty(master, self.io.interactive)
-            elif self._pipes is not None:
-                pipes, self._pipes = self._pipes, None
-                stdio.copy(pipes)
-            while True:
-                try:
-                    _, status = os.waitpid(self.pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-        finally:
-            _restore(self._saved)
-        self._code = exit_code(status)
-        self.status = "stopped"
-        self.narrator.report("wait", f"wait {self.pid}  # exit code {self._code}", started)
-        return self._code
-
-    def oom_killed(self) -> bool:
-        return False
-
-    def delete(self) -> None:
-        """Kill what is left and remove what the backend made (idempotent; call it in a finally)."""
-        if self._deleted:
-            return
-        self._deleted = True
-        if self._code is None:
-            _kill_and_reap(self.pid)
-            _restore(self._saved)
-        for fd in (self._go_fd, self._master):
-            if fd is not None:
-                stdio._close(fd)
-        if self._pipes is not None:
-            self._pipes.close_parent_ends()
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        raise NotImplementedError
-
-
-class Container(Supervised):
+class Container(supervise.Supervised):
     """A created container of the built-in runtime; delete() empties and removes its cgroup
     (every process in it, whatever PID 1 did: no cooperation needed)."""
 
@@ -349,27 +242,6 @@ def _send_config(fd: int, data: bytes) -> None:
         pass  # the init failed before reading: its error message follows
 
 
-def _until(reader: sync.Reader, kind: str | None, narrator) -> None:
-    """Hand the init's `step` messages to the narrator until `kind` (None: EOF, i.e. exec);
-    an `error` message (or EOF before `kind`) raises."""
-    from imagetool.errors import CommandNotExecutable, CommandNotFound
-
-    while True:
-        m = reader.next()
-        if m is None:
-            if kind is None:
-                return
-            raise ContainerError("the container's init exited before it was set up")
-        t = m.get("type")
-        if t == "step":
-            narrator.emit_message(m)
-        elif t == kind:
-            return
-        elif t == "error":
-            cls = {126: CommandNotExecutable, 127: CommandNotFound}.get(m.get("code"), ContainerError)
-            raise cls(m.get("message", "the container failed to start"))
-
-
 def _receive_console(sock_fd: int) -> int:
     import socket
 
@@ -381,19 +253,3 @@ def _receive_console(sock_fd: int) -> int:
     if not fds:
         raise ContainerError("the container's init sent no terminal")
     return fds[0]
-
-
-def _kill_and_reap(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-def _restore(saved: dict) -> None:
-    for s, h in saved.items():
-        signal.signal(s, h if h is not None else signal.SIG_DFL)

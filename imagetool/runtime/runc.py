@@ -21,7 +21,7 @@ import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import explain, mounts, process, shell, stdio, sync
+from imagetool.runtime import explain, mounts, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 
 
@@ -63,7 +63,7 @@ class Reservation:
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         argv = [self.backend, "run", "--bundle", self.bundle, self.id]
         pending: list[int] = []
-        saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in process.FORWARD}
+        saved = supervise.hold_signals(pending)
         pid = os.fork()
         if pid == 0:
             try:
@@ -83,14 +83,14 @@ class Reservation:
             pipes.close_child_ends()
         reader = sync.Reader(sync_r)
         try:
-            process._until(reader, "created", self.narrator)
+            supervise.receive_until(reader, "created", self.narrator)
         except BaseException:
-            process._kill_and_reap(pid)
+            supervise.kill_and_reap(pid)
             for fd in (sync_r, go_w):
                 stdio._close(fd)
             if pipes is not None:
                 pipes.close_parent_ends()
-            process._restore(saved)
+            supervise.restore_signals(saved)
             raise
         self._handed_over = True
         return Container(self.backend, self.id, pid, self.io, self.narrator, reader, go_w, pipes, None, saved, pending)
@@ -140,7 +140,7 @@ def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, bina
     os.execv(binary, argv)
 
 
-class Container(process.Supervised):
+class Container(supervise.Supervised):
     """A created runc/crun container: its `runc run` waits for start in the helper (`pid`)."""
 
     def __init__(self, backend, *args):
