@@ -97,6 +97,10 @@ class _Trace:
         if self.on:
             self.marks.append((name, t if t is not None else time.perf_counter()))
 
+    def step(self, step) -> None:
+        """A runtime step as a mark (explain.Step: its end, relative to the import)."""
+        self.mark(f"{step.where}.{step.name.replace(' ', '_')}", _T0 + step.at_ms / 1000)
+
     def report(self) -> None:
         if not self.on:
             return
@@ -231,7 +235,10 @@ def run(store, opts: RunOptions) -> int:
     from imagetool.runtime import explain
 
     trace = _Trace()
-    narrator = explain.Narrator(t0=_T0) if opts.explain else explain.SILENT
+    narrator = explain.SILENT
+    if opts.explain or trace.on:   # the trace shows the init's steps too (they come as the narrator's)
+        narrator = explain.Narrator(2 if opts.explain else None, t0=_T0,
+                                    on_step=trace.step if trace.on else None)
     old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
     cdir = None
     keep = False        # the container's record outlives an error only once its spec exists

@@ -132,3 +132,17 @@ def test_script_prints_the_recipe_and_runs_nothing(it, store):
     ran = subprocess.run(["sh", "-c", r.stdout], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "hello\n"
+
+
+def test_trace_timing_lists_the_runtime_steps_without_printing_them(it):
+    """IMAGETOOL_TRACE_TIMING=1 (benchmarks) gets every step's time from the same narrator, silently."""
+    env = {**it.env, "IMAGETOOL_TRACE_TIMING": "1"}
+    import subprocess
+
+    r = subprocess.run(it.argv("run", "--rm", "busybox", "true"), env=env, capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert not steps(r.stderr)
+    line = next(x for x in r.stderr.splitlines() if x.startswith("imagetool-timing: "))
+    marks = [m.split("=")[0] for m in line.split()[1:]]
+    assert {"imagetool.create_cgroup", "init.join_cgroup", "init.pivot_root", "init.exec", "imagetool.wait"} <= set(marks)

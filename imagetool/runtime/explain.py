@@ -40,9 +40,11 @@ class Step:
 class Narrator:
     """Prints each step on `fd` (stderr) as it is reported, and keeps them (`steps`) for callers."""
 
-    def __init__(self, fd: int = 2, t0: float | None = None):
+    def __init__(self, fd: int | None = 2, t0: float | None = None, on_step=None):
+        """`fd` None prints nothing; `on_step(step)` is called for each step too (IMAGETOOL_TRACE_TIMING)."""
         self.fd = fd
         self.t0 = time.perf_counter() if t0 is None else t0
+        self.on_step = on_step
         self.steps: list[Step] = []
         self.sources: list = []   # callables returning the init's `step` messages already sent
 
@@ -55,6 +57,10 @@ class Narrator:
 
     def emit(self, step: Step) -> None:
         self.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+        if self.fd is None:
+            return
         text = f"imagetool: explain: [{step.where}] {step.at_ms:9.2f} ms  {step.name} ({step.ms:.2f} ms)\n"
         text += "".join(f"    {line}\n" for line in step.command.splitlines())
         data = text.encode(errors="replace")
