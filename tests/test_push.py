@@ -223,21 +223,9 @@ def _image(size: int = 300_000):
 
 @pytest.fixture(scope="module")
 def token_registry():
-    from fixtures.registry import RegistryUnavailable
-    from fixtures.tokenserver import TokenRegistry, TokenServer
+    from test_registry_auth import token_pair
 
-    try:
-        ts = TokenServer(users={"alice": "wonderland"}, anonymous=True)  # anonymous: pull only
-    except RegistryUnavailable as e:
-        pytest.skip(str(e))
-    try:
-        reg = TokenRegistry.start(ts)
-    except Exception:
-        ts.stop()
-        raise
-    yield ts, reg
-    reg.stop()
-    ts.stop()
+    yield from token_pair(users={"alice": "wonderland"}, anonymous=True)  # anonymous: pull only
 
 
 def _credentials(tmp_path, host: str, user: str, password: str) -> None:

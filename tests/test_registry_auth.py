@@ -186,13 +186,14 @@ def test_pull_with_credentials_from_docker_config_and_helper(auth_registry, busy
 
 # ---------------------------------------------------------------- Bearer tokens (Docker Hub flow)
 
-@pytest.fixture(scope="module")
-def token_registry():
+def token_pair(**token_server):
+    """Yield (TokenServer(**token_server), TokenRegistry trusting it); both stopped afterwards
+    (skips when openssl or docker-registry is missing). For module fixtures: `yield from`."""
     from fixtures.registry import RegistryUnavailable
     from fixtures.tokenserver import TokenRegistry, TokenServer
 
     try:
-        ts = TokenServer(users={"alice": "wonderland"}, anonymous=False)
+        ts = TokenServer(**token_server)
     except RegistryUnavailable as e:
         pytest.skip(str(e))
     try:
@@ -200,9 +201,16 @@ def token_registry():
     except Exception:
         ts.stop()
         raise
-    yield ts, reg
-    reg.stop()
-    ts.stop()
+    try:
+        yield ts, reg
+    finally:
+        reg.stop()
+        ts.stop()
+
+
+@pytest.fixture(scope="module")
+def token_registry():
+    yield from token_pair(users={"alice": "wonderland"}, anonymous=False)
 
 
 def test_bearer_token_flow_verified_by_registry(token_registry, busybox, cli, store_dir):
@@ -277,3 +285,32 @@ def test_proxy_environment_rules(monkeypatch):
     assert proxy_for("https", "other:5000") is None
     assert proxy_for("https", "other:5001") is not None
     assert proxy_for("https", "notexample.com") is not None
+
+
+# ---------------------------------------------------------------- identity tokens (OAuth2 refresh)
+
+@pytest.fixture(scope="module")
+def oauth_registry():
+    yield from token_pair(users={"alice": "wonderland"}, refresh_tokens={"rt-alice": "alice"})
+
+
+@pytest.mark.parametrize("token,ok", [("rt-alice", True), ("rt-revoked", False)], ids=["valid", "revoked"])
+def test_an_identity_token_is_exchanged_by_oauth2_post_for_pull_and_push(token, ok, oauth_registry, busybox, cli,
+                                                                         store_dir):
+    ts, reg = oauth_registry
+    reg.push(busybox, "oauth/busybox:latest")
+    cli.docker_config.mkdir(parents=True, exist_ok=True)
+    (cli.docker_config / "config.json").write_text(json.dumps({"auths": {reg.host: {"identitytoken": token}}}))
+    mark = len(ts.requests)
+    r = cli("pull", f"{reg.host}/oauth/busybox")
+    issued = ts.requests[mark:]
+    assert issued and all(t.user.startswith("oauth:") for t in issued)  # POSTs only, no Basic GET
+    if not ok:
+        assert r.returncode == 1
+        assert "identity token failed" in r.stderr and "imagetool login" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    assert issued[0] == type(issued[0])("imagetool-test-registry", ("repository:oauth/busybox:pull",), "oauth:alice")
+    r = cli("push", f"{reg.host}/oauth/busybox", f"{reg.host}/oauth/pushed:v1")
+    assert r.returncode == 0, r.stderr
+    assert any("repository:oauth/pushed:pull,push" in t.scopes for t in ts.requests[mark:])

@@ -154,8 +154,12 @@ def _token68(sc: _Scanner) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
+    """A user and password, or an identity token (an OAuth2 refresh token: `identitytoken` in the
+    docker config, or a credential helper's "<token>" user) exchanged by POST at the realm."""
+
     username: str
     password: str = field(repr=False)
+    identity_token: str | None = field(default=None, repr=False)
 
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
@@ -210,6 +214,8 @@ def _from_auths(auths: dict, domain: str, path: Path) -> Credentials | None:
     for key, entry in (auths or {}).items():
         if normalize_registry(key) != domain or not isinstance(entry, dict):
             continue
+        if entry.get("identitytoken"):
+            return Credentials(entry.get("username") or "<token>", "", identity_token=entry["identitytoken"])
         if entry.get("auth"):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -240,8 +246,8 @@ def run_helper(helper: str, domain: str) -> Credentials | None:
         user, secret = data["Username"], data["Secret"]
     except (ValueError, KeyError, TypeError):
         raise AuthError(f"credential helper {prog} printed something that is not credentials") from None
-    if user == "<token>":  # an identity token (OAuth2 refresh token): not supported
-        return None
+    if user == "<token>":  # an identity token (OAuth2 refresh token)
+        return Credentials(user, "", identity_token=secret)
     return Credentials(user, secret)
 
 
@@ -349,7 +355,8 @@ class Authenticator:
         # what the registry asks for, plus what this client will need next (push, a mount source)
         scope = " ".join(dict.fromkeys((ch.params.get("scope") or "").split() + (self.scope or "").split()))
         creds = self.credentials()
-        who = hashlib.sha256(creds.basic().encode()).hexdigest() if creds else None
+        secret = (creds.identity_token or creds.basic()) if creds else None
+        who = hashlib.sha256(secret.encode()).hexdigest() if secret else None
         key = (realm, service, scope, who)
         if not force:
             cached = self.cache.get(key)
@@ -372,6 +379,8 @@ def fetch_token(transport, domain: str, realm: str, service: str, scopes: list[s
         raise AuthError(f"{domain} sent an invalid token realm {realm!r}")
     if parts.scheme == "http" and not (is_loopback(parts.netloc) or transport.insecure):
         raise AuthError(f"{domain} asks for credentials over plain http ({parts.netloc}); refusing")
+    if creds and creds.identity_token:
+        return _oauth_token(transport, domain, realm, service, scopes, creds)
     params = []
     if service:
         params.append(("service", service))
@@ -380,30 +389,44 @@ def fetch_token(transport, domain: str, realm: str, service: str, scopes: list[s
         params.append(("account", creds.username))
     url = realm + ("&" if parts.query else "?") + urlencode(params)
     headers = {"Authorization": creds.basic()} if creds else {}
-    resp = transport.send("GET", url, headers)
+    who = f" as {creds.username}" if creds else ""
+    refused = f"authentication to {domain}{who} failed: " + \
+        ("incorrect username or password" if creds else "credentials required")
+    return _token_answer(transport.send("GET", url, headers), domain, realm, (401, 403), refused, None)
+
+
+def _oauth_token(transport, domain: str, realm: str, service: str, scopes: list[str],
+                 creds: Credentials) -> tuple[str, float]:
+    """OAuth2 refresh: POST realm grant_type=refresh_token (the identity token) -> access_token."""
+    body = urlencode({"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                      "service": service, "scope": " ".join(scopes), "client_id": "imagetool"}).encode()
+    resp = transport.send("POST", realm, {"Content-Type": "application/x-www-form-urlencoded"}, body=body)
+    refused = f"authentication to {domain} with its identity token failed: the token was refused (expired or revoked)"
+    return _token_answer(resp, domain, realm, (400, 401, 403), refused, f"log in again: imagetool login {domain}")
+
+
+def _token_answer(resp, domain: str, realm: str, refusals: tuple, refused: str, hint: str | None) -> tuple[str, float]:
+    """(token, expires_in) from a token server's answer (`token` or `access_token`, bounded JSON)."""
+    netloc = urlsplit(realm).netloc
     try:
-        if resp.status_code in (401, 403):
-            who = f" as {creds.username}" if creds else ""
-            raise AuthError(f"authentication to {domain}{who} failed: "
-                            f"{'incorrect username or password' if creds else 'credentials required'}",
-                            code="UNAUTHORIZED", status=resp.status_code)
+        if resp.status_code in refusals:
+            raise AuthError(refused, code="UNAUTHORIZED", status=resp.status_code, hint=hint)
         if resp.status_code != 200:
-            raise RegistryError(f"token server {parts.netloc} for {domain} answered {resp.status_code}",
+            raise RegistryError(f"token server {netloc} for {domain} answered {resp.status_code}",
                                 status=resp.status_code)
         try:
             body = json.loads(resp.content[: 1 << 20])
         except ValueError:
-            raise RegistryError(f"token server {parts.netloc} sent an invalid JSON answer") from None
+            raise RegistryError(f"token server {netloc} sent an invalid JSON answer") from None
     finally:
         resp.close()
-    token = body.get("token") or body.get("access_token")
+    token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
     if not token or not isinstance(token, str):
-        raise RegistryError(f"token server {parts.netloc} sent no token")
+        raise RegistryError(f"token server {netloc} sent no token")
     try:
-        expires_in = float(body.get("expires_in") or 60)
+        return token, float(body.get("expires_in") or 60)
     except (TypeError, ValueError):
-        expires_in = 60.0
-    return token, expires_in
+        return token, 60.0
 
 
 # ------------------------------------------------------------------ login / logout
