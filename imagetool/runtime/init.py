@@ -46,13 +46,12 @@ import os
 import resource  # extension modules: import them before pivot_root takes the host's /usr away
 import signal
 import struct
-import termios
 import time
 from dataclasses import dataclass, field
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import capabilities, mounts, sealed, shell, sync
+from imagetool.runtime import capabilities, console, mounts, sealed, shell, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.runtime.spec import env_get
 from imagetool.safepath import Root
@@ -65,8 +64,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
-TIOCGPTPEER = 0x5441
-TIOCSPTLCK = 0x40045431
 _NS_FLAGS = (("mount", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
              ("cgroup", sc.CLONE_NEWCGROUP), ("network", sc.CLONE_NEWNET))
 
@@ -235,25 +232,13 @@ def create_devices(init: Init) -> str | None:
 
 
 def open_console(init: Init) -> str | None:
-    """-t: a pty from the container's own devpts; the master goes to imagetool (SCM_RIGHTS)."""
+    """-t: a pty from the container's own devpts; the master goes to imagetool (console.py)."""
     if not init.spec["process"].get("terminal"):
         return None
     pfd, _ = init.root.resolve_dir(("dev", "pts"))
-    master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=pfd)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    init.tty_slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     size = init.spec["process"].get("consoleSize") or {}
-    if size:
-        fcntl.ioctl(init.tty_slave, termios.TIOCSWINSZ,
-                    struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0))
-    import socket
-
-    sock = socket.socket(fileno=init.console_socket)
-    try:
-        socket.send_fds(sock, [b"pty"], [master])
-    finally:
-        sock.close()
-        os.close(master)
+    master, init.tty_slave = console.allocate(pfd, size.get("height", 0), size.get("width", 0))
+    console.send_master(init.console_socket, master)
     init.console_socket = None
     return (f"# open {init.rootfs.target}/dev/pts/ptmx (the container's own devpts): "
             f"the master goes to imagetool over the console socket, the slave becomes fds 0-2")
@@ -386,11 +371,8 @@ def enter_workdir(init: Init) -> str:
 def attach_terminal(init: Init) -> str | None:
     if init.tty_slave is None:
         return None
-    fcntl.ioctl(init.tty_slave, termios.TIOCSCTTY, 0)
-    for fd in (0, 1, 2):
-        os.dup2(init.tty_slave, fd)
-    if init.tty_slave > 2:
-        os.close(init.tty_slave)
+    console.attach(init.tty_slave)
+    init.tty_slave = None
     return "exec 0<>/dev/pts/0 1>&0 2>&0  # the pty slave, controlling terminal of the session"
 
 

@@ -20,7 +20,7 @@ import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import cgroups, explain, shell, stdio, supervise, sync
+from imagetool.runtime import cgroups, console, explain, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 
 
@@ -100,7 +100,7 @@ class Reservation:
                       "seccomp": program.hex() if program else None}
             _send_config(self._fds["config"], json.dumps(config).encode())
             supervise.receive_until(reader, "created", self.narrator)
-            master = _receive_console(self._fds["console"]) if self.io.tty else None
+            master = console.receive_master(self._fds["console"]) if self.io.tty else None
         except BaseException:
             self._forget_reader()
             supervise.kill_and_reap(self.pid)
@@ -153,10 +153,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
         config_r, fds["config"] = os.pipe2(os.O_CLOEXEC)    # imagetool → init: config, start
         fds["_config_r"] = config_r
         if io.tty:
-            import socket
-
-            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            fds["console"], fds["_console_child"] = a.detach(), b.detach()
+            fds["console"], fds["_console_child"] = console.socketpair()
         else:
             fds["pipes"] = stdio.Pipes.make(io.interactive)
         from imagetool.runtime import sealed
@@ -240,16 +237,3 @@ def _send_config(fd: int, data: bytes) -> None:
             frame = frame[os.write(fd, frame):]
     except BrokenPipeError:
         pass  # the init failed before reading: its error message follows
-
-
-def _receive_console(sock_fd: int) -> int:
-    import socket
-
-    sock = socket.socket(fileno=os.dup(sock_fd))
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    finally:
-        sock.close()
-    if not fds:
-        raise ContainerError("the container's init sent no terminal")
-    return fds[0]

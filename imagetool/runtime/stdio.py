@@ -5,8 +5,8 @@ the host file behind them (`>> host.log`). Like conmon and the shims, the contai
 (`Pipes`), or with -t a pty from its own devpts (init.open_console), and imagetool copies:
 `copy()` moves bytes from the pipes to fds 1 and 2 (os.splice where the kernel allows it, which
 keeps the data out of Python) and, with -i, from fd 0 to the container's stdin, until every
-output pipe reaches EOF (the container's processes are all gone). `relay_tty()` does the same
-for a pty master, in raw mode when imagetool's stdin is a terminal and -i was given.
+output pipe reaches EOF (the container's processes are all gone). With -t, console.py relays
+the pty instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 from dataclasses import dataclass
 
 CHUNK = 1 << 16
@@ -149,60 +148,3 @@ def copy(pipes: Pipes, out_fd: int = 1, err_fd: int = 2, in_fd: int = 0) -> None
             _close(fd)
         if stdin_w is not None:
             _close(stdin_w)
-
-
-def relay_tty(master: int, interactive: bool, stdin: int = 0, stdout: int = 1) -> None:
-    """Copy between the pty master and imagetool's terminal until the container side closes.
-
-    Keystrokes go to the container only with -i (raw mode then, when stdin is a terminal); the
-    window size follows imagetool's terminal (SIGWINCH). Closes `master`."""
-    import fcntl
-    import termios
-    import tty
-
-    is_tty = os.isatty(stdin)
-    raw = interactive and is_tty
-    saved = termios.tcgetattr(stdin) if raw else None
-
-    def winch(signum=None, frame=None):
-        if is_tty:
-            try:
-                size = fcntl.ioctl(stdin, termios.TIOCGWINSZ, b"\0" * 8)
-                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
-            except OSError:
-                pass
-
-    old_winch = signal.signal(signal.SIGWINCH, winch)
-    winch()
-    try:
-        if raw:
-            tty.setraw(stdin)
-        fds = [master, stdin] if interactive else [master]
-        while True:
-            ready, _, _ = select.select(fds, [], [])
-            if master in ready:
-                try:
-                    data = os.read(master, CHUNK)
-                except OSError:  # EIO: every slave fd is closed, the container is gone
-                    data = b""
-                if not data:
-                    break
-                _write_all(stdout, data)
-            if stdin in ready:
-                try:
-                    data = os.read(stdin, CHUNK)
-                except OSError:
-                    data = b""
-                if data:
-                    _write_all(master, data)
-                else:
-                    fds.remove(stdin)  # stdin closed: keep relaying output
-                    try:
-                        _write_all(master, b"\x04")
-                    except OSError:
-                        pass
-    finally:
-        if saved is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-        signal.signal(signal.SIGWINCH, old_winch)
-        os.close(master)

@@ -15,7 +15,7 @@ import signal
 import time
 
 from imagetool.errors import ContainerError
-from imagetool.runtime import stdio, sync
+from imagetool.runtime import console, stdio, sync
 
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -127,7 +127,7 @@ class Supervised:
         try:
             if self._master is not None:
                 master, self._master = self._master, None
-                stdio.relay_tty(master, self.io.interactive)
+                console.relay(master, self.io.interactive)
             elif self._pipes is not None:
                 pipes, self._pipes = self._pipes, None
                 stdio.copy(pipes)
