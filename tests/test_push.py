@@ -416,3 +416,19 @@ def test_push_format_docker_refuses_a_layer_it_would_have_to_recompress(registry
     with pytest.raises(ManifestError, match="no docker form without recompressing"):
         push(store, name, format="docker")
     assert [r for r in registry.requests(mark) if r[0] in ("POST", "PATCH", "PUT")] == []
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x", "http://203.0.113.9/v2/x/blobs/uploads/1"])
+def test_an_upload_location_off_http_or_off_tls_is_refused(location, env):
+    """A hostile registry's Location must not move the blob's bytes off TLS or off HTTP."""
+    from imagetool import reference
+    from imagetool.errors import RegistryError
+    from imagetool.registry.upload import Uploader
+
+    up = Uploader(reference.parse("registry.example/push/where:v1"))  # https: not loopback
+    try:
+        with pytest.raises(RegistryError, match="refuses"):
+            up._url(location)
+        assert up._url("/v2/push/where/blobs/uploads/1?_state=x").startswith("https://registry.example/")
+    finally:
+        up.close()
