@@ -49,7 +49,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
+from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 from imagetool.mount import Mount
 from imagetool.runtime import capabilities, console, mounts, sealed, shell, sync
 from imagetool.runtime import syscalls as sc
@@ -265,12 +265,25 @@ def loopback_up(init: Init) -> str | None:
     return shell.loopback_up()
 
 
+def _open_null(root: Root) -> int:
+    """The /dev/null the masks bind, opened before pivot_root: the container's own node when it
+    is one (char 1:3), else the host's — never whatever an image put at dev/null."""
+    import stat
+
+    try:
+        pfd, _ = root.resolve_dir(("dev",))
+        fd = os.open("null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except (OSError, ImagetoolError):
+        return os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return fd
+    os.close(fd)
+    return os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+
+
 def pivot_root(init: Init) -> str:
-    pfd, _ = init.root.resolve_dir(("dev",))
-    try:   # the /dev/null the masks use, opened before anything can replace it
-        init.null_fd = os.open("null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    except OSError:
-        init.null_fd = os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+    init.null_fd = _open_null(init.root)
     init.root.close()
     init.root = None
     return mounts.pivot(init.rootfs.target)
