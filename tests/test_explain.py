@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 STEP = re.compile(r"^imagetool: explain: \[(imagetool|init)\] +[\d.]+ ms  (.+) \(([\d.]+) ms\)$")
 
 # the seed's recipe, in the order the steps must be reported (a subsequence of what is printed)
-RECIPE = ["create cgroup", "fork init", "join cgroup", "prepare rootfs", "write limits", "unshare namespaces",
+RECIPE = ["create cgroup", "fork init", "join cgroup", "prepare rootfs", "write limits", "unshare mount",
+          "unshare uts", "unshare ipc", "unshare cgroup", "unshare network",
           "make private", "mount rootfs", "mount /proc", "mount /dev", "create /dev/null", "create /dev/urandom",
           "mount /dev/pts", "mount /sys", "mount /sys/fs/cgroup", "set hostname", "pivot root", "mask paths",
           "readonly paths", "join session keyring", "drop capabilities", "set no new privs", "close fds",
@@ -66,7 +67,8 @@ def test_every_step_is_reported_in_the_recipes_order_with_real_values(it, store)
     limit_file = "memory.max" if cgroups.detect() == "v2" else "memory.limit_in_bytes"
     assert re.search(rf"^echo 7340032 > /sys/fs/cgroup/\S*/imagetool/[0-9a-f]{{64}}/{limit_file}$",
                      by_name["write limits"][1], re.M), by_name["write limits"][1]
-    assert by_name["unshare namespaces"][1].startswith("unshare --mount --uts --ipc --net --cgroup")
+    assert [by_name[f"unshare {t}"][1] for t in ("mount", "uts", "ipc", "cgroup", "network")] == [
+        "unshare --mount", "unshare --uts", "unshare --ipc", "unshare --cgroup", "unshare --net"]
     assert re.search(r"mknod -m 666 \S+/rootfs/dev/urandom c 1 9", by_name["create /dev/urandom"][1])
     assert f"-o lowerdir=l/0,upperdir=upper,workdir=work overlay {store}/containers/" in by_name["mount rootfs"][1]
     assert re.search(r"host pid \d+", by_name["fork init"][1])

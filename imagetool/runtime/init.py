@@ -12,7 +12,7 @@ Before the spec exists (while imagetool still looks up the image):
                              host's own stdout/stderr never stay in the container
    3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
 Then, with the spec (read from the config pipe):
-   4. unshare_namespaces     mount, uts, ipc, cgroup, network (pid: imagetool, before the fork)
+   4. unshare_namespaces     mount, uts, ipc, cgroup, network, one by one (pid: imagetool, before the fork)
    5. make_private           nothing propagates back to the host
    6. mount_rootfs           the overlay (or the bind of a flat copy)
    7. mount_each             the spec's mounts in order, by fd inside the root: /proc, /dev
@@ -181,15 +181,17 @@ def _ns_types(init: Init) -> list[str]:
     return [n["type"] for n in init.spec.get("linux", {}).get("namespaces", [])]
 
 
-def unshare_namespaces(init: Init) -> str:
+def unshare_namespaces(init: Init) -> None:
+    """One unshare(2) per namespace, each its own reported step (the pid namespace: imagetool
+    unshared it before forking this init; the cgroup one comes after join_cgroup, so the
+    container's groups are its root)."""
     types = _ns_types(init)
-    flags = 0
     for t, bit in _NS_FLAGS:
         if t in types:
-            flags |= bit
-    sc.unshare(flags)
-    return shell.unshare([t for t, _ in _NS_FLAGS if t in types], fork=False) + \
-        "  # pid: imagetool ran unshare --pid before forking this init"
+            started = time.perf_counter()
+            sc.unshare(bit)
+            init.narrator.report(f"unshare {t}", shell.unshare([t], fork=False), started)
+    return None
 
 
 def make_private(init: Init) -> str:
