@@ -72,7 +72,7 @@ def open_source(store, a: Address, insecure: bool = False):
         return StoreSource(store, a.ref)
     from imagetool.transports.layout import ArchiveSource
 
-    return ArchiveSource(a.path, a.ref, store.root)
+    return ArchiveSource.open(a.path, a.ref, store.root)
 
 
 def open_sink(store, a: Address, source, insecure: bool = False):

@@ -352,3 +352,31 @@ def test_copy_from_a_registry_into_the_store_resumes_a_cut_blob_with_range(regis
         assert [r.headers.get("Range") for r in gets][:2] == [None, f"bytes={gets[0].sent}-"]
         assert sum(r.sent for r in gets) == len(layer.blob)      # nothing fetched twice
     assert store.read(Digest.parse(layer.digest), limit=1 << 30) == layer.blob
+
+
+def test_a_load_whose_archive_changes_after_the_plan_leaves_the_store_as_it_was(tmp_path, store_dir, env):
+    """Phase 2 (archive/commit.py, a copy into the store) meets a layer that no longer matches:
+    the first image's blobs, already committed, are deleted again and no name is written."""
+    from fixtures.images import build_image, write_oci_layout
+    from store import Store
+
+    from imagetool.archive.commit import commit
+    from imagetool.archive.plan import read_archive
+    from imagetool.archive.source import open_source
+    from imagetool.errors import DigestError
+
+    from test_pull_support import random_layer, store_state
+
+    first, second = build_image([random_layer(3000, "a")]), build_image([random_layer(3000, "b")])
+    layout = write_oci_layout(tmp_path / "two", {"a": first, "b": second}, {"a": "x/a:1", "b": "x/b:1"})
+    store = Store.open(store_dir)
+    before = store_state(store_dir)
+    with open_source(str(layout), store.root) as src:
+        plan = read_archive(src, store)
+        path = layout / "blobs" / "sha256" / second.layers[0].digest.split(":")[1]
+        data = bytearray(path.read_bytes())
+        data[-40] ^= 0xFF  # same size, other bytes: changed after it was verified
+        path.write_bytes(bytes(data))
+        with pytest.raises(DigestError):
+            commit(store, src, plan)
+    assert store_state(store_dir) == before

@@ -1,6 +1,6 @@
 """OCI layout directories and image archives (oci-archive, docker-archive) as sources and sinks.
 
-Source: `ArchiveSource(path, ref)` reads `oci:DIR`, `oci-archive:FILE` and `docker-archive:FILE`
+Source: `ArchiveSource.open(path, ref)` reads `oci:DIR`, `oci-archive:FILE` and `docker-archive:FILE`
 through the load path's verified reader (archive/plan.py: every blob hashed before any byte is
 copied; a legacy docker save gets the OCI manifest the load would write). `ref` picks the image:
 for a layout, the `org.opencontainers.image.ref.name` annotation as written (skopeo's rule), or an
@@ -23,7 +23,8 @@ from store.errors import InvalidDescriptor
 
 from imagetool import mediatypes as mt
 from imagetool import reference
-from imagetool.errors import ArchiveError, DigestError, ImageNotFound, InvalidReference
+from imagetool.errors import ArchiveError, DigestError, ImageNotFound, InvalidReference, ManifestError
+from imagetool.transports import walk
 from imagetool.transports.archive import REF_NAME
 from imagetool.transports.base import COPIED, Sink, Source, skip
 
@@ -38,23 +39,37 @@ class _NoStore:
 
 
 class ArchiveSource(Source):
-    def __init__(self, path: str, ref: str | None, spool_dir: Path):
+    """A verified archive plan (archive/plan.py) as a source: manifests and configs from the plan
+    (or from `store`, for what the store already held when the plan was made), other blobs from
+    the archive's members. `ArchiveSource.open` reads an archive for copy; `choose` names the
+    image the next copy takes."""
+
+    def __init__(self, src, plan, store=None, label: str | None = None):
+        self.src, self.plan, self.store = src, plan, store
+        self.label = label or src.label
+        self._top: Descriptor | None = None
+
+    @classmethod
+    def open(cls, path: str, ref: str | None, spool_dir: Path) -> "ArchiveSource":
         from imagetool.archive.plan import read_archive
         from imagetool.archive.source import open_source
 
-        self.label = path
-        self.src = open_source(path, spool_dir)
+        src = open_source(path, spool_dir)
         try:
-            self.plan = read_archive(self.src, _NoStore())
-            self._top = self._choose(ref)
+            self = cls(src, read_archive(src, _NoStore()), label=path)
+            return self.choose(self._by_ref(ref))
         except BaseException:
-            self.src.close()
+            src.close()
             raise
+
+    def choose(self, top: Descriptor) -> "ArchiveSource":
+        self._top = top
+        return self
 
     def close(self) -> None:
         self.src.close()
 
-    def _choose(self, ref: str | None) -> Descriptor:
+    def _by_ref(self, ref: str | None) -> Descriptor:
         images = self.plan.images
         if ref is None:
             if len(images) != 1:
@@ -82,16 +97,35 @@ class ArchiveSource(Source):
         except (ValueError, TypeError, KeyError, AttributeError):
             return {}
 
+    def _held(self, d: Digest) -> bool:
+        return d in self.plan.puts or d in self.plan.copies or (self.store is not None and self.store.has(d))
+
     def top(self) -> Descriptor:
         return self._top
 
     def read(self, desc: Descriptor) -> bytes:
         if desc.digest in self.plan.puts:
             return self.plan.puts[desc.digest]
+        if self.store is not None and self.store.has(desc.digest):
+            from imagetool.image import read_json_blob
+
+            return read_json_blob(self.store, desc, "manifest")
         raise ArchiveError(f"{self.label}: manifest {desc.digest} is not in the archive")
 
     def carries(self, entry: Descriptor) -> bool:
-        return entry.digest in self.plan.puts
+        """The entry's manifest and every blob it needs are in the plan (or the store); an OCI
+        artifact (a config that is not an image config) is not carried."""
+        if not self._held(entry.digest):
+            return False
+        if mt.is_index(entry.media_type):
+            return True
+        try:
+            doc = walk.node(self.read, entry).document
+        except (ManifestError, ArchiveError):
+            return False
+        if doc.config.media_type and not mt.is_config(doc.config.media_type):
+            return False
+        return all(self._held(d.digest) for d in walk.blobs_of(doc))
 
     def chunks(self, desc: Descriptor, offset: int = 0):
         if desc.digest in self.plan.puts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from store import Descriptor
 from store.errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreError
 
@@ -82,14 +84,21 @@ class StoreSource(Source):
 
 
 class StoreSink(Sink):
-    """Blobs through the store's ingest (verified on commit), manifests by `put`, then the tag.
+    """Blobs through the store's ingest (verified on commit), manifests by `put`, then the names.
 
-    The caller holds `store.lock_shared()` for the whole copy (a concurrent prune waits)."""
+    The caller holds `store.lock_shared()` for the whole copy (a concurrent prune waits). With
+    `deferred`, `finish` only records the names and `tag_all` writes them (a load names nothing
+    until every image's blobs are in); `roll_back` deletes what this sink committed and the
+    partial files it left, so a failed load leaves the store as it was."""
 
-    def __init__(self, store, name: str):
+    def __init__(self, store, name: str | None, deferred: bool = False):
         self.store = store
-        self.name = name
-        self.label = name
+        self.names = [name] if name else []
+        self.label = name or "the store"
+        self.deferred = deferred
+        self.tags: list = []
+        self.written: list = []
+        self._partials: set = set()
 
     def has(self, desc: Descriptor) -> bool:
         return self.store.has(desc.digest)
@@ -105,6 +114,7 @@ class StoreSink(Sink):
                 return EXISTS
             if w.offset:
                 w.reset()  # an abandoned partial of another download: start from scratch
+            self._partials.add(desc.digest)
             progress.blob_start(str(desc.digest), desc.size, 0)
             try:
                 for chunk in source.chunks(desc):
@@ -113,13 +123,39 @@ class StoreSink(Sink):
                 w.commit()
             except (DigestMismatch, SizeMismatch) as e:
                 raise DigestError(f"blob {desc.digest} from {source.label}: {e}") from None
+            self.written.append(desc.digest)
+            self._partials.discard(desc.digest)
         return COPIED
 
     def put_manifest(self, node) -> None:
-        self.store.put(node.raw, node.descriptor.digest)
+        if not self.store.has(node.descriptor.digest):
+            self.store.put(node.raw, node.descriptor.digest)
+            self.written.append(node.descriptor.digest)
 
     def finish(self, top: Descriptor) -> None:
-        self.store.tag(self.name, top)
+        self.tags += [(n, top) for n in self.names]
+        if not self.deferred:
+            self.tag_all()
+
+    def tag_all(self) -> None:
+        for name, desc in self.tags:
+            self.store.tag(name, desc)
+        self.tags = []
+
+    def roll_back(self) -> None:
+        """Delete the blobs this sink committed and its partial ingest files (best effort)."""
+        for d in reversed(self.written):
+            try:
+                self.store.delete(d)
+            except (StoreError, OSError):
+                pass
+        for d in self._partials:
+            name = d.hex if d.algorithm == "sha256" else f"{d.algorithm}-{d.hex}"
+            try:
+                os.unlink(os.path.join(self.store.ingest_dir, name + ".partial"))
+            except OSError:
+                pass
+        self.written, self._partials = [], set()
 
 
 class _Quiet:
