@@ -53,14 +53,18 @@ def config_files() -> list[Path]:
 
 def _load() -> tuple[Path | None, list[dict]]:
     """(the file read, its [[registry]] tables, validated); (None, []) when there is none."""
-    import tomllib
-
     for path in config_files():
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             continue
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        except (OSError, UnicodeDecodeError) as e:
+            raise ImagetoolError(f"cannot read {path}: {e}") from None
+        import tomllib  # only when there is a file: a pull without one does not pay for it
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
             raise ImagetoolError(f"cannot read {path}: {e}") from None
         tables = data.get("registry") or []
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
