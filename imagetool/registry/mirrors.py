@@ -116,9 +116,9 @@ def registry_for(ref) -> tuple[Path | None, dict | None]:
     return path, best
 
 
-def check_not_blocked(ref) -> None:
-    """RegistryError when registries.conf blocks the registry of `ref`."""
-    path, t = registry_for(ref)
+def check_not_blocked(ref, found: tuple | None = None) -> None:
+    """RegistryError when registries.conf blocks the registry of `ref` (`found`: registry_for's answer)."""
+    path, t = found or registry_for(ref)
     if t is not None and t.get("blocked"):
         raise RegistryError(f"registry {t.get('prefix') or t['location']} is blocked in {path}: {ref} is refused",
                             code="BLOCKED")
@@ -126,8 +126,8 @@ def check_not_blocked(ref) -> None:
 
 def endpoints(ref) -> list[Endpoint]:
     """Where to pull `ref` from, in order (see the module docstring); RegistryError when blocked."""
-    check_not_blocked(ref)
-    path, t = registry_for(ref)
+    path, t = found = registry_for(ref)
+    check_not_blocked(ref, found)
     if t is None:
         legacy = (settings.registries_config().get("mirrors") or {}).get(ref.domain) or []
         return [Endpoint(ref, False, True, url=m) for m in legacy] + [Endpoint(ref)]
