@@ -389,23 +389,28 @@ def test_a_signal_while_cgroups_are_made_or_removed_leaves_none(it, store, metho
         cgroups.destroy_paths(state["cgroups"])
 
 
-def test_tty_interactive_shell(it):
+def _in_a_terminal(it, *args, rows_cols=None, at_prompt=None) -> tuple[int, bytes]:
+    """Run `imagetool ARGS` on a new pty (window `rows_cols`); type `at_prompt[1]` once
+    `at_prompt[0]` appears, as a person would. (exit code, everything the terminal showed)."""
+    import fcntl
     import pty
     import select
+    import struct
+    import termios
 
     master, slave = pty.openpty()
-    p = subprocess.Popen(it.argv("run", "--rm", "-it", "busybox", "sh"), stdin=slave, stdout=slave,
-                         stderr=slave, env=it.env, start_new_session=True)
+    if rows_cols:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_cols, 0, 0))
+    p = subprocess.Popen(it.argv(*args), stdin=slave, stdout=slave, stderr=slave, env=it.env,
+                         start_new_session=True)
     os.close(slave)
     out = b""
-    sent = False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not sent and b"# " in out:  # type at the prompt, as a person would (Enter is \r in raw mode)
-            os.write(master, b"echo h''i; exit 3\r")
-            sent = True
-        r, _, _ = select.select([master], [], [], 1)
-        if r:
+        if at_prompt and at_prompt[0] in out:
+            os.write(master, at_prompt[1])
+            at_prompt = None
+        if select.select([master], [], [], 1)[0]:
             try:
                 chunk = os.read(master, 4096)
             except OSError:
@@ -417,7 +422,13 @@ def test_tty_interactive_shell(it):
             break
     p.wait(timeout=30)
     os.close(master)
-    assert p.returncode == 3, out
+    return p.returncode, out
+
+
+def test_tty_interactive_shell(it):
+    # (Enter is \r in raw mode)
+    code, out = _in_a_terminal(it, "run", "--rm", "-it", "busybox", "sh", at_prompt=(b"# ", b"echo h''i; exit 3\r"))
+    assert code == 3, out
     assert b"\nhi" in out.replace(b"\r", b"")
 
 
@@ -433,6 +444,13 @@ def test_tty_is_a_pty_of_the_containers_own_devpts(it):
     r = it("run", "--rm", "-t", "busybox", "sh", "-c", "tty; ls /dev/pts")
     assert r.returncode == 0, r.stderr
     assert r.stdout.replace("\r", "").split() == ["/dev/pts/0", "0", "ptmx"]
+
+
+def test_tty_window_size_follows_imagetools_terminal(it):
+    """The pty has imagetool's window size before the command runs (its first `stty size`)."""
+    code, out = _in_a_terminal(it, "run", "--rm", "-it", "busybox", "sh", "-c", "stty size; tty", rows_cols=(33, 111))
+    assert code == 0, out
+    assert out.replace(b"\r", b"").split(b"\n")[:2] == [b"33 111", b"/dev/pts/0"]
 
 
 def test_sys_fs_cgroup_shows_the_containers_own_cgroup_read_only(it):

@@ -76,6 +76,16 @@ def receive_master(sock_fd: int) -> int:
     return fds[0]
 
 
+def copy_size(terminal: int, master: int) -> None:
+    """The window size of imagetool's `terminal` onto the pty (nothing when it is no terminal).
+    Called once before the container starts, then on every SIGWINCH."""
+    try:
+        size = fcntl.ioctl(terminal, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
 def attach(slave: int) -> None:
     """The slave as the session's controlling terminal and fds 0-2 (the caller is a session leader)."""
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
@@ -97,12 +107,7 @@ def relay(master: int, interactive: bool, stdin: int = 0, stdout: int = 1) -> No
     saved = termios.tcgetattr(stdin) if raw else None
 
     def winch(signum=None, frame=None):
-        if is_tty:
-            try:
-                size = fcntl.ioctl(stdin, termios.TIOCGWINSZ, b"\0" * 8)
-                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
-            except OSError:
-                pass
+        copy_size(stdin, master)
 
     old_winch = signal.signal(signal.SIGWINCH, winch)
     winch()

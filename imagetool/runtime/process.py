@@ -101,6 +101,8 @@ class Reservation:
             _send_config(self._fds["config"], json.dumps(config).encode())
             supervise.receive_until(reader, "created", self.narrator)
             master = console.receive_master(self._fds["console"]) if self.io.tty else None
+            if master is not None:
+                console.copy_size(0, master)   # before the command runs: its first `stty size` is right
         except BaseException:
             self._forget_reader()
             supervise.kill_and_reap(self.pid)
