@@ -30,13 +30,17 @@ def store(tmp_path):
     before.assert_unchanged()
 
 
-def _layer_names(store_root, manifest_digest: str) -> dict:
+def _layer_tar(store_root, manifest_digest: str) -> bytes:
+    """The uncompressed tar of the image's last layer."""
     from store import Digest, Store
 
     st = Store.open(store_root)
     manifest = json.loads(st.read(Digest.parse(manifest_digest)))
-    blob = st.read(Digest.parse(manifest["layers"][-1]["digest"]), limit=1 << 30)
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tf:
+    return gzip.decompress(st.read(Digest.parse(manifest["layers"][-1]["digest"]), limit=1 << 30))
+
+
+def _layer_names(store_root, manifest_digest: str) -> dict:
+    with tarfile.open(fileobj=io.BytesIO(_layer_tar(store_root, manifest_digest))) as tf:
         return {m.name: m for m in tf.getmembers()}
 
 
@@ -83,3 +87,25 @@ def test_an_invalid_change_is_one_clear_error(change):
 
     with pytest.raises(ImagetoolError, match="invalid --change"):
         apply_change({}, change)
+
+
+def test_commit_stores_links_as_links_never_the_files_they_point_at(store, tmp_path):
+    """A container's upper dir is hostile: a symlink to a host path (or out through ..) is archived
+    as a symlink; commit never opens what it points at."""
+    from store import Store
+
+    from imagetool.commit import commit
+
+    it = Imagetool(store)
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only\n")
+    r = it("run", "--name", "linker", "busybox", "sh", "-c",
+           f"ln -s {secret} /abs; ln -s ../../../../../../{secret} /rel; mkdir /d; ln -s / /d/root")
+    assert r.returncode == 0, r.stderr
+    res = commit(Store.open(store), "linker", "linked:v1")
+    names = _layer_names(store, res.digest)
+    assert names["abs"].issym() and names["abs"].linkname == str(secret)
+    assert names["rel"].issym() and names["d/root"].issym() and names["d/root"].linkname == "/"
+    assert all(m.size == 0 for m in names.values() if not m.isfile())
+    assert b"host only" not in _layer_tar(store, res.digest)
+    it("rm", "linker")
