@@ -74,7 +74,8 @@ def test_losing_the_rename_race_discards_the_temp_dir(store_dir):
     (winner,) = ensure_snapshots(st, img)
     before = tree_digest(winner)
     desc, diff_id = img.manifest.layers[0], img.config.diff_ids[0]
-    _create(st, desc, diff_id, winner, (), Limits(), "layer 1")     # what the loser runs
+    with st.open(desc.digest) as raw:                                # what the loser runs
+        _create(raw, desc, diff_id, winner, (), Limits(), "layer 1")
     assert tree_digest(winner) == before
     assert [p.name for p in st.snapshots_dir.iterdir()] == [winner.name]
 

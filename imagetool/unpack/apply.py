@@ -13,6 +13,8 @@ Contract:
   devices 0/0 and opaque dirs get `trusted.overlay.opaque=y` (needs root). A hardlink to a file
   of a lower layer copies the file up from `lowers` (top first) into this snapshot first, as
   overlayfs itself would; such a snapshot depends on its lower layers (documented limitation).
+  `lowers_ready` (overlay): called before the lower layers are first looked at, it waits until
+  they are all complete (layers unpacked concurrently, see snapshots.build_snapshots).
   Parent directories missing from the tar are created 0755 root-owned (in overlay mode their
   attributes then win over the lower layer's in the merged view).
 - Metadata: uid/gid (root only, lchown), then mode including setuid/setgid/sticky, xattrs from
@@ -69,7 +71,8 @@ class Applier:
     """Applies layers onto `root_dir` (one Applier per snapshot, or one for all layers of a flatten)."""
 
     def __init__(self, root_dir, mode: str = "plain", lowers: tuple = (), limits: Limits | None = None,
-                 privileged: bool | None = None, warn: Callable[[str], None] = _warn):
+                 privileged: bool | None = None, warn: Callable[[str], None] = _warn,
+                 lowers_ready: Callable[[], None] | None = None):
         if mode not in ("plain", "overlay"):
             raise ValueError(mode)
         self.mode = mode
@@ -80,7 +83,7 @@ class Applier:
                               hint="use `imagetool unpack` for a flattened copy")
         self.root = Root(root_dir)
         self.lowers = tuple(lowers)
-        self.lowerview = LowerView(self.lowers) if self.overlay else None
+        self.lowerview = LowerView(self.lowers, lowers_ready) if self.overlay else None
         self.limits = limits or Limits()
         self.warn = warn
         self.stats = ApplyStats()

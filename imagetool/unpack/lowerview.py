@@ -5,6 +5,10 @@ rootfs: a symlink or directory that exists only in a lower layer is followed or 
 (directory attributes kept), and whiteouts and opaque directories (unpack.whiteouts, overlay form)
 hide what is below.
 Every lookup goes through safepath.Root with canonical (symlink-free) paths only.
+
+`ready`, when given, is called (once) before the first lookup and returns when every lower
+snapshot is complete (or raises): a layer unpacked concurrently with its lower layers waits for
+them only if one of its entries actually needs the merged view (snapshots.build_snapshots).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from imagetool.unpack import whiteouts
 
 
 class LowerView:
-    def __init__(self, paths):
+    def __init__(self, paths, ready=None):
         self.paths = [os.fspath(p) for p in paths]
+        self._ready = ready
         self._roots: list[Root | None] = [None] * len(self.paths)
         self._opaque: dict[tuple[int, str], bool] = {}
 
@@ -45,6 +50,9 @@ class LowerView:
         """(root, parent fd, name, lstat) of the topmost visible entry at `canon`, or None."""
         if not self.paths or not canon:
             return None
+        if self._ready is not None:
+            self._ready()          # raises when a lower snapshot failed: nothing is looked up
+            self._ready = None
         comps = canon.split("/")
         for i in range(len(self.paths)):
             root = self._root(i)

@@ -37,6 +37,7 @@ from imagetool.errors import UnpackError
 from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
+WORKERS = 2   # layers unpacked at once (Python unpacking is mostly one core; the helper thread is the other)
 
 
 def _layer_pairs(image) -> list:
@@ -47,30 +48,111 @@ def _layer_pairs(image) -> list:
     return list(zip(layers, diff_ids))
 
 
-def ensure_snapshots(store, image, limits: Limits | None = None) -> list[Path]:
-    """The snapshot directories of `image`'s layers, base first, creating those that are missing."""
-    limits = limits or Limits.from_env()
-    paths: list[Path] = []
+def ensure_snapshots(store, image, limits: Limits | None = None, workers: int = WORKERS) -> list[Path]:
+    """The snapshot directories of `image`'s layers, base first, creating those that are missing
+    from the stored blobs (`workers` layers at a time, see build_snapshots)."""
+
+    def from_store(i: int, desc):
+        return store.open(desc.digest)
+
     with store.lock_shared():
-        for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
-            final = store.snapshot_path(diff_id)
-            if not final.is_dir():
-                _create(store, desc, diff_id, final, tuple(reversed(paths)), limits,
-                        f"layer {i + 1} ({desc.digest})")
-            paths.append(final)
-    return paths
+        return build_snapshots(store, _layer_pairs(image), from_store, limits, workers)
 
 
-def _create(store, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str) -> None:
+def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None, workers: int = WORKERS,
+                    on_done=None) -> list[Path]:
+    """Make the missing snapshots of `pairs` [(layer descriptor, diff_id)], base first; returns
+    every layer's snapshot directory, base first. The caller holds `store.lock_shared()`.
+
+    `open_layer(i, desc)` returns the layer's blob as a context-managed stream whose `read(n)`
+    returns b"" only once the blob is complete and its digest verified (a stored blob; or
+    fetch.BlobTap's reader of a blob still downloading, which blocks while the download is
+    behind). A snapshot is renamed to its diff_id only after the stream's end AND the diff_id
+    check: a corrupt or cut download leaves no usable snapshot.
+
+    Concurrency, exact: up to `workers` layers are unpacked at once, taken base first. A layer
+    waits for its lower snapshots only when one of its entries needs the merged lower view (a
+    parent directory it does not carry, a hardlink to a lower file, a whiteout or opaque marker
+    over lower content: the only places apply.py consults unpack/lowerview.py). So every snapshot
+    is byte for byte what the one-at-a-time build makes, and the limit in the module docstring
+    (a snapshot keyed by diff_id is built over the lower layers of the first image that made it)
+    is no worse. Deadlock-free: the lowest unfinished layer never waits on another.
+    The first failure is raised (a later layer's "a lower layer failed" never hides it); the
+    failed layer's temp dir is removed; snapshots already committed stay (they are complete).
+    `on_done(i)`, when given, is called as layer i's snapshot is committed."""
+    import threading
+
+    limits = limits or Limits.from_env()
+    finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
+    done = [threading.Event() for _ in pairs]
+    failed: list = [None] * len(pairs)
+
+    def lowers_ready(i: int):
+        def ready() -> None:
+            for j in range(i):
+                done[j].wait()
+                if failed[j] is not None:
+                    raise LowerFailed(f"layer {i + 1}: lower layer {j + 1} failed")
+        return ready
+
+    def one(i: int) -> None:
+        desc, diff_id = pairs[i]
+        try:
+            if not finals[i].is_dir():
+                with open_layer(i, desc) as raw:
+                    _create(raw, desc, diff_id, finals[i], tuple(reversed(finals[:i])), limits,
+                            f"layer {i + 1} ({desc.digest})", lowers_ready(i))
+            if on_done is not None:
+                on_done(i)
+        except BaseException as e:
+            failed[i] = e
+            raise
+        finally:
+            done[i].set()
+
+    todo = list(range(len(pairs)))
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            one(i)
+        return finals
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="imagetool-unpack") as pool:
+        futures = [pool.submit(one, i) for i in todo]
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, LowerFailed)), errors[0])
+    return finals
+
+
+class LowerFailed(UnpackError):
+    """A layer needed the lower view, and a lower snapshot failed (that failure is the one raised)."""
+
+
+def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str, lowers_ready=None) -> None:
     from imagetool.unpack.apply import Applier  # lazy: `run` of an unpacked image never applies a layer
+    from imagetool.unpack.layers import LayerStream
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
     try:
         os.chmod(tmp, 0o755)
-        applier = Applier(tmp, "overlay", lowers=lowers, limits=limits)
+        applier = Applier(tmp, "overlay", lowers=lowers, limits=limits, lowers_ready=lowers_ready)
         try:
-            applier.apply_blob(store, desc, diff_id, name)
+            stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
+            try:
+                applier.apply(stream, name)
+                stream.finish()          # the diff_id of everything that streamed through
+                if raw.read(1):          # the blob's end: verified (contract of open_layer)
+                    raise UnpackError(f"{name}: bytes after the end of the compressed layer")
+            except BaseException:
+                abort = getattr(raw, "abort", None)   # a reader waiting for a download: stop it,
+                if abort is not None:                 # so close() below need not wait for bytes
+                    abort()
+                raise
+            finally:
+                stream.close()
             applier.finish()
         finally:
             applier.close()
