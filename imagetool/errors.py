@@ -12,6 +12,7 @@
     ├── UnpackError                 a layer that cannot be applied
     │   └── UnsafeLayer             a layer that tries to escape the root
     ├── ArchiveError                a tarball or layout that cannot be loaded/saved
+    ├── NetworkError                a network config, a CNI plugin or a published port refused
     └── ContainerError              the runtime failed (exit 125)
         ├── CommandNotExecutable    exit 126
         └── CommandNotFound         exit 127
@@ -81,6 +82,10 @@ class UnsafeLayer(UnpackError):
 
 
 class ArchiveError(ImagetoolError):
+    pass
+
+
+class NetworkError(ImagetoolError):
     pass
 
 

@@ -15,6 +15,7 @@ from imagetool.users import lookup as lookup_user
 
 OCI_VERSION = "1.0.2"
 USER_ANNOTATION = "org.imagetool.user"  # the user as given, when it names a user by name
+EXPOSED_ANNOTATION = "org.imagetool.exposed-ports"  # with -P: the image's ExposedPorts ("80/tcp,53/udp")
 DEFAULT_PIDS_LIMIT = 2048  # podman's; --pids-limit -1 (or 0) for none
 
 
@@ -116,13 +117,17 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
         mounts.append(S.parse_volume(v).to_mount() if isinstance(v, str) else v.to_mount())
 
     network = _opt(opts, "network", "private") or "private"
-    if network not in ("private", "none", "host", "bridge", "default"):
-        raise ImagetoolError(f"unsupported network {network!r}", hint="use none or host (default: private loopback)")
+    if network.startswith("container:"):
+        raise ImagetoolError(f"unsupported network {network!r}",
+                             hint="use private (loopback only), none, host, bridge or a user network")
     namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]
     if network != "host":
+        # a bridge or user network: imagetool.network.attach prepares the namespace and names its path here
         namespaces.insert(1, {"type": "network"})
-    if network != "none" and network != "host":
+    if network == "private":
         annotations["org.imagetool.network"] = "loopback"
+    if _opt(opts, "publish_all", False) and getattr(config, "exposed_ports", None):
+        annotations[EXPOSED_ANNOTATION] = ",".join(config.exposed_ports)   # -P: network.attach publishes them
 
     resources: dict = {"devices": S.device_rules()}
     memory = _opt(opts, "memory")

@@ -12,7 +12,8 @@ Before the spec exists (while imagetool still looks up the image):
                              host's own stdout/stderr never stay in the container
    3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
 Then, with the spec (read from the config pipe):
-   4. unshare_namespaces     mount, uts, ipc, cgroup, network, one by one (pid: imagetool, before the fork)
+   4. unshare_namespaces     mount, uts, ipc, cgroup, network, one by one (pid: imagetool, before the fork);
+                             a namespace the spec names by path is joined (setns) instead
    5. make_private           nothing propagates back to the host
    6. mount_rootfs           the overlay (or the bind of a flat copy)
    7. mount_each             the spec's mounts in order, by fd inside the root: /proc, /dev
@@ -185,13 +186,32 @@ def unshare_namespaces(init: Init) -> None:
     """One unshare(2) per namespace, each its own reported step (the pid namespace: imagetool
     unshared it before forking this init; the cgroup one comes after join_cgroup, so the
     container's groups are its root)."""
-    types = _ns_types(init)
+    paths = {n["type"]: n.get("path") for n in init.spec.get("linux", {}).get("namespaces", [])}
     for t, bit in _NS_FLAGS:
-        if t in types:
+        if t in paths:
             started = time.perf_counter()
+            if paths[t]:
+                join_namespace(t, bit, paths[t])
+                init.narrator.report(f"setns {t}", f"nsenter --{'net' if t == 'network' else t}={shell.q(paths[t])}", started)
+                continue
             sc.unshare(bit)
             init.narrator.report(f"unshare {t}", shell.unshare([t], fork=False), started)
     return None
+
+
+def join_namespace(kind: str, bit: int, path: str) -> None:
+    """setns(2) into the namespace file the spec names (linux.namespaces[].path), as runc does:
+    the network namespace imagetool prepared and its CNI plugins configured."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ContainerError(f"cannot open the {kind} namespace {path}: {e.strerror}") from None
+    try:
+        sc.setns(fd, bit)
+    except OSError as e:
+        raise ContainerError(f"cannot join the {kind} namespace {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def make_private(init: Init) -> str:

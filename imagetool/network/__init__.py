@@ -1,0 +1,39 @@
+"""Container networks on the CNI reference plugins (issue 12).
+
+    cni.py       the CNI protocol: run a plugin chain (ADD/CHECK/DEL), results cached for DEL
+    netns.py     a network namespace bind-mounted on a file (made, joined by path, removed)
+    networks.py  the network configs: the default `imagetool` bridge, create/ls/inspect/rm
+    ports.py     -p/--publish parsing, free and busy host ports
+    hosts.py     the container's /etc/hosts, /etc/resolv.conf and /etc/hostname
+    attach.py    the one glue containers.run calls: setup before create, teardown on every exit
+
+`private` (loopback only), `none` and `host` need none of this: setup() below returns at once
+for them, and teardown() costs one stat when a container had no CNI network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CNI_FREE = ("private", "none", "host")
+_EXTRAS = ("publish", "publish_all", "ip", "network_aliases", "dns", "dns_search", "add_hosts")
+
+
+def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
+    """containers.run's hook before create: attach.setup when the options need a network or
+    /etc files; nothing is imported or done for a plain private/none/host run."""
+    if (getattr(opts, "network", None) or "private") in _CNI_FREE and not any(getattr(opts, n, None) for n in _EXTRAS):
+        return
+    from imagetool.network import attach
+
+    attach.setup(store, cdir, cid, opts, spec, narrator)
+
+
+def teardown(cdir: Path, strict: bool = False) -> None:
+    """containers' hook on every way out (run's finally, rm, reconcile): attach.teardown when
+    the container has a cached attachment; one stat otherwise."""
+    if not (Path(cdir) / "network.json").exists():
+        return
+    from imagetool.network import attach
+
+    attach.teardown(cdir, strict)

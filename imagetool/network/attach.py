@@ -1,0 +1,172 @@
+"""The glue containers.run calls: a container's networks set up before create, torn down after.
+
+setup(): for a CNI network (`--network bridge` or a user network) the published ports are
+checked first, then the cache `network.json` is written, the namespace file `netns` made, the
+loopback and the network's plugin chains run (ADD), the namespace's path put in the spec, and
+/etc/hosts, /etc/resolv.conf and /etc/hostname bound in. For `private`, `none` and `host` it
+only writes the /etc files when --add-host, --dns or --dns-search ask for them.
+
+teardown(): DEL of every cached attachment in reverse, then the namespace file unmounted and
+removed. It reads only the cache, so it serves `rm`, `--rm`, a failed start and the next
+`ps`/`rm`/`prune` after imagetool was killed; whoever renames the cache first does the work, so
+two callers never both run DEL. A failed DEL puts the cache back for the next caller to retry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from imagetool.errors import NetworkError
+from imagetool.network import cni, hosts, netns, networks, ports
+
+CACHE = "network.json"
+NETNS = "netns"
+LOOPBACK = {"cniVersion": cni.CNI_VERSION, "name": "lo", "plugins": [{"type": "loopback"}]}
+
+
+def _opt(opts, name, default=()):
+    return getattr(opts, name, None) or default
+
+
+def _save(cdir: Path, doc: dict) -> None:
+    tmp = cdir / f".{CACHE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, cdir / CACHE)
+
+
+def _static_ip(text: str | None, net: networks.Network) -> dict:
+    if not text:
+        return {}
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise NetworkError(f"invalid --ip {text!r}") from None
+    subnet = ipaddress.ip_network(net.subnet)
+    if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address) or str(ip) == net.gateway:
+        raise NetworkError(f"--ip {ip} is not a free host address of network {net.name} ({net.subnet})")
+    return {"ips": [f"{ip}/{subnet.prefixlen}"]}
+
+
+def container_ips(result: dict | None) -> list[str]:
+    """The container's addresses from a CNI result (without their prefix length)."""
+    return [ip["address"].split("/")[0] for ip in (result or {}).get("ips", []) if "address" in ip]
+
+
+def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
+    """Attach the container to its network and make the spec use it (see the module docstring)."""
+    mode = getattr(opts, "network", None) or "private"
+    hostname = spec.get("hostname") or cid[:12]
+    names = [n for n in [getattr(opts, "name", None), cid[:12]] + list(_opt(opts, "network_aliases")) if n]
+    if not networks.is_cni(mode):
+        if _opt(opts, "publish") or getattr(opts, "publish_all", False):
+            raise NetworkError(f"-p/-P need a bridge network, not --network {mode}",
+                               hint="use --network bridge (or a user network) to publish ports")
+        if _opt(opts, "network_aliases") or getattr(opts, "ip", None):
+            raise NetworkError(f"--ip and --network-alias need a bridge network, not --network {mode}")
+        if mode != "host" and (_opt(opts, "add_hosts") or _opt(opts, "dns") or _opt(opts, "dns_search")):
+            spec["mounts"] += hosts.write(cdir, hostname, names, [], _opt(opts, "add_hosts"), _opt(opts, "dns"),
+                                          _opt(opts, "dns_search"))
+        return
+    started = time.perf_counter()
+    net = networks.get(store, mode)
+    cni.require(p["type"] for p in LOOPBACK["plugins"] + net.conflist["plugins"])
+    runtime_config = _static_ip(getattr(opts, "ip", None), net)
+    wanted = ports.parse_all(_opt(opts, "publish"))
+    if getattr(opts, "publish_all", False):   # -P: every EXPOSEd port (specgen put them in an annotation)
+        from imagetool.specgen import EXPOSED_ANNOTATION
+
+        exposed = spec.get("annotations", {}).pop(EXPOSED_ANNOTATION, "")
+        wanted += ports.parse_all(p for p in exposed.split(",") if p)
+    mappings = ports.allocate(wanted)
+    if mappings:
+        runtime_config["portMappings"] = [m.to_cni() for m in mappings]
+    path = str(cdir / NETNS)
+    doc = {"netns": path, "network": net.name, "ports": [m.to_cni() for m in mappings], "attachments": []}
+    _save(cdir, doc)
+    trace = None
+    if narrator is not None:
+        def trace(line, _t=[time.perf_counter()]):
+            narrator.report("cni", line, _t[0])
+            _t[0] = time.perf_counter()
+    try:
+        netns.create(path)
+        if narrator is not None:
+            narrator.report("network namespace", f"touch {path} && unshare --net={path} true", started)
+        for conflist, ifname, rc in ((LOOPBACK, "lo", {}), (net.conflist, "eth0", runtime_config)):
+            att = cni.Attachment(cid, path, ifname, conflist, rc)
+            doc["attachments"].append(att.to_json())
+
+            def save(a, _i=len(doc["attachments"]) - 1):
+                doc["attachments"][_i] = a.to_json()
+                _save(cdir, doc)
+
+            att = cni.add(att, save, trace)
+    except BaseException:
+        teardown(cdir)
+        raise
+    ips = container_ips(att.result)
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = path
+    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+    spec["mounts"] += hosts.write(cdir, hostname, names, ips, _opt(opts, "add_hosts"), _opt(opts, "dns"),
+                                  _opt(opts, "dns_search"))
+
+
+def read(cdir: Path) -> dict | None:
+    """The cached attachments of a container (None when it has no CNI network now)."""
+    try:
+        return json.loads((Path(cdir) / CACHE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def port_lines(cdir: Path) -> list[str]:
+    """`port CONTAINER`: one `80/tcp -> 127.0.0.1:18080` line per published port (none when the
+    container is not attached now)."""
+    doc = read(cdir) or {}
+    return [str(ports.PortMapping(p["containerPort"], p["hostPort"], p["protocol"], p.get("hostIP", "")))
+            for p in doc.get("ports", [])]
+
+
+def teardown(cdir: Path, strict: bool = False) -> None:
+    """DEL every cached attachment, remove the namespace file (see the module docstring).
+    A failure is a warning on stderr, or a NetworkError with `strict` (rm)."""
+    cdir = Path(cdir)
+    cache = cdir / CACHE
+    claimed = cdir / f".{CACHE}.del.{os.getpid()}"
+    try:
+        os.rename(cache, claimed)
+    except FileNotFoundError:
+        return
+    try:
+        doc = json.loads(claimed.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    first = None
+    path = doc.get("netns") or str(cdir / NETNS)
+    gone = not netns.is_mounted(path)   # the namespace is gone already: DEL releases leases and rules only
+    for a in reversed(doc.get("attachments") or []):
+        try:
+            att = cni.Attachment.from_json(a)
+            if gone:
+                att = cni.Attachment(att.container_id, "", att.ifname, att.conflist, att.runtime_config, att.result)
+            cni.delete(att)
+        except (NetworkError, KeyError, TypeError) as e:
+            first = first or e
+    try:
+        netns.remove(path)
+    except NetworkError as e:
+        first = first or e
+    if first is None:
+        claimed.unlink()
+        return
+    os.replace(claimed, cache)
+    if strict:
+        raise NetworkError(f"network teardown failed: {first}")
+    sys.stderr.write(f"imagetool: warning: network teardown failed (retried by rm/prune): {first}\n")

@@ -1,0 +1,119 @@
+"""`-p/--publish [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]` (ranges too) and host port checks.
+
+A mapping with no host port gets a free one from the kernel (bound once to port 0, then
+released); a host port that is already in use is refused before any container starts. The
+mappings go to the portmap plugin as its `portMappings` runtime config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+
+from imagetool.errors import NetworkError
+
+_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>\d*(?:-\d+)?):)?"
+                   r"(?P<cont>\d+(?:-\d+)?)(?:/(?P<proto>[a-z]+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class PortMapping:
+    """One published port: host_port 0 until a free one is chosen."""
+
+    container_port: int
+    host_port: int = 0
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    def to_cni(self) -> dict:
+        out = {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol}
+        if self.host_ip:
+            out["hostIP"] = self.host_ip
+        return out
+
+    def __str__(self) -> str:
+        ip = f"[{self.host_ip}]" if ":" in self.host_ip else (self.host_ip or "0.0.0.0")
+        return f"{self.container_port}/{self.protocol} -> {ip}:{self.host_port}"
+
+
+def _range(text: str, what: str, spec: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    a, b = int(lo), int(hi or lo)
+    if not (1 <= a <= b <= 65535):
+        raise NetworkError(f"invalid {what} {text!r} in -p {spec}: ports are 1-65535")
+    return list(range(a, b + 1))
+
+
+def parse(spec: str) -> list[PortMapping]:
+    """One -p value as its mappings (a range gives one per port)."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise NetworkError(f"invalid -p {spec!r}", hint="use [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]")
+    proto = m.group("proto") or "tcp"
+    if proto not in ("tcp", "udp", "sctp"):
+        raise NetworkError(f"invalid protocol {proto!r} in -p {spec} (tcp, udp or sctp)")
+    ip = (m.group("ip") or "").strip("[]")
+    if ip:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise NetworkError(f"invalid host IP {ip!r} in -p {spec}") from None
+    conts = _range(m.group("cont"), "container port", spec)
+    hosts = _range(m.group("host"), "host port", spec) if m.group("host") else [0] * len(conts)
+    if len(hosts) != len(conts):
+        if len(conts) == 1:
+            # docker: -p 8000-8010:80 picks one host port of the range; imagetool takes the first free
+            return [PortMapping(conts[0], _first_free(hosts, proto, ip, spec), proto, ip)]
+        raise NetworkError(f"-p {spec}: the host and container port ranges differ in length")
+    return [PortMapping(c, h, proto, ip) for c, h in zip(conts, hosts)]
+
+
+def parse_all(specs) -> list[PortMapping]:
+    out: list[PortMapping] = []
+    for s in specs or ():
+        out += parse(s)
+    return out
+
+
+def _sock(proto: str, ip: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    return socket.socket(family, kind)
+
+
+def _try_bind(proto: str, ip: str, port: int) -> int | None:
+    """The port bound on (ip, port) then released, or None when it is in use."""
+    if proto == "sctp":
+        return port
+    s = _sock(proto, ip)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ip or ("::" if s.family == socket.AF_INET6 else "0.0.0.0"), port))
+        return s.getsockname()[1]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def _first_free(ports, proto, ip, spec) -> int:
+    for p in ports:
+        if _try_bind(proto, ip, p):
+            return p
+    raise NetworkError(f"-p {spec}: every host port of the range is in use")
+
+
+def allocate(mappings) -> list[PortMapping]:
+    """The mappings with a free host port chosen for each 0; a busy host port is refused."""
+    out, seen = [], set()
+    for m in mappings:
+        port = _try_bind(m.protocol, m.host_ip, m.host_port)
+        key = (m.protocol, m.host_ip, port)
+        if port is None or (m.host_port and key in seen):
+            raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use",
+                               hint="choose another host port, or -p CONTAINERPORT for a free one")
+        seen.add(key)
+        out.append(PortMapping(m.container_port, port, m.protocol, m.host_ip))
+    return out
