@@ -276,6 +276,43 @@ def rm(store, containers: list, force: bool) -> None:
         print(svc.remove(store(), c, force=force))
 
 
+# ---------------------------------------------------------------- networks
+
+
+def port(store, container: str) -> None:
+    from imagetool import containers
+    from imagetool.network import attach
+
+    for line in attach.port_lines(containers.find(store(), container)[0]):
+        print(line)
+
+
+def network(store, action: str, names: list, subnet: str | None, gateway: str | None, fmt: str) -> None:
+    from imagetool.network import networks as service
+
+    if fmt not in ("table", "json"):
+        raise _usage(f"unknown format {fmt!r} (use table or json)")
+    if action not in ("create", "ls", "inspect", "rm"):
+        raise _usage(f"unknown network command {action!r} (create, ls, inspect or rm)")
+    st = store()
+    if action == "create":
+        if len(names) != 1:
+            raise _usage("network create takes one NAME")
+        return print(service.create(st, names[0], subnet, gateway).name)
+    if action == "ls":
+        rows = service.list_networks(st)
+        if fmt == "json":
+            return _print_json([n.to_dict() for n in rows])
+        return _print_table([("NAME", "DRIVER", "SUBNET", "GATEWAY")] +
+                            [(n.name, "bridge", n.subnet, n.gateway) for n in rows])
+    if not names:
+        raise _usage(f"network {action} takes NAME...")
+    if action == "inspect":
+        return _print_json([service.inspect(st, n) for n in names])
+    for n in names:
+        print(service.remove(st, n))
+
+
 # ---------------------------------------------------------------- archives
 
 
@@ -319,5 +356,5 @@ def export(store, target: str, output: str | None) -> None:
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
           "rm": rm, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
-          "export": export}
+          "export": export, "port": port, "network": network}
 """Command name → body; options.COMMANDS declares each one's keywords."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagetool import network
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
 
 _T0 = time.perf_counter()
@@ -47,6 +48,14 @@ class RunOptions:
     cpus: float | None = None
     pids_limit: int | None = None
     network: str = "private"
+    # networking (issue 12; imagetool.network)
+    publish: list = field(default_factory=list)        # -p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]
+    publish_all: bool = False                          # -P
+    ip: str | None = None                              # --ip on a bridge/user network
+    network_aliases: list = field(default_factory=list)
+    dns: list = field(default_factory=list)
+    dns_search: list = field(default_factory=list)
+    add_hosts: list = field(default_factory=list)      # NAME:IP
     interactive: bool = False
     tty: bool = False
     runtime: str | None = None
@@ -283,6 +292,7 @@ def run(store, opts: RunOptions) -> int:
         state.update(image=img.name, image_digest=str(img.digest), command=" ".join(spec["process"]["args"]),
                      snapshots=[str(d) for d in img.config.diff_ids])
         _write_state(cdir, state)
+        network.setup(store, cdir, cid, opts, spec, narrator)   # netns + CNI ADD; torn down below
         keep = True
         rootfs = _prepare_rootfs(store, img, cdir, opts.rootfs_mode, narrator)
         trace.mark("rootfs")
@@ -320,6 +330,7 @@ def run(store, opts: RunOptions) -> int:
             trace.mark("cgroup.destroy")
         finally:
             if cdir is not None:
+                network.teardown(cdir)
                 if opts.rm or not keep:
                     shutil.rmtree(cdir, ignore_errors=True)
                 else:
@@ -402,6 +413,7 @@ def _reconcile(cdir: Path, state: dict) -> dict | None:
     if state.get("status") not in ("created", "running") or _owner_alive(state):
         return state
     _stop(state)
+    network.teardown(cdir)
     if state.get("rm"):
         shutil.rmtree(cdir, ignore_errors=True)
         return None
@@ -456,6 +468,7 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
                 raise ImagetoolError(f"container {id_or_name} is running",
                                      hint="stop it first, or use `imagetool rm -f`")
             _stop(state)
+        network.teardown(cdir, strict=not force)
         shutil.rmtree(cdir, ignore_errors=True)
     return id_or_name
 

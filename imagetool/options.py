@@ -95,7 +95,20 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("--memory-swap", "memory_swap", "Memory plus swap limit (-1: unlimited swap).", metavar="BYTES"),
     option("--cpus", "cpus", "CPU limit in CPUs (1.5 = one and a half).", float, metavar="N"),
     option("--pids-limit", "pids_limit", "Maximum number of processes (-1: unlimited).", int, metavar="N"),
-    option("--network", "network", "none | host | private (loopback only).", default="private", metavar="MODE"),
+    option("--network", "network", "private (loopback only, the default) | none | host | bridge (the default "
+           "network `imagetool`) | a network made with `network create`.", default="private", metavar="NETWORK"),
+    option("-p --publish", "publish", "Publish a container's port on the host: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp] "
+           "(a free host port when HOSTPORT is left out).", multiple=True, metavar="PORT"),
+    option("-P --publish-all", "publish_all", "Publish every port the image EXPOSEs on a free host port.", bool),
+    option("--ip", "ip", "The container's IPv4 address on its bridge or user network.", metavar="IP"),
+    option("--network-alias", "network_aliases", "Another name of the container in its /etc/hosts.",
+           multiple=True, metavar="NAME"),
+    option("--dns", "dns", "A nameserver for the container's /etc/resolv.conf (replaces the host's).",
+           multiple=True, metavar="IP"),
+    option("--dns-search", "dns_search", "A search domain for /etc/resolv.conf ('.' for none).", multiple=True,
+           metavar="DOMAIN"),
+    option("--add-host", "add_hosts", "Add NAME:IP to the container's /etc/hosts.", multiple=True,
+           metavar="NAME:IP"),
     option("-i --interactive", "interactive", "Keep stdin open and connected to the container.", bool),
     option("-t --tty", "tty", "Give the container a terminal.", bool),
     option("--runtime", "runtime", "Hand the spec to runc or crun instead of the built-in runtime.",
@@ -188,6 +201,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("rm", "Remove containers.", (
         argument("containers", "CONTAINER...", "Container ids or names.", multiple=True),
         option("-f --force", "force", "Kill a running container first.", bool))),
+    Command("port", "List a container's published ports (CONTAINERPORT/PROTO -> HOSTIP:HOSTPORT).", (
+        argument("container", "CONTAINER", "Container id or name."),)),
+    Command("network", "Manage networks: create [--subnet CIDR] [--gateway IP] NAME | ls | inspect NAME... | rm NAME...", (
+        argument("action", "ACTION", "create, ls, inspect or rm."),
+        argument("names", "[NAME...]", "Network names.", default=None, multiple=True),
+        option("--subnet", "subnet", "create: the network's IPv4 subnet (default: a free /24 of 10.88.0.0/14).",
+               metavar="CIDR"),
+        option("--gateway", "gateway", "create: the bridge's address (default: the subnet's first).", metavar="IP"),
+        FORMAT_TABLE_JSON)),
     Command("load", "Load images from a docker-archive, oci-archive or OCI layout.", (
         option("-i --input", "input_", "Archive or OCI layout directory ('-' = stdin).", metavar="FILE"),)),
     Command("save", "Save images to a tar archive (stdout when -o is absent and stdout is not a terminal).", (
