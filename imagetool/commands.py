@@ -148,13 +148,14 @@ def prune(store) -> None:
 # ---------------------------------------------------------------- registry
 
 
-def pull(store, ref: str, platform: str | None, quiet: bool, max_concurrent: int, insecure: bool) -> None:
+def pull(store, ref: str, platform: str | None, quiet: bool, max_concurrent: int, insecure: bool,
+         no_unpack: bool = False) -> None:
     from imagetool.progress import make_reporter
     from imagetool.pull import pull as svc_pull
 
     with make_reporter(quiet=quiet) as progress:
         result = svc_pull(store(), ref, platform=platform, max_concurrent=max_concurrent, progress=progress,
-                          insecure=insecure)
+                          insecure=insecure, unpack=not no_unpack)
     for line in pull_lines(result, quiet):
         print(line)
 

@@ -151,6 +151,8 @@ COMMANDS: tuple[Command, ...] = (
         option("-q --quiet", "quiet", "Print only the resolved digest.", bool),
         option("--max-concurrent-downloads", "max_concurrent", "Layers downloaded at once.", int, default=3,
                minimum=1, metavar="N"),
+        option("--no-unpack", "no_unpack", "Only store the blobs: do not prepare the layer snapshots `run` uses.",
+               bool),
         INSECURE)),
     Command("push", "Push an image from the store to a registry (its own name's, or DEST).", (
         argument("ref", "IMAGE", "Image in the store: name, digest or ID prefix."),

@@ -1,6 +1,7 @@
 """The pull service: resolve a reference at a registry and bring its image into the store.
 
-Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=None, insecure=False)`:
+Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=None, insecure=False,
+unpack=True)`:
 1. Parse the reference (InvalidReference before any network or store write). registries.conf
    (registry/mirrors.py) may block it (RegistryError) or name mirrors: each is tried in order
    (steps 2-5 against it), then the registry; `PullResult.served_by` names the host that served.
@@ -11,7 +12,14 @@ Contract of `pull(store, ref_string, platform=None, max_concurrent=3, progress=N
    manifest list, select the platform (default: the host's; nested indexes are followed) or
    fail listing the platforms that exist.
 4. Download the config and the layers, `max_concurrent` at a time, each through `fetch.fetch_blob`
-   (verified, resumable, skipped when present).
+   (verified, resumable, skipped when present). With `unpack` (the default, as podman and
+   containerd do; only where snapshots can be used: root and overlayfs) each missing layer
+   snapshot is built WHILE its blob downloads: a fetch.BlobTap tees the bytes written to the
+   ingest to unpack.snapshots.build_snapshots, which commits snapshots/<diff_id> only after the
+   blob's digest and the diff_id both check out, layers unpacked concurrently where exact (see
+   build_snapshots). A download that restarts from byte 0 breaks its tap: that layer is then
+   unpacked from the stored blob. An unpack failure (unsafe or corrupt layer) fails the pull
+   before anything is tagged. An up-to-date image gets its missing snapshots from its blobs.
 5. Only then store the manifest(s) and tag the name. Tagging rule: the name
    ("docker.io/library/busybox:latest", or "…@sha256:<digest>" for a digest reference) points at
    the *platform-specific image manifest* that was pulled (with its index entry's platform); the
@@ -56,7 +64,7 @@ class _Resolved:
 
 
 def pull(store, ref_string: str, platform: str | None = None, max_concurrent: int = 3,
-         progress: Progress | None = None, insecure: bool = False) -> PullResult:
+         progress: Progress | None = None, insecure: bool = False, unpack: bool = True) -> PullResult:
     """Pull `ref_string` into `store` (see the module docstring for the steps and guarantees)."""
     from imagetool.registry.client import RegistryClient
 
@@ -73,7 +81,8 @@ def pull(store, ref_string: str, platform: str | None = None, max_concurrent: in
                 progress.message(f"trying mirror {client.host} for {ref.name}")
             # the shared GC lock from the first blob written until the tag makes them reachable
             with store.lock_shared():
-                result = _pull_from(store, client, ref, want, max(1, max_concurrent), progress)
+                result = _pull_from(store, client, ref, want, max(1, max_concurrent), progress,
+                                    unpack and snapshots_usable())
             return dataclasses.replace(result, served_by=client.host)
         except (TransportError, RegistryError) as e:
             if i == len(endpoints) - 1:
@@ -85,7 +94,16 @@ def pull(store, ref_string: str, platform: str | None = None, max_concurrent: in
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress) -> PullResult:
+def snapshots_usable() -> bool:
+    """Can this process make and use overlay snapshots (root, and the kernel has overlayfs)?"""
+    import os
+
+    from imagetool.unpack.rootfs import overlay_supported
+
+    return os.geteuid() == 0 and overlay_supported()
+
+
+def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress, unpack: bool) -> PullResult:
     name = str(ref)
     previous = _local_ref(store, name)
     if ref.digest:
@@ -97,6 +115,8 @@ def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress
     if top is not None and previous is not None and store.has(top):
         local = _resolve_local(store, top, want)
         if local is not None and local.digest == previous.digest and _complete(store, local):
+            if unpack:
+                _snapshots_from_blobs(store, local)
             _warn_ratelimit(client, progress)
             return PullResult(name, str(top), UP_TO_DATE)
 
@@ -107,7 +127,10 @@ def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress
         _fetch_all(store, client, [manifest.config], 1, progress)
         _check_config_platform(store, manifest, want, ref)
     blobs = walk.blobs_of(manifest)
-    _fetch_all(store, client, blobs, max_concurrent, progress)
+    if unpack and manifest.layers:
+        _fetch_and_unpack(store, client, manifest, blobs, max_concurrent, progress)
+    else:
+        _fetch_all(store, client, blobs, max_concurrent, progress)
     for raw, digest in resolved.documents:  # manifests last: they are what makes the image visible
         store.put(raw, expected=digest)
     store.tag(name, resolved.descriptor)
@@ -209,6 +232,72 @@ def _fetch_all(store, client, descs: list[Descriptor], max_concurrent: int, prog
                 f.cancel()
     for f in futures:
         f.result()
+
+
+def _layer_pairs(store, manifest) -> list:
+    """[(layer descriptor, diff_id)] of a manifest whose config is stored."""
+    config = oci.parse_config(store.read(manifest.config.digest), manifest.config.digest)
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(f"image {manifest.digest}: {len(manifest.layers)} layers but "
+                            f"{len(config.diff_ids)} diff_ids in its config")
+    return list(zip(manifest.layers, config.diff_ids))
+
+
+def _snapshots_from_blobs(store, desc: Descriptor) -> None:
+    """Build the snapshots a stored image lacks (a stat per layer when it has them all)."""
+    manifest = oci.parse_manifest(store.read(desc.digest), desc.digest, desc.media_type)
+    pairs = _layer_pairs(store, manifest)
+    if all(store.snapshot_path(d).is_dir() for _, d in pairs):
+        return
+    from imagetool.unpack.snapshots import build_snapshots
+
+    build_snapshots(store, pairs, lambda i, layer: store.open(layer.digest))
+
+
+def _fetch_and_unpack(store, client, manifest, blobs: list, max_concurrent: int, progress: Progress) -> None:
+    """Download `blobs` (config first) and build the missing snapshots from the bytes as they
+    arrive (see the module docstring, step 4); the first failure cancels the rest and is raised."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagetool.fetch import BlobTap, TapBroken, fetch_blob
+    from imagetool.unpack.snapshots import build_snapshots
+
+    cancel = threading.Event()
+    taps = {d.digest: BlobTap(f"blob {d.digest}") for d in manifest.layers}
+    first_of = {}
+    for i, d in enumerate(manifest.layers):
+        first_of.setdefault(d.digest, i)
+    pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="imagetool-pull")
+    try:
+        futures = {d.digest: pool.submit(fetch_blob, store, client, d, progress, cancel, taps.get(d.digest))
+                   for d in blobs}
+
+        def open_layer(i: int, layer: Descriptor):
+            if first_of[layer.digest] == i:
+                return taps[layer.digest]
+            futures[layer.digest].result()    # a repeated layer: unpacked again from the stored blob
+            return store.open(layer.digest)
+
+        try:
+            futures[manifest.config.digest].result()
+            pairs = _layer_pairs(store, manifest)
+            try:
+                build_snapshots(store, pairs, open_layer)
+            except TapBroken:
+                for f in futures.values():    # a download failed: that is the error to report
+                    f.result()
+                # every blob is stored; a tap broke on a restart: unpack what is left from the blobs
+                build_snapshots(store, pairs, lambda i, layer: store.open(layer.digest))
+            for f in futures.values():
+                f.result()
+        except BaseException:
+            cancel.set()
+            raise
+    finally:
+        for t in taps.values():
+            t.close()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _warn_ratelimit(client, progress: Progress) -> None:

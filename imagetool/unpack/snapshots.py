@@ -77,8 +77,8 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     is byte for byte what the one-at-a-time build makes, and the limit in the module docstring
     (a snapshot keyed by diff_id is built over the lower layers of the first image that made it)
     is no worse. Deadlock-free: the lowest unfinished layer never waits on another.
-    The first failure is raised (a later layer's "a lower layer failed" never hides it); the
-    failed layer's temp dir is removed; snapshots already committed stay (they are complete).
+    The first failure in time is raised; it stops the other layers (their readers are aborted,
+    their temp dirs removed); snapshots already committed stay (they are complete).
     `on_done(i)`, when given, is called as layer i's snapshot is committed."""
     import threading
 
@@ -86,6 +86,9 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
     done = [threading.Event() for _ in pairs]
     failed: list = [None] * len(pairs)
+    first: list = []               # the first failure in time; the others are its consequences
+    lock = threading.Lock()
+    readers: dict = {}             # layer index -> its open stream (aborted after a failure)
 
     def lowers_ready(i: int):
         def ready() -> None:
@@ -98,14 +101,29 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     def one(i: int) -> None:
         desc, diff_id = pairs[i]
         try:
+            if first:
+                raise LowerFailed(f"layer {i + 1}: not unpacked after an earlier failure")
             if not finals[i].is_dir():
                 with open_layer(i, desc) as raw:
-                    _create(raw, desc, diff_id, finals[i], tuple(reversed(finals[:i])), limits,
-                            f"layer {i + 1} ({desc.digest})", lowers_ready(i))
+                    with lock:
+                        readers[i] = raw
+                    try:
+                        _create(raw, desc, diff_id, finals[i], tuple(reversed(finals[:i])), limits,
+                                f"layer {i + 1} ({desc.digest})", lowers_ready(i))
+                    finally:
+                        with lock:
+                            readers.pop(i, None)
             if on_done is not None:
                 on_done(i)
         except BaseException as e:
             failed[i] = e
+            with lock:
+                if not first:
+                    first.append(e)
+                    for r in readers.values():   # the others stop instead of waiting for bytes
+                        abort = getattr(r, "abort", None)
+                        if abort is not None:
+                            abort()
             raise
         finally:
             done[i].set()
@@ -118,11 +136,9 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     from concurrent.futures import ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="imagetool-unpack") as pool:
-        futures = [pool.submit(one, i) for i in todo]
-        wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise next((e for e in errors if not isinstance(e, LowerFailed)), errors[0])
+        wait([pool.submit(one, i) for i in todo])
+    if first:
+        raise first[0]
     return finals
 
 
