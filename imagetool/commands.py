@@ -120,9 +120,14 @@ def images(store, fmt: str) -> None:
 
 
 def inspect(store, ref: str) -> None:
-    from imagetool import images as svc
+    from imagetool import containers, control, images as svc
+    from imagetool.errors import ImagetoolError
 
-    _print_json(svc.inspect(store(), ref))
+    try:   # a container of that id or name first (as docker), else an image
+        containers.find(store(), ref)
+    except ImagetoolError:
+        return _print_json(svc.inspect(store(), ref))
+    _print_json([control.inspect(store(), ref)])
 
 
 def tag(store, src: str, dst: str) -> None:
@@ -253,7 +258,13 @@ def unpack(store, ref: str, dest: str, bundle: bool) -> None:
 def run(store, **values) -> int:
     from imagetool.containers import RunOptions, run as svc_run
 
-    return svc_run(store(), RunOptions(**values))
+    opts = RunOptions(**values)
+    if opts.detach:
+        from imagetool.monitor import detach
+
+        print(detach(store(), opts))
+        return 0
+    return svc_run(store(), opts)
 
 
 def ps(store, all_: bool, fmt: str) -> None:
@@ -264,9 +275,8 @@ def ps(store, all_: bool, fmt: str) -> None:
     rows = svc.list_containers(store(), all_=all_)
     if fmt == "json":
         return _print_json([r.to_dict() for r in rows])
-    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "EXIT CODE")]
-    table += [(r.id[:12], r.name, r.image, _trim(r.command, 30), r.status,
-               "" if r.exit_code is None else str(r.exit_code)) for r in rows]
+    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS")]
+    table += [(r.id[:12], r.name, r.image, _trim(r.command, 30), r.created_ago, r.status_text) for r in rows]
     _print_table(table)
 
 
@@ -275,6 +285,33 @@ def rm(store, containers: list, force: bool) -> None:
 
     for c in containers:
         print(svc.remove(store(), c, force=force))
+
+
+def logs(store, container: str, follow: bool, tail: int | None, timestamps: bool) -> None:
+    from imagetool import control
+
+    control.logs(store(), container, follow=follow, tail=tail, timestamps=timestamps)
+
+
+def stop(store, containers: list, time: int | None) -> None:
+    from imagetool import control
+
+    for c in containers:
+        print(control.stop(store(), c, timeout=time))
+
+
+def kill(store, containers: list, signal: str) -> None:
+    from imagetool import control
+
+    for c in containers:
+        print(control.kill(store(), c, signal))
+
+
+def wait(store, containers: list) -> None:
+    from imagetool import control
+
+    for c in containers:
+        print(control.wait(store(), c), flush=True)
 
 
 # ---------------------------------------------------------------- networks
@@ -356,6 +393,6 @@ def export(store, target: str, output: str | None) -> None:
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
-          "rm": rm, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
+          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
           "export": export, "port": port, "network": network}
 """Command name → body; options.COMMANDS declares each one's keywords."""

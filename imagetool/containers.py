@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagetool import jsonlog
 from imagetool import network
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
 
@@ -75,6 +76,9 @@ class RunOptions:
     ulimits: list = field(default_factory=list)        # NAME=SOFT[:HARD]
     sysctls: list = field(default_factory=list)        # KEY=VALUE (namespaced ones only)
     group_add: list = field(default_factory=list)
+    # long-running containers (issue 11)
+    detach: bool = False                               # run under its own monitor (monitor.py)
+    stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class ContainerInfo:
     status: str
     exit_code: int | None
     created: str
+    status_text: str = ""   # docker's: "Up 3 seconds", "Exited (143) 2 seconds ago"
+    created_ago: str = ""   # "5 minutes ago"
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "image": self.image, "command": self.command,
@@ -137,7 +143,7 @@ def _write_state(cdir: Path, state: dict) -> None:
         pass
 
 
-def _read_state(cdir: Path) -> dict | None:
+def read_state(cdir: Path) -> dict | None:
     try:
         with open(cdir / "state.json") as f:
             doc = json.load(f)
@@ -146,18 +152,20 @@ def _read_state(cdir: Path) -> dict | None:
         return None
 
 
-def _proc_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat), to tell a live owner from PID reuse."""
+def proc_start(pid: int) -> str | None:
+    """The start time of `pid` (field 22 of /proc/PID/stat), to tell a live owner from PID reuse;
+    None when it is gone or a zombie (a dead monitor whose reaper has not reaped it yet)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 
 
 def _owner_alive(state: dict) -> bool:
     pid = state.get("owner_pid")
-    return bool(pid) and _proc_start(pid) == state.get("owner_start")
+    return bool(pid) and proc_start(pid) == state.get("owner_start")
 
 
 class _Lock:
@@ -194,7 +202,7 @@ def _hold_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
 
 
-def _image_for(store, opts: RunOptions, pulling: list | None = None):
+def image_for(store, opts: RunOptions, pulling: list | None = None):
     """The image to run: from the store, else loaded from an archive argument, else pulled
     (then True is appended to `pulling` first)."""
     from imagetool import image as image_mod
@@ -220,15 +228,20 @@ def _image_for(store, opts: RunOptions, pulling: list | None = None):
     return image_mod.load(store, result.name, platform=opts.platform)
 
 
-def _validate_name(name: str) -> None:
+def validate_name(name: str) -> None:
     import re
 
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", name):
         raise ImagetoolError(f"invalid container name {name!r}", hint="use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
-def run(store, opts: RunOptions) -> int:
+def run(store, opts: RunOptions, monitor=None) -> int:
     """Run a container in the foreground; the container's exit code (125/126/127 on failures).
+
+    With `monitor` (monitor.Monitor: this process is a detached run's monitor) the output goes to
+    the json-file log `container.log` instead of fds 1-2, SIGHUP is left ignored and no signal is
+    forwarded, `monitor.ready(id)` is told once the container runs, and the state records
+    started/finished times for ps and inspect.
 
     Calls only the runtime's API (imagetool.runtime): reserve → prepare → create → start →
     wait → delete. The record and the reservation come first, so the built-in runtime's init
@@ -248,16 +261,17 @@ def run(store, opts: RunOptions) -> int:
     if opts.explain or trace.on:   # the trace shows the init's steps too (they come as the narrator's)
         narrator = explain.Narrator(2 if opts.explain else None, t0=_T0,
                                     on_step=trace.step if trace.on else None)
-    old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    caught = (signal.SIGTERM,) if monitor is not None else (signal.SIGTERM, signal.SIGHUP)
+    old_handlers = {s: signal.signal(s, _raise_interrupted) for s in caught}
     cdir = None
     keep = False        # the container's record outlives an error only once its spec exists
     pulling: list = []  # an interrupt keeps the record too, unless it stopped a pull
-    reservation = container = None
+    reservation = container = log = None
     state: dict = {}
     code = 125
     try:
         if opts.name:
-            _validate_name(opts.name)
+            validate_name(opts.name)
         backend = opts.runtime or "imagetool"
         if backend not in runtime.BACKENDS:
             raise ImagetoolError(f"unknown runtime {opts.runtime!r}", hint="use runc or crun")
@@ -276,13 +290,13 @@ def run(store, opts: RunOptions) -> int:
                 "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
                 "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "status": "created", "exit_code": None, "owner_pid": os.getpid(),
-                "owner_start": _proc_start(os.getpid()), "pid": None, "rm": opts.rm,
+                "owner_start": proc_start(os.getpid()), "pid": None, "rm": opts.rm,
                 "runtime": backend, "cgroups": reservation.cgroup_paths, "snapshots": [],
             }   # the cgroups are recorded before they exist: ps cleans up after a SIGKILL
             _write_state(cdir, state)
         reservation.prepare()
         trace.mark("prefork")
-        img = _image_for(store, opts, pulling)
+        img = image_for(store, opts, pulling)
         trace.mark("image")
         from imagetool.specgen import spec_from_image
 
@@ -290,7 +304,7 @@ def run(store, opts: RunOptions) -> int:
         spec = spec_from_image(img.config, opts, hostname=default_host)
         trace.mark("spec")
         state.update(image=img.name, image_digest=str(img.digest), command=" ".join(spec["process"]["args"]),
-                     snapshots=[str(d) for d in img.config.diff_ids])
+                     snapshots=[str(d) for d in img.config.diff_ids], **_record(opts, img, spec, cdir, monitor))
         _write_state(cdir, state)
         network.setup(store, cdir, cid, opts, spec, narrator)   # netns + CNI ADD; torn down below
         keep = True
@@ -298,11 +312,18 @@ def run(store, opts: RunOptions) -> int:
         trace.mark("rootfs")
         container = reservation.create(spec, rootfs)
         trace.mark("created")
+        if monitor is not None:
+            log = jsonlog.Writer(cdir / LOG)
         container.start()
         trace.mark("exec")
-        state.update(status="running", pid=container.pid)
+        state.update(status="running", pid=container.pid, pid_start=proc_start(container.pid),
+                     started_at=jsonlog.now())
         _write_state(cdir, state)
-        code = container.wait()
+        if monitor is None:
+            code = container.wait()
+        else:
+            monitor.ready(cid)
+            code = container.wait(sink=log.write, forward=())
         trace.mark("exit")
         if container.oom_killed():
             sys.stderr.write("imagetool: container was killed: out of memory\n")
@@ -335,11 +356,34 @@ def run(store, opts: RunOptions) -> int:
                     shutil.rmtree(cdir, ignore_errors=True)
                 else:
                     state.update(status="exited", exit_code=code, pid=None,
-                                 finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                                 finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 finished_at=jsonlog.now())
                     _write_state(cdir, state)
+            if log is not None:
+                log.close()
             trace.mark("cleanup")
             trace.report()
     return code
+
+
+LOG = "container.log"
+
+
+def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
+    """What ps, inspect, stop and logs read from state.json besides the run's own bookkeeping."""
+
+    from imagetool.runtime.spec import parse_volume
+
+    args = spec["process"]["args"]
+    volumes = [parse_volume(v) if isinstance(v, str) else v for v in opts.volumes]
+    binds = [{"Type": "bind", "Source": v.source, "Destination": v.destination, "Mode": "ro" if v.readonly else "",
+              "RW": not v.readonly, "Propagation": "rprivate"} for v in volumes]
+    return {"detached": monitor is not None, "path": args[0] if args else "", "args": args[1:],
+            "stop_signal": opts.stop_signal or img.config.stop_signal or "SIGTERM",
+            "log_path": str(cdir / LOG) if monitor is not None else "",
+            "resources": spec.get("linux", {}).get("resources", {}), "mounts": binds,
+            "host_config": {"AutoRemove": opts.rm, "Privileged": opts.privileged, "ReadonlyRootfs": opts.read_only,
+                            "NetworkMode": opts.network}}
 
 
 def _prepare_rootfs(store, img, cdir: Path, mode: str, narrator):
@@ -368,7 +412,7 @@ def _print_script(store, opts: RunOptions) -> int:
     from imagetool.specgen import spec_from_image
     from imagetool.unpack.rootfs import prepare_rootfs
 
-    img = _image_for(store, opts)
+    img = image_for(store, opts)
     cid = os.urandom(32).hex()
     spec = spec_from_image(img.config, opts, hostname=os.uname().nodename if opts.network == "host" else cid[:12])
     Path(store.containers_dir).mkdir(parents=True, exist_ok=True)
@@ -393,7 +437,7 @@ def _all_states(store) -> list[tuple[Path, dict]]:
         return out
     for e in entries:
         if e.is_dir(follow_symlinks=False):
-            st = _read_state(Path(e.path))
+            st = read_state(Path(e.path))
             if st is not None:
                 out.append((Path(e.path), st))
     return out
@@ -406,7 +450,7 @@ def _stop(state: dict) -> None:
     runtime.destroy(state.get("id", ""), state.get("runtime") or "imagetool", state.get("cgroups") or [])
 
 
-def _reconcile(cdir: Path, state: dict) -> dict | None:
+def reconcile(cdir: Path, state: dict) -> dict | None:
     """A container whose imagetool died: kill what is left, remove its cgroups, mark it exited.
 
     Returns the updated state, or None when the container was --rm and is now gone."""
@@ -418,7 +462,9 @@ def _reconcile(cdir: Path, state: dict) -> dict | None:
         shutil.rmtree(cdir, ignore_errors=True)
         return None
     state.update(status="exited", exit_code=state.get("exit_code") if state.get("exit_code") is not None else 137,
-                 pid=None, error="imagetool was killed while the container ran")
+                 pid=None, finished_at=jsonlog.now(),
+                 error="its monitor was killed while it ran" if state.get("detached")
+                 else "imagetool was killed while the container ran")
     _write_state(cdir, state)
     return state
 
@@ -427,15 +473,18 @@ def _info(state: dict) -> ContainerInfo:
     status = state.get("status", "unknown")
     if status == "exited" and state.get("exit_code") is not None:
         status = f"exited ({state['exit_code']})"
+    from imagetool import ages
+
     return ContainerInfo(state.get("id", ""), state.get("name", ""), state.get("image", ""),
-                         state.get("command", ""), status, state.get("exit_code"), state.get("created", ""))
+                         state.get("command", ""), status, state.get("exit_code"), state.get("created", ""),
+                         ages.status_text(state), ages.ago(state.get("created")))
 
 
 def list_containers(store, all_: bool = False) -> list[ContainerInfo]:
     """Running containers (all of them with all_), oldest first; dead owners are reconciled first."""
     rows = []
     for cdir, state in _all_states(store):
-        state = _reconcile(cdir, state)
+        state = reconcile(cdir, state)
         if state is None:
             continue
         if all_ or state.get("status") == "running":
@@ -462,15 +511,35 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
     """Remove a container; a running one only with force (its processes are killed first)."""
     with _Lock(store):
         cdir, state = find(store, id_or_name)
-        state = _reconcile(cdir, state)
+        state = reconcile(cdir, state)
         if state is not None and state.get("status") in ("created", "running"):
             if not force:
                 raise ImagetoolError(f"container {id_or_name} is running",
                                      hint="stop it first, or use `imagetool rm -f`")
             _stop(state)
+            _await_owner(state)
         network.teardown(cdir, strict=not force)
         shutil.rmtree(cdir, ignore_errors=True)
     return id_or_name
+
+
+def _await_owner(state: dict, limit: float = 30.0) -> None:
+    """Wait (up to `limit` s) for the imagetool that owns a container just killed (a detached run's
+    monitor) to finish its cleanup, so its last write of state.json cannot come after the rm."""
+    import select
+
+    pid = state.get("owner_pid")
+    if not pid or not _owner_alive(state):
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _owner_alive(state):
+            select.select([fd], [], [], limit)
+    finally:
+        os.close(fd)
 
 
 def prune_exited(store) -> list[str]:
@@ -478,7 +547,7 @@ def prune_exited(store) -> list[str]:
     removed = []
     with _Lock(store):
         for cdir, state in _all_states(store):
-            state = _reconcile(cdir, state)
+            state = reconcile(cdir, state)
             if state is not None and state.get("status") == "exited":
                 shutil.rmtree(cdir, ignore_errors=True)
                 removed.append(state.get("id", cdir.name))

@@ -133,12 +133,17 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("--ulimit", "ulimits", "Resource limit: NAME=SOFT[:HARD].", multiple=True, metavar="NAME=SOFT[:HARD]"),
     option("--sysctl", "sysctls", "Namespaced kernel parameter: KEY=VALUE.", multiple=True, metavar="KEY=VALUE"),
     option("--group-add", "group_add", "Add a supplementary group (name or gid).", multiple=True, metavar="GROUP"),
+    option("-d --detach", "detach", "Run in the background under its own monitor; print the container's id.", bool),
+    option("--stop-signal", "stop_signal", "Signal `stop` sends first (default: the image's, else SIGTERM).",
+           metavar="SIGNAL"),
 ), interspersed=False)
+
+CONTAINERS = argument("containers", "CONTAINER...", "Container ids or names.", multiple=True)
 
 COMMANDS: tuple[Command, ...] = (
     Command("images", "List images in the store.", (FORMAT_TABLE_JSON,)),
-    Command("inspect", "Show an image's manifest, config and layers as JSON.", (
-        argument("ref", "REF", "Image reference or digest."),)),
+    Command("inspect", "Show a container as docker inspect does, or an image's manifest, config and layers.", (
+        argument("ref", "REF", "Container id or name, or image reference or digest."),)),
     Command("tag", "Give an image another name.", (
         argument("src", "SRC", "Image to name."), argument("dst", "DST", "New name."))),
     Command("rmi", "Remove image names (blobs go at the next `prune`).", (
@@ -201,8 +206,20 @@ COMMANDS: tuple[Command, ...] = (
     Command("ps", "List containers.", (
         option("-a --all", "all_", "Show exited containers too.", bool), FORMAT_TABLE_JSON)),
     Command("rm", "Remove containers.", (
-        argument("containers", "CONTAINER...", "Container ids or names.", multiple=True),
+        CONTAINERS,
         option("-f --force", "force", "Kill a running container first.", bool))),
+    Command("logs", "Show a container's output (run -d keeps it in docker's json-file format).", (
+        argument("container", "CONTAINER", "Container id or name."),
+        option("-f --follow", "follow", "Follow the output until the container exits.", bool),
+        option("-n --tail", "tail", "Show only the last N lines.", int, minimum=0, metavar="N"),
+        option("-t --timestamps", "timestamps", "Show each line's time.", bool))),
+    Command("stop", "Stop running containers: their stop signal, then SIGKILL after a timeout.", (
+        CONTAINERS,
+        option("-t --time", "time", "Seconds to wait before SIGKILL (default 10).", int, minimum=0, metavar="N"))),
+    Command("kill", "Send a signal to running containers' PID 1.", (
+        CONTAINERS,
+        option("-s --signal", "signal", "Signal to send (default SIGKILL).", default="SIGKILL", metavar="SIGNAL"))),
+    Command("wait", "Wait until containers exit; print each one's exit code.", (CONTAINERS,)),
     Command("port", "List a container's published ports (CONTAINERPORT/PROTO -> HOSTIP:HOSTPORT).", (
         argument("container", "CONTAINER", "Container id or name."),)),
     Command("network", "Manage networks: create [--subnet CIDR] [--gateway IP] NAME | ls | inspect NAME... | rm NAME...", (

@@ -148,3 +148,22 @@ def copy(pipes: Pipes, out_fd: int = 1, err_fd: int = 2, in_fd: int = 0) -> None
             _close(fd)
         if stdin_w is not None:
             _close(stdin_w)
+
+
+def drain(pipes: Pipes, sink) -> None:
+    """Hand everything the container writes to `sink(stream, data)` ("stdout" or "stderr", bytes, in
+    the order it arrives) until both output pipes reach EOF; closes imagetool's ends. The detached
+    run's monitor logs this way (jsonlog.py): the container never holds a file of the host."""
+    names = {pipes.stdout_r: "stdout", pipes.stderr_r: "stderr"}
+    try:
+        while names:
+            for fd in select.select(list(names), [], [])[0]:
+                data = os.read(fd, CHUNK)
+                if data:
+                    sink(names[fd], data)
+                else:
+                    _close(fd)
+                    del names[fd]
+    finally:
+        for fd in names:
+            _close(fd)

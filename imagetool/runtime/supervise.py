@@ -115,14 +115,20 @@ class Supervised:
         except ProcessLookupError:
             pass
 
-    def wait(self) -> int:
-        """Copy stdio (or relay the pty) and forward signals until it exits; docker's exit code."""
+    def wait(self, sink=None, forward: tuple = FORWARD) -> int:
+        """Copy stdio (or relay the pty) and forward the `forward` signals until it exits; docker's
+        exit code. With `sink` the output goes to `sink(stream, data)` instead (stdio.drain: the
+        detached run's log). Signals not in `forward` get back the handlers they had before create."""
         if self._code is not None:
             return self._code
-        for s in FORWARD:
+        restore_signals({s: h for s, h in self._saved.items() if s not in forward})
+        for s in forward:
             signal.signal(s, lambda signum, frame: self.kill(signum))
         for s in self._pending:
-            self.kill(s)
+            if s in forward:
+                self.kill(s)
+            else:
+                signal.raise_signal(s)
         started = time.perf_counter()
         try:
             if self._master is not None:
@@ -130,7 +136,10 @@ class Supervised:
                 console.relay(master, self.io.interactive)
             elif self._pipes is not None:
                 pipes, self._pipes = self._pipes, None
-                stdio.copy(pipes)
+                if sink is not None:
+                    stdio.drain(pipes, sink)
+                else:
+                    stdio.copy(pipes)
             while True:
                 try:
                     _, status = os.waitpid(self.pid, 0)

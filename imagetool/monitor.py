@@ -1,0 +1,119 @@
+"""`run -d`: the per-container monitor, double-forked away from the CLI (the role of conmon / a shim).
+
+    detach(store, opts) -> cid      the CLI's side: returns once the container runs (or raises
+                                    its error), having printed nothing
+    Monitor                         what containers.run is told in the monitor process
+
+The CLI looks the image up (pulling it on its own terminal when missing), then forks; the child
+calls setsid() and forks the monitor, then exits, so the monitor is nobody's child but init's
+and has no controlling terminal: the CLI's exit, SIGKILL or SIGHUP, and the terminal closing do
+not reach it. The monitor's stdio is /dev/null and its cwd `/`. It runs containers.run itself:
+it owns the container (its PID is state.json's owner_pid), holds its stdio pipes and writes them
+to `container.log` (jsonlog.py), reaps it, records the exit code and time, removes it with --rm.
+The container's init has PR_SET_PDEATHSIG=SIGKILL with the monitor as its parent: a monitor that
+is killed takes its container with it, and the next ps/rm/prune reconciles (containers.py).
+The monitor ignores SIGHUP and SIGINT; SIGTERM ends it after killing and cleaning up the container.
+Once the container runs, the monitor writes `{"id": …}` on a close-on-exec pipe to the CLI;
+a failure before that arrives as `{"error": …, "code": …}` and becomes the CLI's error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
+
+
+class Monitor:
+    """Handed to containers.run in the monitor: where the log goes, and how to say "running"."""
+
+    def __init__(self, ready_fd: int):
+        self._ready_fd = ready_fd
+
+    def ready(self, cid: str) -> None:
+        self._send({"id": cid})
+
+    def failed(self, message: str, code: int, hint: str | None = None) -> None:
+        self._send({"error": message, "code": code, "hint": hint})
+
+    def _send(self, doc: dict) -> None:
+        if self._ready_fd is None:
+            return
+        fd, self._ready_fd = self._ready_fd, None
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        except OSError:
+            pass   # the CLI is gone: the container runs on
+        finally:
+            os.close(fd)
+
+
+def detach(store, opts) -> str:
+    """Start `opts` (run -d) under its own monitor; the container's full id once it runs."""
+    import dataclasses
+
+    from imagetool import containers
+
+    if opts.tty or opts.interactive:
+        raise ImagetoolError("run -d with -i or -t is not supported yet", hint="drop -i/-t; read the output "
+                             "with `imagetool logs`")
+    if opts.explain or opts.script:
+        raise ImagetoolError("run -d cannot be combined with --explain or --script")
+    if opts.name:
+        containers.validate_name(opts.name)
+    img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
+    opts = dataclasses.replace(opts, image=img.name)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:   # the child: setsid, fork the monitor, exit
+        code = 0
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                code = _monitor_main(store, opts, w)
+        except BaseException:
+            code = 125
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        os.waitpid(pid, 0)
+        from imagetool.runtime import sync
+
+        data = sync.read_to_eof(r)
+    finally:
+        os.close(r)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ContainerError("the container's monitor exited before the container ran") from None
+    if "id" in doc:
+        return doc["id"]
+    cls = {126: CommandNotExecutable, 127: CommandNotFound, 125: ContainerError}.get(doc.get("code"), ImagetoolError)
+    raise cls(doc.get("error") or "the container failed to start", hint=doc.get("hint"))
+
+
+def _monitor_main(store, opts, ready_fd: int) -> int:
+    """The monitor's whole life: run the container to its end; its exit code."""
+    from imagetool import containers
+
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    monitor = Monitor(ready_fd)
+    try:
+        return containers.run(store, opts, monitor=monitor)
+    except ImagetoolError as e:
+        monitor.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
+    except BaseException as e:
+        monitor.failed(f"the container's monitor failed: {e}", 125)
+    finally:
+        monitor.failed("the container ended before it ran", 125)   # a no-op once ready() was sent
+    return 125

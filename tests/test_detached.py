@@ -1,0 +1,242 @@
+"""`run -d` for real: the container outlives the CLI under its own monitor; logs, stop, kill, wait,
+ps and inspect act on it from other processes; a killed monitor takes its container with it.
+
+Every test removes its containers and checks that their monitors are gone by PID; the autouse
+host_unchanged fixture checks mounts and cgroups, and that nothing is left marked running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runfixtures import host_unchanged, it, store_fixture  # noqa: F401  (pytest fixtures)
+from tests.runhelpers import kernel_skip_reason
+
+_reason = kernel_skip_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+store = store_fixture("imagetool-detached")
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (already dead, waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _eventually(check, what: str, limit: float = 30.0):
+    """Poll `check()` until it is truthy (a generous limit only so a bug fails instead of hanging)."""
+    deadline = time.monotonic() + limit
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+class Detached:
+    """Starts detached containers and, at the end, removes them and checks their monitors are gone."""
+
+    def __init__(self, it, store: Path):
+        self.it, self.store = it, store
+        self.ids: list[str] = []
+        self.monitors: set[int] = set()
+
+    def run(self, *args) -> str:
+        r = self.it("run", "-d", *args)
+        assert r.returncode == 0, r.stderr
+        cid = r.stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{64}", cid), r.stdout
+        self.ids.append(cid)
+        st = self.state(cid)
+        if st is not None:
+            self.monitors.add(st["owner_pid"])
+        return cid
+
+    def state(self, cid: str) -> dict | None:
+        try:
+            return json.loads((self.store / "containers" / cid / "state.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def cleanup(self) -> None:
+        for cid in self.ids:
+            self.it("rm", "-f", cid)
+        for pid in self.monitors:
+            _eventually(lambda: _gone(pid), f"monitor {pid} exits")
+        assert [c for c in self.ids if (self.store / "containers" / c).exists()] == []
+
+
+@pytest.fixture
+def dt(it, store):
+    d = Detached(it, store)
+    yield d
+    d.cleanup()
+
+
+def test_run_d_returns_at_once_and_the_container_outlives_the_cli_and_sighup(dt, it):
+    cid = dt.run("--name", "bg", "busybox", "sleep", "1000")
+    st = dt.state(cid)
+    assert st["status"] == "running" and st["detached"]
+    monitor = st["owner_pid"]
+    assert monitor != os.getpid() and not _gone(monitor)
+    with open(f"/proc/{monitor}/stat") as f:   # nobody's child but a reaper's: not ours, not the CLI's
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) != os.getpid()
+    os.kill(monitor, signal.SIGHUP)            # the terminal closing
+    rows = json.loads(it("ps", "--format", "json").stdout)
+    assert [r["name"] for r in rows] == ["bg"]
+    assert not _gone(st["pid"]) and not _gone(monitor)
+    assert re.search(r"\bUp (Less than a second|\d+ seconds?)", it("ps").stdout)
+
+
+def test_sigkill_of_the_monitor_kills_its_container_and_ps_reports_why(dt, it):
+    cid = dt.run("busybox", "sleep", "1000")
+    st = dt.state(cid)
+    os.kill(st["owner_pid"], signal.SIGKILL)
+    _eventually(lambda: _gone(st["pid"]), "the container dies with its monitor (PR_SET_PDEATHSIG)")
+    rows = json.loads(it("ps", "-a", "--format", "json").stdout)
+    assert [(r["id"], r["exit_code"]) for r in rows] == [(cid, 137)]
+    assert "monitor was killed" in dt.state(cid)["error"]
+    assert it("rm", cid).returncode == 0
+
+
+def test_logs_keep_stdout_and_stderr_apart_in_docker_json_file(dt, it, store):
+    cid = dt.run("busybox", "sh", "-c", "echo one; echo two >&2; echo three; printf tail")
+    assert it("wait", cid).stdout == "0\n"
+    lines = (store / "containers" / cid / "container.log").read_text().splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert [(d["stream"], d["log"]) for d in docs if d["stream"] == "stdout"] == [
+        ("stdout", "one\n"), ("stdout", "three\n"), ("stdout", "tail")]
+    assert [d["log"] for d in docs if d["stream"] == "stderr"] == ["two\n"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", d["time"]) for d in docs)
+    r = it("logs", cid)
+    assert (r.stdout, r.stderr) == ("one\nthree\ntail", "two\n")
+    assert it("logs", "--tail", "1", cid).stdout == "tail"
+    stamped = it("logs", "-t", cid).stdout.splitlines()[0]
+    assert re.fullmatch(r"\S+Z one", stamped)
+
+
+def test_logs_follow_a_counter_until_the_container_exits(dt, it):
+    cid = dt.run("busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.2; done")
+    r = it("logs", "-f", cid, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["1", "2", "3", "4", "5"]
+    assert dt.state(cid)["status"] == "exited"
+
+
+EXITS = [
+    # (command, how it is ended, exit code through wait and inspect)
+    (["sh", "-c", "exit 0"], None, 0),
+    (["sh", "-c", "exit 42"], None, 42),
+    (["sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done"], ["stop", "-t", "30"], 143),
+    (["sleep", "1000"], ["stop", "-t", "1"], 137),      # PID 1 without a handler ignores SIGTERM
+    (["sh", "-c", "trap 'exit 7' USR1; while :; do sleep 0.1; done"], ["kill", "-s", "USR1"], 7),
+    (["sleep", "1000"], ["kill"], 137),
+]
+
+
+@pytest.mark.parametrize("command, end, code", EXITS, ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_exit_codes_reach_wait_and_inspect(dt, it, command, end, code):
+    cid = dt.run("busybox", *command)
+    if end is not None:
+        _eventually(lambda: it("logs", cid).returncode == 0 and dt.state(cid)["status"] == "running", "running")
+        time.sleep(0.3)   # let sh install its trap (not an assertion on time)
+        r = it(*end, cid)
+        assert r.returncode == 0 and r.stdout.strip() == cid, r.stderr
+    assert it("wait", cid).stdout == f"{code}\n"
+    (doc,) = json.loads(it("inspect", cid).stdout)
+    assert doc["State"]["ExitCode"] == code and doc["State"]["Status"] == "exited"
+    assert doc["State"]["Running"] is False and doc["State"]["FinishedAt"] >= doc["State"]["StartedAt"]
+    assert re.search(rf"Exited \({code}\) ", it("ps", "-a").stdout)
+
+
+def test_stop_sends_the_stop_signal_first(dt, it):
+    cid = dt.run("--stop-signal", "USR2", "busybox", "sh", "-c", "trap 'exit 3' USR2; while :; do sleep 0.1; done")
+    time.sleep(0.3)   # let sh install its trap
+    assert it("stop", "-t", "30", cid).returncode == 0
+    assert dt.state(cid)["exit_code"] == 3
+
+
+def test_two_stops_at_once_both_succeed(dt, it):
+    cid = dt.run("busybox", "sleep", "1000")
+    a, b = it.popen("stop", "-t", "1", cid), it.popen("stop", "-t", "1", cid)
+    assert (a.wait(60), b.wait(60)) == (0, 0)
+    assert dt.state(cid)["exit_code"] == 137
+
+
+def test_inspect_has_dockers_shape(dt, it, tmp_path):
+    cid = dt.run("--name", "shape", "-m", "64m", "--pids-limit", "50", "-v", f"{tmp_path}:/data:ro",
+                 "busybox", "sleep", "1000")
+    (doc,) = json.loads(it("inspect", "shape").stdout)
+    st = dt.state(cid)
+    assert doc["Id"] == cid and doc["Name"] == "/shape" and doc["Image"].startswith("sha256:")
+    assert doc["State"]["Status"] == "running" and doc["State"]["Running"] is True
+    assert doc["State"]["Pid"] == st["pid"] and doc["RestartCount"] == 0
+    assert (doc["Path"], doc["Args"]) == ("sleep", ["1000"])
+    assert doc["HostConfig"]["Memory"] == 64 << 20 and doc["HostConfig"]["PidsLimit"] == 50
+    assert doc["Mounts"] == [{"Type": "bind", "Source": str(tmp_path), "Destination": "/data", "Mode": "ro",
+                              "RW": False, "Propagation": "rprivate"}]
+
+
+def test_rm_d_removes_the_container_when_it_ends(dt, it, store):
+    cid = dt.run("--rm", "busybox", "true")
+    _eventually(lambda: not (store / "containers" / cid).exists(), "the --rm container is removed")
+
+
+def test_rm_f_and_prune_with_running_containers_and_names_reused(dt, it):
+    keep = dt.run("--name", "keep", "busybox", "sleep", "1000")
+    dt.run("--name", "done", "busybox", "true")
+    assert it("wait", "done").stdout == "0\n"
+    assert it("prune").returncode == 0
+    assert dt.state(keep)["status"] == "running"             # prune leaves running ones alone
+    r = it("run", "-d", "--name", "keep", "busybox", "true")
+    assert r.returncode == 125 and "already in use" in r.stderr
+    assert it("rm", "-f", "keep").returncode == 0
+    dt.run("--name", "keep", "busybox", "true")               # the name is free again
+
+
+ERRORS = [
+    (["run", "-d", "-t", "busybox", "sh"], 125, "-t"),
+    (["stop", "nosuch"], 1, "no such container"),
+    (["kill", "-s", "NOSUCH", "nosuch"], 1, "invalid signal"),
+    (["logs", "nosuch"], 1, "no such container"),
+    (["wait", "nosuch"], 1, "no such container"),
+]
+
+
+@pytest.mark.parametrize("argv, code, text", ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_requests_are_one_clear_line_and_leave_nothing(it, store, argv, code, text):
+    before = set(os.listdir(store / "containers")) if (store / "containers").exists() else set()
+    r = it(*argv)
+    assert r.returncode == code and text in r.stderr
+    assert r.stderr.startswith("imagetool: error: ") and r.stdout == ""
+    after = set(os.listdir(store / "containers")) if (store / "containers").exists() else set()
+    assert {e for e in after - before if not e.startswith(".")} == set()
+
+
+def test_run_d_of_a_missing_command_fails_as_docker_and_leaves_no_monitor(it, store):
+    r = it("run", "-d", "--name", "nocmd", "busybox", "/nonexistent")
+    assert r.returncode == 127 and r.stdout == ""
+    assert r.stderr.startswith("imagetool: error: ") and "/nonexistent" in r.stderr
+    rows = json.loads(it("ps", "-a", "--format", "json").stdout)   # docker keeps the record too
+    (row,) = [r for r in rows if r["name"] == "nocmd"]
+    state = json.loads((store / "containers" / row["id"] / "state.json").read_text())
+    assert row["exit_code"] == 127 and _gone(state["owner_pid"])
+    assert it("rm", "nocmd").returncode == 0
+
+
+def test_kill_of_an_exited_container_is_an_error(dt, it):
+    cid = dt.run("busybox", "true")
+    it("wait", cid)
+    r = it("kill", cid)
+    assert r.returncode == 1 and "is not running" in r.stderr
