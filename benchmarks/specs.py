@@ -350,11 +350,18 @@ def operations(ctx: Context) -> list:
         unpack_op(ctx, "debian-zstd"),
         run_op(ctx, "busybox"),
         run_op(ctx, "debian"),
+        _cold_run_op(ctx, "debian"),
         load_op(ctx, "debian", "docker-archive"),
         load_op(ctx, "debian", "oci-archive"),
         save_op(ctx, "debian", "docker"),
         save_op(ctx, "debian", "oci"),
     ]
+
+
+def _cold_run_op(ctx: Context, image: str) -> Operation:
+    from benchmarks.coldrun import cold_run_op  # its own module (it builds on this one)
+
+    return cold_run_op(ctx, image)
 
 
 def cleanup(ctx: Context) -> None:
