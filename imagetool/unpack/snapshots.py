@@ -3,7 +3,10 @@
 Snapshot lifecycle (the contract):
 1. `snapshots/<hex>/` exists  ⇒ it is complete and never changes again (read-only lowerdir).
 2. Creating one: extract into `snapshots/imagetool-tmp-<random>/` (overlay whiteouts, see apply.py),
-   drain and verify the diff_id, then `rename()` it to `<hex>` — the point of no return.
+   drain and verify the diff_id and reach the blob's verified end (a download followed through
+   fetch.BlobTap ends only once its digest checked out), then `rename()` it to `<hex>` — the point
+   of no return. `build_snapshots` does this for several layers at once, from stored blobs
+   (`ensure_snapshots`) or from downloads in progress (pull).
 3. Two processes racing on the same layer both extract; the loser's rename fails because the
    name exists, and it discards its temp dir and uses the winner's. Both succeed.
 4. Any failure (diff_id mismatch, corrupt or truncated data, limits, unsafe entries) removes the
@@ -136,7 +139,17 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     from concurrent.futures import ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="imagetool-unpack") as pool:
-        wait([pool.submit(one, i) for i in todo])
+        futures = [pool.submit(one, i) for i in todo]
+        try:
+            wait(futures)
+        except BaseException as e:    # an interrupt: the workers stop too, without waiting for bytes
+            with lock:
+                first.append(e)
+                for r in readers.values():
+                    abort = getattr(r, "abort", None)
+                    if abort is not None:
+                        abort()
+            raise
     if first:
         raise first[0]
     return finals
