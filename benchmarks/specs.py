@@ -146,6 +146,9 @@ def pull_op(ctx: Context, image: str) -> Operation:
         imagetool=Contender("imagetool pull", lambda i: ctx.it(store, "pull", "-q", ref),
                             setup=_fresh(store), teardown=_fresh(store)),
         peers=[
+            # pull prepares the snapshots (as podman pull does); skopeo copy stores blobs only
+            Contender("imagetool pull --no-unpack (blobs only)", lambda i: ctx.it(store, "pull", "-q", "--no-unpack", ref),
+                      setup=_fresh(store), teardown=_fresh(store)),
             Contender("skopeo copy docker:// oci:",
                       lambda i: ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
                                  f"docker://{ref}", f"oci:{dest}:latest"],
@@ -155,7 +158,7 @@ def pull_op(ctx: Context, image: str) -> Operation:
                       setup=_fresh(ctx.d("podman", "pull")), teardown=_fresh(ctx.d("podman", "pull")),
                       missing=ctx.missing("podman")),
         ],
-        note="fresh destination each run")
+        note="fresh destination each run; imagetool pull and podman pull also extract the layers (snapshots)")
 
 
 def repull_op(ctx: Context, image: str) -> Operation:
