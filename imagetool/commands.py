@@ -307,6 +307,27 @@ def kill(store, containers: list, signal: str) -> None:
         print(control.kill(store(), c, signal))
 
 
+def start(store, containers: list, attach: bool) -> int | None:
+    from imagetool import control
+
+    if attach and len(containers) != 1:
+        raise _usage("start -a takes one container")
+    for c in containers:
+        code = control.start(store(), c, attach=attach)
+        if not attach:
+            print(c)
+    return code
+
+
+def restart(store, containers: list, time: int | None) -> None:
+    from imagetool import control
+
+    for c in containers:
+        control.stop(store(), c, timeout=time)
+        control.start(store(), c)
+        print(c)
+
+
 def wait(store, containers: list) -> None:
     from imagetool import control
 
@@ -393,6 +414,6 @@ def export(store, target: str, output: str | None) -> None:
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
-          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
+          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "start": start, "restart": restart, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
           "export": export, "port": port, "network": network}
 """Command name → body; options.COMMANDS declares each one's keywords."""

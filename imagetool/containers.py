@@ -78,6 +78,7 @@ class RunOptions:
     group_add: list = field(default_factory=list)
     # long-running containers (issue 11)
     detach: bool = False                               # run under its own monitor (monitor.py)
+    restart: str = "no"                                # no | on-failure[:N] | always | unless-stopped
     stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
 
 
@@ -235,13 +236,16 @@ def validate_name(name: str) -> None:
         raise ImagetoolError(f"invalid container name {name!r}", hint="use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
-def run(store, opts: RunOptions, monitor=None) -> int:
+def run(store, opts: RunOptions, monitor=None, existing: str | None = None, restarts: int = 0) -> int:
     """Run a container in the foreground; the container's exit code (125/126/127 on failures).
 
     With `monitor` (monitor.Monitor: this process is a detached run's monitor) the output goes to
     the json-file log `container.log` instead of fds 1-2, SIGHUP is left ignored and no signal is
     forwarded, `monitor.ready(id)` is told once the container runs, and the state records
-    started/finished times for ps and inspect.
+    started/finished times for ps and inspect. With `existing` (a container id: `start`, or a
+    restart by the monitor) that exited container runs again on its own directory (its upper dir:
+    the files it wrote are still there), its record kept on every path out; `restarts` is recorded
+    as its RestartCount.
 
     Calls only the runtime's API (imagetool.runtime): reserve → prepare → create → start →
     wait → delete. The record and the reservation come first, so the built-in runtime's init
@@ -277,23 +281,27 @@ def run(store, opts: RunOptions, monitor=None) -> int:
             raise ImagetoolError(f"unknown runtime {opts.runtime!r}", hint="use runc or crun")
         if opts.rootfs_mode not in ("auto", "overlay", "copy"):
             raise ImagetoolError(f"unknown --rootfs {opts.rootfs_mode!r} (auto, overlay or copy)")
-        cid = os.urandom(32).hex()
-        with _Lock(store):
-            if opts.name and any(s.get("name") == opts.name for _, s in _all_states(store)):
-                raise ImagetoolError(f"the container name {opts.name!r} is already in use",
-                                     hint="remove that container (imagetool rm) or choose another --name")
-            cdir = _cdir(store, cid)
-            cdir.mkdir(mode=0o711)
-            reservation = runtime.reserve(cid, runtime.IO(opts.interactive, opts.tty), backend=backend,
-                                          narrator=narrator, bundle=str(cdir))
-            state = {
-                "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
-                "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "status": "created", "exit_code": None, "owner_pid": os.getpid(),
-                "owner_start": proc_start(os.getpid()), "pid": None, "rm": opts.rm,
-                "runtime": backend, "cgroups": reservation.cgroup_paths, "snapshots": [],
-            }   # the cgroups are recorded before they exist: ps cleans up after a SIGKILL
-            _write_state(cdir, state)
+        cid = existing or os.urandom(32).hex()
+        if existing is not None:
+            state, reservation = _rerun(store, _cdir(store, cid), opts, backend, narrator, restarts)
+            cdir, keep = _cdir(store, cid), True   # from here on its record is ours to keep
+        else:
+            with _Lock(store):
+                if opts.name and any(s.get("name") == opts.name for _, s in _all_states(store)):
+                    raise ImagetoolError(f"the container name {opts.name!r} is already in use",
+                                         hint="remove that container (imagetool rm) or choose another --name")
+                cdir = _cdir(store, cid)
+                cdir.mkdir(mode=0o711)
+                reservation = runtime.reserve(cid, runtime.IO(opts.interactive, opts.tty), backend=backend,
+                                              narrator=narrator, bundle=str(cdir))
+                state = {
+                    "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
+                    "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "status": "created", "exit_code": None, "owner_pid": os.getpid(),
+                    "owner_start": proc_start(os.getpid()), "pid": None, "rm": opts.rm,
+                    "runtime": backend, "cgroups": reservation.cgroup_paths, "snapshots": [],
+                }   # the cgroups are recorded before they exist: ps cleans up after a SIGKILL
+                _write_state(cdir, state)
         reservation.prepare()
         trace.mark("prefork")
         img = image_for(store, opts, pulling)
@@ -369,6 +377,57 @@ def run(store, opts: RunOptions, monitor=None) -> int:
 LOG = "container.log"
 
 
+def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts: int):
+    """(state, reservation) of an exited container made ready to run again (`start`, a restart by
+    its monitor): this process owns it now. Refused while it runs (or another start has it)."""
+    from imagetool import runtime
+
+    with _Lock(store):
+        state = read_state(cdir)
+        state = reconcile(cdir, state) if state is not None else None
+        if state is None:
+            raise ImagetoolError(f"no such container: {cdir.name}")
+        if state.get("status") in ("created", "running"):
+            raise ImagetoolError(f"container {state.get('name')} is already running",
+                                 hint="stop it first (imagetool stop), or use `imagetool restart`")
+        reservation = runtime.reserve(state["id"], runtime.IO(opts.interactive, opts.tty), backend=backend,
+                                      narrator=narrator, bundle=str(cdir))
+        state.update(status="created", exit_code=None, pid=None, owner_pid=os.getpid(),
+                     owner_start=proc_start(os.getpid()), cgroups=reservation.cgroup_paths, restart_count=restarts)
+        state.pop("error", None)
+        _write_state(cdir, state)
+    return state, reservation
+
+
+def add_marker(store, cid: str, name: str) -> None:
+    """Leave the empty file `name` in the container's directory (e.g. monitor.STOPPED)."""
+    try:
+        os.close(os.open(_cdir(store, cid) / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    except FileNotFoundError:
+        pass
+
+
+def remove_marker(store, cid: str, name: str) -> bool:
+    """Remove the marker `name`; whether it was there."""
+    try:
+        os.unlink(_cdir(store, cid) / name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def options_of(state: dict) -> RunOptions:
+    """The RunOptions a container was created with (recorded in its state), to run it again."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    recorded = state.get("options")
+    if not isinstance(recorded, dict):
+        raise ImagetoolError(f"container {state.get('name')} cannot be started again: it was not created "
+                             "by this version of imagetool")
+    return RunOptions(**{k: v for k, v in recorded.items() if k in known})
+
+
 def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
     """What ps, inspect, stop and logs read from state.json besides the run's own bookkeeping."""
 
@@ -378,7 +437,10 @@ def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
     volumes = [parse_volume(v) if isinstance(v, str) else v for v in opts.volumes]
     binds = [{"Type": "bind", "Source": v.source, "Destination": v.destination, "Mode": "ro" if v.readonly else "",
               "RW": not v.readonly, "Propagation": "rprivate"} for v in volumes]
+    import dataclasses
+
     return {"detached": monitor is not None, "path": args[0] if args else "", "args": args[1:],
+            "options": dataclasses.asdict(opts), "restart": opts.restart,
             "stop_signal": opts.stop_signal or img.config.stop_signal or "SIGTERM",
             "log_path": str(cdir / LOG) if monitor is not None else "",
             "resources": spec.get("linux", {}).get("resources", {}), "mounts": binds,
@@ -516,6 +578,9 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
             if not force:
                 raise ImagetoolError(f"container {id_or_name} is running",
                                      hint="stop it first, or use `imagetool rm -f`")
+            from imagetool.monitor import STOPPED
+
+            add_marker(store, state["id"], STOPPED)   # its restart policy ends here
             _stop(state)
             _await_owner(state)
         network.teardown(cdir, strict=not force)

@@ -88,28 +88,59 @@ def kill(store, id_or_name: str, sig: str | int = "SIGKILL") -> str:
 
 def stop(store, id_or_name: str, timeout: int | None = None) -> str:
     """docker stop: the container's stop signal (the image's StopSignal, default SIGTERM), then
-    SIGKILL after `timeout` seconds (default 10); returns once the exit is recorded. A container
-    that is not running is left as it is."""
-    cdir, state = _current(store, id_or_name)
-    if state.get("status") != "running":
+    SIGKILL after `timeout` seconds (default 10); returns once the exit is recorded and its monitor
+    is gone. The marker monitor.STOPPED tells the monitor not to run it again (restart policies):
+    a container waiting for its restart is not restarted. One that is not running is left as it is."""
+    from imagetool.monitor import STOPPED
+
+    _, state = _current(store, id_or_name)
+    if state.get("status") != "running" and _pidfd_closed(state, "owner_pid"):
         return id_or_name
+    containers.add_marker(store, state["id"], STOPPED)
+    while True:
+        try:
+            _, state = _current(store, state["id"])
+        except ImagetoolError:
+            return id_or_name   # --rm: gone
+        if state.get("status") == "running":
+            _signal_then_kill(state, timeout)
+            if _await_exit(store, state) is None:
+                return id_or_name
+            continue
+        owner = _pidfd(state, "owner_pid")
+        if owner is None:
+            return id_or_name
+        try:   # its monitor between two runs: it sees the marker and ends
+            _wait_gone(owner, 0.05)
+        finally:
+            os.close(owner)
+
+
+def _pidfd_closed(state: dict, key: str) -> bool:
+    """Whether the process recorded under `key` is gone."""
+    fd = _pidfd(state, key)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def _signal_then_kill(state: dict, timeout: int | None) -> None:
     fd = _pidfd(state)
+    if fd is None:
+        return
     try:
-        if fd is not None:
+        try:
+            signal.pidfd_send_signal(fd, parse_signal(state.get("stop_signal") or "SIGTERM"))
+        except ProcessLookupError:
+            return
+        if not _wait_gone(fd, 10 if timeout is None else max(timeout, 0)):
             try:
-                signal.pidfd_send_signal(fd, parse_signal(state.get("stop_signal") or "SIGTERM"))
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            if not _wait_gone(fd, 10 if timeout is None else max(timeout, 0)):
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
     finally:
-        if fd is not None:
-            os.close(fd)
-    _await_exit(store, state)
-    return id_or_name
+        os.close(fd)
 
 
 def _await_exit(store, state: dict) -> dict | None:
@@ -135,6 +166,27 @@ def _await_exit(store, state: dict) -> dict | None:
             os.close(owner)
 
 
+def start(store, id_or_name: str, attach: bool = False) -> int | None:
+    """docker start: an exited container runs again under a new monitor, on its own directory
+    (files it wrote are still there; its log goes on). With `attach`, its output from this start
+    is copied until it exits: the exit code."""
+    from imagetool.monitor import detach
+
+    cdir, state = _current(store, id_or_name)
+    if state.get("status") in ("created", "running"):
+        raise ImagetoolError(f"container {id_or_name} is already running",
+                             hint="stop it first (imagetool stop), or use `imagetool restart`")
+    try:
+        offset = os.stat(cdir / containers.LOG).st_size
+    except FileNotFoundError:
+        offset = 0
+    detach(store, containers.options_of(state), existing=state["id"])
+    if not attach:
+        return None
+    logs(store, state["id"], follow=True, offset=offset)
+    return wait(store, state["id"])
+
+
 def wait(store, id_or_name: str) -> int:
     """docker wait: block until the container exits; its exit code."""
     _, state = _current(store, id_or_name)
@@ -144,9 +196,10 @@ def wait(store, id_or_name: str) -> int:
     return int(done.get("exit_code") if done.get("exit_code") is not None else 137)
 
 
-def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, timestamps: bool = False) -> None:
-    """docker logs: the container's json-file log to stdout and stderr, each entry to its stream;
-    with `follow`, until the container has exited and its log is read to the end."""
+def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, timestamps: bool = False,
+         offset: int = 0) -> None:
+    """docker logs: the container's json-file log (from byte `offset`) to stdout and stderr, each
+    entry to its stream; with `follow`, until the container has exited and its log is read to the end."""
     cdir, state = _current(store, id_or_name)
     if not state.get("log_path"):
         raise ImagetoolError(f"container {id_or_name} has no log: only detached containers (run -d) keep one")
@@ -156,13 +209,23 @@ def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, 
         return st is None or containers.reconcile(cdir, st) is None or st.get("status") != "running"
 
     outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    for e in jsonlog.entries(cdir / containers.LOG, tail=tail, follow=follow, done=done):
+    for e in jsonlog.entries(cdir / containers.LOG, tail=tail, follow=follow, done=done, offset=offset):
         out = outs[e["stream"]]
         out.write(((e.get("time", "") + " ") if timestamps else "").encode() + e["log"].encode())
         out.flush()
 
 
 # ---------------------------------------------------------------- ps and inspect
+
+
+def _restart_policy(text: str | None) -> dict:
+    from imagetool.monitor import RestartPolicy
+
+    try:
+        p = RestartPolicy.parse(text or "no")
+    except ImagetoolError:
+        p = RestartPolicy()
+    return {"Name": p.name, "MaximumRetryCount": p.limit}
 
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -180,7 +243,7 @@ def inspect(store, id_or_name: str) -> dict:
     host.update(Memory=(res.get("memory") or {}).get("limit") or 0,
                 MemorySwap=(res.get("memory") or {}).get("swap") or 0, NanoCpus=nano_cpus,
                 PidsLimit=(res.get("pids") or {}).get("limit") or None,
-                RestartPolicy={"Name": "no", "MaximumRetryCount": 0})
+                RestartPolicy=_restart_policy(state.get("restart")))
     return {
         "Id": state.get("id", ""),
         "Created": state.get("created", ""),
@@ -195,7 +258,7 @@ def inspect(store, id_or_name: str) -> dict:
         },
         "Image": state.get("image_digest", ""),
         "Name": "/" + state.get("name", ""),
-        "RestartCount": 0,
+        "RestartCount": state.get("restart_count", 0),
         "Driver": "overlay",
         "LogPath": state.get("log_path", ""),
         "Mounts": state.get("mounts", []),

@@ -70,14 +70,17 @@ def _parse(line: bytes) -> dict | None:
     return None
 
 
-def entries(path, tail: int | None = None, follow: bool = False, done=lambda: True, poll: float = 0.1):
-    """The log's entries (dicts): the last `tail` of them (all when None), then with `follow` the
-    new ones until `done()` is true and the file holds nothing more. A missing file is empty."""
+def entries(path, tail: int | None = None, follow: bool = False, done=lambda: True, poll: float = 0.1,
+            offset: int = 0):
+    """The log's entries (dicts) from byte `offset` on: the last `tail` of them (all when None), then
+    with `follow` the new ones until `done()` is true and the file holds nothing more. A missing
+    file is empty."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return
     with f:
+        f.seek(offset)
         lines = f.read().split(b"\n")
         buf = lines.pop()   # an entry being written: completed later
         docs = [d for d in map(_parse, lines) if d is not None]

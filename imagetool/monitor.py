@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from dataclasses import dataclass
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 
@@ -31,8 +33,10 @@ class Monitor:
 
     def __init__(self, ready_fd: int):
         self._ready_fd = ready_fd
+        self.cid: str | None = None
 
     def ready(self, cid: str) -> None:
+        self.cid = cid
         self._send({"id": cid})
 
     def failed(self, message: str, code: int, hint: str | None = None) -> None:
@@ -50,18 +54,53 @@ class Monitor:
             os.close(fd)
 
 
-def detach(store, opts) -> str:
-    """Start `opts` (run -d) under its own monitor; the container's full id once it runs."""
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """docker's --restart: no | on-failure[:N] | always | unless-stopped (`limit` 0: no limit)."""
+
+    name: str = "no"
+    limit: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "RestartPolicy":
+        name, _, count = (text or "no").partition(":")
+        if name not in ("no", "on-failure", "always", "unless-stopped") or (count and name != "on-failure"):
+            raise ImagetoolError(f"invalid restart policy {text!r}",
+                                 hint="use no, on-failure[:N], always or unless-stopped")
+        if count and not (count.isdigit() and int(count) >= 0):
+            raise ImagetoolError(f"invalid restart policy {text!r}: the count must be a number")
+        return cls(name, int(count or 0))
+
+    def again(self, code: int, restarts: int, stopped: bool) -> bool:
+        """Whether the monitor runs the container again after it exited with `code` (`stopped`: by
+        `imagetool stop`, which no policy overrides while the monitor lives)."""
+        if stopped or self.name == "no":
+            return False
+        if self.name == "on-failure":
+            return code != 0 and (self.limit == 0 or restarts < self.limit)
+        return True
+
+
+STOPPED = "stopped"
+"""The marker `imagetool stop` leaves in the container's directory: no restart after this exit."""
+
+
+def detach(store, opts, existing: str | None = None) -> str:
+    """Start `opts` (run -d) under its own monitor; the container's full id once it runs. With
+    `existing`, that exited container starts again (`imagetool start`)."""
     import dataclasses
 
     from imagetool import containers
 
+    policy = RestartPolicy.parse(opts.restart)
+    if policy.name != "no" and opts.rm:
+        raise ImagetoolError("conflicting options: --restart and --rm")
     if opts.tty or opts.interactive:
         raise ImagetoolError("run -d with -i or -t is not supported yet", hint="drop -i/-t; read the output "
                              "with `imagetool logs`")
     if opts.explain or opts.script:
         raise ImagetoolError("run -d cannot be combined with --explain or --script")
-    if opts.name:
+    if opts.name and existing is None:
         containers.validate_name(opts.name)
     img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
     opts = dataclasses.replace(opts, image=img.name)
@@ -73,7 +112,7 @@ def detach(store, opts) -> str:
             os.close(r)
             os.setsid()
             if os.fork() == 0:
-                code = _monitor_main(store, opts, w)
+                code = _monitor_main(store, opts, w, existing)
         except BaseException:
             code = 125
         finally:
@@ -96,8 +135,16 @@ def detach(store, opts) -> str:
     raise cls(doc.get("error") or "the container failed to start", hint=doc.get("hint"))
 
 
-def _monitor_main(store, opts, ready_fd: int) -> int:
-    """The monitor's whole life: run the container to its end; its exit code."""
+def _stopped(store, cid: str) -> bool:
+    """Whether `imagetool stop` (or rm -f) asked for no more runs; the marker is used up."""
+    from imagetool import containers
+
+    return containers.remove_marker(store, cid, STOPPED)
+
+
+def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
+    """The monitor's whole life: run the container to its end, again as its restart policy says
+    (after 0.1 s, doubling up to 10 s); its last exit code."""
     from imagetool import containers
 
     os.chdir("/")
@@ -109,7 +156,18 @@ def _monitor_main(store, opts, ready_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     monitor = Monitor(ready_fd)
     try:
-        return containers.run(store, opts, monitor=monitor)
+        if existing is not None:
+            containers.remove_marker(store, existing, STOPPED)
+        code = containers.run(store, opts, monitor=monitor, existing=existing)
+        policy, restarts, delay = RestartPolicy.parse(opts.restart), 0, 0.1
+        while monitor.cid is not None and policy.again(code, restarts, _stopped(store, monitor.cid)):
+            time.sleep(delay)
+            if _stopped(store, monitor.cid):   # `stop` while it waited
+                break
+            delay = min(delay * 2, 10.0)
+            restarts += 1
+            code = containers.run(store, opts, monitor=monitor, existing=monitor.cid, restarts=restarts)
+        return code
     except ImagetoolError as e:
         monitor.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
     except BaseException as e:

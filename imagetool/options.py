@@ -136,6 +136,9 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("-d --detach", "detach", "Run in the background under its own monitor; print the container's id.", bool),
     option("--stop-signal", "stop_signal", "Signal `stop` sends first (default: the image's, else SIGTERM).",
            metavar="SIGNAL"),
+    option("--restart", "restart", "With -d, run it again when it exits: no | on-failure[:N] | always | "
+           "unless-stopped (while its monitor lives; nothing restarts containers after a reboot).", default="no",
+           metavar="POLICY"),
 ), interspersed=False)
 
 CONTAINERS = argument("containers", "CONTAINER...", "Container ids or names.", multiple=True)
@@ -220,6 +223,12 @@ COMMANDS: tuple[Command, ...] = (
         CONTAINERS,
         option("-s --signal", "signal", "Signal to send (default SIGKILL).", default="SIGKILL", metavar="SIGNAL"))),
     Command("wait", "Wait until containers exit; print each one's exit code.", (CONTAINERS,)),
+    Command("start", "Start exited containers again (on their own files) under a new monitor.", (
+        CONTAINERS,
+        option("-a --attach", "attach", "Copy the container's output until it exits; its exit code.", bool))),
+    Command("restart", "Stop containers (as `stop`) and start them again.", (
+        CONTAINERS,
+        option("-t --time", "time", "Seconds to wait before SIGKILL (default 10).", int, minimum=0, metavar="N"))),
     Command("port", "List a container's published ports (CONTAINERPORT/PROTO -> HOSTIP:HOSTPORT).", (
         argument("container", "CONTAINER", "Container id or name."),)),
     Command("network", "Manage networks: create [--subnet CIDR] [--gateway IP] NAME | ls | inspect NAME... | rm NAME...", (

@@ -240,3 +240,52 @@ def test_kill_of_an_exited_container_is_an_error(dt, it):
     it("wait", cid)
     r = it("kill", cid)
     assert r.returncode == 1 and "is not running" in r.stderr
+
+
+# ---------------------------------------------------------------- start, restart, --restart
+
+
+def test_restart_on_failure_2_runs_exactly_three_times(dt, it):
+    cid = dt.run("--restart", "on-failure:2", "busybox", "sh", "-c", "echo run; exit 3")
+    monitor = dt.state(cid)["owner_pid"]
+    _eventually(lambda: _gone(monitor), "the monitor ends once the policy gives up")
+    assert it("logs", cid).stdout == "run\n" * 3
+    (doc,) = json.loads(it("inspect", cid).stdout)
+    assert doc["RestartCount"] == 2 and doc["State"]["ExitCode"] == 3
+    assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+
+
+def test_restart_always_ends_with_stop(dt, it):
+    cid = dt.run("--restart", "always", "busybox", "sh", "-c", "echo run; sleep 0.1; exit 1")
+    _eventually(lambda: it("logs", cid).stdout.count("run") >= 2, "restarted at least once")
+    monitor = dt.state(cid)["owner_pid"]
+    assert it("stop", "-t", "1", cid).returncode == 0
+    _eventually(lambda: _gone(monitor), "no restart after stop: the monitor ends")
+    assert dt.state(cid)["status"] == "exited"
+
+
+def test_start_runs_an_exited_container_again_on_its_own_files(dt, it):
+    cid = dt.run("busybox", "sh", "-c", "echo x >> /kept; wc -l < /kept")
+    assert it("wait", cid).stdout == "0\n"
+    r = it("start", "-a", cid)
+    assert (r.returncode, r.stdout) == (0, "2\n")   # the file written by the first run is still there
+    assert it("logs", cid).stdout == "1\n2\n"         # the log goes on
+
+
+def test_start_of_a_running_container_is_a_clear_error_and_restart_runs_it_anew(dt, it):
+    cid = dt.run("busybox", "sleep", "1000")
+    first = dt.state(cid)["pid"]
+    r = it("start", cid)
+    assert r.returncode == 1 and "already running" in r.stderr
+    assert it("restart", "-t", "1", cid).returncode == 0
+    st = dt.state(cid)
+    assert st["status"] == "running" and st["pid"] != first and _gone(first)
+    dt.monitors.add(st["owner_pid"])
+
+
+@pytest.mark.parametrize("argv, text", [(["--restart", "always", "--rm"], "conflicting options"),
+                                        (["--restart", "sometimes"], "invalid restart policy"),
+                                        (["--restart", "always:3"], "invalid restart policy")])
+def test_bad_restart_policies_are_refused(it, argv, text):
+    r = it("run", "-d", *argv, "busybox", "true")
+    assert r.returncode == 125 and text in r.stderr and r.stdout == ""
