@@ -85,13 +85,52 @@ def mkdir_hook(pfd: int, name: str, canon: str, st) -> None:
     return None
 
 
+def check_ordinary(root: Root, dest: str) -> None:
+    """The ordinary-directory rule, the one check of both backends (the init's `target`, and
+    runc.py before runc sees the bundle, since runc 1.1 follows an image's /dev symlink onto the
+    host): for `dest` under /proc, /dev or /sys every component that exists in the root is a
+    directory and none is a symlink (the last may be a file: a file bind), else ContainerError
+    "must be mounted on ordinary directory". Missing components are fine (they are made later)."""
+    comps = components(dest)
+    if not comps or comps[0] not in ORDINARY:
+        return
+    pfd = root.fd
+    try:
+        for i, name in enumerate(comps):
+            st = root.lstat(pfd, name)
+            if st is None:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise ContainerError(f"{dest} must be mounted on ordinary directory (/{'/'.join(comps[:i + 1])} "
+                                     f"is a symlink in the image)")
+            if not stat.S_ISDIR(st.st_mode):
+                if i == len(comps) - 1:
+                    return
+                raise ContainerError(f"{dest} must be mounted on ordinary directory (/{'/'.join(comps[:i + 1])} "
+                                     f"is not a directory in the image)")
+            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            if pfd != root.fd:
+                os.close(pfd)
+            pfd = fd
+    finally:
+        if pfd != root.fd:
+            os.close(pfd)
+
+
+def check_mount_points(root: Root, spec: dict) -> None:
+    """`check_ordinary` for /proc, /dev, /sys and every destination of the spec's mounts."""
+    for dest in ("/proc", "/dev", "/sys", *(m["destination"] for m in spec.get("mounts") or ())):
+        check_ordinary(root, dest)
+
+
 def target(root: Root, dest: str, directory: bool = True) -> tuple[int, str]:
     """(parent fd, name) of the mount point for `dest` inside `root`, created when missing
     (a directory, or an empty file when `directory` is False). Symlinks resolve inside the root;
-    under /proc, /dev and /sys none is allowed."""
+    under /proc, /dev and /sys none is allowed (`check_ordinary`)."""
     comps = components(dest)
     if not comps:
         raise ContainerError(f"cannot mount over the container's root ({dest})")
+    check_ordinary(root, dest)
     ordinary = comps[0] in ORDINARY
     for _ in range(41):
         pfd, pcanon = root.resolve_dir(comps[:-1], mkdir_hook)

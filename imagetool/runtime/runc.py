@@ -23,6 +23,7 @@ from imagetool.errors import ContainerError
 from imagetool.mount import Mount
 from imagetool.runtime import explain, mounts, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
+from imagetool.safepath import Root
 
 
 
@@ -120,6 +121,10 @@ def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, bina
     narrator.report("make private", mounts.make_private(), t)
     t = time.perf_counter()
     narrator.report("mount rootfs", mounts.mount_rootfs(rootfs), t)
+    t = time.perf_counter()
+    with Root(rootfs.target) as root:   # runc 1.1 would follow an image's /dev symlink onto the host
+        mounts.check_mount_points(root, spec)
+    narrator.report("check mount points", "# /proc, /dev, /sys and every mount destination: ordinary directories", t)
     if user_name:
         t = time.perf_counter()
         u = lookup(rootfs.target, user_name)

@@ -1,0 +1,64 @@
+"""The follow-ups of issue 14's attack pass (R1): each attack performed for real against
+`imagetool run`, with the built-in runtime and runc, and shown blocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.runfixtures import host_unchanged, it, store_fixture  # noqa: F401 (fixtures)
+from tests.runhelpers import kernel_skip_reason
+
+_reason = kernel_skip_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+VICTIM = Path("/tmp/imagetool-followups-victim")    # a host directory an image's symlink names
+BACKENDS = ["imagetool", pytest.param("runc", marks=pytest.mark.skipif(shutil.which("runc") is None,
+                                                                        reason="needs runc"))]
+
+
+def _images():
+    from fixtures.tarbuild import symlink
+
+    return {
+        # /dev, /proc or /sys a symlink to a host directory: runc 1.1 makes its /dev links there
+        "devvictim": ([symlink("dev", str(VICTIM))], None),
+        "procvictim": ([symlink("proc", str(VICTIM))], None),
+        "sysvictim": ([symlink("sys", str(VICTIM))], None),
+    }
+
+
+store = store_fixture("imagetool-followups", _images)
+
+
+def _runtime(backend: str) -> list[str]:
+    return [] if backend == "imagetool" else ["--runtime", backend]
+
+
+@pytest.fixture
+def victim():
+    shutil.rmtree(VICTIM, ignore_errors=True)
+    VICTIM.mkdir()
+    yield VICTIM
+    shutil.rmtree(VICTIM, ignore_errors=True)
+
+
+def _one_error_line(r, text: str) -> None:
+    assert r.returncode == 125, r.stderr
+    assert r.stderr.startswith("imagetool: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert text in r.stderr
+
+
+# ---------------------------------------------------------------- 1: /dev, /proc, /sys symlinks under runc
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("image", ["devvictim", "procvictim", "sysvictim"])
+def test_an_image_symlink_at_dev_proc_or_sys_writes_nothing_into_the_host_directory(it, victim, backend, image):
+    r = it("run", "--rm", *_runtime(backend), image, "true")
+    _one_error_line(r, "must be mounted on ordinary directory")
+    assert os.listdir(victim) == []
+    assert r.stdout == ""
