@@ -57,6 +57,19 @@ def container_ips(result: dict | None) -> list[str]:
     return [ip["address"].split("/")[0] for ip in (result or {}).get("ips", []) if "address" in ip]
 
 
+def _published(store) -> set:
+    """(protocol, host port) of every port the store's containers publish now."""
+    out = set()
+    try:
+        entries = list(os.scandir(store.containers_dir))
+    except FileNotFoundError:
+        return out
+    for e in entries:
+        doc = read(Path(e.path)) or {}
+        out.update((p.get("protocol", "tcp"), p.get("hostPort")) for p in doc.get("ports", []))
+    return out
+
+
 def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     """Attach the container to its network and make the spec use it (see the module docstring)."""
     mode = getattr(opts, "network", None) or "private"
@@ -82,12 +95,13 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
 
         exposed = spec.get("annotations", {}).pop(EXPOSED_ANNOTATION, "")
         wanted += ports.parse_all(p for p in exposed.split(",") if p)
-    mappings = ports.allocate(wanted)
+    path = str(cdir / NETNS)
+    with networks.Locked(networks.net_dir(store)):   # no two containers take the same host port
+        mappings = ports.allocate(wanted, _published(store)) if wanted else []
+        doc = {"netns": path, "network": net.name, "ports": [m.to_cni() for m in mappings], "attachments": []}
+        _save(cdir, doc)
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
-    path = str(cdir / NETNS)
-    doc = {"netns": path, "network": net.name, "ports": [m.to_cni() for m in mappings], "attachments": []}
-    _save(cdir, doc)
     trace = None
     if narrator is not None:
         def trace(line, _t=[time.perf_counter()]):

@@ -2,7 +2,9 @@
 
 Each network is a CNI conflist kept in `<store>/networks/<name>.conflist`: a bridge (the host
 side of every container's veth, the gateway, outbound NAT with ipMasq), host-local IPAM with
-its leases in `<store>/networks/ipam/<name>/`, portmap (-p) and firewall. A subnet left out is
+its leases in `<store>/networks/ipam/<name>/`, portmap (-p) and firewall (forwarding to the
+containers allowed, and `ingressPolicy: same-bridge`: one network's containers cannot reach
+another's, the plugin's CNI-ISOLATION chains as docker's). A subnet left out is
 the first /24 of 10.88.0.0/14 that overlaps no route of the current network namespace and no
 other network's subnet. The default network is made on first use.
 """
@@ -104,7 +106,7 @@ def conflist(name: str, bridge: str, subnet: str, gateway: str, ipam_dir: Path) 
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet, "gateway": gateway}]],
                       "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir)}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "firewall", "backend": "iptables"},
+            {"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"},   # networks isolated
         ],
     }
 
@@ -115,7 +117,9 @@ def _from_conflist(doc: dict) -> Network:
     return Network(doc["name"], bridge["bridge"], r["subnet"], r["gateway"], doc)
 
 
-class _Locked:
+class Locked:
+    """An exclusive flock on the networks directory (configs, host port choice)."""
+
     def __init__(self, d: Path):
         self.d = d
 
@@ -183,7 +187,7 @@ def _create_locked(d: Path, name: str, subnet: str | None, gateway: str | None) 
 def create(store, name: str, subnet: str | None = None, gateway: str | None = None) -> Network:
     """A new user network (its bridge is made when the first container joins)."""
     _validate(name)
-    with _Locked(net_dir(store)) as lk:
+    with Locked(net_dir(store)) as lk:
         return _create_locked(lk.d, name, subnet, gateway)
 
 
@@ -196,7 +200,7 @@ def get(store, mode: str) -> Network:
         return found
     if name != DEFAULT:
         raise NetworkError(f"no such network: {name}", hint="create it with `imagetool network create NAME`")
-    with _Locked(d):
+    with Locked(d):
         return _read(d, name) or _create_locked(d, name, None, None)
 
 
@@ -232,7 +236,7 @@ def users(store, name: str) -> list[str]:
 def remove(store, name: str) -> str:
     """Remove a user network that no container uses (its bridge too, when it exists here)."""
     d = net_dir(store)
-    with _Locked(d):
+    with Locked(d):
         net = _read(d, name)
         if net is None:
             raise NetworkError(f"no such network: {name}")

@@ -105,15 +105,19 @@ def _first_free(ports, proto, ip, spec) -> int:
     raise NetworkError(f"-p {spec}: every host port of the range is in use")
 
 
-def allocate(mappings) -> list[PortMapping]:
-    """The mappings with a free host port chosen for each 0; a busy host port is refused."""
-    out, seen = [], set()
+def allocate(mappings, published=()) -> list[PortMapping]:
+    """The mappings with a free host port chosen for each 0; a host port that a process holds or
+    that another container publishes (`published`: (protocol, port) pairs; portmap's DNAT binds
+    no socket) is refused."""
+    out, seen = [], set(published)
     for m in mappings:
-        port = _try_bind(m.protocol, m.host_ip, m.host_port)
-        key = (m.protocol, m.host_ip, port)
-        if port is None or (m.host_port and key in seen):
+        for _ in range(20):
+            port = _try_bind(m.protocol, m.host_ip, m.host_port)
+            if m.host_port or port is None or (m.protocol, port) not in seen:
+                break
+        if port is None or (m.protocol, port) in seen:
             raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use",
                                hint="choose another host port, or -p CONTAINERPORT for a free one")
-        seen.add(key)
+        seen.add((m.protocol, port))
         out.append(PortMapping(m.container_port, port, m.protocol, m.host_ip))
     return out
