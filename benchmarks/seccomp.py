@@ -8,6 +8,8 @@ Usage (root): python -m benchmarks.seccomp [--runs N]
            unconfined  --security-opt seccomp=unconfined
            default     the default profile (its program from the cache after the first run)
            no-cache    the same with every program built by libseccomp
+           podman      `podman run --rm --runtime runc busybox true` (its own root in the temp dir,
+                       cgroupfs, --network none, this host's ulimits), when podman is installed
 Prints median and quartiles of each and the differences of the medians to `unconfined`.
 """
 
@@ -103,10 +105,13 @@ def runs(n: int) -> None:
                                "busybox", "true"],
                 "default": [sys.executable, "-m", "imagetool", *head, "busybox", "true"],
                 "no-cache": [sys.executable, "-c", NO_CACHE, *head, "busybox", "true"]}
+        if shutil.which("podman"):
+            argv["podman"] = _podman_argv(tmp)
         res: dict[str, list[float]] = {k: [] for k in argv}
         order = list(argv)
         for i in range(n + 1):
-            for how in order[i % 3:] + order[:i % 3]:
+            k = i % len(order)
+            for how in order[k:] + order[:k]:
                 t = time.perf_counter()
                 subprocess.run(argv[how], env=env, check=True, stdin=subprocess.DEVNULL)
                 if i:  # the first round warms the caches
@@ -115,6 +120,20 @@ def runs(n: int) -> None:
             print(line(f"run --rm busybox true: {how}", res[how], None if how == "unconfined" else res["unconfined"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _podman_argv(tmp: Path) -> list[str]:
+    """podman with a private root under `tmp`, busybox loaded into it; the argv of its run."""
+    from benchmarks.specs import podman_ulimits
+    from fixtures.images import busybox_archive
+
+    base = ["podman", "--root", str(tmp / "podman/root"), "--runroot", str(tmp / "podman/run"),
+            "--tmpdir", str(tmp / "podman/tmp"), "--storage-driver", "overlay",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    archive = tmp / "busybox.tar"
+    archive.write_bytes(busybox_archive())
+    subprocess.run([*base, "load", "-i", str(archive)], check=True, capture_output=True)
+    return [*base, "run", "--rm", "--runtime", "runc", "--network", "none", *podman_ulimits(), "busybox", "true"]
 
 
 def main() -> None:
