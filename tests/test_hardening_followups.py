@@ -62,3 +62,26 @@ def test_an_image_symlink_at_dev_proc_or_sys_writes_nothing_into_the_host_direct
     _one_error_line(r, "must be mounted on ordinary directory")
     assert os.listdir(victim) == []
     assert r.stdout == ""
+
+
+# ---------------------------------------------------------------- 2: the container's stdin
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_container_root_cannot_chmod_the_hosts_dev_null_through_its_stdin(it, backend):
+    """Without -i fd 0 is an empty pipe: not the host's /dev/null node (which container root
+    could chmod 000), and reading it gives EOF at once."""
+    before = os.stat("/dev/null")
+    attack = 'stat -L -c "%d %i" /proc/self/fd/0; chmod 600 /proc/self/fd/0; cat; echo read-eof'
+    r = it("run", "--rm", *_runtime(backend), "busybox", "sh", "-c", attack)
+    after = os.stat("/dev/null")
+    assert r.returncode == 0, r.stderr
+    dev, ino = r.stdout.splitlines()[0].split()
+    assert (int(dev), int(ino)) != (before.st_dev, before.st_ino)
+    assert r.stdout.splitlines()[-1] == "read-eof"
+    assert (after.st_mode, after.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
+
+
+def test_a_device_over_dev_null_is_refused_rather_than_masking_with_the_hosts_node(it):
+    r = it("run", "--rm", "--device", "/dev/tty:/dev/null", "busybox", "true")
+    _one_error_line(r, "the container's /dev/null is not the null device")

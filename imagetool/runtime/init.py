@@ -8,7 +8,7 @@ child exits; it never returns to the caller's code.
 
 Before the spec exists (while imagetool still looks up the image):
    1. new_session            default signals, setsid, parent-death signal SIGKILL
-   2. connect_stdio          fds 0-2 become the pipes (or /dev/null until the pty exists): the
+   2. connect_stdio          fds 0-2 become the pipes (or an empty pipe until the pty exists): the
                              host's own stdout/stderr never stay in the container
    3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
 Then, with the spec (read from the config pipe):
@@ -156,17 +156,27 @@ def new_session(init: Init) -> str:
     return "setsid  # and PR_SET_PDEATHSIG=SIGKILL: the init dies with imagetool"
 
 
+def empty_input() -> int:
+    """The read end of a pipe whose write end is closed: reads give EOF, writes EBADF, and no
+    host inode (never the host's /dev/null, which container root could chmod or chown)."""
+    r, w = os.pipe()
+    os.close(w)
+    return r
+
+
 def connect_stdio(init: Init) -> str:
-    null = os.open("/dev/null", os.O_RDWR)
-    stdin, stdout, stderr = init.stdio or (None, null, null)
-    for fd, src in ((0, stdin if stdin is not None else null), (1, stdout), (2, stderr)):
+    """fds 0-2: the pipes imagetool copies; without -i stdin is an empty pipe; with -t all three
+    are that empty pipe until attach_terminal puts the pty slave there. Never a host file."""
+    empty = empty_input()
+    stdin, stdout, stderr = init.stdio or (None, empty, empty)
+    for fd, src in ((0, stdin if stdin is not None else empty), (1, stdout), (2, stderr)):
         os.dup2(src, fd)
-    for fd in {null, *(f for f in init.stdio if f is not None)} - {0, 1, 2}:
+    for fd in {empty, *(f for f in init.stdio if f is not None)} - {0, 1, 2}:
         os.close(fd)
     if init.stdio:
         return "exec 0<{} 1>&PIPE 2>&PIPE  # imagetool copies the pipes; its own fds never reach the container".format(
-            "PIPE" if stdin is not None else "/dev/null")
-    return "exec 0</dev/null 1>/dev/null 2>/dev/null  # until the pty exists (-t)"
+            "PIPE" if stdin is not None else "EMPTY_PIPE")
+    return "exec 0<EMPTY_PIPE 1<&0 2<&0  # an empty pipe (no host file) until the pty exists (-t)"
 
 
 def join_cgroup(init: Init) -> str | None:
@@ -288,24 +298,29 @@ def loopback_up(init: Init) -> str | None:
 
 
 def _open_null(root: Root) -> int:
-    """The /dev/null the masks bind, opened before pivot_root: the container's own node when it
-    is one (char 1:3), else the host's — never whatever an image put at dev/null."""
+    """The /dev/null the masks bind, opened before pivot_root: the container's own node, and
+    only when it is the null device (char 1:3). Never the host's node (container root could
+    chmod it through the mask) and never whatever an image or --device put at dev/null: then
+    the run is refused."""
     import stat
 
     try:
         pfd, _ = root.resolve_dir(("dev",))
         fd = os.open("null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     except (OSError, ImagetoolError):
-        return os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
-        return fd
-    os.close(fd)
-    return os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+        fd = None
+    if fd is not None:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+            return fd
+        os.close(fd)
+    raise ContainerError("cannot mask paths: the container's /dev/null is not the null device (char 1:3)",
+                         hint="do not replace /dev/null (e.g. with --device), or run with --privileged")
 
 
 def pivot_root(init: Init) -> str:
-    init.null_fd = _open_null(init.root)
+    if init.spec.get("linux", {}).get("maskedPaths"):
+        init.null_fd = _open_null(init.root)
     init.root.close()
     init.root = None
     return mounts.pivot(init.rootfs.target)
@@ -331,8 +346,9 @@ def write_sysctls(init: Init) -> str | None:
 
 def mask_paths(init: Init) -> str | None:
     lines = [mounts.mask_path(p, init.null_fd) for p in init.spec.get("linux", {}).get("maskedPaths", [])]
-    os.close(init.null_fd)
-    init.null_fd = None
+    if init.null_fd is not None:
+        os.close(init.null_fd)
+        init.null_fd = None
     return "\n".join(x for x in lines if x) or None
 
 

@@ -106,6 +106,7 @@ def _send_error(fd: int, code: int, message: str) -> None:
 
 def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, binary, argv) -> None:
     """The helper process: never returns (exec of runc, or an error message and exit)."""
+    from imagetool.runtime.init import empty_input
     from imagetool.runtime.spec import env_get
     from imagetool.users import lookup
 
@@ -113,7 +114,7 @@ def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, bina
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if pipes is not None:   # the container (and runc) get the pipes, never imagetool's fds
         for fd, src in ((0, pipes.stdin_r), (1, pipes.stdout_w), (2, pipes.stderr_w)):
-            os.dup2(src if src is not None else os.open("/dev/null", os.O_RDONLY), fd)
+            os.dup2(src if src is not None else empty_input(), fd)   # never the host's /dev/null
     t = time.perf_counter()
     sc.unshare(sc.CLONE_NEWNS)
     narrator.report("unshare mount namespace", shell.unshare(["mount"], fork=False), t)
