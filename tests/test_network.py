@@ -372,13 +372,24 @@ def test_sigkill_of_imagetool_then_ps_runs_del_from_the_cache(it, netns, clean_a
 
 
 @needs_netns
-def test_containers_on_a_user_network_reach_each_other_and_no_one_else(it, netns, clean_after):
+def test_containers_on_a_user_network_reach_each_other_by_ip_and_name_and_no_one_else(it, netns, clean_after):
     for net, subnet in (("front", "10.91.0.0/24"), ("back", "10.92.0.0/24")):
         assert it("network", "create", "--subnet", subnet, net).returncode == 0
-    p = serve(it, "srv", "--network", "front", "--ip", "10.91.0.10")
+    p = serve(it, "srv", "--network", "front", "--ip", "10.91.0.10", "--network-alias", "www")
+    srv_hosts = it.store / "containers" / running(it.store, "srv")["id"] / "hosts"
     try:
-        r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", WGET.format(url="http://10.91.0.10/"))
-        assert (r.returncode, r.stdout) == (0, "hello-from-srv\n"), r.stderr
+        for url in ("http://10.91.0.10/", "http://srv/", "http://www/"):
+            r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", WGET.format(url=url))
+            assert (r.returncode, r.stdout) == (0, "hello-from-srv\n"), (url, r.stderr)
+        # a newcomer is in srv's /etc/hosts while it runs, and gone when it has left
+        q = serve(it, "newcomer", "--network", "front")
+        try:
+            assert "\tnewcomer " in srv_hosts.read_text()
+            r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", WGET.format(url="http://newcomer/"))
+            assert r.stdout == "hello-from-newcomer\n", r.stderr
+        finally:
+            stop(it, q, "newcomer")
+        assert "newcomer" not in srv_hosts.read_text()
         r = it("run", "--rm", "--network", "back", "busybox", "sh", "-c", WGET.format(url="http://10.91.0.10/"))
         assert r.returncode != 0 and r.stdout == ""
         r = it("network", "rm", "front")

@@ -102,11 +102,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         _save(cdir, doc)
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
-    trace = None
-    if narrator is not None:
-        def trace(line, _t=[time.perf_counter()]):
-            narrator.report("cni", line, _t[0])
-            _t[0] = time.perf_counter()
+    trace = narrator.report if narrator is not None else None
     try:
         netns.create(path)
         if narrator is not None:
@@ -128,8 +124,33 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         if ns["type"] == "network":
             ns["path"] = path
     spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
-    spec["mounts"] += hosts.write(cdir, hostname, names, ips, _opt(opts, "add_hosts"), _opt(opts, "dns"),
-                                  _opt(opts, "dns_search"))
+    try:
+        spec["mounts"] += hosts.write(cdir, hostname, names, ips, _opt(opts, "add_hosts"), _opt(opts, "dns"),
+                                      _opt(opts, "dns_search"))
+        doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(_opt(opts, "add_hosts"))}
+        with networks.Locked(networks.net_dir(store)):
+            _save(cdir, doc)
+            _refresh_peers(cdir.parent, net.name)
+    except BaseException:
+        teardown(cdir)
+        raise
+
+
+def _refresh_peers(containers_dir: Path, network: str) -> None:
+    """Rewrite the /etc/hosts of every container on `network` so each lists all the others
+    (called under the networks lock, after a container joined or left)."""
+    members = []
+    for e in os.scandir(containers_dir):
+        doc = read(Path(e.path))
+        if doc and doc.get("network") == network and doc.get("hosts"):
+            members.append((Path(e.path), doc["hosts"]))
+    for cdir, own in members:
+        peers = [(ip, other["names"]) for d, other in members if d != cdir for ip in other["ips"]]
+        try:
+            hosts.rewrite(cdir / "hosts", hosts.hosts_text(own["hostname"], own["names"], own["ips"],
+                                                            own.get("add_hosts", []), peers))
+        except (OSError, NetworkError):
+            continue   # a container going away meanwhile
 
 
 def read(cdir: Path) -> dict | None:
@@ -162,6 +183,12 @@ def teardown(cdir: Path, strict: bool = False) -> None:
         doc = json.loads(claimed.read_text())
     except (OSError, ValueError):
         doc = {}
+    if doc.get("hosts"):   # the others on its network forget it
+        try:
+            with networks.Locked(cdir.parent.parent / "networks"):   # <store>/containers/<id> -> <store>/networks
+                _refresh_peers(cdir.parent, doc.get("network"))
+        except OSError:
+            pass
     first = None
     path = doc.get("netns") or str(cdir / NETNS)
     gone = not netns.is_mounted(path)   # the namespace is gone already: DEL releases leases and rules only

@@ -85,21 +85,32 @@ def plugin_config(conflist: dict, plugin: dict, prev: dict | None, runtime_confi
     return conf
 
 
+def shell_line(path: str, conf: dict, env: dict) -> str:
+    """The plugin call as a person would type it (for --explain)."""
+    import shlex
+
+    return (f"echo {shlex.quote(json.dumps(conf, separators=(',', ':')))} | "
+            + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "PATH") + f" {shlex.quote(path)}")
+
+
 def invoke(command: str, plugin: dict, conf: dict, att: Attachment, trace=None) -> dict | None:
-    """Run one plugin; its JSON result (ADD), or None (CHECK, DEL). `trace(argv_text)` is told
-    the call as a shell line, for --explain."""
+    """Run one plugin; its JSON result (ADD), or None (CHECK, DEL). `trace(step, line, started)`
+    is told each call once it returned (its name, the shell line, its perf_counter start), for
+    --explain."""
+    import time
+
     path = find_plugin(plugin.get("type", ""))
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": att.container_id, "CNI_NETNS": att.netns,
            "CNI_IFNAME": att.ifname, "CNI_PATH": ":".join(plugin_path()),
            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    if trace is not None:
-        trace(f"echo '<{plugin['type']} config>' | " + " ".join(f"{k}={v}" for k, v in env.items() if k != "PATH")
-              + f" {path}")
+    started = time.perf_counter()
     try:
         p = subprocess.run([path], input=json.dumps(conf).encode(), env=env, capture_output=True,
                            timeout=_TIMEOUT, close_fds=True)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise NetworkError(f"CNI plugin {plugin['type']} ({command}) failed to run: {e}") from None
+    if trace is not None:
+        trace(f"cni {command} {plugin['type']} ({att.ifname})", shell_line(path, conf, env), started)
     if p.returncode != 0:
         raise NetworkError(f"CNI plugin {plugin['type']} ({command}) failed: {_error_text(p)}")
     if command != "ADD":

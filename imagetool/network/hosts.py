@@ -1,5 +1,9 @@
 """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname, written in its directory.
 
+On a bridge or user network each container's /etc/hosts also lists the other containers of
+that network (name, short id, --network-alias), rewritten in place as they come and go: how
+containers reach each other by name (docker's user-network DNS, through /etc/hosts).
+
 They are bind-mounted over the image's files (as docker does), so the image is never changed
 and the files go with the container's directory. resolv.conf is the host's without loopback
 nameservers (they do not answer inside the container's namespace); --dns and --dns-search
@@ -34,12 +38,27 @@ def parse_add_host(text: str) -> tuple[str, str]:
     return name, _ip(ip, f"--add-host {text}")
 
 
-def hosts_text(hostname: str, names: list[str], ips: list[str], add_hosts: list[str]) -> str:
+def hosts_text(hostname: str, names: list[str], ips: list[str], add_hosts: list[str], peers=()) -> str:
+    """/etc/hosts: localhost, the container's own names, --add-host entries, then `peers`
+    ((ip, names) of the other containers on its network: how they find each other by name)."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     aliases = " ".join(dict.fromkeys([hostname] + list(names)))
     lines += [f"{ip}\t{aliases}" for ip in ips] or [f"127.0.1.1\t{aliases}"]
     lines += [f"{ip}\t{name}" for name, ip in (parse_add_host(h) for h in add_hosts)]
+    lines += [f"{ip}\t{' '.join(peer_names)}" for ip, peer_names in peers]
     return "\n".join(lines) + "\n"
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace a hosts file's content in place: the container sees its bind-mounted inode change
+    (a rename would leave it the old file). Never follows a link."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def resolv_text(host_text: str, dns: list[str], dns_search: list[str]) -> str:
