@@ -170,7 +170,9 @@ def netns():
 def store(tmp_path_factory):
     if _reason:
         pytest.skip(_reason)
-    return busybox_store(tmp_path_factory.mktemp("imagetool-network") / "store")
+    exposer = ([], {"Cmd": ["sh", "-c", HTTPD.format(name="exposer")], "Env": ["PATH=/bin"],
+                    "ExposedPorts": {"80/tcp": {}, "53/udp": {}}})
+    return busybox_store(tmp_path_factory.mktemp("imagetool-network") / "store", {"exposer": exposer})
 
 
 class InNetns(Imagetool):
@@ -424,5 +426,25 @@ def test_private_and_none_stay_as_they_were(it, netns, clean_after):
     assert r.stdout.split() == ["lo"]
     r = it("run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
     assert r.stdout.split() == ["lo", "unknown"]
-    r = it("run", "--rm", "-p", "80", "busybox", "true")
-    assert r.returncode == 125 and "need a bridge network" in r.stderr
+    for args in (["-p", "80"], ["-P"], ["--network", "none", "-p", "80"]):
+        r = it("run", "--rm", *args, "busybox", "true")
+        assert r.returncode == 125 and "need a bridge network" in r.stderr, args
+    for args in (["--ip", "10.88.0.9"], ["--network-alias", "x"]):
+        r = it("run", "--rm", *args, "busybox", "true")
+        assert r.returncode == 125 and "need a bridge network" in r.stderr, args
+    r = it("run", "--rm", "--add-host", "db:192.0.2.9", "--dns", "192.0.2.53", "busybox", "sh", "-c",
+           "grep db /etc/hosts; cat /etc/resolv.conf")
+    assert r.stdout == "192.0.2.9\tdb\nnameserver 192.0.2.53\n", r.stderr
+
+
+@needs_netns
+def test_publish_all_maps_every_exposed_port_to_a_free_one(it, netns, clean_after):
+    p = it.popen("run", "--rm", "--name", "exposer", "--network", "bridge", "-P", "exposer")
+    try:
+        wait_for(lambda: running(it.store, "exposer") or p.poll() is not None, "container exposer")
+        lines = sorted(it("port", "exposer").stdout.splitlines())
+        assert [line.split(" -> ")[0] for line in lines] == ["53/udp", "80/tcp"]
+        tcp = int(lines[1].rsplit(":", 1)[1])
+        assert wait_for(lambda: fetch(netns, f"http://127.0.0.1:{tcp}/"), "the exposed port") == "hello-from-exposer\n"
+    finally:
+        stop(it, p, "exposer")
