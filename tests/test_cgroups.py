@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from imagetool.errors import ContainerError
 from imagetool.runtime import cgroups as cg
 from imagetool.runtime.cgroups import v2 as v2mod
+from tests import v2vm
 
 MOUNTINFO_V2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 MOUNTINFO_HYBRID = """\
@@ -200,9 +200,6 @@ def test_v1_real_limits_processes_and_removal():
 
 # ---------------------------------------------------------------- the v2 VM
 
-V2HOST = Path("/work/shared/v2host")
-V2DATA = Path(os.environ.get("V2HOST_DATA", "/var/tmp/v2host-data"))
-SITE_CACHE = Path("/var/tmp/imagetool-v2site")
 
 GUEST_SCRIPT = r"""
 set -u
@@ -236,45 +233,10 @@ echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/moun
 """
 
 
-def _ensure_site() -> Path | None:
-    """typer and click for the network-less guest (built once with v2host's wheels.sh)."""
-    if (SITE_CACHE / "typer").is_dir():
-        return SITE_CACHE
-    SITE_CACHE.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([str(V2HOST / "wheels.sh"), "--site", str(SITE_CACHE), "typer"],
-                       capture_output=True, text=True, timeout=300)
-    site = SITE_CACHE / ".v2site"
-    if r.returncode != 0 or not site.is_dir():
-        return None
-    for p in site.iterdir():
-        shutil.move(str(p), SITE_CACHE / p.name)
-    site.rmdir()
-    return SITE_CACHE
-
-
 def test_v2_vm_smoke(tmp_path):
     """One boot of the cgroup-v2-only VM: OOM → 137, pids limit, cpu.max, PID 1, exit codes, --explain
     with v2's file names, /sys/fs/cgroup, the tty, stdio on pipes, cleanup."""
-    if not (V2HOST / "run.sh").is_file() or not (V2DATA / "root.img").is_file():
-        pytest.skip("the v2host VM image is not built (run /work/shared/v2host/build.sh)")
-    if os.environ.get("IMAGETOOL_SKIP_VM"):
-        pytest.skip("IMAGETOOL_SKIP_VM is set")
-    site = _ensure_site()
-    if site is None:
-        pytest.skip("could not prepare typer for the guest (wheels.sh needs PyPI)")
-    repo = Path(__file__).resolve().parent.parent
-    share = tmp_path / "share"
-    src = share / "src"
-    for part in ("imagetool", "store", "fixtures", "tests"):
-        shutil.copytree(repo / part, src / part, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
-    shutil.copytree(site, share / "site")
-    (share / "smoke.sh").write_text(GUEST_SCRIPT)
-    r = subprocess.run([str(V2HOST / "run.sh"), "--share", str(share), "--timeout", "500", "--",
-                        "bash /host/smoke.sh"], capture_output=True, text=True, timeout=600)
-    out = r.stdout
-    sys.stdout.write(out)  # shown with -s or on failure: what the VM saw
-    if r.returncode == 125 and "RESULT" not in out:
-        pytest.skip(f"the VM did not start: {r.stderr[-300:]}")
+    out = v2vm.boot(tmp_path, GUEST_SCRIPT, started_marker="RESULT")
     results = dict(line.split()[1:3] if len(line.split()) > 2 else (line.split()[1], "")
                    for line in out.splitlines() if line.startswith("RESULT "))
     assert "LAYOUT v2" in out

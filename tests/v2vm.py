@@ -19,6 +19,7 @@ import pytest
 V2HOST = Path("/work/shared/v2host")
 V2DATA = Path(os.environ.get("V2HOST_DATA", "/var/tmp/v2host-data"))
 REPO = Path(__file__).resolve().parent.parent
+SITE_CACHE = Path("/var/tmp/imagetool-v2site")
 
 
 def boot(tmp_path: Path, script: str, started_marker: str, timeout: int = 500) -> str:
@@ -26,8 +27,6 @@ def boot(tmp_path: Path, script: str, started_marker: str, timeout: int = 500) -
         pytest.skip("the v2host VM image is not built (run /work/shared/v2host/build.sh)")
     if os.environ.get("IMAGETOOL_SKIP_VM"):
         pytest.skip("IMAGETOOL_SKIP_VM is set")
-    from tests.test_cgroups import _ensure_site
-
     site = _ensure_site()
     if site is None:
         pytest.skip("could not prepare typer for the guest (wheels.sh needs PyPI)")
@@ -42,3 +41,19 @@ def boot(tmp_path: Path, script: str, started_marker: str, timeout: int = 500) -
     if r.returncode == 125 and started_marker not in r.stdout:
         pytest.skip(f"the VM did not start: {r.stderr[-300:]}")
     return r.stdout
+
+
+def _ensure_site() -> Path | None:
+    """typer and click for the network-less guest (built once with v2host's wheels.sh)."""
+    if (SITE_CACHE / "typer").is_dir():
+        return SITE_CACHE
+    SITE_CACHE.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([str(V2HOST / "wheels.sh"), "--site", str(SITE_CACHE), "typer"],
+                       capture_output=True, text=True, timeout=300)
+    site = SITE_CACHE / ".v2site"
+    if r.returncode != 0 or not site.is_dir():
+        return None
+    for p in site.iterdir():
+        shutil.move(str(p), SITE_CACHE / p.name)
+    site.rmdir()
+    return SITE_CACHE
