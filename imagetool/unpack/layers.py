@@ -59,7 +59,7 @@ class LayerStream:
     """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
 
     def __init__(self, raw: BinaryIO, media_type: str, diff_id=None, limits: Limits | None = None,
-                 name: str = "layer"):
+                 name: str = "layer", prefetch: int | None = None):
         self.name = name
         self.compression = compression_of(media_type)
         self.limits = limits or Limits()
@@ -74,6 +74,8 @@ class LayerStream:
         self._thread = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        if prefetch is not None:
+            self.PREFETCH = max(1, prefetch)
         self._src = compression.decompressing(raw, self.compression, name) if self.compression else raw
 
     def read(self, n: int = -1) -> bytes:
@@ -150,6 +152,10 @@ class LayerStream:
                 raise UnpackError(f"{self.name}: expands past the limit of {self.limits.max_bytes} bytes",
                                   hint="raise IMAGETOOL_MAX_LAYER_BYTES if the image is trusted")
         return data
+
+    def ready(self) -> bool:
+        """Would read() return without waiting (data decoded, the end, or an error)?"""
+        return bool(self._left) or self._done or (self._thread is not None and not self._q.empty())
 
     def finish(self) -> str:
         """Drain to EOF and check the diff_id; returns "<alg>:<hex>" of the uncompressed stream."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager, nullcontext
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,7 +41,8 @@ from imagetool.errors import UnpackError
 from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
-WORKERS = 2   # layers unpacked at once (Python unpacking is mostly one core; the helper thread is the other)
+WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
+PREFETCH = 6  # MiB decoded ahead per layer in progress (layers.LayerStream's default is 16 for one)
 
 
 def _layer_pairs(image) -> list:
@@ -73,7 +75,10 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     behind). A snapshot is renamed to its diff_id only after the stream's end AND the diff_id
     check: a corrupt or cut download leaves no usable snapshot.
 
-    Concurrency, exact: up to `workers` layers are unpacked at once, taken base first. A layer
+    Concurrency, exact: up to `workers` layers are in progress at once, taken base first, and one
+    of them applies entries at a time (a turn: Python's tar loop is CPU-bound under one lock, so
+    two at once only contend); a layer waiting for bytes of its download, or for its lower
+    snapshots, gives the turn to another whose bytes are there. A layer
     waits for its lower snapshots only when one of its entries needs the merged lower view (a
     parent directory it does not carry, a hardlink to a lower file, a whiteout or opaque marker
     over lower content: the only places apply.py consults unpack/lowerview.py). So every snapshot
@@ -88,6 +93,7 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     limits = limits or Limits.from_env()
     finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
     done = [threading.Event() for _ in pairs]
+    turn = _Turn() if workers > 1 and len(pairs) > 1 else None
     failed: list = [None] * len(pairs)
     first: list = []               # the first failure in time; the others are its consequences
     lock = threading.Lock()
@@ -95,10 +101,11 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
 
     def lowers_ready(i: int):
         def ready() -> None:
-            for j in range(i):
-                done[j].wait()
-                if failed[j] is not None:
-                    raise LowerFailed(f"layer {i + 1}: lower layer {j + 1} failed")
+            with turn.given_up() if turn is not None else nullcontext():
+                for j in range(i):
+                    done[j].wait()
+                    if failed[j] is not None:
+                        raise LowerFailed(f"layer {i + 1}: lower layer {j + 1} failed")
         return ready
 
     def one(i: int) -> None:
@@ -112,7 +119,7 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
                         readers[i] = raw
                     try:
                         _create(raw, desc, diff_id, finals[i], tuple(reversed(finals[:i])), limits,
-                                f"layer {i + 1} ({desc.digest})", lowers_ready(i))
+                                f"layer {i + 1} ({desc.digest})", lowers_ready(i), turn)
                     finally:
                         with lock:
                             readers.pop(i, None)
@@ -155,11 +162,49 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     return finals
 
 
+class _Turn:
+    """The right to apply entries: held while a layer's tar loop runs, given up while it waits."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "_Turn":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    @contextmanager
+    def given_up(self):
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+
+class _TakingTurns:
+    """A LayerStream as the tar loop reads it: a read that would wait gives up the turn first."""
+
+    def __init__(self, stream, turn: _Turn):
+        self.stream, self.turn = stream, turn
+
+    def read(self, n: int = -1) -> bytes:
+        if self.stream.ready():
+            return self.stream.read(n)
+        with self.turn.given_up():
+            return self.stream.read(n)
+
+
 class LowerFailed(UnpackError):
     """A layer needed the lower view, and a lower snapshot failed (that failure is the one raised)."""
 
 
-def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str, lowers_ready=None) -> None:
+def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name: str, lowers_ready=None,
+            turn: _Turn | None = None) -> None:
     from imagetool.unpack.apply import Applier  # lazy: `run` of an unpacked image never applies a layer
     from imagetool.unpack.layers import LayerStream
 
@@ -169,9 +214,14 @@ def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name
         os.chmod(tmp, 0o755)
         applier = Applier(tmp, "overlay", lowers=lowers, limits=limits, lowers_ready=lowers_ready)
         try:
-            stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name)
+            stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name,
+                                 prefetch=PREFETCH if turn is not None else None)
             try:
-                applier.apply(stream, name)
+                if turn is None:
+                    applier.apply(stream, name)
+                else:
+                    with turn:
+                        applier.apply(_TakingTurns(stream, turn), name)
                 stream.finish()          # the diff_id of everything that streamed through
                 if raw.read(1):          # the blob's end: verified (contract of open_layer)
                     raise UnpackError(f"{name}: bytes after the end of the compressed layer")
