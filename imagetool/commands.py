@@ -307,6 +307,13 @@ def kill(store, containers: list, signal: str) -> None:
         print(control.kill(store(), c, signal))
 
 
+def exec_(store, container: str, command: list, interactive: bool, env: list, user: str | None,
+          workdir: str | None) -> int:
+    from imagetool import control
+
+    return control.exec_(store(), container, command, env=env, user=user, workdir=workdir, interactive=interactive)
+
+
 def start(store, containers: list, attach: bool) -> int | None:
     from imagetool import control
 
@@ -414,6 +421,7 @@ def export(store, target: str, output: str | None) -> None:
 
 BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
-          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "start": start, "restart": restart, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
+          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "exec": exec_, "start": start,
+          "restart": restart, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
           "export": export, "port": port, "network": network}
 """Command name → body; options.COMMANDS declares each one's keywords."""

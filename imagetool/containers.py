@@ -24,6 +24,7 @@ from pathlib import Path
 from imagetool import jsonlog
 from imagetool import network
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
+from imagetool.runtime.supervise import proc_start
 
 _T0 = time.perf_counter()
 
@@ -135,11 +136,15 @@ def _cdir(store, cid: str) -> Path:
 
 def _write_state(cdir: Path, state: dict) -> None:
     """Atomic replace; a container directory removed meanwhile (`rm -f`) is left alone."""
-    tmp = cdir / f".imagetool-state-{os.getpid()}.tmp"
+    _write_json(cdir / "state.json", state)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.parent / f".imagetool-state-{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, cdir / "state.json")
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
     except FileNotFoundError:
         pass
 
@@ -150,17 +155,6 @@ def read_state(cdir: Path) -> dict | None:
             doc = json.load(f)
         return doc if isinstance(doc, dict) else None
     except (OSError, ValueError):
-        return None
-
-
-def proc_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat), to tell a live owner from PID reuse;
-    None when it is gone or a zombie (a dead monitor whose reaper has not reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] in ("Z", "X") else fields[19]
-    except (OSError, IndexError):
         return None
 
 
@@ -314,6 +308,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         state.update(image=img.name, image_digest=str(img.digest), command=" ".join(spec["process"]["args"]),
                      snapshots=[str(d) for d in img.config.diff_ids], **_record(opts, img, spec, cdir, monitor))
         _write_state(cdir, state)
+        _write_json(cdir / SPEC, spec)
         network.setup(store, cdir, cid, opts, spec, narrator)   # netns + CNI ADD; torn down below
         keep = True
         rootfs = _prepare_rootfs(store, img, cdir, opts.rootfs_mode, narrator)
@@ -375,6 +370,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
 
 
 LOG = "container.log"
+SPEC = "spec.json"   # the OCI spec it runs with: what `exec` joins it with
+STOPPED = "stopped"  # the marker `stop` and `rm -f` leave: its monitor runs it no more (--restart)
 
 
 def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts: int):
@@ -400,7 +397,7 @@ def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts
 
 
 def add_marker(store, cid: str, name: str) -> None:
-    """Leave the empty file `name` in the container's directory (e.g. monitor.STOPPED)."""
+    """Leave the empty file `name` in the container's directory (e.g. STOPPED)."""
     try:
         os.close(os.open(_cdir(store, cid) / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
     except FileNotFoundError:
@@ -578,8 +575,6 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
             if not force:
                 raise ImagetoolError(f"container {id_or_name} is running",
                                      hint="stop it first, or use `imagetool rm -f`")
-            from imagetool.monitor import STOPPED
-
             add_marker(store, state["id"], STOPPED)   # its restart policy ends here
             _stop(state)
             _await_owner(state)

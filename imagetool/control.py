@@ -16,6 +16,7 @@ import sys
 import time
 
 from imagetool import containers, jsonlog
+from imagetool.runtime import supervise
 from imagetool.errors import ImagetoolError
 
 
@@ -50,7 +51,7 @@ def _pidfd(state: dict, key: str = "pid") -> int | None:
     except (ProcessLookupError, OSError):
         return None
     start_key = "owner_start" if key == "owner_pid" else f"{key}_start"
-    if containers.proc_start(pid) != state.get(start_key):
+    if supervise.proc_start(pid) != state.get(start_key):
         os.close(fd)
         return None
     return fd
@@ -89,14 +90,12 @@ def kill(store, id_or_name: str, sig: str | int = "SIGKILL") -> str:
 def stop(store, id_or_name: str, timeout: int | None = None) -> str:
     """docker stop: the container's stop signal (the image's StopSignal, default SIGTERM), then
     SIGKILL after `timeout` seconds (default 10); returns once the exit is recorded and its monitor
-    is gone. The marker monitor.STOPPED tells the monitor not to run it again (restart policies):
+    is gone. The marker containers.STOPPED tells the monitor not to run it again (restart policies):
     a container waiting for its restart is not restarted. One that is not running is left as it is."""
-    from imagetool.monitor import STOPPED
-
     _, state = _current(store, id_or_name)
     if state.get("status") != "running" and _pidfd_closed(state, "owner_pid"):
         return id_or_name
-    containers.add_marker(store, state["id"], STOPPED)
+    containers.add_marker(store, state["id"], containers.STOPPED)
     while True:
         try:
             _, state = _current(store, state["id"])
@@ -185,6 +184,26 @@ def start(store, id_or_name: str, attach: bool = False) -> int | None:
         return None
     logs(store, state["id"], follow=True, offset=offset)
     return wait(store, state["id"])
+
+
+def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None, workdir: str | None = None,
+          interactive: bool = False) -> int:
+    """docker exec: `command` in the running container (runtime/execin.py); its exit code."""
+    import json
+
+    from imagetool.runtime import execin
+
+    cdir, state = _current(store, id_or_name)
+    if state.get("status") != "running" or not state.get("pid_start"):
+        raise ImagetoolError(f"container {id_or_name} is not running")
+    if (state.get("runtime") or "imagetool") != "imagetool":
+        raise ImagetoolError("exec into a runc or crun container is not supported yet")
+    try:
+        spec = json.loads((cdir / containers.SPEC).read_text())
+    except (OSError, ValueError):
+        raise ImagetoolError(f"container {id_or_name} cannot be joined: its spec is missing") from None
+    target = execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
+    return execin.execute(target, list(command), env=list(env), user=user, cwd=workdir, interactive=interactive)
 
 
 def wait(store, id_or_name: str) -> int:

@@ -81,10 +81,6 @@ class RestartPolicy:
         return True
 
 
-STOPPED = "stopped"
-"""The marker `imagetool stop` leaves in the container's directory: no restart after this exit."""
-
-
 def detach(store, opts, existing: str | None = None) -> str:
     """Start `opts` (run -d) under its own monitor; the container's full id once it runs. With
     `existing`, that exited container starts again (`imagetool start`)."""
@@ -139,7 +135,7 @@ def _stopped(store, cid: str) -> bool:
     """Whether `imagetool stop` (or rm -f) asked for no more runs; the marker is used up."""
     from imagetool import containers
 
-    return containers.remove_marker(store, cid, STOPPED)
+    return containers.remove_marker(store, cid, containers.STOPPED)
 
 
 def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
@@ -157,7 +153,7 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     monitor = Monitor(ready_fd)
     try:
         if existing is not None:
-            containers.remove_marker(store, existing, STOPPED)
+            containers.remove_marker(store, existing, containers.STOPPED)
         code = containers.run(store, opts, monitor=monitor, existing=existing)
         policy, restarts, delay = RestartPolicy.parse(opts.restart), 0, 0.1
         while monitor.cid is not None and policy.again(code, restarts, _stopped(store, monitor.cid)):

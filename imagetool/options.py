@@ -223,6 +223,15 @@ COMMANDS: tuple[Command, ...] = (
         CONTAINERS,
         option("-s --signal", "signal", "Signal to send (default SIGKILL).", default="SIGKILL", metavar="SIGNAL"))),
     Command("wait", "Wait until containers exit; print each one's exit code.", (CONTAINERS,)),
+    Command("exec", "Run a command in a running container (its namespaces, cgroup, capabilities, seccomp).", (
+        argument("container", "CONTAINER", "Container id or name."),
+        argument("command", "COMMAND [ARG...]", "Command and arguments.", multiple=True),
+        option("-i --interactive", "interactive", "Keep stdin open and connected to the command.", bool),
+        option("-e --env", "env", "Set an environment variable (NAME=VALUE, or NAME to pass the host's).",
+               multiple=True, metavar="NAME[=VALUE]"),
+        option("-u --user", "user", "User to run as: name|uid[:group|gid].", metavar="USER"),
+        option("-w --workdir", "workdir", "Working directory inside the container.", metavar="DIR")),
+        interspersed=False),
     Command("start", "Start exited containers again (on their own files) under a new monitor.", (
         CONTAINERS,
         option("-a --attach", "attach", "Copy the container's output until it exits; its exit code.", bool))),

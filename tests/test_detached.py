@@ -289,3 +289,71 @@ def test_start_of_a_running_container_is_a_clear_error_and_restart_runs_it_anew(
 def test_bad_restart_policies_are_refused(it, argv, text):
     r = it("run", "-d", *argv, "busybox", "true")
     assert r.returncode == 125 and text in r.stderr and r.stdout == ""
+
+
+# ---------------------------------------------------------------- exec
+
+
+@pytest.fixture
+def running(dt):
+    cid = dt.run("--name", "target", "busybox", "sleep", "1000")
+    return cid
+
+
+def test_exec_sees_the_containers_pid_1_and_joins_every_namespace(it, running):
+    lines = it("exec", "target", "ps", "-o", "pid,comm").stdout.split()
+    assert lines[2:4] == ["1", "sleep"]
+    script = ("for ns in mnt uts ipc net pid cgroup; do "
+              "[ \"$(readlink /proc/1/ns/$ns)\" = \"$(readlink /proc/self/ns/$ns)\" ] || echo differs $ns; done; "
+              "hostname; cmp /proc/1/cgroup /proc/self/cgroup && echo same-cgroup")
+    r = it("exec", "target", "sh", "-c", script)
+    assert r.stdout == f"{running[:12]}\nsame-cgroup\n", r.stderr
+
+
+def test_exec_is_confined_as_the_containers_pid_1(it, running):
+    fields = "CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp:"
+    r = it("exec", "target", "sh", "-c",
+           f"grep -E '{fields}' /proc/1/status; echo --; grep -E '{fields}' /proc/self/status")
+    pid1, own = r.stdout.split("--\n")
+    assert pid1 == own and "Seccomp:\t2" in own, r.stdout
+
+
+def test_exec_carries_no_host_fd_and_no_host_cwd(it, running, tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("host\n")
+    with open(secret) as f:
+        r = it("exec", "target", "sh", "-c", "ls /proc/self/fd; readlink /proc/self/cwd; readlink /proc/$$/cwd",
+               pass_fds=(f.fileno(),), cwd=tmp_path)
+    assert r.stdout.split() == ["0", "1", "2", "3", "/", "/"], r.stdout   # 3: ls's own directory
+    r = it("exec", "target", "sh", "-c", "ls -l /proc/$$/fd")
+    assert "host-secret" not in r.stdout and str(tmp_path) not in r.stdout
+
+
+EXEC_CASES = [
+    # (options, command, exit code, stdout)
+    ([], ["sh", "-c", "exit 42"], 42, ""),
+    ([], ["/nonexistent"], 127, ""),
+    ([], ["/etc/passwd"], 126, ""),
+    (["-u", "nobody", "-w", "/tmp", "-e", "GREETING=hi"], ["sh", "-c", "id -u; pwd; echo $GREETING"], 0,
+     "65534\n/tmp\nhi\n"),
+]
+
+
+@pytest.mark.parametrize("opts, command, code, out", EXEC_CASES,
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_exec_exit_codes_and_options(it, running, opts, command, code, out):
+    r = it("exec", *opts, "target", *command)
+    assert (r.returncode, r.stdout) == (code, out), r.stderr
+    if code in (126, 127):
+        assert r.stderr.startswith("imagetool: error: ")
+
+
+def test_exec_i_passes_stdin(it, running):
+    assert it("exec", "-i", "target", "sh", "-c", "tr a-z A-Z", input="hello\n").stdout == "HELLO\n"
+
+
+def test_exec_into_a_stopped_container_is_refused(dt, it):
+    cid = dt.run("busybox", "true")
+    it("wait", cid)
+    r = it("exec", cid, "true")
+    assert r.returncode == 1 and "is not running" in r.stderr

@@ -26,6 +26,26 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def reap(pid: int) -> int:
+    """Wait for child `pid` to end; its exit code as exit_code() gives it."""
+    while True:
+        try:
+            return exit_code(os.waitpid(pid, 0)[1])
+        except InterruptedError:
+            continue
+
+
+def proc_start(pid: int) -> str | None:
+    """The start time of `pid` (field 22 of /proc/PID/stat), to tell a live process from a recycled
+    PID; None when it is gone or a zombie (dead, its reaper has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
 def hold_signals(pending: list) -> dict:
     """Until the container runs, FORWARD signals are appended to `pending`; the saved handlers."""
     return {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in FORWARD}

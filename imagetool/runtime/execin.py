@@ -1,0 +1,222 @@
+"""`exec`: a new process in a running container, confined as its PID 1 is (runc exec's role).
+
+    code = execute(Target(pid, pid_start, cgroups, spec), args, env=[...], user=None, cwd=None,
+                   interactive=False)
+
+Steps, in order (the lessons of runc's CVE-2016-9962 and CVE-2024-21626 in brackets):
+  imagetool   compile the spec's seccomp filter, make the sealed trampoline, stdio pipes and a
+              close-on-exec error pipe; open a pidfd of the container's PID 1 and check its start
+              time against the one recorded (a recycled PID is never joined); fork
+  joiner      make_non_dumpable [the container cannot ptrace it or open its /proc files], join
+              every cgroup of the container (cgroup.procs), setns(pidfd, every namespace that
+              differs from imagetool's) in one call; that resets root and cwd to the container's
+              root [no host cwd]; fork (a child is in the container's PID namespace); reap it and
+              exit with its status
+  process     parent-death signal, new session, the pipes as fds 0-2, every other fd closed but the
+              error pipe and the trampoline [no host fd], the spec's rlimits, cd to the working
+              directory inside the root, the user (looked up in the container's /etc), seccomp
+              before the capability drop when no_new_privs is not set, the spec's capability sets,
+              setgroups/setgid/setuid, no_new_privs, seccomp last when it is set, exec through the
+              sealed trampoline (sealed.py)
+A failure before the exec comes back on the error pipe as the init's would (sync.py):
+127 not found, 126 not executable, 125 anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource  # every import before the setns: after it, / is the container's
+import signal
+from dataclasses import dataclass
+
+from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
+from imagetool.runtime import capabilities, sealed, seccomp, stdio, supervise, sync
+from imagetool.runtime import syscalls as sc
+from imagetool.runtime.init import find_executable
+from imagetool.runtime.spec import env_get
+from imagetool.safepath import Root
+from imagetool.users import lookup as lookup_user
+
+_NAMESPACES = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
+               ("net", sc.CLONE_NEWNET), ("pid", sc.CLONE_NEWPID), ("cgroup", sc.CLONE_NEWCGROUP))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The running container to join: its PID 1 (host PID and start time), cgroups, OCI spec."""
+
+    pid: int
+    pid_start: str
+    cgroups: tuple
+    spec: dict
+
+
+def _open_target(target: Target) -> int:
+    try:
+        fd = os.pidfd_open(target.pid)
+    except OSError:
+        fd = None
+    if fd is not None and supervise.proc_start(target.pid) == target.pid_start:
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise ContainerError("the container is not running")
+
+
+def _ns_flags(pid: int) -> int:
+    """The namespaces of `pid` that differ from this process's (those to join)."""
+    flags = 0
+    for name, bit in _NAMESPACES:
+        if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
+            flags |= bit
+    return flags
+
+
+def execute(target: Target, args: list[str], env: list[str] = (), user: str | None = None,
+            cwd: str | None = None, interactive: bool = False) -> int:
+    """Run `args` in the container and copy its stdio (and stdin with `interactive`) until it
+    ends; its exit code (docker's: 128+signal; 126/127 raised as CommandNotExecutable/NotFound)."""
+    if not args:
+        raise ContainerError("exec needs a command")
+    spec = target.spec
+    section = spec.get("linux", {}).get("seccomp")
+    program = seccomp.compile(section) if section else None
+    pidfd = _open_target(target)
+    flags = _ns_flags(target.pid)
+    fds: list[int] = [pidfd]
+    pipes = None
+    try:
+        trampoline = sealed.sealed_trampoline()
+        fds.append(trampoline)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds += [err_r, err_w]
+        pipes = stdio.Pipes.make(interactive)
+        pid = os.fork()
+        if pid == 0:
+            code = 125
+            try:
+                os.close(err_r)
+                pipes.close_parent_ends()
+                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd)
+            except BaseException as e:
+                _send_error(err_w, e)
+            finally:
+                os._exit(code)
+        for fd in (pidfd, trampoline, err_w):
+            stdio._close(fd)
+        fds = [err_r]
+        pipes.close_child_ends()
+        try:
+            supervise.receive_until(sync.Reader(err_r), None, _Silent())
+        except BaseException:
+            supervise.kill_and_reap(pid)
+            raise
+        child_pipes, pipes = pipes, None
+        stdio.copy(child_pipes)
+        return supervise.reap(pid)
+    finally:
+        for fd in fds:
+            stdio._close(fd)
+        if pipes is not None:
+            pipes.close_parent_ends()
+
+
+class _Silent:
+    def emit_message(self, m) -> None:
+        pass
+
+
+def _send_error(fd: int, e: BaseException) -> None:
+    code = {CommandNotFound: 127, CommandNotExecutable: 126}.get(type(e), 125)
+    message = getattr(e, "message", None) or str(e) or type(e).__name__
+    try:
+        sync.send(fd, "error", code=code, message=message)
+    except OSError:
+        pass
+
+
+def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd) -> int:
+    """In the forked child: join the container, fork the process, reap it; its exit status."""
+    sealed.make_non_dumpable()
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    for group in target.cgroups:
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write("0")
+    sc.setns(pidfd, flags)   # root and cwd become the container's
+    os.close(pidfd)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _process(target.spec, pipes, err_w, trampoline, program, args, env, user, cwd)
+        except BaseException as e:
+            _send_error(err_w, e)
+        finally:
+            os._exit(125)
+    for fd in (err_w, trampoline):
+        os.close(fd)
+    pipes.close_child_ends()
+    return supervise.reap(pid)
+
+
+def _process(spec: dict, pipes, err_w, trampoline, program, args, env, user, cwd) -> None:
+    """In the container's namespaces and cgroup: become the exec'd process (never returns)."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()
+    for target_fd, fd in zip((0, 1, 2), pipes.child_ends()):
+        if fd is None:
+            fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(fd, target_fd)
+    keep = {0, 1, 2, err_w, trampoline}
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            stdio._close(int(name))
+    proc = spec["process"]
+    for rl in proc.get("rlimits") or []:
+        which = getattr(resource, rl["type"], None)
+        if which is not None:
+            resource.setrlimit(which, tuple(resource.RLIM_INFINITY if v >= (1 << 63) - 1 else v
+                                            for v in (rl["soft"], rl["hard"])))
+    environ = list(proc.get("env", []))
+    u = proc.get("user") or {}
+    uid, gid, groups = u.get("uid", 0), u.get("gid", 0), list(u.get("additionalGids", []))
+    name = user or spec.get("annotations", {}).get("org.imagetool.user")
+    if name:
+        with Root("/") as root:
+            found = lookup_user(root, name)
+        uid, gid, groups = found.uid, found.gid, list(found.additional_gids)
+        environ = [e for e in environ if not e.startswith("HOME=")] + [f"HOME={found.home or '/'}"]
+    for e in env:
+        key = e.split("=", 1)[0]
+        value = e if "=" in e else f"{e}={os.environ.get(e, '')}"   # -e NAME: the host's value
+        environ = [x for x in environ if x.split("=", 1)[0] != key] + [value]
+    try:
+        os.chdir(cwd or proc.get("cwd") or "/")
+    except OSError as e:
+        raise ContainerError(f"cannot enter the working directory {cwd or proc.get('cwd')}: {e.strerror}") from None
+    nnp = bool(proc.get("noNewPrivileges"))
+    flags = None
+    if program is not None:
+        flags = seccomp.filter_flags(spec.get("linux", {}).get("seccomp") or {})
+        if not nnp:
+            seccomp.load(program, flags)
+    caps = proc.get("capabilities") or {}
+    capabilities.apply(capabilities.mask(caps.get("bounding", [])), capabilities.mask(caps.get("effective", [])),
+                       capabilities.mask(caps.get("permitted", [])), capabilities.mask(caps.get("inheritable", [])))
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if nnp:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        if program is not None:
+            seccomp.load(program, flags)
+    path = find_executable(args[0], environ)
+    if env_get(environ, "PATH") is None:
+        environ.append("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    try:
+        sealed.exec_command(path, args, environ, trampoline_fd=trampoline)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise CommandNotFound(f"exec {args[0]}: no such file or directory") from None
+        raise CommandNotExecutable(f"exec {args[0]}: {e.strerror.lower()}") from None
