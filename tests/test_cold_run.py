@@ -130,13 +130,13 @@ def test_cut_download_resumed_or_restarted_still_gives_exact_snapshots(fault, re
     assert not _temp_snapshots(store_dir)
 
 
-def _killed_pull(cli, ref: str, until) -> None:
-    p = subprocess.Popen(cli.argv("pull", ref), env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _killed(cli, argv: list, until) -> None:
+    p = subprocess.Popen(cli.argv(*argv), env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not until():
-            assert p.poll() is None, f"the pull ended before it could be killed: {p.stderr.read()}"
-            assert time.monotonic() < deadline, "the pull never reached the point to kill it at"
+            assert p.poll() is None, f"{argv[0]} ended before it could be killed: {p.stderr.read()}"
+            assert time.monotonic() < deadline, f"{argv[0]} never reached the point to kill it at"
             time.sleep(0.02)
     finally:
         if p.poll() is None:
@@ -145,21 +145,23 @@ def _killed_pull(cli, ref: str, until) -> None:
         p.stderr.close()
 
 
-def test_sigkill_mid_download_and_unpack_then_pull_again_reuses_what_was_finished(
-        registry, cli, store_dir, tmp_path):
+@pytest.mark.parametrize("command", ["pull", "run"])
+def test_sigkill_mid_download_and_unpack_then_again_reuses_what_was_finished(
+        command, registry, busybox, cli, store_dir, tmp_path):
     from fixtures.proxy import Fault, FaultProxy
 
-    img = build_image(_layers()[:2] + [random_layer(3_000_000, name="big.bin")])
-    registry.push(img, "cold/killed:v1")
-    big = img.layers[2]
+    layers = _layers()[:2] + [random_layer(3_000_000, name="big.bin")]
+    img = build_image(layers) if command == "pull" else _runnable(busybox, layers)
+    registry.push(img, f"cold/killed-{command}:v1")
+    big = img.layers[-1]
     partial = store_dir / "ingest" / f"{big.digest.split(':')[1]}.partial"
     with FaultProxy(registry.url) as proxy:
         proxy.add(Fault("throttle", f"/blobs/{big.digest}", times=None, rate=1_000_000))
-        ref = f"{proxy.host}/cold/killed:v1"
+        ref = f"{proxy.host}/cold/killed-{command}:v1"
+        argv = ["pull", ref] if command == "pull" else ["run", "--rm", ref, "cat", "/etc/os-release"]
         # killed while the big layer downloads (the client writes 1 MiB pieces) and is being
         # unpacked into a temp snapshot
-        _killed_pull(cli, ref, lambda: partial.exists() and partial.stat().st_size > 0
-                     and _temp_snapshots(store_dir))
+        _killed(cli, argv, lambda: partial.exists() and partial.stat().st_size > 0 and _temp_snapshots(store_dir))
         kept = partial.stat().st_size
         assert big.diff_id.split(":")[1] not in _snapshots(store_dir), "a half snapshot is usable"
         assert refs(store_dir) == {}
@@ -167,13 +169,18 @@ def test_sigkill_mid_download_and_unpack_then_pull_again_reuses_what_was_finishe
         inodes = {n: (store_dir / "snapshots" / n).stat().st_ino for n in finished}
         proxy.clear()
         mark = len(proxy.records())
-        r = cli("pull", ref)
+        r = cli(*argv)
         assert r.returncode == 0, r.stderr
+        if command == "run":
+            assert r.stdout == "ID=cold\n"
         again = [rec for rec in proxy.records()[mark:] if f"/blobs/{big.digest}" in rec.path]
         assert again and sum(rec.sent for rec in again) <= big.size - kept   # resumed, not restarted
+    if command == "run":   # the killed run's record (and its cgroups): reaped by the next `ps`
+        cli("ps", "-a", check=True)
+        assert [p.name for p in (store_dir / "containers").iterdir() if not p.name.startswith(".")] == []
     assert {n: (store_dir / "snapshots" / n).stat().st_ino for n in finished} == inodes
-    assert _snapshots(store_dir) == _reference(tmp_path, img, "cold/killed")
-    assert assert_consistent(store_dir) == 5
+    assert _snapshots(store_dir) == _reference(tmp_path, img, f"cold/killed-{command}")
+    assert assert_consistent(store_dir) == len(img.blobs) + 1   # and the manifest
 
 
 def test_sigkill_while_unpacking_a_stored_blob_then_again(registry, cli, store_dir, tmp_path):
@@ -181,7 +188,7 @@ def test_sigkill_while_unpacking_a_stored_blob_then_again(registry, cli, store_d
     registry.push(img, "cold/many:v1")
     ref = f"{registry.host}/cold/many:v1"
     cli("pull", "--no-unpack", ref, check=True)
-    _killed_pull(cli, ref, lambda: _temp_snapshots(store_dir))
+    _killed(cli, ["pull", ref], lambda: _temp_snapshots(store_dir))
     assert _snapshots(store_dir) == {}, "a half snapshot is usable"
     mark = registry.mark()
     cli("pull", ref, check=True)
