@@ -107,7 +107,10 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         netns.create(path)
         if narrator is not None:
             narrator.report("network namespace", f"touch {path} && unshare --net={path} true", started)
-        for conflist, ifname, rc in ((LOOPBACK, "lo", {}), (net.conflist, "eth0", runtime_config)):
+        # portmap only when ports are published: its DEL costs iptables calls even with no mapping
+        chain = net.conflist if mappings else dict(net.conflist, plugins=[
+            p for p in net.conflist["plugins"] if p.get("type") != "portmap"])
+        for conflist, ifname, rc in ((LOOPBACK, "lo", {}), (chain, "eth0", runtime_config)):
             att = cni.Attachment(cid, path, ifname, conflist, rc)
             doc["attachments"].append(att.to_json())
 
