@@ -85,3 +85,39 @@ def test_container_root_cannot_chmod_the_hosts_dev_null_through_its_stdin(it, ba
 def test_a_device_over_dev_null_is_refused_rather_than_masking_with_the_hosts_node(it):
     r = it("run", "--rm", "--device", "/dev/tty:/dev/null", "busybox", "true")
     _one_error_line(r, "the container's /dev/null is not the null device")
+
+
+# ---------------------------------------------------------------- 3: read-only volumes all the way down
+
+
+@pytest.fixture
+def source_with_submount(tmp_path):
+    """A volume source with a tmpfs mounted below it (unmounted after the test)."""
+    import subprocess
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "followups-sub", str(src / "sub")], check=True)
+    try:
+        yield src
+    finally:
+        subprocess.run(["umount", "-l", str(src / "sub")], check=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_submount_of_a_read_only_volume_is_read_only_too(it, source_with_submount, backend):
+    attack = "touch /vol/top; touch /vol/sub/planted; ls /vol/sub; echo done"
+    r = it("run", "--rm", *_runtime(backend), "-v", f"{source_with_submount}:/vol:ro", "busybox", "sh", "-c", attack)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "done\n"
+    assert r.stderr.count("Read-only file system") == 2, r.stderr
+    assert not (source_with_submount / "top").exists()
+    assert list((source_with_submount / "sub").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_read_write_volume_still_writes_through_to_its_submount(it, source_with_submount, backend):
+    r = it("run", "--rm", *_runtime(backend), "-v", f"{source_with_submount}:/vol", "busybox", "sh", "-c",
+           "echo v > /vol/sub/written")
+    assert r.returncode == 0, r.stderr
+    assert (source_with_submount / "sub" / "written").read_text() == "v\n"

@@ -97,7 +97,7 @@ def test_options_reach_the_spec(tmp_path):
     assert [e for e in p["env"] if e[0] in "ABC"] == ["A=1", "B=3", "C=4"] and "TERM=xterm" in p["env"]
     assert p["cwd"] == "/w" and p["user"] == {"uid": 7, "gid": 8} and p["terminal"] is True
     assert spec["root"]["readonly"] is True and spec["hostname"] == "h"
-    assert spec["mounts"][-1] == {"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
+    assert spec["mounts"][-1] == {"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro", "rro"]}
     assert spec["linux"]["resources"]["memory"] == {"limit": 7 << 20, "swap": -1}
     assert spec["linux"]["resources"]["cpu"] == {"quota": 50000, "period": 100000}
     assert spec["linux"]["resources"]["pids"] == {"limit": 20}

@@ -434,7 +434,9 @@ def test_cgroup_limit_commands_carry_the_values_the_runtime_writes(version, grou
     (Mount("overlay", "overlay", "/c/rootfs", ("lowerdir=l/1:l/0", "upperdir=upper", "workdir=work"), cwd="/c"),
      "(cd /c && mount -t overlay -o lowerdir=l/1:l/0,upperdir=upper,workdir=work overlay /c/rootfs)"),
     (Mount("proc", "proc", "proc", ("nosuid", "noexec", "nodev")), "mount -t proc -o nosuid,noexec,nodev proc proc"),
-    (Mount("bind", "/host dir", "data", ("rbind", "ro")), "mount --rbind '/host dir' data && mount -o remount,bind,ro data"),
+    (Mount("bind", "/host dir", "data", ("rbind", "ro", "rro")),
+     "mount --rbind '/host dir' data && mount -o remount,bind,ro data && findmnt -Rlno TARGET -- data | "
+     "tail -n +2 | while IFS= read -r m; do mount -o remount,bind,ro \"$m\"; done"),
     (Mount("bind", "/h", "d", ("bind",)), "mount --bind /h d"),
 ], ids=["overlay-cwd", "proc", "bind-ro", "bind"])
 def test_mount_commands(m, expected):

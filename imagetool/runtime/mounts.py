@@ -34,10 +34,15 @@ _FLAGS = {
     "noexec": (sc.MS_NOEXEC, True), "exec": (sc.MS_NOEXEC, False),
     "strictatime": (sc.MS_STRICTATIME, True),
     "bind": (sc.MS_BIND, True), "rbind": (sc.MS_BIND | sc.MS_REC, True),
+    # runc's recursive words: an rbind here always takes its locking flags all the way down
+    "rro": (sc.MS_RDONLY, True), "rnosuid": (sc.MS_NOSUID, True), "rnodev": (sc.MS_NODEV, True),
+    "rnoexec": (sc.MS_NOEXEC, True),
 }
 _PROPAGATION = {"private", "rprivate", "slave", "rslave", "shared", "rshared"}
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOCKED = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+_ATTRS = ((sc.MS_RDONLY, sc.MOUNT_ATTR_RDONLY), (sc.MS_NOSUID, sc.MOUNT_ATTR_NOSUID),
+          (sc.MS_NODEV, sc.MOUNT_ATTR_NODEV), (sc.MS_NOEXEC, sc.MOUNT_ATTR_NOEXEC))
 
 # the nodes of a container's /dev: name, major, minor, mode (docker's list)
 DEVICES = (("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666), ("random", 1, 8, 0o666),
@@ -185,6 +190,25 @@ def _remount(pfd: int, name: str, flags: int) -> None:
         os.close(fd)
 
 
+def _lock_tree(pfd: int, name: str, flags: int) -> None:
+    """The locking flags of `flags` (ro, nosuid, nodev, noexec) on the mount now on top of
+    (pfd, name) AND every mount below it (mount_setattr AT_RECURSIVE): a remount reaches the top
+    mount only, so a submount of a read-only volume's source would stay writable."""
+    attrs = sum(a for bit, a in _ATTRS if flags & bit)
+    if not attrs:
+        return
+    fd = _open(pfd, name)
+    try:
+        sc.mount_setattr(fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, attrs)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:
+            raise ContainerError("a read-only (or nosuid/nodev/noexec) recursive bind needs mount_setattr "
+                                 "(Linux 5.12 or later)") from None
+        raise
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- the recipe's mount steps
 
 
@@ -233,8 +257,10 @@ def mount_spec(root: Root, m: dict, cgroup_layout: str | None = None) -> str:
             # the sysfs of a network namespace we do not own (--network host): the host's, read-only
             _mount_on(pfd, name, "/sys", None, sc.MS_BIND | sc.MS_REC)
             _remount(pfd, name, _LOCKED)
+            _lock_tree(pfd, name, _LOCKED)
             root.invalidate()
-            return _q("mount", "--rbind", "/sys", shown) + "\n" + _q("mount", "-o", "remount,bind,ro", shown)
+            return (_q("mount", "--rbind", "/sys", shown) + "\n" + _q("mount", "-o", "remount,bind,ro", shown)
+                    + "\n" + shell.lock_submounts(shown))
         raise
     finally:
         root.invalidate()
@@ -255,6 +281,8 @@ def _bind(root: Root, m: dict, flags: int, shown: str) -> str:
         extra = flags & ~(sc.MS_BIND | sc.MS_REC)
         if extra:
             _remount(pfd, name, extra)
+        if flags & sc.MS_REC:
+            _lock_tree(pfd, name, flags)
     finally:
         root.invalidate()
     return shell.mount(Mount("bind", src, shown, tuple(m.get("options") or ())))

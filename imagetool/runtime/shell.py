@@ -150,6 +150,9 @@ def mount(m: Mount) -> str:
         flags = [o for o in opts if o in _BIND_FLAGS]
         if flags:
             cmd += " && " + join(["mount", "-o", ",".join(["remount", "bind", *flags]), m.target])
+        locks = [o for o in flags if o in _LOCK_FLAGS]
+        if locks and "rbind" in m.options:
+            cmd += " && " + lock_submounts(m.target, locks)
         return cmd
     words = ["mount", "-t", m.type]
     if opts:
@@ -162,6 +165,15 @@ def mount(m: Mount) -> str:
 
 _PROPAGATION = ("private", "rprivate", "slave", "rslave", "shared", "rshared")
 _BIND_FLAGS = ("ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec")
+_LOCK_FLAGS = ("ro", "nosuid", "nodev", "noexec")
+
+
+def lock_submounts(target: str, flags: Iterable[str] = ("ro", "nosuid", "nodev", "noexec")) -> str:
+    """The same flags on every mount below `target` (what mount_setattr(AT_RECURSIVE) does):
+    a remount reaches the top mount of an rbind only."""
+    opts = ",".join(["remount", "bind", *flags])
+    return (f"findmnt -Rlno TARGET -- {q(target)} | tail -n +2 | "
+            f"while IFS= read -r m; do mount -o {opts} \"$m\"; done")
 
 
 def make_private(path: str = "/") -> str:

@@ -57,7 +57,8 @@ def parse_memory(text: str, what: str = "memory") -> int:
 
 @dataclass(frozen=True, slots=True)
 class Volume:
-    """A bind mount from the host: `-v SRC:DST[:ro|rw]`."""
+    """A bind mount from the host: `-v SRC:DST[:ro|rw]` (ro: read-only all the way down, "rro",
+    submounts of SRC included)."""
 
     source: str
     destination: str
@@ -65,7 +66,7 @@ class Volume:
 
     def to_mount(self) -> dict:
         return {"destination": self.destination, "type": "bind", "source": self.source,
-                "options": ["rbind", "ro" if self.readonly else "rw"]}
+                "options": ["rbind", "ro", "rro"] if self.readonly else ["rbind", "rw"]}
 
 
 def parse_volume(text: str) -> Volume:

@@ -215,3 +215,24 @@ def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
     attr = ctypes.create_string_buffer(32)
     struct.pack_into("=IIII", attr, 0, target_fd, prog_fd, attach_type, 0)
     _bpf(BPF_PROG_DETACH, attr, 32, "bpf(BPF_PROG_DETACH)")
+
+
+# ------------------------------------------------------------------ mount_setattr(2)
+# (appended for runtime/mounts.py: read-only binds that are read-only all the way down)
+
+_SYS_mount_setattr = 442   # the same number on every architecture (added in Linux 5.12)
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+def mount_setattr(fd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
+    """mount_setattr(2) with struct mount_attr VER0 (no propagation, no idmap): with
+    AT_RECURSIVE the attributes go on the mount at (fd, path) and every mount below it."""
+    attr = struct.pack("=QQQQ", attr_set, attr_clr, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    _check(_libc.syscall(_SYS_mount_setattr, ctypes.c_int(fd), _b(path), ctypes.c_uint(flags), buf,
+                         ctypes.c_size_t(len(attr))), "mount_setattr")
