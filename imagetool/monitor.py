@@ -138,6 +138,22 @@ def _stopped(store, cid: str) -> bool:
     return containers.remove_marker(store, cid, containers.STOPPED)
 
 
+def _close_inherited() -> None:
+    """Close every fd the CLI was given by its caller (all but 0-2 without close-on-exec: imagetool's
+    own are close-on-exec): the monitor lives long, and a caller waiting for EOF on a pipe it
+    handed to `run -d` must get it."""
+    import fcntl
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                    os.close(fd)
+            except OSError:
+                pass
+
+
 def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     """The monitor's whole life: run the container to its end, again as its restart policy says
     (after 0.1 s, doubling up to 10 s); its last exit code."""
@@ -148,6 +164,7 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+    _close_inherited()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     monitor = Monitor(ready_fd)

@@ -100,6 +100,23 @@ def test_run_d_returns_at_once_and_the_container_outlives_the_cli_and_sighup(dt,
     assert re.search(r"\bUp (Less than a second|\d+ seconds?)", it("ps").stdout)
 
 
+def test_the_monitor_keeps_no_fd_the_cli_was_given(dt, tmp_path):
+    r, w = os.pipe()   # a caller waiting for EOF on a pipe it handed to `run -d` gets it
+    try:
+        proc = dt.it.popen("run", "-d", "busybox", "sleep", "1000", pass_fds=(w,))
+        os.close(w)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        dt.ids.append(out.strip())
+        dt.monitors.add(dt.state(out.strip())["owner_pid"])
+        import select
+
+        assert select.select([r], [], [], 30)[0], "a process still holds the pipe's write end"
+        assert os.read(r, 1) == b""   # EOF: no process holds the write end any more
+    finally:
+        os.close(r)
+
+
 def test_sigkill_of_the_monitor_kills_its_container_and_ps_reports_why(dt, it):
     cid = dt.run("busybox", "sleep", "1000")
     st = dt.state(cid)
