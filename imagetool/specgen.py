@@ -17,6 +17,7 @@ OCI_VERSION = "1.0.2"
 USER_ANNOTATION = "org.imagetool.user"  # the user as given, when it names a user by name
 EXPOSED_ANNOTATION = "org.imagetool.exposed-ports"  # with -P: the image's ExposedPorts ("80/tcp,53/udp")
 DEFAULT_PIDS_LIMIT = 2048  # podman's; --pids-limit -1 (or 0) for none
+DEFAULT_UMASK = 0o022      # runc's and docker's: the container never inherits imagetool's umask
 
 
 def _opt(opts, name, default=None):
@@ -68,13 +69,13 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
 
     user_text = _opt(opts, "user") or getattr(config, "user", None) or ""
     annotations: dict[str, str] = {}
-    user = {"uid": 0, "gid": 0}
+    user = {"uid": 0, "gid": 0, "umask": DEFAULT_UMASK}
     if user_text:
         uname = user_text.partition(":")[0]
         gname = user_text.partition(":")[2]
         if rootfs_dir is not None or (uname.isdigit() and (not gname or gname.isdigit())):
             u = lookup_user(rootfs_dir, user_text)
-            user = {"uid": u.uid, "gid": u.gid}
+            user = {"uid": u.uid, "gid": u.gid, "umask": DEFAULT_UMASK}
             if u.additional_gids:
                 user["additionalGids"] = list(u.additional_gids)
             if u.home and S.env_get(env, "HOME") is None:

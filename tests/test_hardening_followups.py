@@ -121,3 +121,16 @@ def test_a_read_write_volume_still_writes_through_to_its_submount(it, source_wit
            "echo v > /vol/sub/written")
     assert r.returncode == 0, r.stderr
     assert (source_with_submount / "sub" / "written").read_text() == "v\n"
+
+
+# ---------------------------------------------------------------- 4: umask
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_container_does_not_inherit_imagetools_umask(it, backend):
+    """imagetool run under umask 0: the container has the spec's 0022 (runc's default), so a file
+    it creates is not world-writable."""
+    r = it("run", "--rm", *_runtime(backend), "busybox", "sh", "-c", "umask; touch /tmp/f; stat -c %a /tmp/f",
+           umask=0)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0022", "644"]

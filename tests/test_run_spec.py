@@ -78,7 +78,7 @@ def test_defaults_match_docker():
     assert p["noNewPrivileges"] is True
     assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     assert p["env"][0].startswith("PATH=/usr/local/sbin:") and "A=1" in p["env"] and "HOSTNAME=abc" in p["env"]
-    assert p["cwd"] == "/" and p["user"] == {"uid": 0, "gid": 0}
+    assert p["cwd"] == "/" and p["user"] == {"uid": 0, "gid": 0, "umask": 0o022}
     assert spec["hostname"] == "abc"
     assert {n["type"] for n in spec["linux"]["namespaces"]} == {"pid", "network", "ipc", "uts", "mount", "cgroup"}
     assert "/proc/kcore" in spec["linux"]["maskedPaths"] and "/proc/sys" in spec["linux"]["readonlyPaths"]
@@ -95,7 +95,7 @@ def test_options_reach_the_spec(tmp_path):
                                 network="host", tty=True))
     p = spec["process"]
     assert [e for e in p["env"] if e[0] in "ABC"] == ["A=1", "B=3", "C=4"] and "TERM=xterm" in p["env"]
-    assert p["cwd"] == "/w" and p["user"] == {"uid": 7, "gid": 8} and p["terminal"] is True
+    assert p["cwd"] == "/w" and p["user"] == {"uid": 7, "gid": 8, "umask": 0o022} and p["terminal"] is True
     assert spec["root"]["readonly"] is True and spec["hostname"] == "h"
     assert spec["mounts"][-1] == {"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro", "rro"]}
     assert spec["linux"]["resources"]["memory"] == {"limit": 7 << 20, "swap": -1}
@@ -111,7 +111,7 @@ def test_user_names_resolve_from_the_rootfs_files(tmp_path):
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n")
     (etc / "group").write_text("root:x:0:\napp:x:1001:\nextra:x:2000:app,other\n")
     spec = spec_from_image(Cfg(cmd=["sh"]), Opts(user="app"), rootfs_dir=tmp_path)
-    assert spec["process"]["user"] == {"uid": 1000, "gid": 1001, "additionalGids": [2000]}
+    assert spec["process"]["user"] == {"uid": 1000, "gid": 1001, "umask": 0o022, "additionalGids": [2000]}
     assert "HOME=/home/app" in spec["process"]["env"]
 
 

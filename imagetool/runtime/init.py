@@ -388,6 +388,8 @@ def resolve_user(init: Init) -> str:
     user = proc.get("user") or {}
     init.uid, init.gid = user.get("uid", 0), user.get("gid", 0)
     init.groups = list(user.get("additionalGids", []))
+    umask = user.get("umask", 0o022)   # as runc: the spec's, else 0022, never imagetool's own
+    os.umask(umask)
     name = init.spec.get("annotations", {}).get("org.imagetool.user")
     if name:
         with Root("/") as root:
@@ -396,7 +398,8 @@ def resolve_user(init: Init) -> str:
         init.groups = list(dict.fromkeys([*u.additional_gids, *init.groups]))
         if env_get(init.env, "HOME") is None:
             init.env.append(f"HOME={u.home or '/'}")
-    return f"# user {name or init.uid}: uid={init.uid} gid={init.gid} groups={','.join(map(str, init.groups)) or '-'}"
+    return (f"umask {umask:04o}\n"
+            f"# user {name or init.uid}: uid={init.uid} gid={init.gid} groups={','.join(map(str, init.groups)) or '-'}")
 
 
 def enter_workdir(init: Init) -> str:

@@ -129,7 +129,7 @@ def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, bina
     if user_name:
         t = time.perf_counter()
         u = lookup(rootfs.target, user_name)
-        spec["process"]["user"] = {"uid": u.uid, "gid": u.gid, "additionalGids": list(u.additional_gids)}
+        spec["process"]["user"].update(uid=u.uid, gid=u.gid, additionalGids=list(u.additional_gids))
         if env_get(spec["process"]["env"], "HOME") is None:
             spec["process"]["env"].append(f"HOME={u.home or '/'}")
         narrator.report("resolve user", f"# {user_name}: uid={u.uid} gid={u.gid} (read through the rootfs)", t)
