@@ -448,3 +448,39 @@ def test_publish_all_maps_every_exposed_port_to_a_free_one(it, netns, clean_afte
         assert wait_for(lambda: fetch(netns, f"http://127.0.0.1:{tcp}/"), "the exposed port") == "hello-from-exposer\n"
     finally:
         stop(it, p, "exposer")
+
+
+@needs_netns
+def test_detached_container_serves_its_port_and_its_monitor_tears_the_network_down(it, netns, clean_after):
+    r = it("run", "-d", "--name", "dweb", "--network", "bridge", "-p", "127.0.0.1:18082:80", "busybox", "sh", "-c",
+           HTTPD.format(name="dweb"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert wait_for(lambda: fetch(netns, "http://127.0.0.1:18082/"), "httpd of dweb") == "hello-from-dweb\n"
+        assert it("port", "dweb").stdout == "80/tcp -> 127.0.0.1:18082\n"
+        assert it("stop", "-t", "1", "dweb").returncode == 0
+        wait_for(lambda: leftovers(netns, it.store) == CLEAN, "the monitor's teardown")   # before any rm
+    finally:
+        it("rm", "-f", "dweb")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@needs_netns
+def test_sigkill_of_the_monitor_then_ps_runs_del(it, netns, clean_after):
+    r = it("run", "-d", "--name", "orphan", "--network", "bridge", "-p", "127.0.0.1::80", "busybox", "sleep", "600")
+    assert r.returncode == 0, r.stderr
+    try:
+        st = wait_for(lambda: running(it.store, "orphan"), "the container")
+        assert leftovers(netns, it.store)["rules"] != []
+        os.kill(st["owner_pid"], signal.SIGKILL)
+        wait_for(lambda: _gone(st["pid"]), "the container's end (PR_SET_PDEATHSIG)")
+        it("ps", "-a")
+        assert leftovers(netns, it.store) == CLEAN
+    finally:
+        it("rm", "-f", "orphan")
