@@ -42,7 +42,7 @@ from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
-PREFETCH = 6  # MiB decoded ahead per layer in progress (layers.LayerStream's default is 16 for one)
+PREFETCH = 4  # MiB decoded ahead per layer in progress (layers.LayerStream's default is 16 for one)
 
 
 def _layer_pairs(image) -> list:
