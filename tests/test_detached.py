@@ -374,3 +374,45 @@ def test_exec_into_a_stopped_container_is_refused(dt, it):
     it("wait", cid)
     r = it("exec", cid, "true")
     assert r.returncode == 1 and "is not running" in r.stderr
+
+
+# ---------------------------------------------------------------- the cgroup-v2-only VM
+
+V2_GUEST = r"""
+set -u
+export PYTHONPATH=/host/site:/host/src IMAGETOOL_FIXTURE_CACHE=/var/tmp/fx
+cd /host/src
+python3 -c "from tests.runhelpers import add_image; from fixtures.images import busybox_image; add_image('/var/tmp/st', busybox_image(), 'docker.io/library/busybox:latest')" || exit 90
+it() { python3 -m imagetool --store /var/tmp/st "$@"; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin)[0]; print(eval(sys.argv[1]))" "$1"; }
+echo "LAYOUT $(python3 -c 'from imagetool.runtime import cgroups; print(cgroups.detect())')"
+id=$(it run -d --name web busybox sh -c 'trap "exit 143" TERM; i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done')
+echo "RESULT idlen ${#id}"
+echo "RESULT running $(it inspect web | field 'd["State"]["Running"]')"
+echo "RESULT exec_pid1 $(it exec web cat /proc/1/comm)"
+echo "RESULT exec_cgroup $(it exec web sh -c 'cmp -s /proc/1/cgroup /proc/self/cgroup && echo same')"
+for i in $(seq 300); do [ "$(it logs web | grep -c tick)" -ge 2 ] && break; sleep 0.1; done
+it stop -t 30 web >/dev/null; echo "RESULT wait $(it wait web)"
+echo "RESULT logs_ok $([ "$(it logs web | grep -c tick)" -ge 2 ] && echo yes)"
+it run -d --name r --restart on-failure:2 busybox sh -c 'echo run; exit 3' >/dev/null
+for i in $(seq 600); do [ "$(it logs r | grep -c run)" = 3 ] && [ "$(it inspect r | field 'd["State"]["Status"]')" = exited ] && break; sleep 0.1; done
+echo "RESULT restarts $(it inspect r | field 'd["RestartCount"]')"
+it rm -f web r >/dev/null
+echo "RESULT monitors $(pgrep -fc 'imagetool --store /var/tmp/st run -d')"
+echo "RESULT leftover_cgroups $(find /sys/fs/cgroup/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
+echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/mountinfo)"
+"""
+
+
+def test_v2_vm_detached_exec_stop_restart(tmp_path):
+    """One boot of the cgroup-v2-only VM: run -d, exec joins PID 1's cgroup, stop → 143 through
+    wait, logs, --restart on-failure:2 → RestartCount 2, rm -f leaves no monitor, cgroup or mount."""
+    from tests import v2vm
+
+    out = v2vm.boot(tmp_path, V2_GUEST, started_marker="RESULT")
+    results = dict(line.split()[1:3] if len(line.split()) > 2 else (line.split()[1], "")
+                   for line in out.splitlines() if line.startswith("RESULT "))
+    assert "LAYOUT v2" in out
+    assert results == {"idlen": "64", "running": "True", "exec_pid1": "sh", "exec_cgroup": "same", "wait": "143",
+                       "logs_ok": "yes", "restarts": "2", "monitors": "0", "leftover_cgroups": "0",
+                       "leftover_mounts": "0"}, out
