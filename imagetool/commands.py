@@ -269,6 +269,7 @@ def run(store, **values) -> int:
 
 def ps(store, all_: bool, fmt: str) -> None:
     from imagetool import containers as svc
+    from imagetool.errors import printable
 
     if fmt not in ("table", "json"):
         raise _usage(f"unknown format {fmt!r} (use table or json)")
@@ -276,7 +277,8 @@ def ps(store, all_: bool, fmt: str) -> None:
     if fmt == "json":
         return _print_json([r.to_dict() for r in rows])
     table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS")]
-    table += [(r.id[:12], r.name, r.image, _trim(r.command, 30), r.created_ago, r.status_text) for r in rows]
+    table += [(r.id[:12], r.name, r.image, _trim(printable(r.command), 30), r.created_ago, r.status_text)
+              for r in rows]   # the command is image content: no raw escape sequences on the terminal
     _print_table(table)
 
 

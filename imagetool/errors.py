@@ -128,8 +128,14 @@ def report(exc: BaseException, *, in_run: bool = False) -> int:
     return code
 
 
+def printable(text: object, keep_newlines: bool = False) -> str:
+    """The one display escape for text that came from images, registries or archives: every
+    character that is not printable (ESC, BEL, other C0 and C1 controls, DEL) becomes "?", so
+    none reaches a terminal as an escape sequence. `keep_newlines`: newlines and tabs stay (the
+    multi-line --explain output)."""
+    return "".join(c if c.isprintable() or (keep_newlines and c in "\n\t") else "?" for c in str(text))
+
+
 def _printable(text: object) -> str:
-    """One line with no control characters: messages quote registry and archive content, which
-    must not reach the terminal as escape sequences."""
-    line = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else "?" for c in line)
+    """One line with no control characters: messages quote registry and archive content."""
+    return printable(" ".join(str(text).split()))

@@ -16,6 +16,7 @@ _reason = kernel_skip_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 VICTIM = Path("/tmp/imagetool-followups-victim")    # a host directory an image's symlink names
+TERMINAL_ATTACK = "\x1b]0;PWN\x07\x1b[2J"
 BACKENDS = ["imagetool", pytest.param("runc", marks=pytest.mark.skipif(shutil.which("runc") is None,
                                                                         reason="needs runc"))]
 
@@ -28,6 +29,8 @@ def _images():
         "devvictim": ([symlink("dev", str(VICTIM))], None),
         "procvictim": ([symlink("proc", str(VICTIM))], None),
         "sysvictim": ([symlink("sys", str(VICTIM))], None),
+        # an image whose command would retitle and clear the terminal of whoever displays it
+        "ctlcmd": ([], {"Entrypoint": ["echo"], "Cmd": [TERMINAL_ATTACK, "x"], "Env": ["PATH=/bin"]}),
     }
 
 
@@ -134,3 +137,48 @@ def test_the_container_does_not_inherit_imagetools_umask(it, backend):
            umask=0)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0022", "644"]
+
+
+# ---------------------------------------------------------------- 5: image text on the terminal
+
+
+def _inert(text: str) -> bool:
+    return not any(c in text for c in "\x1b\x07\x9b")
+
+
+def test_ps_shows_an_image_command_without_its_escape_sequences(it):
+    r = it("run", "--name", "followups-ctl", "ctlcmd")
+    try:
+        assert r.returncode == 0, r.stderr
+        ps = it("ps", "-a")
+        assert ps.returncode == 0, ps.stderr
+        row = next(line for line in ps.stdout.splitlines() if "followups-ctl" in line)
+        assert _inert(ps.stdout) and "echo ?]0;PWN??[2J" in row
+    finally:
+        it("rm", "-f", "followups-ctl")
+
+
+def test_explain_shows_an_image_command_without_its_escape_sequences(it):
+    r = it("run", "--rm", "--explain", "ctlcmd")
+    assert r.returncode == 0, r.stderr
+    assert "exec" in r.stderr and _inert(r.stderr)
+
+
+def test_the_script_writes_escape_sequences_as_printf_escapes(it, tmp_path):
+    r = it("run", "--script", "ctlcmd")
+    assert r.returncode == 0, r.stderr
+    assert _inert(r.stdout)
+    assert "\"$(printf '\\033')\"']0;PWN'\"$(printf '\\007\\033')\"'[2J'" in r.stdout
+
+
+@pytest.mark.parametrize("value", [TERMINAL_ATTACK, "a\x1bb", "plain", "two words", "new\nline", "\x9b31m",
+                                   "é\x7f", "it's", ""])
+def test_a_quoted_word_is_inert_and_sh_reads_back_the_exact_value(value):
+    import subprocess
+
+    from imagetool.runtime import shell
+
+    word = shell.q(value)
+    assert _inert(word) and "\x7f" not in word
+    out = subprocess.run(["sh", "-c", f"printf %s {word}"], capture_output=True, text=True, check=True).stdout
+    assert out == value

@@ -25,6 +25,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from imagetool.errors import printable
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -61,8 +63,8 @@ class Narrator:
             self.on_step(step)
         if self.fd is None:
             return
-        text = f"imagetool: explain: [{step.where}] {step.at_ms:9.2f} ms  {step.name} ({step.ms:.2f} ms)\n"
-        text += "".join(f"    {line}\n" for line in step.command.splitlines())
+        text = f"imagetool: explain: [{step.where}] {step.at_ms:9.2f} ms  {printable(step.name)} ({step.ms:.2f} ms)\n"
+        text += "".join(f"    {printable(line)}\n" for line in step.command.splitlines())  # image text: inert
         data = text.encode(errors="replace")
         while data:
             data = data[os.write(self.fd, data):]

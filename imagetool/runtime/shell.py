@@ -10,6 +10,7 @@ few joined with `&&`), without a trailing newline. Paths are used as given: pass
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from collections.abc import Iterable, Mapping
 
@@ -31,8 +32,26 @@ _UNLIMITED = (1 << 64) - 1  # RLIM_INFINITY as a spec writes it
 
 
 def q(value) -> str:
-    """One shell word for `value` (str() of it, quoted only when needed)."""
-    return shlex.quote(str(value))
+    """One shell word for `value` (str() of it, quoted only when needed). Characters a terminal
+    acts on (ESC, BEL, C1 controls …: anything unprintable but newline and tab) never appear raw:
+    each run of them is written `"$(printf '\\033')"` (POSIX octal escapes, no $'…'), so a printed
+    script or --explain line is inert on a terminal and still gives the exact value when run."""
+    text = str(value)
+    if all(_shown(c) for c in text):
+        return shlex.quote(text)
+    words = []
+    for shown, run in itertools.groupby(text, key=_shown):
+        s = "".join(run)
+        if shown:
+            words.append(shlex.quote(s))
+        else:
+            octal = "".join(f"\\{b:03o}" for b in s.encode("utf-8", "surrogateescape"))
+            words.append(f"\"$(printf '{octal}')\"")
+    return "".join(words)
+
+
+def _shown(c: str) -> bool:
+    return c.isprintable() or c in "\n\t"
 
 
 def join(words: Iterable) -> str:
