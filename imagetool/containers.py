@@ -609,6 +609,7 @@ def prune_exited(store) -> list[str]:
         for cdir, state in _all_states(store):
             state = reconcile(cdir, state)
             if state is not None and state.get("status") == "exited":
+                network.teardown(cdir)   # a DEL that failed at exit is retried here
                 shutil.rmtree(cdir, ignore_errors=True)
                 removed.append(state.get("id", cdir.name))
     return removed
