@@ -471,6 +471,7 @@ def _print_script(store, opts: RunOptions) -> int:
     from imagetool.specgen import spec_from_image
     from imagetool.unpack.rootfs import prepare_rootfs
 
+    network.refuse_in_script(opts)
     img = image_for(store, opts)
     cid = os.urandom(32).hex()
     spec = spec_from_image(img.config, opts, hostname=os.uname().nodename if opts.network == "host" else cid[:12])

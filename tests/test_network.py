@@ -432,6 +432,8 @@ def test_private_and_none_stay_as_they_were(it, netns, clean_after):
     for args in (["--ip", "10.88.0.9"], ["--network-alias", "x"]):
         r = it("run", "--rm", *args, "busybox", "true")
         assert r.returncode == 125 and "need a bridge network" in r.stderr, args
+    r = it("run", "--script", "--network", "bridge", "-p", "80", "busybox", "true")
+    assert r.returncode == 125 and "--script does not render bridge networks" in r.stderr and r.stdout == ""
     r = it("run", "--rm", "--add-host", "db:192.0.2.9", "--dns", "192.0.2.53", "busybox", "sh", "-c",
            "grep db /etc/hosts; cat /etc/resolv.conf")
     assert r.stdout == "192.0.2.9\tdb\nnameserver 192.0.2.53\n", r.stderr

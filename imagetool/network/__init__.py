@@ -29,6 +29,17 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     attach.setup(store, cdir, cid, opts, spec, narrator)
 
 
+def refuse_in_script(opts) -> None:
+    """run --script renders no CNI plugin calls (yet): a bridge network or -p is refused there
+    rather than silently left out of the script."""
+    mode = getattr(opts, "network", None) or "private"
+    if mode not in _CNI_FREE or any(getattr(opts, n, None) for n in _EXTRAS):
+        from imagetool.errors import NetworkError
+
+        raise NetworkError("--script does not render bridge networks, -p or the /etc files yet",
+                           hint="use --explain to see the plugin calls of a real run")
+
+
 def teardown(cdir: Path, strict: bool = False) -> None:
     """containers' hook on every way out (run's finally, rm, reconcile): attach.teardown when
     the container has a cached attachment; one stat otherwise."""
