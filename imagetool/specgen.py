@@ -48,12 +48,14 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
     is kept in the annotation `org.imagetool.user` for imagetool's init to resolve inside the
     container. `hostname` is the default when the options give none.
     """
+    _refuse_nul(config)
     tty = bool(_opt(opts, "tty", False))
     env = list(getattr(config, "env", None) or [])
     extra: list[str] = []
     for path in _opt(opts, "env_files") or []:
         extra += S.read_env_file(path)
     extra += list(_opt(opts, "env") or [])
+    _refuse_nul_in("environment", extra)
     env = S.merge_env(env, extra)
     if S.env_get(env, "PATH") is None:
         env.insert(0, f"PATH={S.DEFAULT_PATH}")
@@ -176,6 +178,22 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
         spec["annotations"] = annotations
     apply_security(spec, opts, rootfs_dir)
     return spec
+
+
+def _refuse_nul(config) -> None:
+    """A NUL byte can pass neither execve nor a path: the image config's Entrypoint, Cmd, Env,
+    WorkingDir and User are refused here, once, with one clear line (exit 125 under run)."""
+    for field, attr in (("Entrypoint", "entrypoint"), ("Cmd", "cmd"), ("Env", "env"),
+                        ("WorkingDir", "working_dir"), ("User", "user")):
+        value = getattr(config, attr, None)
+        _refuse_nul_in(f"the image config's {field}", [value] if isinstance(value, str) else value or ())
+
+
+def _refuse_nul_in(what: str, values) -> None:
+    for v in values:
+        if "\x00" in str(v):
+            raise ImagetoolError(f"{what} holds a NUL byte: {str(v)!r}",
+                                 hint="a NUL byte cannot be part of a command, an environment variable or a path")
 
 
 def apply_security(spec: dict, opts, rootfs_dir: Path | str | None = None) -> None:

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 VICTIM = Path("/tmp/imagetool-followups-victim")    # a host directory an image's symlink names
 TERMINAL_ATTACK = "\x1b]0;PWN\x07\x1b[2J"
+NUL_FIELDS = (("Entrypoint", ["tr\x00ue"]), ("Cmd", ["true", "a\x00b"]), ("Env", ["PATH=/bin", "A=b\x00c"]),
+              ("WorkingDir", "/w\x00x"), ("User", "no\x00body"))
 BACKENDS = ["imagetool", pytest.param("runc", marks=pytest.mark.skipif(shutil.which("runc") is None,
                                                                         reason="needs runc"))]
 
@@ -31,6 +33,9 @@ def _images():
         "sysvictim": ([symlink("sys", str(VICTIM))], None),
         # an image whose command would retitle and clear the terminal of whoever displays it
         "ctlcmd": ([], {"Entrypoint": ["echo"], "Cmd": [TERMINAL_ATTACK, "x"], "Env": ["PATH=/bin"]}),
+        # a NUL byte in each string field of the config
+        **{f"nul-{field.lower()}": ([], {"Cmd": ["true"], "Env": ["PATH=/bin"], field: value})
+           for field, value in NUL_FIELDS},
     }
 
 
@@ -182,3 +187,24 @@ def test_a_quoted_word_is_inert_and_sh_reads_back_the_exact_value(value):
     assert _inert(word) and "\x7f" not in word
     out = subprocess.run(["sh", "-c", f"printf %s {word}"], capture_output=True, text=True, check=True).stdout
     assert out == value
+
+
+# ---------------------------------------------------------------- 6: NUL bytes in the image config
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("field", [f for f, _ in NUL_FIELDS])
+def test_a_nul_byte_in_the_image_config_is_one_clear_error_and_no_container(it, backend, field):
+    before = _container_ids(it)
+    r = it("run", *_runtime(backend), f"nul-{field.lower()}")
+    assert r.returncode == 125, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("imagetool: error: ") and f"the image config's {field} holds a NUL byte" in first
+    assert "Traceback" not in r.stderr and "ValueError" not in r.stderr
+    assert _container_ids(it) == before
+
+
+def _container_ids(it) -> set[str]:
+    import json
+
+    return {c["id"] for c in json.loads(it("ps", "-a", "--format", "json").stdout)}
