@@ -460,6 +460,15 @@ def test_detached_container_serves_its_port_and_its_monitor_tears_the_network_do
     try:
         assert wait_for(lambda: fetch(netns, "http://127.0.0.1:18082/"), "httpd of dweb") == "hello-from-dweb\n"
         assert it("port", "dweb").stdout == "80/tcp -> 127.0.0.1:18082\n"
+        from imagetool.network import attach
+
+        cdir = it.store / "containers" / running(it.store, "dweb")["id"]
+        assert attach.ports_text(cdir) == "127.0.0.1:18082->80/tcp"
+        settings = attach.network_settings(cdir)
+        assert settings["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18082"}]}
+        assert settings["IPAddress"].startswith("10.") and settings["IPPrefixLen"] == 24
+        assert settings["Networks"]["imagetool"]["Aliases"][0] == "dweb" and settings["MacAddress"]
+        assert fetch(netns, f"http://{settings['IPAddress']}:80/") == "hello-from-dweb\n"
         assert it("stop", "-t", "1", "dweb").returncode == 0
         wait_for(lambda: leftovers(netns, it.store) == CLEAN, "the monitor's teardown")   # before any rm
     finally:

@@ -172,6 +172,31 @@ def port_lines(cdir: Path) -> list[str]:
             for p in doc.get("ports", [])]
 
 
+def ports_text(cdir: Path) -> str:
+    """ps's PORTS column, as docker prints it: `127.0.0.1:18080->80/tcp, 0.0.0.0:41151->80/tcp`."""
+    doc = read(cdir) or {}
+    return ", ".join(f"{p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
+                     for p in doc.get("ports", []))
+
+
+def network_settings(cdir: Path) -> dict:
+    """inspect's NetworkSettings in docker's shape (Ports, IPAddress, Gateway, Networks…), from
+    the cached attachment; docker's empty values when the container has no CNI network now."""
+    doc = read(cdir) or {}
+    result = ((doc.get("attachments") or [{}])[-1].get("result") or {}) if doc else {}
+    ip = next(iter(result.get("ips", [])), {})
+    address, _, prefix = ip.get("address", "").partition("/")
+    macs = [i.get("mac", "") for i in result.get("interfaces", []) if i.get("sandbox")]
+    ports: dict = {}
+    for p in doc.get("ports", []):
+        ports.setdefault(f"{p['containerPort']}/{p['protocol']}", []).append(
+            {"HostIp": p.get("hostIP") or "0.0.0.0", "HostPort": str(p["hostPort"])})
+    endpoint = {"IPAddress": address, "IPPrefixLen": int(prefix or 0), "Gateway": ip.get("gateway", ""),
+                "MacAddress": macs[0] if macs else ""}
+    networks_ = {doc["network"]: endpoint | {"Aliases": (doc.get("hosts") or {}).get("names", [])}} if doc else {}
+    return {"SandboxKey": doc.get("netns", ""), "Ports": ports, **endpoint, "Networks": networks_}
+
+
 def teardown(cdir: Path, strict: bool = False) -> None:
     """DEL every cached attachment, remove the namespace file (see the module docstring).
     A failure is a warning on stderr, or a NetworkError with `strict` (rm)."""
