@@ -115,7 +115,8 @@ def test_runc_backend_explains_the_config_it_hands_over_and_the_runc_command(it,
     got = {name: "\n".join(cmd) for _, name, cmd in steps(r.stderr)}
     config = got["write config.json"]
     assert config.startswith(f"cat > {store}/containers/") and '"args": [' in config and '"echo"' in config
-    assert re.fullmatch(rf"runc run --bundle {store}/containers/[0-9a-f]{{64}} [0-9a-f]{{64}}", got["exec runtime"])
+    assert re.fullmatch(rf"runc --log {store}/containers/([0-9a-f]{{64}})/runc\.log --log-format json run "
+                        rf"--bundle {store}/containers/\1 [0-9a-f]{{64}}", got["exec runtime"])
     assert got["delete"].startswith("runc delete --force ")
     assert not list(Path(store, "containers").glob("*/config.json"))
 

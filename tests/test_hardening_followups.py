@@ -208,3 +208,12 @@ def _container_ids(it) -> set[str]:
     import json
 
     return {c["id"] for c in json.loads(it("ps", "-a", "--format", "json").stdout)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("command,code", [(["/nonexistent"], 127), (["nosuchcommand"], 127), (["/etc"], 126),
+                                          (["sh", "-c", "exit 1"], 1)], ids=["no-path", "not-in-path", "a-directory",
+                                                                             "the-command-exits-1"])
+def test_a_command_that_cannot_be_executed_exits_127_or_126_in_both_backends(it, backend, command, code):
+    r = it("run", "--rm", *_runtime(backend), "busybox", *command)
+    assert r.returncode == code, r.stderr

@@ -62,7 +62,8 @@ class Reservation:
         pipes = None if self.io.tty else stdio.Pipes.make(self.io.interactive)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        argv = [self.backend, "run", "--bundle", self.bundle, self.id]
+        log = os.path.join(self.bundle, f"{self.backend}.log")   # its exec failure is read back from here
+        argv = [self.backend, "--log", log, "--log-format", "json", "run", "--bundle", self.bundle, self.id]
         pending: list[int] = []
         saved = supervise.hold_signals(pending)
         pid = os.fork()
@@ -94,7 +95,10 @@ class Reservation:
             supervise.restore_signals(saved)
             raise
         self._handed_over = True
-        return Container(self.backend, self.id, pid, self.io, self.narrator, reader, go_w, pipes, None, saved, pending)
+        container = Container(self.backend, self.id, pid, self.io, self.narrator, reader, go_w, pipes, None, saved,
+                              pending)
+        container.log = log
+        return container
 
 
 def _send_error(fd: int, code: int, message: str) -> None:
@@ -152,11 +156,44 @@ class Container(supervise.Supervised):
     def __init__(self, backend, *args):
         super().__init__(*args)
         self.backend = backend
+        self.log: str | None = None
+
+    def wait(self, *args, **kwargs) -> int:
+        """As the built-in runtime: a command runc could not exec gives 127 (not found) or 126
+        (not executable), not runc's 1."""
+        code = super().wait(*args, **kwargs)
+        return exec_failure_code(self.log) or code if code == 1 and self.log else code
 
     def _cleanup(self) -> None:
         started = time.perf_counter()
         force_delete(self.backend, self.id)
         self.narrator.report("delete", shell.join([self.backend, "delete", "--force", self.id]), started)
+
+
+_EXEC_FAILED = "unable to start container process: exec: "
+
+
+def exec_failure_code(log: str) -> int | None:
+    """127 or 126 when runc's JSON log ends with its failure to exec the command, else None."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        msg = str(entry.get("msg", ""))
+        if entry.get("level") != "error" or _EXEC_FAILED not in msg:
+            continue
+        if msg.endswith(("no such file or directory", "executable file not found in $PATH")):
+            return 127
+        return 126
+    return None
 
 
 def force_delete(backend: str, container_id: str) -> None:
