@@ -429,6 +429,8 @@ def test_private_and_none_stay_as_they_were(it, netns, clean_after):
     for args in (["-p", "80"], ["-P"], ["--network", "none", "-p", "80"]):
         r = it("run", "--rm", *args, "busybox", "true")
         assert r.returncode == 125 and "need a bridge network" in r.stderr, args
+    r = it("run", "--rm", "--network", "host", "--add-host", "db:192.0.2.9", "busybox", "true")
+    assert r.returncode == 125 and "not supported with --network host" in r.stderr
     for args in (["--ip", "10.88.0.9"], ["--network-alias", "x"]):
         r = it("run", "--rm", *args, "busybox", "true")
         assert r.returncode == 125 and "need a bridge network" in r.stderr, args

@@ -75,34 +75,27 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     mode = getattr(opts, "network", None) or "private"
     hostname = spec.get("hostname") or cid[:12]
     names = [n for n in [getattr(opts, "name", None), cid[:12]] + list(_opt(opts, "network_aliases")) if n]
+    etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
     if not networks.is_cni(mode):
-        if _opt(opts, "publish") or getattr(opts, "publish_all", False):
-            raise NetworkError(f"-p/-P need a bridge network, not --network {mode}",
-                               hint="use --network bridge (or a user network) to publish ports")
-        if _opt(opts, "network_aliases") or getattr(opts, "ip", None):
-            raise NetworkError(f"--ip and --network-alias need a bridge network, not --network {mode}")
-        if mode != "host" and (_opt(opts, "add_hosts") or _opt(opts, "dns") or _opt(opts, "dns_search")):
-            spec["mounts"] += hosts.write(cdir, hostname, names, [], _opt(opts, "add_hosts"), _opt(opts, "dns"),
-                                          _opt(opts, "dns_search"))
+        _refuse_without_bridge(opts, mode)
+        if mode == "host" and any(etc):
+            raise NetworkError("--add-host, --dns and --dns-search are not supported with --network host yet",
+                               hint="the container uses the host's own /etc/hosts and /etc/resolv.conf")
+        if any(etc):
+            spec["mounts"] += hosts.write(cdir, hostname, names, [], *etc)
         return
     started = time.perf_counter()
     net = networks.get(store, mode)
     cni.require(p["type"] for p in LOOPBACK["plugins"] + net.conflist["plugins"])
     runtime_config = _static_ip(getattr(opts, "ip", None), net)
-    wanted = ports.parse_all(_opt(opts, "publish"))
-    if getattr(opts, "publish_all", False):   # -P: every EXPOSEd port (specgen put them in an annotation)
-        from imagetool.specgen import EXPOSED_ANNOTATION
-
-        exposed = spec.get("annotations", {}).pop(EXPOSED_ANNOTATION, "")
-        wanted += ports.parse_all(p for p in exposed.split(",") if p)
+    wanted = _wanted_ports(opts, spec)
     path = str(cdir / NETNS)
     with networks.Locked(networks.net_dir(store)):   # no two containers take the same host port
         mappings = ports.allocate(wanted, _published(store)) if wanted else []
         doc = {"netns": path, "network": net.name, "ports": [m.to_cni() for m in mappings], "attachments": []}
-        _save(cdir, doc)
+        _save(cdir, doc)   # from here on, teardown() knows what to undo
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
-    trace = narrator.report if narrator is not None else None
     try:
         netns.create(path)
         if narrator is not None:
@@ -110,33 +103,56 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         # portmap only when ports are published: its DEL costs iptables calls even with no mapping
         chain = net.conflist if mappings else dict(net.conflist, plugins=[
             p for p in net.conflist["plugins"] if p.get("type") != "portmap"])
-        for conflist, ifname, rc in ((LOOPBACK, "lo", {}), (chain, "eth0", runtime_config)):
-            att = cni.Attachment(cid, path, ifname, conflist, rc)
-            doc["attachments"].append(att.to_json())
-
-            def save(a, _i=len(doc["attachments"]) - 1):
-                doc["attachments"][_i] = a.to_json()
-                _save(cdir, doc)
-
-            att = cni.add(att, save, trace)
-    except BaseException:
-        teardown(cdir)
-        raise
-    ips = container_ips(att.result)
-    for ns in spec["linux"]["namespaces"]:
-        if ns["type"] == "network":
-            ns["path"] = path
-    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
-    try:
-        spec["mounts"] += hosts.write(cdir, hostname, names, ips, _opt(opts, "add_hosts"), _opt(opts, "dns"),
-                                      _opt(opts, "dns_search"))
-        doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(_opt(opts, "add_hosts"))}
+        result = _add_chains(cdir, doc, cid, path, ((LOOPBACK, "lo", {}), (chain, "eth0", runtime_config)),
+                             narrator.report if narrator is not None else None)
+        ips = container_ips(result)
+        spec["mounts"] += hosts.write(cdir, hostname, names, ips, *etc)
+        doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(etc[0])}
         with networks.Locked(networks.net_dir(store)):
             _save(cdir, doc)
             _refresh_peers(cdir.parent, net.name)
     except BaseException:
         teardown(cdir)
         raise
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = path
+    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+
+
+def _refuse_without_bridge(opts, mode: str) -> None:
+    if _opt(opts, "publish") or getattr(opts, "publish_all", False):
+        raise NetworkError(f"-p/-P need a bridge network, not --network {mode}",
+                           hint="use --network bridge (or a user network) to publish ports")
+    if _opt(opts, "network_aliases") or getattr(opts, "ip", None):
+        raise NetworkError(f"--ip and --network-alias need a bridge network, not --network {mode}")
+
+
+def _wanted_ports(opts, spec: dict) -> list:
+    """-p's mappings, and with -P every EXPOSEd port (specgen put them in an annotation)."""
+    wanted = ports.parse_all(_opt(opts, "publish"))
+    if getattr(opts, "publish_all", False):
+        from imagetool.specgen import EXPOSED_ANNOTATION
+
+        exposed = spec.get("annotations", {}).pop(EXPOSED_ANNOTATION, "")
+        wanted += ports.parse_all(p for p in exposed.split(",") if p)
+    return wanted
+
+
+def _add_chains(cdir: Path, doc: dict, cid: str, path: str, chains, trace) -> dict | None:
+    """ADD each (conflist, ifname, runtime config) in order, every attachment saved in the cache
+    before and after its plugins run; the last chain's result."""
+    att = None
+    for conflist, ifname, rc in chains:
+        att = cni.Attachment(cid, path, ifname, conflist, rc)
+        doc["attachments"].append(att.to_json())
+
+        def save(a, _i=len(doc["attachments"]) - 1):
+            doc["attachments"][_i] = a.to_json()
+            _save(cdir, doc)
+
+        att = cni.add(att, save, trace)
+    return att.result if att is not None else None
 
 
 def _refresh_peers(containers_dir: Path, network: str) -> None:
