@@ -217,3 +217,13 @@ def _container_ids(it) -> set[str]:
 def test_a_command_that_cannot_be_executed_exits_127_or_126_in_both_backends(it, backend, command, code):
     r = it("run", "--rm", *_runtime(backend), "busybox", *command)
     assert r.returncode == code, r.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mount_points_the_runtime_creates_are_0755_under_a_strict_umask(it, tmp_path, backend):
+    """Under umask 077 the directories made for a volume's destination are still 0755 (else a
+    non-root user in the container could not reach the volume)."""
+    r = it("run", "--rm", *_runtime(backend), "-v", f"{tmp_path}:/a/b/c", "busybox", "stat", "-c", "%a", "/a", "/a/b",
+           umask=0o077)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["755", "755"]

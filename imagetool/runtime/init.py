@@ -7,7 +7,7 @@ about explaining. A failure is sent to imagetool as a typed `error` message (syn
 child exits; it never returns to the caller's code.
 
 Before the spec exists (while imagetool still looks up the image):
-   1. new_session            default signals, setsid, parent-death signal SIGKILL
+   1. new_session            default signals, setsid, parent-death signal SIGKILL, umask 0022
    2. connect_stdio          fds 0-2 become the pipes (or an empty pipe until the pty exists): the
                              host's own stdout/stderr never stay in the container
    3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
@@ -153,7 +153,8 @@ def new_session(init: Init) -> str:
         signal.signal(s, signal.SIG_DFL)
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    return "setsid  # and PR_SET_PDEATHSIG=SIGKILL: the init dies with imagetool"
+    os.umask(0o022)   # the mount points the init makes are 0755 whatever imagetool's umask is
+    return "setsid; umask 0022  # and PR_SET_PDEATHSIG=SIGKILL: the init dies with imagetool"
 
 
 def empty_input() -> int:

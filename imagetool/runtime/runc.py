@@ -116,6 +116,7 @@ def _helper(narrator, sync_w, go_r, pipes, spec, rootfs, user_name, bundle, bina
 
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.umask(0o022)   # runc makes the mount points with the umask it inherits: never imagetool's
     if pipes is not None:   # the container (and runc) get the pipes, never imagetool's fds
         for fd, src in ((0, pipes.stdin_r), (1, pipes.stdout_w), (2, pipes.stderr_w)):
             os.dup2(src if src is not None else empty_input(), fd)   # never the host's /dev/null
