@@ -120,12 +120,11 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
         mounts.append(S.parse_volume(v).to_mount() if isinstance(v, str) else v.to_mount())
 
     network = _opt(opts, "network", "private") or "private"
-    if network.startswith("container:"):
-        raise ImagetoolError(f"unsupported network {network!r}",
-                             hint="use private (loopback only), none, host, bridge or a user network")
+    if network.startswith("container:") and not network.partition(":")[2]:
+        raise ImagetoolError("--network container: needs a container's name or id")
     namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]
     if network != "host":
-        # a bridge or user network: imagetool.network.attach prepares the namespace and names its path here
+        # a bridge or user network, container:NAME: imagetool.network.attach names the namespace's path here
         namespaces.insert(1, {"type": "network"})
     if network == "private":
         annotations["org.imagetool.network"] = "loopback"

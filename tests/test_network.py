@@ -497,3 +497,22 @@ def test_sigkill_of_the_monitor_then_ps_runs_del(it, netns, clean_after):
         assert leftovers(netns, it.store) == CLEAN
     finally:
         it("rm", "-f", "orphan")
+
+
+@needs_netns
+@pytest.mark.parametrize("mode", ["bridge", "private"])   # its netns file, or its PID 1's namespace
+def test_network_container_name_shares_the_other_containers_namespace(it, netns, clean_after, mode):
+    p = serve(it, "host1", "--network", mode)
+    try:
+        r = it("run", "--rm", "--network", "container:host1", "busybox", "sh", "-c",
+               WGET.format(url="http://127.0.0.1:80/"))
+        assert (r.returncode, r.stdout) == (0, "hello-from-host1\n"), r.stderr
+        if mode == "bridge":   # its /etc/hosts too
+            r = it("run", "--rm", "--network", "container:host1", "busybox", "grep", "host1", "/etc/hosts")
+            assert r.stdout.endswith(" host1\n"), r.stderr
+        r = it("run", "--rm", "--network", "container:host1", "-p", "80", "busybox", "true")
+        assert r.returncode == 125 and "need a bridge network" in r.stderr
+    finally:
+        stop(it, p, "host1")
+    r = it("run", "--rm", "--network", "container:host1", "busybox", "true")
+    assert r.returncode == 125 and "no such container: host1" in r.stderr

@@ -76,6 +76,12 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     hostname = spec.get("hostname") or cid[:12]
     names = [n for n in [getattr(opts, "name", None), cid[:12]] + list(_opt(opts, "network_aliases")) if n]
     etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
+    if mode.startswith("container:"):
+        _refuse_without_bridge(opts, mode)
+        if any(etc):
+            raise NetworkError(f"--add-host, --dns and --dns-search conflict with --network {mode}")
+        _join_container(store, cdir, mode.partition(":")[2], spec)
+        return
     if not networks.is_cni(mode):
         _refuse_without_bridge(opts, mode)
         if mode == "host" and any(etc):
@@ -118,6 +124,39 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         if ns["type"] == "network":
             ns["path"] = path
     spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+
+
+def _join_container(store, cdir: Path, other: str, spec: dict) -> None:
+    """--network container:NAME: the other container's network namespace, pinned on this one's
+    `netns` file (checked to be that container's PID 1 still: no reused PID), and its /etc files."""
+    from imagetool import containers
+    from imagetool.runtime.supervise import proc_start
+
+    ocdir, state = containers.find(store, other)
+    pid = state.get("pid")
+    if state.get("status") != "running" or not pid:
+        raise NetworkError(f"cannot join the network of container {other}: it is not running")
+    path = str(cdir / NETNS)
+    _save(cdir, {"netns": path, "network": "", "ports": [], "attachments": []})
+    try:
+        own = ocdir / NETNS
+        if netns.is_mounted(str(own)):
+            netns.adopt(str(own), path)
+        else:
+            netns.adopt(f"/proc/{pid}/ns/net", path)
+            if proc_start(pid) != state.get("pid_start"):
+                raise NetworkError(f"cannot join the network of container {other}: it has stopped")
+    except BaseException:
+        teardown(cdir)
+        raise
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = path
+    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+    for name in ("hosts", "resolv.conf"):
+        if (ocdir / name).is_file():
+            spec["mounts"].append({"destination": f"/etc/{name}", "type": "bind", "source": str(ocdir / name),
+                                   "options": ["rbind", "ro"]})
 
 
 def _refuse_without_bridge(opts, mode: str) -> None:

@@ -51,6 +51,18 @@ def create(path: str) -> None:
         raise NetworkError(f"cannot create a network namespace at {path}: {why or 'failed'}")
 
 
+def adopt(source: str, path: str) -> None:
+    """Pin an existing network namespace (`source`: /proc/PID/ns/net or another namespace file)
+    on `path` with a bind mount: whatever happens to its process, `path` names that namespace."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        sc.mount(source, path, None, sc.MS_BIND)
+    except OSError as e:
+        os.unlink(path)
+        raise NetworkError(f"cannot join the network namespace {source}: {e.strerror}") from None
+
+
 def remove(path: str) -> None:
     """Unmount and delete the namespace file; a missing or unmounted file is not an error."""
     try:
