@@ -120,10 +120,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     except BaseException:
         teardown(cdir)
         raise
-    for ns in spec["linux"]["namespaces"]:
-        if ns["type"] == "network":
-            ns["path"] = path
-    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+    _name_in_spec(spec, path)
 
 
 def _join_container(store, cdir: Path, other: str, spec: dict) -> None:
@@ -149,14 +146,19 @@ def _join_container(store, cdir: Path, other: str, spec: dict) -> None:
     except BaseException:
         teardown(cdir)
         raise
-    for ns in spec["linux"]["namespaces"]:
-        if ns["type"] == "network":
-            ns["path"] = path
-    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
+    _name_in_spec(spec, path)
     for name in ("hosts", "resolv.conf"):
         if (ocdir / name).is_file():
             spec["mounts"].append({"destination": f"/etc/{name}", "type": "bind", "source": str(ocdir / name),
                                    "options": ["rbind", "ro"]})
+
+
+def _name_in_spec(spec: dict, path: str) -> None:
+    """The spec's network namespace becomes the one at `path` (joined by path, not unshared)."""
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = path
+    spec.setdefault("annotations", {}).pop("org.imagetool.network", None)
 
 
 def _refuse_without_bridge(opts, mode: str) -> None:
