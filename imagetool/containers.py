@@ -80,6 +80,7 @@ class RunOptions:
     # long-running containers (issue 11)
     detach: bool = False                               # run under its own monitor (monitor.py)
     restart: str = "no"                                # no | on-failure[:N] | always | unless-stopped
+    log_opts: list = field(default_factory=list)       # max-size=SIZE, max-file=N (jsonlog.LogOptions)
     stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
 
 
@@ -316,7 +317,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         container = reservation.create(spec, rootfs)
         trace.mark("created")
         if monitor is not None:
-            log = jsonlog.Writer(cdir / LOG)
+            log = jsonlog.Writer(cdir / LOG, jsonlog.LogOptions.parse(opts.log_opts))
         container.start()
         trace.mark("exec")
         state.update(status="running", pid=container.pid, pid_start=proc_start(container.pid),
@@ -442,7 +443,8 @@ def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
             "log_path": str(cdir / LOG) if monitor is not None else "",
             "resources": spec.get("linux", {}).get("resources", {}), "mounts": binds,
             "host_config": {"AutoRemove": opts.rm, "Privileged": opts.privileged, "ReadonlyRootfs": opts.read_only,
-                            "NetworkMode": opts.network}}
+                            "NetworkMode": opts.network,
+                            "LogConfig": {"Type": "json-file", "Config": dict(o.split("=", 1) for o in opts.log_opts)}}}
 
 
 def _prepare_rootfs(store, img, cdir: Path, mode: str, narrator):

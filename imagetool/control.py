@@ -216,9 +216,10 @@ def wait(store, id_or_name: str) -> int:
 
 
 def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, timestamps: bool = False,
-         offset: int = 0) -> None:
-    """docker logs: the container's json-file log (from byte `offset`) to stdout and stderr, each
-    entry to its stream; with `follow`, until the container has exited and its log is read to the end."""
+         offset: int | None = None) -> None:
+    """docker logs: the container's json-file log (rotated files first; only the current file from
+    byte `offset` when given) to stdout and stderr, each entry to its stream; with `follow`, until
+    the container has exited and its log is read to the end."""
     cdir, state = _current(store, id_or_name)
     if not state.get("log_path"):
         raise ImagetoolError(f"container {id_or_name} has no log: only detached containers (run -d) keep one")

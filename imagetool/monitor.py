@@ -25,6 +25,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from imagetool import jsonlog
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 
 
@@ -89,6 +90,7 @@ def detach(store, opts, existing: str | None = None) -> str:
     from imagetool import containers
 
     policy = RestartPolicy.parse(opts.restart)
+    jsonlog.LogOptions.parse(opts.log_opts)   # refused here, before anything runs
     if policy.name != "no" and opts.rm:
         raise ImagetoolError("conflicting options: --restart and --rm")
     if opts.tty or opts.interactive:

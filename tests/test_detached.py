@@ -144,6 +144,18 @@ def test_logs_keep_stdout_and_stderr_apart_in_docker_json_file(dt, it, store):
     assert re.fullmatch(r"\S+Z one", stamped)
 
 
+def test_a_chatty_container_with_rotation_keeps_about_max_size_times_max_file(dt, it, store):
+    cid = dt.run("--log-opt", "max-size=1m", "--log-opt", "max-file=3", "busybox", "sh", "-c",
+                 "yes 0123456789012345678901234567890123456789012345678 | head -c 20000000; echo; echo last")
+    assert it("wait", cid, timeout=300).stdout == "0\n"
+    logs = sorted(p.name for p in (store / "containers" / cid).glob("container.log*"))
+    assert logs == ["container.log", "container.log.1", "container.log.2"]
+    assert sum((store / "containers" / cid / name).stat().st_size for name in logs) <= 3 * (1 << 20)
+    assert it("logs", "--tail", "1", cid).stdout == "last\n"
+    (doc,) = json.loads(it("inspect", cid).stdout)
+    assert doc["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+
+
 def test_logs_follow_a_counter_until_the_container_exits(dt, it):
     cid = dt.run("busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.2; done")
     r = it("logs", "-f", cid, timeout=60)

@@ -113,3 +113,64 @@ def test_ps_status_reads_as_dockers(state, after, text):
                                            (150, "2 minutes"), (3600, "About an hour"), (5 * 86400, "5 days")])
 def test_human_duration(seconds, text):
     assert ages.human_duration(seconds) == text
+
+
+# ---------------------------------------------------------------- rotation (--log-opt max-size, max-file)
+
+
+def _numbers(path, **kw) -> list[int]:
+    return [int(e["log"]) for e in jsonlog.entries(path, **kw)]
+
+
+def _count_to(path, count: int, options: jsonlog.LogOptions) -> None:
+    """Write the numbers below `count`, one entry each, through a rotating Writer."""
+    w = jsonlog.Writer(path, options)
+    for n in range(count):
+        w.write("stdout", f"{n}\n".encode())
+    w.close()
+
+
+def test_rotation_keeps_at_most_max_file_files_of_about_max_size(tmp_path):
+    path = tmp_path / "container.log"
+    _count_to(path, 5000, jsonlog.LogOptions(max_size=4000, max_file=3))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["container.log", "container.log.1", "container.log.2"]
+    assert all((tmp_path / f).stat().st_size <= 4000 for f in files)
+    kept = _numbers(path)
+    assert kept == list(range(kept[0], 5000)) and len(kept) > 50   # the newest, in order, no gap
+
+
+def test_max_file_1_starts_the_file_again(tmp_path):
+    path = tmp_path / "container.log"
+    _count_to(path, 1000, jsonlog.LogOptions(max_size=2000, max_file=1))
+    assert [p.name for p in tmp_path.iterdir()] == ["container.log"] and path.stat().st_size <= 2000
+    assert _numbers(path)[-1] == 999
+
+
+def test_follow_goes_on_across_a_rotation(tmp_path):
+    path = tmp_path / "container.log"
+    w = jsonlog.Writer(path, jsonlog.LogOptions(max_size=300, max_file=2))
+    w.write("stdout", b"0\n")
+    seen, n = [], 0
+    for e in jsonlog.entries(path, follow=True, done=lambda: n >= 40, poll=0.001):
+        seen.append(int(e["log"]))
+        while n < 40 and len(seen) > n:   # write the next entries once the previous ones were read
+            n += 1
+            w.write("stdout", f"{n}\n".encode())   # rotates every few entries
+    w.close()
+    assert seen == list(range(41))
+
+
+@pytest.mark.parametrize("opts, text", [(["max-size=0"], "must be positive"), (["max-size=lots"], "invalid max-size"),
+                                        (["max-file=3"], "needs max-size"), (["max-file=0", "max-size=1m"], "at least 1"),
+                                        (["mode=non-blocking"], "invalid --log-opt"), (["max-size"], "invalid --log-opt")])
+def test_bad_log_options(opts, text):
+    from imagetool.errors import ImagetoolError
+
+    with pytest.raises(ImagetoolError, match=text):
+        jsonlog.LogOptions.parse(opts)
+
+
+def test_log_options_parse():
+    assert jsonlog.LogOptions.parse(["max-size=1m", "max-file=3"]) == jsonlog.LogOptions(1 << 20, 3)
+    assert jsonlog.LogOptions.parse([]) == jsonlog.LogOptions(None, 1)
