@@ -81,6 +81,7 @@ class RunOptions:
     detach: bool = False                               # run under its own monitor (monitor.py)
     restart: str = "no"                                # no | on-failure[:N] | always | unless-stopped
     log_opts: list = field(default_factory=list)       # max-size=SIZE, max-file=N (jsonlog.LogOptions)
+    init: bool = False                                 # tini-static as PID 1 (static_init)
     stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
 
 
@@ -276,6 +277,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
             raise ImagetoolError(f"unknown runtime {opts.runtime!r}", hint="use runc or crun")
         if opts.rootfs_mode not in ("auto", "overlay", "copy"):
             raise ImagetoolError(f"unknown --rootfs {opts.rootfs_mode!r} (auto, overlay or copy)")
+        init_binary = static_init() if opts.init else None
         cid = existing or os.urandom(32).hex()
         if existing is not None:
             state, reservation = _rerun(store, _cdir(store, cid), opts, backend, narrator, restarts)
@@ -309,6 +311,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         state.update(image=img.name, image_digest=str(img.digest), command=" ".join(spec["process"]["args"]),
                      snapshots=[str(d) for d in img.config.diff_ids], **_record(opts, img, spec, cdir, monitor))
         _write_state(cdir, state)
+        if init_binary:
+            _add_init(spec, init_binary)
         _write_json(cdir / SPEC, spec)
         network.setup(store, cdir, cid, opts, spec, narrator)   # netns + CNI ADD; torn down below
         keep = True
@@ -373,6 +377,27 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
 LOG = "container.log"
 SPEC = "spec.json"   # the OCI spec it runs with: what `exec` joins it with
 STOPPED = "stopped"  # the marker `stop` and `rm -f` leave: its monitor runs it no more (--restart)
+
+
+INIT_PATH = "/sbin/docker-init"   # where docker puts its init too
+INIT_BINARIES = ("/usr/bin/tini-static",)
+
+
+def static_init() -> str:
+    """The host's static init for --init: Debian's tini-static (docker's --init is tini too). It
+    must be static: a dynamic binary cannot run in an image without the host's libc (busybox)."""
+    found = next((p for p in INIT_BINARIES if os.path.isfile(p)), None)
+    if found is None:
+        raise ImagetoolError("--init needs tini-static on the host", hint="apt-get install tini")
+    return found
+
+
+def _add_init(spec: dict, binary: str) -> None:
+    """--init: `binary` bind-mounted read-only at INIT_PATH runs as PID 1, the command as its child:
+    it forwards signals to it and reaps every orphan (what a bare `sh` or `sleep` as PID 1 never does)."""
+    spec.setdefault("mounts", []).append({"destination": INIT_PATH, "type": "bind", "source": binary,
+                                          "options": ["rbind", "ro", "nosuid", "nodev"]})
+    spec["process"]["args"] = [INIT_PATH, "--", *spec["process"]["args"]]
 
 
 def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts: int):

@@ -139,6 +139,8 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("--restart", "restart", "With -d, run it again when it exits: no | on-failure[:N] | always | "
            "unless-stopped (while its monitor lives; nothing restarts containers after a reboot).", default="no",
            metavar="POLICY"),
+    option("--init", "init", "Run tini (the host's tini-static) as PID 1: it forwards signals and reaps zombies.",
+           bool),
     option("--log-opt", "log_opts", "With -d, rotate the json-file log: max-size=SIZE, max-file=N.", multiple=True,
            metavar="KEY=VALUE"),
 ), interspersed=False)

@@ -428,3 +428,31 @@ def test_v2_vm_detached_exec_stop_restart(tmp_path):
     assert results == {"idlen": "64", "running": "True", "exec_pid1": "sh", "exec_cgroup": "same", "wait": "143",
                        "logs_ok": "yes", "restarts": "2", "monitors": "0", "leftover_cgroups": "0",
                        "leftover_mounts": "0"}, out
+
+
+# ---------------------------------------------------------------- --init
+
+needs_tini = pytest.mark.skipif(not os.path.isfile("/usr/bin/tini-static"), reason="needs tini-static (apt tini)")
+
+
+def _stats(it, cid) -> list[tuple[str, str]]:
+    """(state, command) of every process in the container but the `ps` itself."""
+    rows = [line.split() for line in it("exec", cid, "ps", "-o", "stat,comm").stdout.splitlines()[1:]]
+    return [(r[0], r[1]) for r in rows if r[1] != "ps"]
+
+
+@needs_tini
+def test_init_reaps_the_zombie_a_bare_pid_1_leaves(dt, it):
+    orphan = ["sh", "-c", "(sleep 0.1 &); exec sleep 1000"]   # the orphan is reparented to PID 1
+    bare = dt.run("busybox", *orphan)
+    init = dt.run("--init", "busybox", *orphan)
+    _eventually(lambda: ("Z", "sleep") in _stats(it, bare), "a bare `sleep` as PID 1 leaves a zombie")
+    _eventually(lambda: [c for _, c in _stats(it, init)] == ["docker-init", "sleep"], "tini reaps the orphan")
+    assert all(s != "Z" for s, _ in _stats(it, init))
+
+
+@needs_tini
+def test_init_forwards_stop_so_the_command_exits_143(dt, it):
+    cid = dt.run("--init", "busybox", "sleep", "1000")   # sleep itself, not PID 1, gets the SIGTERM
+    assert it("stop", "-t", "30", cid).returncode == 0
+    assert it("wait", cid).stdout == "143\n"
