@@ -227,3 +227,49 @@ def test_mount_points_the_runtime_creates_are_0755_under_a_strict_umask(it, tmp_
            umask=0o077)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["755", "755"]
+
+
+# ---------------------------------------------------------------- the same attacks on a cgroup-v2 host
+
+V2_GUEST = r"""
+set -u
+export PYTHONPATH=/host/site:/host/src IMAGETOOL_FIXTURE_CACHE=/var/tmp/fx
+cd /host/src
+python3 -c "
+from pathlib import Path
+from tests.runhelpers import busybox_store
+from fixtures.tarbuild import symlink
+busybox_store(Path('/var/tmp/st'), {'devvictim': ([symlink('dev', '/tmp/victim')], None)})" || exit 90
+echo STARTED
+it() { python3 -m imagetool --store /var/tmp/st "$@"; }
+host=$(stat -L -c %d:%i /dev/null)
+for rt in imagetool runc; do
+  args=""; [ $rt = runc ] && args="--runtime runc"
+  mkdir -p /tmp/victim
+  it run --rm $args devvictim true 2>/tmp/dv.err; echo "RESULT devlink_$rt $?_$(ls -A /tmp/victim | wc -l)"
+  grep -q "must be mounted on ordinary directory" /tmp/dv.err; echo "RESULT devlink_msg_$rt $?"
+  ino=$(it run --rm $args busybox sh -c 'stat -L -c %d:%i /proc/self/fd/0')
+  [ -n "$ino" ] && [ "$ino" != "$host" ]; echo "RESULT stdin_$rt $?"
+  mkdir -p /tmp/src_$rt/sub; mount -t tmpfs t /tmp/src_$rt/sub
+  it run --rm $args -v /tmp/src_$rt:/vol:ro busybox sh -c 'touch /vol/sub/x' 2>/dev/null; echo "RESULT rro_$rt $?"
+  umount /tmp/src_$rt/sub
+  echo "RESULT umask_$rt $(umask 0; it run --rm $args busybox sh -c umask)"
+  it run --rm $args busybox /nonexistent 2>/dev/null; echo "RESULT enoent_$rt $?"
+done
+"""
+
+
+def test_the_followups_hold_on_a_cgroup_v2_host(tmp_path):
+    """One boot of the cgroup-v2-only VM (kernel 6.1): the /dev symlink, stdin, read-only
+    submount, umask and exec-failure checks above, with the built-in runtime and runc."""
+    from tests import v2vm
+
+    out = v2vm.boot(tmp_path, V2_GUEST, started_marker="STARTED")
+    results = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("RESULT ") and len(line.split()) > 2)
+    for rt in ("imagetool", "runc"):
+        assert results.get(f"devlink_{rt}") == "125_0", out
+        assert results.get(f"devlink_msg_{rt}") == "0", out
+        assert results.get(f"stdin_{rt}") == "0", out
+        assert results.get(f"rro_{rt}") not in (None, "0"), out
+        assert results.get(f"umask_{rt}") == "0022", out
+        assert results.get(f"enoent_{rt}") == "127", out

@@ -64,7 +64,8 @@ class Narrator:
         if self.fd is None:
             return
         text = f"imagetool: explain: [{step.where}] {step.at_ms:9.2f} ms  {printable(step.name)} ({step.ms:.2f} ms)\n"
-        text += "".join(f"    {printable(line)}\n" for line in step.command.splitlines())  # image text: inert
+        text += "".join(f"    {printable(line, keep_newlines=True)}\n"   # tabs stay; image text is inert
+                        for line in step.command.splitlines())
         data = text.encode(errors="replace")
         while data:
             data = data[os.write(self.fd, data):]
