@@ -405,11 +405,11 @@ def test_containers_on_a_user_network_reach_each_other_by_ip_and_name_and_no_one
 @needs_netns
 def test_containers_started_at_once_get_distinct_addresses(it, netns, clean_after):
     procs = [it.popen("run", "--rm", "--network", "bridge", "busybox", "ip", "-4", "-o", "addr", "show", "eth0")
-             for _ in range(8)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 8, outs
+             for _ in range(20)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 20, outs
     addrs = [o.split()[3] for o, _ in outs]
-    assert len(set(addrs)) == 8
+    assert len(set(addrs)) == 20
 
 
 @needs_netns
