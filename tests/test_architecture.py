@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("imagetool.cli", "imagetool.__main__", "imagetool.fastcli", "imagetool.pull", "imagetool.archive", "imagetool.containers", "imagetool.images")
-HEAVY = ("requests", "zstandard", "tqdm")
+HEAVY = ("requests", "urllib3", "zstandard", "tqdm")
 
 
 def _module_name(path: Path) -> str:

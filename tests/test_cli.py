@@ -103,7 +103,7 @@ def test_everyday_commands_start_without_typer(cli, args, rc, capsys):
     assert r.returncode == rc, r.stderr
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "imagetool.commands" in imported
-    assert not {m for m in imported if m.split(".")[0] in ("typer", "click", "rich")}
+    assert not {m for m in imported if m.split(".")[0] in ("typer", "click", "rich", "requests", "urllib3")}
     from imagetool import cli as full
 
     with pytest.raises(SystemExit) as e:
@@ -112,6 +112,26 @@ def test_everyday_commands_start_without_typer(cli, args, rc, capsys):
     assert e.value.code == rc
     assert out.out == r.stdout
     assert out.err.splitlines() == [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+
+
+def test_run_of_a_present_image_never_loads_the_http_stack(cli, busybox):
+    """`run --rm` of an image already in the store touches no network: requests and urllib3 (~130 ms
+    of imports) are never loaded; a pull of the same name would load them (test_registry_requests)."""
+    import subprocess
+
+    from tests.runhelpers import add_image, kernel_skip_reason
+
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    add_image(cli.store_dir, busybox, "docker.io/library/busybox:latest")
+    argv = cli.argv("run", "--rm", "busybox", "true")
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert any(m.startswith("imagetool.runtime") for m in imported)  # it did run a container
+    assert not {m for m in imported if m.split(".")[0] in ("requests", "urllib3")}
 
 
 @pytest.mark.parametrize("args", [("images",), ("images", "--format", "json"), ("ps", "-a")])

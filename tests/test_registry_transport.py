@@ -349,7 +349,8 @@ def test_oversized_token_answer_is_refused_without_reading_it_all(proxy, cli, st
 
 def test_blob_read_to_the_end_returns_its_connection_to_the_pool(big, registry):
     """Blobs are read with read1(); a complete Content-Length body must leave a reusable
-    keep-alive connection (else every layer pays a new TCP/TLS handshake)."""
+    keep-alive connection (else every layer pays a new TCP/TLS handshake): two blobs, one
+    connection (urllib3's pool counts the connections it opened)."""
     from imagetool.registry.client import RegistryClient
     from imagetool.reference import parse
 
@@ -361,30 +362,12 @@ def test_blob_read_to_the_end_returns_its_connection_to_the_pool(big, registry):
         for _ in range(2):
             with client.blob_stream(Digest.parse(layer.digest)) as s:
                 assert sum(len(c) for c in s.chunks()) == layer.size
-        conn = client.transport._pool.get(("http", registry.host))
-        assert conn is not None and conn.sock is not None
-        conn.close()
+        url = client.transport.url("/v2/")
+        pools = client.transport._http().get_adapter(url).poolmanager.pools
+        [pool] = [pools[key] for key in pools.keys()]
+        assert (pool.num_requests, pool.num_connections) == (2, 1)
     finally:
         client.close()
-
-
-def test_truncated_manifest_is_a_transport_error_not_a_digest_error(proxy, cli, store_dir):
-    """A manifest body cut short (Content-Length not reached, then EOF) is a failed transfer,
-    not content that "does not match its digest"."""
-    import hashlib
-
-    from fixtures.proxy import Fault
-
-    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                       "manifests": []}).encode()
-    headers = {"Content-Type": "application/vnd.oci.image.index.v1+json", "Content-Length": str(len(body)),
-               "Connection": "close", "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()}
-    proxy.add(Fault("status", r"/manifests/", times=None, status=200, method=None,
-                    body=body[: len(body) // 2], headers=headers))
-    r = cli("pull", f"{proxy.host}/faults/short:v1", env=pull_env())
-    assert r.returncode == 1
-    errors = [x for x in r.stderr.splitlines() if x.startswith("imagetool: error:")]
-    assert len(errors) == 1 and f"closed after {len(body) // 2} of {len(body)} bytes" in errors[0], r.stderr
 
 
 def test_206_with_the_wrong_range_start_is_never_appended(big, proxy, cli, store_dir):

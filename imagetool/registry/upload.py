@@ -28,7 +28,7 @@ from store import Digest
 
 from imagetool.errors import AuthError, RegistryError
 from imagetool.registry.client import RegistryClient
-from imagetool.registry.transport import is_loopback
+from imagetool.registry.transport import refused_target
 
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
 
@@ -63,12 +63,10 @@ class Uploader(RegistryClient):
             raise RegistryError(f"{self.host} started an upload without a Location")
         if "://" not in location:
             location = self.transport.origin + (location if location.startswith("/") else "/" + location)
-        scheme, netloc = urlsplit(location).scheme, urlsplit(location).netloc
         # the session may live on another host (a storage front end): it gets the blob's bytes,
         # never the Authorization (the transport sends that to the registry's origin only);
-        # it must not take them off TLS
-        if scheme not in ("http", "https") or (scheme == "http" and self.transport.origin.startswith("https:")
-                                               and not is_loopback(netloc)):
+        # it must not take them off TLS (the rule redirects follow too)
+        if refused_target(self.transport.origin, location):
             raise RegistryError(f"{self.host} sent an upload Location {location[:120]!r} that imagetool refuses "
                                 "(not http(s), or from https to plain http)")
         if params:
