@@ -407,3 +407,50 @@ def test_oracle_corpus_through_the_pipelined_path_equals_the_sequential_build(na
     with st.lock_shared():
         build_snapshots(st, _pairs(image), open_layer)
     assert _snapshots(store_dir) == _reference(tmp_path, ORACLE[name], f"oracle/{name}")
+
+
+# ------------------------------------------------------------------ the tap itself
+
+
+def _tap_with(tmp_path: Path, data: bytes):
+    from imagetool.fetch import BlobTap
+
+    path = tmp_path / "partial"
+    path.write_bytes(data)
+    tap = BlobTap("blob x")
+    tap.attach(path, 0)
+    tap.advance(len(data))
+    return tap, path
+
+
+def test_tap_ends_only_after_the_blob_is_committed(tmp_path):
+    tap, _ = _tap_with(tmp_path, b"0123456789")
+    got = []
+    reader = threading.Thread(target=lambda: got.extend([tap.read(4), tap.read(100), tap.read(100)]))
+    reader.start()
+    tap.commit()
+    reader.join(30)
+    assert got == [b"0123", b"456789", b""]
+    tap.fail("a failure after the commit")     # changes nothing: the blob was verified
+    assert tap.read(1) == b""
+    tap.close()
+
+
+@pytest.mark.parametrize("event", ["failure", "restart", "reader gave up"])
+def test_a_broken_tap_never_ends_like_a_verified_blob(event, tmp_path):
+    from imagetool.fetch import TapBroken
+
+    tap, path = _tap_with(tmp_path, b"0123456789")
+    assert tap.read(3) == b"012"
+    if event == "failure":
+        tap.fail("the connection was reset")
+    elif event == "restart":
+        tap.attach(path, 0)                    # a second attempt from byte 0
+    else:
+        tap.abort()
+    with pytest.raises(TapBroken):
+        tap.read(100)
+    tap.commit()                               # too late: what was read may not be the blob's
+    with pytest.raises(TapBroken):
+        tap.read(100)
+    tap.close()
