@@ -57,9 +57,12 @@ def parse(spec: str) -> list[PortMapping]:
     ip = (m.group("ip") or "").strip("[]")
     if ip:
         try:
-            ip = str(ipaddress.ip_address(ip))
+            addr = ipaddress.ip_address(ip)
         except ValueError:
             raise NetworkError(f"invalid host IP {ip!r} in -p {spec}") from None
+        if addr.version != 4:
+            raise NetworkError(f"-p {spec}: IPv6 host addresses are not supported yet (the networks are IPv4)")
+        ip = str(addr)
     conts = _range(m.group("cont"), "container port", spec)
     hosts = _range(m.group("host"), "host port", spec) if m.group("host") else [0] * len(conts)
     if len(hosts) != len(conts):
