@@ -12,7 +12,7 @@ LAYOUT_VERSION = "1.0.0"
 TEMP_PREFIX = "imagetool-"
 #: entries a store root may contain (anything else makes Store.open refuse a root without oci-layout)
 KNOWN_ENTRIES = frozenset({"oci-layout", "index.json", "index.json.lock", "gc.lock",
-                           "blobs", "ingest", "snapshots", "containers", "lost+found"})
+                           "blobs", "ingest", "snapshots", "containers", "networks", "lost+found"})
 
 
 @dataclass(frozen=True, slots=True)
