@@ -19,7 +19,8 @@ unpack=True)`:
    blob's digest and the diff_id both check out, layers unpacked concurrently where exact (see
    build_snapshots). A download that restarts from byte 0 breaks its tap: that layer is then
    unpacked from the stored blob. An unpack failure (unsafe or corrupt layer) fails the pull
-   before anything is tagged. An up-to-date image gets its missing snapshots from its blobs.
+   before anything is tagged. An up-to-date image gets its missing snapshots from its blobs (a
+   re-pull with every snapshot present stats one directory per layer and imports no unpack code).
 5. Only then store the manifest(s) and tag the name. Tagging rule: the name
    ("docker.io/library/busybox:latest", or "…@sha256:<digest>" for a digest reference) points at
    the *platform-specific image manifest* that was pulled (with its index entry's platform); the
@@ -81,8 +82,7 @@ def pull(store, ref_string: str, platform: str | None = None, max_concurrent: in
                 progress.message(f"trying mirror {client.host} for {ref.name}")
             # the shared GC lock from the first blob written until the tag makes them reachable
             with store.lock_shared():
-                result = _pull_from(store, client, ref, want, max(1, max_concurrent), progress,
-                                    unpack and snapshots_usable())
+                result = _pull_from(store, client, ref, want, max(1, max_concurrent), progress, unpack)
             return dataclasses.replace(result, served_by=client.host)
         except (TransportError, RegistryError) as e:
             if i == len(endpoints) - 1:
@@ -127,7 +127,7 @@ def _pull_from(store, client, ref, want, max_concurrent: int, progress: Progress
         _fetch_all(store, client, [manifest.config], 1, progress)
         _check_config_platform(store, manifest, want, ref)
     blobs = walk.blobs_of(manifest)
-    if unpack and manifest.layers:
+    if unpack and manifest.layers and snapshots_usable():
         _fetch_and_unpack(store, client, manifest, blobs, max_concurrent, progress)
     else:
         _fetch_all(store, client, blobs, max_concurrent, progress)
@@ -247,8 +247,8 @@ def _snapshots_from_blobs(store, desc: Descriptor) -> None:
     """Build the snapshots a stored image lacks (a stat per layer when it has them all)."""
     manifest = oci.parse_manifest(store.read(desc.digest), desc.digest, desc.media_type)
     pairs = _layer_pairs(store, manifest)
-    if all(store.snapshot_path(d).is_dir() for _, d in pairs):
-        return
+    if all(store.snapshot_path(d).is_dir() for _, d in pairs) or not snapshots_usable():
+        return   # a re-pull with every snapshot there imports nothing of unpack/
     from imagetool.unpack.snapshots import build_snapshots
 
     build_snapshots(store, pairs, lambda i, layer: store.open(layer.digest))
