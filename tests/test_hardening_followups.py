@@ -229,6 +229,15 @@ def test_mount_points_the_runtime_creates_are_0755_under_a_strict_umask(it, tmp_
     assert r.stdout.split() == ["755", "755"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_root_user_can_start_under_a_strict_umask(it, backend):
+    """Under umask 077 the container's `/` (the overlay's upper dir) is still 0755: a --user 65534
+    container starts and sees `/` as 755 (it was 0700: every non-root container failed)."""
+    r = it("run", "--rm", *_runtime(backend), "--user", "65534", "busybox", "stat", "-c", "%a", "/", umask=0o077)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["755"]
+
+
 # ---------------------------------------------------------------- the same attacks on a cgroup-v2 host
 
 V2_GUEST = r"""

@@ -43,6 +43,13 @@ def overlay_supported() -> bool:
         return False
 
 
+def _mkdir(path: Path, mode: int) -> None:
+    """mkdir with exactly `mode`, whatever the caller's umask (upper/ is the container's `/`:
+    under `umask 077` it would be 0700 and lock every non-root user of the container out)."""
+    path.mkdir(mode=mode, exist_ok=True)
+    os.chmod(path, mode)
+
+
 def overlay_mount(store, image, container_dir) -> Mount:
     """Ensure the snapshots, create l/ upper/ work/ rootfs/ in `container_dir`, return the Mount."""
     cdir = Path(os.path.abspath(container_dir))
@@ -50,10 +57,10 @@ def overlay_mount(store, image, container_dir) -> Mount:
     links = cdir / "l"
     cdir.mkdir(mode=0o755, parents=True, exist_ok=True)
     for d in (links, cdir / "upper", cdir / "work", cdir / "rootfs"):
-        d.mkdir(mode=0o700 if d == cdir / "work" else 0o755, exist_ok=True)
+        _mkdir(d, 0o700 if d == cdir / "work" else 0o755)
     if not snaps:   # an image without layers: overlay still needs one lowerdir
         empty = cdir / "empty"
-        empty.mkdir(mode=0o755, exist_ok=True)
+        _mkdir(empty, 0o755)
         lower_rel = ["empty"]
     else:
         lower_rel = []
