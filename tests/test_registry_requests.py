@@ -239,6 +239,20 @@ def test_a_redirect_to_another_scheme_is_refused_before_it_is_followed(scripted)
     assert len(server.seen) == 1
 
 
+def test_a_request_with_a_body_is_not_redirected(scripted):
+    """An upload answered 307 gets the 307 back: its bytes are never sent on to the Location."""
+    server = scripted(lambda seen: (reply(307, headers={"Location": "/v2/elsewhere"}), False))
+    t = _transport(server.host)
+    try:
+        r = t.request("PUT", "/v2/x/blobs/uploads/u1?digest=sha256:aa", {"Content-Length": "3"}, body=b"abc")
+        r.close()
+    finally:
+        t.close()
+    assert r.status_code == 307
+    assert [(s.method, s.path, s.body) for s in server.seen] == [("PUT", "/v2/x/blobs/uploads/u1?digest=sha256:aa",
+                                                                  b"abc")]
+
+
 def test_a_redirect_body_is_read_bounded(scripted):
     """requests reads a redirect's body before following it: more than 4 MiB is refused unread."""
     big = 20 << 20

@@ -10,7 +10,8 @@ Contract:
   `owner.same_origin(url)` whether a hop may carry the Authorization header, and
   `owner.check_redirect(url, target)` may refuse a redirect (TransportError), and at most
   `owner.max_redirects` are followed. A redirect's body is read at most MAX_BODY bytes before it
-  is followed.
+  is followed. (requests looks at a 3xx's Location even when it does not follow it: the check and
+  the bounded read apply to every 3xx with a Location.)
 - `Response` wraps a streamed `requests.Response`; reading its body raises only OSError
   subclasses (ConnectionError, TimeoutError) for network failures, with the bytes that arrived
   before them already returned.
