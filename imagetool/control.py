@@ -219,14 +219,15 @@ def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, 
          offset: int | None = None) -> None:
     """docker logs: the container's json-file log (rotated files first; only the current file from
     byte `offset` when given) to stdout and stderr, each entry to its stream; with `follow`, until
-    the container has exited and its log is read to the end."""
+    the container has exited for good (its monitor is gone) and its log is read to the end."""
     cdir, state = _current(store, id_or_name)
     if not state.get("log_path"):
         raise ImagetoolError(f"container {id_or_name} has no log: only detached containers (run -d) keep one")
 
-    def done() -> bool:
+    def done() -> bool:   # exited, and its monitor gone (one waiting to restart it keeps the log going)
         st = containers.read_state(cdir)
-        return st is None or containers.reconcile(cdir, st) is None or st.get("status") != "running"
+        st = containers.reconcile(cdir, st) if st is not None else None
+        return st is None or (st.get("status") != "running" and _pidfd_closed(st, "owner_pid"))
 
     outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     for e in jsonlog.entries(cdir / containers.LOG, tail=tail, follow=follow, done=done, offset=offset):

@@ -279,6 +279,11 @@ def test_restart_on_failure_2_runs_exactly_three_times(dt, it):
     monitor = dt.state(cid)["owner_pid"]
     _eventually(lambda: _gone(monitor), "the monitor ends once the policy gives up")
     assert it("logs", cid).stdout == "run\n" * 3
+
+
+def test_logs_follow_goes_on_across_restarts(dt, it):
+    cid = dt.run("--restart", "on-failure:2", "busybox", "sh", "-c", "echo run; sleep 0.2; exit 3")
+    assert it("logs", "-f", cid, timeout=120).stdout == "run\n" * 3
     (doc,) = json.loads(it("inspect", cid).stdout)
     assert doc["RestartCount"] == 2 and doc["State"]["ExitCode"] == 3
     assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
