@@ -314,7 +314,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         if init_binary:
             _add_init(spec, init_binary)
         _write_json(cdir / SPEC, spec)
-        network.setup(store, cdir, cid, opts, spec, narrator)   # netns + CNI ADD; torn down below
+        network.setup(store, cdir, cid, opts, spec, narrator, find)   # netns + CNI ADD; torn down below
         keep = True
         rootfs = _prepare_rootfs(store, img, cdir, opts.rootfs_mode, narrator)
         trace.mark("rootfs")
@@ -413,6 +413,8 @@ def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts
         if state.get("status") in ("created", "running"):
             raise ImagetoolError(f"container {state.get('name')} is already running",
                                  hint="stop it first (imagetool stop), or use `imagetool restart`")
+        if restarts and (cdir / STOPPED).exists():   # stopped (or rm -f) while its monitor waited
+            raise ImagetoolError(f"container {state.get('name')} was stopped")
         reservation = runtime.reserve(state["id"], runtime.IO(opts.interactive, opts.tty), backend=backend,
                                       narrator=narrator, bundle=str(cdir))
         state.update(status="created", exit_code=None, pid=None, owner_pid=os.getpid(),
@@ -595,17 +597,22 @@ def find(store, id_or_name: str) -> tuple[Path, dict]:
 
 
 def remove(store, id_or_name: str, force: bool = False) -> str:
-    """Remove a container; a running one only with force (its processes are killed first)."""
+    """Remove a container; a running one (or one its monitor will restart) only with force: its
+    processes are killed first and its monitor has ended."""
     with _Lock(store):
         cdir, state = find(store, id_or_name)
         state = reconcile(cdir, state)
-        if state is not None and state.get("status") in ("created", "running"):
+        running = state is not None and state.get("status") in ("created", "running")
+        busy = running or (state is not None and _owner_alive(state))
+        if busy:
             if not force:
-                raise ImagetoolError(f"container {id_or_name} is running",
+                raise ImagetoolError(f"container {id_or_name} is {'running' if running else 'restarting'}",
                                      hint="stop it first, or use `imagetool rm -f`")
             add_marker(store, state["id"], STOPPED)   # its restart policy ends here
             _stop(state)
-            _await_owner(state)
+    if busy:   # outside the lock: a monitor about to restart it takes the lock, sees STOPPED and ends
+        _await_owner(state)
+    with _Lock(store):
         network.teardown(cdir, strict=not force)
         shutil.rmtree(cdir, ignore_errors=True)
     return id_or_name
@@ -631,12 +638,13 @@ def _await_owner(state: dict, limit: float = 30.0) -> None:
 
 
 def prune_exited(store) -> list[str]:
-    """Remove every exited container (after reconciling dead owners); the removed ids."""
+    """Remove every exited container (after reconciling dead owners) but those whose monitor will
+    restart them; the removed ids."""
     removed = []
     with _Lock(store):
         for cdir, state in _all_states(store):
             state = reconcile(cdir, state)
-            if state is not None and state.get("status") == "exited":
+            if state is not None and state.get("status") == "exited" and not _owner_alive(state):
                 network.teardown(cdir)   # a DEL that failed at exit is retried here
                 shutil.rmtree(cdir, ignore_errors=True)
                 removed.append(state.get("id", cdir.name))

@@ -19,14 +19,16 @@ _CNI_FREE = ("private", "none", "host")
 _EXTRAS = ("publish", "publish_all", "ip", "network_aliases", "dns", "dns_search", "add_hosts")
 
 
-def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
+def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=None) -> None:
     """containers.run's hook before create: attach.setup when the options need a network or
-    /etc files; nothing is imported or done for a plain private/none/host run."""
+    /etc files; nothing is imported or done for a plain private/none/host run. `find(store,
+    name) -> (cdir, state)` looks up another container (for --network container:NAME): the
+    caller's, so network never imports containers."""
     if (getattr(opts, "network", None) or "private") in _CNI_FREE and not any(getattr(opts, n, None) for n in _EXTRAS):
         return
     from imagetool.network import attach
 
-    attach.setup(store, cdir, cid, opts, spec, narrator)
+    attach.setup(store, cdir, cid, opts, spec, narrator, find)
 
 
 def refuse_in_script(opts) -> None:

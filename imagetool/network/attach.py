@@ -70,7 +70,7 @@ def _published(store) -> set:
     return out
 
 
-def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
+def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=None) -> None:
     """Attach the container to its network and make the spec use it (see the module docstring)."""
     mode = getattr(opts, "network", None) or "private"
     hostname = spec.get("hostname") or cid[:12]
@@ -80,7 +80,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         _refuse_without_bridge(opts, mode)
         if any(etc):
             raise NetworkError(f"--add-host, --dns and --dns-search conflict with --network {mode}")
-        _join_container(store, cdir, mode.partition(":")[2], spec)
+        _join_container(store, cdir, mode.partition(":")[2], spec, find)
         return
     if not networks.is_cni(mode):
         _refuse_without_bridge(opts, mode)
@@ -123,13 +123,12 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     _name_in_spec(spec, path)
 
 
-def _join_container(store, cdir: Path, other: str, spec: dict) -> None:
+def _join_container(store, cdir: Path, other: str, spec: dict, find) -> None:
     """--network container:NAME: the other container's network namespace, pinned on this one's
     `netns` file (checked to be that container's PID 1 still: no reused PID), and its /etc files."""
-    from imagetool import containers
     from imagetool.runtime.supervise import proc_start
 
-    ocdir, state = containers.find(store, other)
+    ocdir, state = find(store, other)
     pid = state.get("pid")
     if state.get("status") != "running" or not pid:
         raise NetworkError(f"cannot join the network of container {other}: it is not running")
