@@ -298,6 +298,17 @@ def test_restart_always_ends_with_stop(dt, it):
     assert dt.state(cid)["status"] == "exited"
 
 
+def test_a_container_waiting_for_its_restart_is_kept_by_rm_and_prune_until_rm_f(dt, it):
+    cid = dt.run("--restart", "always", "busybox", "sh", "-c", "echo run; exit 1")
+    _eventually(lambda: it("logs", cid).stdout.count("run") >= 3, "restarted twice")
+    r = it("rm", cid)
+    assert r.returncode == 1 and ("restarting" in r.stderr or "running" in r.stderr)
+    assert it("prune").returncode == 0 and dt.state(cid) is not None
+    monitor = dt.state(cid)["owner_pid"]
+    assert it("rm", "-f", cid).returncode == 0 and dt.state(cid) is None
+    assert _gone(monitor)
+
+
 def test_start_runs_an_exited_container_again_on_its_own_files(dt, it):
     cid = dt.run("busybox", "sh", "-c", "echo x >> /kept; wc -l < /kept")
     assert it("wait", cid).stdout == "0\n"
