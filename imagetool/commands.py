@@ -163,6 +163,18 @@ def pull(store, ref: str, platform: str | None, quiet: bool, max_concurrent: int
                           insecure=insecure, unpack=not no_unpack)
     for line in pull_lines(result, quiet):
         print(line)
+    mirror = served_by_mirror(result)
+    if mirror and not quiet:
+        print(f"Pulled from the mirror {mirror}", file=sys.stderr)
+
+
+def served_by_mirror(result) -> str | None:
+    """The mirror that served a pull (registries.conf), or None when the registry itself did."""
+    from imagetool.reference import parse
+
+    if not result.served_by or result.served_by == parse(result.name).registry_host:
+        return None
+    return result.served_by
 
 
 def pull_lines(result, quiet: bool) -> list[str]:
@@ -183,14 +195,14 @@ def push(store, ref: str, dest: str | None, all_tags: bool, format: str | None, 
         print(r.digest if quiet else f"{r.name}: digest: {r.digest} size: {r.size}")
 
 
-def copy(store, src: str, dest: str, all_platforms: bool, platform: str | None, quiet: bool,
+def copy(store, src: str, dest: str, all_platforms: bool, platform: str | None, format: str | None, quiet: bool,
          insecure: bool) -> None:
     from imagetool.progress import make_reporter
     from imagetool.transfer import copy as svc_copy
 
     with make_reporter(quiet=quiet) as progress:
         result = svc_copy(store(), src, dest, all_platforms=all_platforms, platform=platform, progress=progress,
-                          insecure=insecure)
+                          insecure=insecure, format=format)
     print(result.digest if quiet else f"{result.destination}: digest: {result.digest}")
 
 

@@ -183,6 +183,8 @@ COMMANDS: tuple[Command, ...] = (
         option("-a --all", "all_platforms", "Copy every platform of a multi-platform image (the index too).", bool),
         option("--platform", "platform", "Platform to copy from a multi-platform image (default: this host's).",
                metavar="PLATFORM"),
+        option("--format", "format", "Write the manifests in this format: oci or docker (blobs unchanged; "
+               "converted manifests get new digests).", metavar="FORMAT"),
         option("-q --quiet", "quiet", "Print only the copied digest.", bool),
         INSECURE)),
     Command("commit", "Make a new image from a stopped container's changes (one layer on its image).", (

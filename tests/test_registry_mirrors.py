@@ -46,6 +46,9 @@ def test_a_pull_through_cache_mirror_serves_the_pull_and_the_name_stays(registry
     assert str(store.resolve(f"{registry.host}/mirrored/bb:v1").digest) == busybox.manifest_digest
     served = [(m, p) for m, p, s in cache.requests(mark) if s == 200]
     assert ("GET", f"/v2/mirrored/bb/blobs/{busybox.layers[0].digest}") in served
+    from imagetool.commands import served_by_mirror
+
+    assert served_by_mirror(result) == cache.host   # `pull` says so on stderr: Pulled from the mirror HOST
 
 
 def test_a_mirror_that_is_down_falls_back_to_the_registry(registry, busybox, tmp_path, env, monkeypatch):
@@ -59,6 +62,9 @@ def test_a_mirror_that_is_down_falls_back_to_the_registry(registry, busybox, tmp
                     f'[[registry.mirror]]\nlocation = "{_closed_port()}"\n')
     result = pull(Store.open(tmp_path / "store"), f"{registry.host}/mirrored/down:v1")
     assert result.served_by == registry.host and result.digest == busybox.manifest_digest
+    from imagetool.commands import served_by_mirror
+
+    assert served_by_mirror(result) is None
 
 
 def test_a_prefix_is_rewritten_to_its_location(registry, busybox, tmp_path, env):
