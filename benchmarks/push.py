@@ -4,8 +4,10 @@
 
 On a tmpfs work dir with a loopback docker-registry: the debian-like image (5 gzip layers) pushed
 to a fresh repository by `imagetool push` (the service, `python -c`, as the CLI has no push yet)
-and by `skopeo copy oci:… docker://…`; the same pushes again with every blob present; and
-`copy docker:// → oci:` (a fresh directory) by both. Rounds alternate the tools (A B A B …);
+and by `skopeo copy oci:… docker://…` and `podman push` (a podman root of its own in the work
+dir, the image pulled into it from the OCI layout; podman recompresses its stored layers, as it
+does for its users); the same pushes again with every blob present; and `copy docker:// → oci:`
+(a fresh directory) by imagetool and skopeo. Rounds alternate the tools (A B A B …);
 the table gives medians of wall time and peak RSS (GNU time, the process tree) and the ratio.
 """
 
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
         for k, v in {"IMAGETOOL_CONFIG_DIR": "cfg", "DOCKER_CONFIG": "docker"}.items():
             env[k] = str(work / v)
         env["REGISTRY_AUTH_FILE"] = str(work / "docker" / "auth.json")
+        (work / "docker").mkdir(exist_ok=True)
+        (work / "docker" / "auth.json").write_text("{}")   # podman refuses a missing one
         store = work / "store"
         from store import Store
 
@@ -62,6 +66,25 @@ def main(argv=None) -> int:
             skopeo = ["skopeo", "--policy", str(policy), "copy", "--quiet", "--dest-tls-verify=false"]
             push_code = "from imagetool.push import push; push(Store.open(sys.argv[1]), sys.argv[2], dest=sys.argv[3])"
             copy_code = "from imagetool.transfer import copy; copy(Store.open(sys.argv[1]), sys.argv[2], sys.argv[3])"
+            podman = None
+            if shutil.which("podman"):
+                podman = ["podman", "--root", str(work / "podman/root"), "--runroot", str(work / "podman/run"),
+                          "--tmpdir", str(work / "podman/tmp"), "--storage-driver", "overlay",
+                          "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+                import subprocess
+
+                # podman names the image after the layout's path, which must parse as a reference
+                # (the work dir's random suffix may not): a fixed, removed-after path
+                src = Path("/tmp/imagetoolbenchpodmansrc")
+                shutil.rmtree(src, ignore_errors=True)
+                shutil.copytree(img.layout, src)
+                try:
+                    subprocess.run([*podman, "pull", "-q", f"oci:{src}:{REF}"], check=True, capture_output=True)
+                finally:
+                    shutil.rmtree(src, ignore_errors=True)
+                ids = subprocess.run([*podman, "images", "-q"], check=True, capture_output=True, text=True).stdout.split()
+                subprocess.run([*podman, "tag", ids[0], STORE_NAME], check=True, capture_output=True)
+                podman_push = [*podman, "push", "--quiet", "--tls-verify=false", STORE_NAME]
             # a fresh push goes to a registry of its own each time: skopeo's blob-info cache would
             # otherwise mount the blobs from the previous round's repository
             ops = {
@@ -78,6 +101,11 @@ def main(argv=None) -> int:
                                           f"docker://{reg.host}/bench/again:latest",
                                           f"oci:{work / ('oci-%d' % fresh_dir())}:latest"])],
             }
+            if podman:
+                ops["push debian (fresh registry)"].append(
+                    ("podman", lambda h: podman_push + [f"docker://{h}/bench/push:latest"]))
+                ops["re-push debian (all present)"].append(
+                    ("podman", lambda h: podman_push + [f"docker://{reg.host}/bench/podman:latest"]))
             counter = [0]
 
             def fresh_dir() -> int:
@@ -100,14 +128,14 @@ def main(argv=None) -> int:
                 rows[name] = samples
         finally:
             reg.stop()
-    print(f"| operation ({img.blob_bytes / 1e6:.0f} MB of blobs) | imagetool s | skopeo s | ratio | "
-          "imagetool peak RSS MB | skopeo peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print(f"| operation ({img.blob_bytes / 1e6:.0f} MB of blobs) | tool | median s | imagetool/tool | peak RSS MB |")
+    print("|---|---|---|---|---|")
     for name, samples in rows.items():
-        it = statistics.median(s.seconds for s in samples["imagetool"])
-        sk = statistics.median(s.seconds for s in samples["skopeo"])
-        rss = {t: statistics.median(s.maxrss_kb for s in v) / 1024 for t, v in samples.items()}
-        print(f"| {name} | {it:.2f} | {sk:.2f} | {it / sk:.2f} | {rss['imagetool']:.0f} | {rss['skopeo']:.0f} |")
+        med = {t: statistics.median(s.seconds for s in v) for t, v in samples.items()}
+        for tool, v in samples.items():
+            rss = statistics.median(s.maxrss_kb for s in v) / 1024
+            ratio = "" if tool == "imagetool" else f"{med['imagetool'] / med[tool]:.2f}"
+            print(f"| {name} | {tool} | {med[tool]:.2f} | {ratio} | {rss:.0f} |")
     return 0
 
 
