@@ -45,12 +45,15 @@ def human_duration(seconds: float) -> str:
 
 
 def status_text(state: dict, now: float | None = None) -> str:
-    """ps's STATUS as docker writes it: 'Up 3 seconds', 'Exited (143) 2 seconds ago', 'Created'."""
+    """ps's STATUS as docker writes it: 'Up 3 seconds', 'Up 3 seconds (healthy)' (`health_status`),
+    'Exited (143) 2 seconds ago', 'Created'."""
     now = time.time() if now is None else now
     status = state.get("status")
     if status == "running":
         started = _epoch(state.get("started_at")) or _epoch(state.get("created"))
-        return f"Up {human_duration(now - started)}" if started else "Up"
+        health = {"starting": " (health: starting)", "healthy": " (healthy)",
+                  "unhealthy": " (unhealthy)"}.get(state.get("health_status"), "")
+        return (f"Up {human_duration(now - started)}" if started else "Up") + health
     if status == "exited":
         code = state.get("exit_code")
         finished = _epoch(state.get("finished_at") or state.get("finished"))

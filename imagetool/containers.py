@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagetool import jsonlog
+from imagetool import health, jsonlog
 from imagetool import network
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
 from imagetool.runtime.supervise import proc_start
@@ -83,6 +83,12 @@ class RunOptions:
     log_opts: list = field(default_factory=list)       # max-size=SIZE, max-file=N (jsonlog.LogOptions)
     init: bool = False                                 # tini-static as PID 1 (static_init)
     stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
+    health_cmd: str | None = None                      # healthchecks (health.py): CMD-SHELL
+    health_interval: str | None = None                 # durations: 30s, 1m30s, 500ms
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    no_healthcheck: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +144,11 @@ def _cdir(store, cid: str) -> Path:
 
 def _write_state(cdir: Path, state: dict) -> None:
     """Atomic replace; a container directory removed meanwhile (`rm -f`) is left alone."""
-    _write_json(cdir / "state.json", state)
+    write_json(cdir / "state.json", state)
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.parent / f".imagetool-state-{os.getpid()}.tmp"
+def write_json(path: Path, doc: dict) -> None:
+    tmp = path.parent / f".imagetool-{path.name}-{os.getpid()}.tmp"   # the monitor's health thread writes too
     try:
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=1)
@@ -313,7 +319,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         _write_state(cdir, state)
         if init_binary:
             _add_init(spec, init_binary)
-        _write_json(cdir / SPEC, spec)
+        write_json(cdir / SPEC, spec)
         network.setup(store, cdir, cid, opts, spec, narrator, find)   # netns + CNI ADD; torn down below
         keep = True
         rootfs = _prepare_rootfs(store, img, cdir, opts.rootfs_mode, narrator)
@@ -348,6 +354,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         raise
     finally:
         _hold_signals()
+        if monitor is not None:
+            monitor.ended()   # no healthcheck probe once it is being torn down
         for s, h in old_handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         trace.mark("signals")
@@ -467,6 +475,7 @@ def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
     return {"detached": monitor is not None, "path": args[0] if args else "", "args": args[1:],
             "options": dataclasses.asdict(opts), "restart": opts.restart,
             "stop_signal": opts.stop_signal or img.config.stop_signal or "SIGTERM",
+            "healthcheck": health.resolve(img.config.healthcheck, opts),
             "log_path": str(cdir / LOG) if monitor is not None else "",
             "resources": spec.get("linux", {}).get("resources", {}), "mounts": binds,
             "host_config": {"AutoRemove": opts.rm, "Privileged": opts.privileged, "ReadonlyRootfs": opts.read_only,
@@ -558,8 +567,10 @@ def reconcile(cdir: Path, state: dict) -> dict | None:
     return state
 
 
-def _info(state: dict) -> ContainerInfo:
+def _info(state: dict, cdir: Path | None = None) -> ContainerInfo:
     status = state.get("status", "unknown")
+    if cdir is not None and state.get("healthcheck") and status == "running":
+        state = {**state, "health_status": (health.read(cdir) or {}).get("Status")}
     if status == "exited" and state.get("exit_code") is not None:
         status = f"exited ({state['exit_code']})"
     from imagetool import ages
@@ -577,7 +588,7 @@ def list_containers(store, all_: bool = False) -> list[ContainerInfo]:
         if state is None:
             continue
         if all_ or state.get("status") == "running":
-            rows.append(_info(state))
+            rows.append(_info(state, cdir))
     rows.sort(key=lambda r: r.created)
     return rows
 

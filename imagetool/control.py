@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from imagetool import containers, jsonlog
+from imagetool import containers, health, jsonlog
 from imagetool.runtime import supervise
 from imagetool.errors import ImagetoolError
 
@@ -189,21 +189,30 @@ def start(store, id_or_name: str, attach: bool = False) -> int | None:
 def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None, workdir: str | None = None,
           interactive: bool = False) -> int:
     """docker exec: `command` in the running container (runtime/execin.py); its exit code."""
+    from imagetool.runtime import execin
+
+    cdir, state = _current(store, id_or_name)
+    target = target_of(cdir, state, id_or_name)
+    return execin.execute(target, list(command), env=list(env), user=user, cwd=workdir, interactive=interactive)
+
+
+def target_of(cdir, state: dict, name: str | None = None):
+    """What execin joins for a running container (exec, a healthcheck's probe); a clear error when
+    it is not running or cannot be joined."""
     import json
 
     from imagetool.runtime import execin
 
-    cdir, state = _current(store, id_or_name)
+    name = name or state.get("name")
     if state.get("status") != "running" or not state.get("pid_start"):
-        raise ImagetoolError(f"container {id_or_name} is not running")
+        raise ImagetoolError(f"container {name} is not running")
     if (state.get("runtime") or "imagetool") != "imagetool":
         raise ImagetoolError("exec into a runc or crun container is not supported yet")
     try:
         spec = json.loads((cdir / containers.SPEC).read_text())
     except (OSError, ValueError):
-        raise ImagetoolError(f"container {id_or_name} cannot be joined: its spec is missing") from None
-    target = execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
-    return execin.execute(target, list(command), env=list(env), user=user, cwd=workdir, interactive=interactive)
+        raise ImagetoolError(f"container {name} cannot be joined: its spec is missing") from None
+    return execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
 
 
 def wait(store, id_or_name: str) -> int:
@@ -276,6 +285,8 @@ def inspect(store, id_or_name: str) -> dict:
             "ExitCode": state.get("exit_code") or 0, "Error": state.get("error", ""),
             "StartedAt": state.get("started_at") or _ZERO_TIME,
             "FinishedAt": state.get("finished_at") or _ZERO_TIME,
+            **({"Health": health.read(cdir) or {"Status": "starting", "FailingStreak": 0, "Log": []}}
+               if state.get("healthcheck") else {}),
         },
         "Image": state.get("image_digest", ""),
         "Name": "/" + state.get("name", ""),
@@ -284,6 +295,7 @@ def inspect(store, id_or_name: str) -> dict:
         "LogPath": state.get("log_path", ""),
         "Mounts": state.get("mounts", []),
         "Config": {"Image": state.get("image", ""), "Cmd": [state.get("path", ""), *state.get("args", [])],
-                   "StopSignal": state.get("stop_signal", "SIGTERM")},
+                   "StopSignal": state.get("stop_signal", "SIGTERM"),
+                   **({"Healthcheck": state["healthcheck"]} if state.get("healthcheck") else {})},
         "HostConfig": host,
     }

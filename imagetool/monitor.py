@@ -25,20 +25,40 @@ import signal
 import time
 from dataclasses import dataclass
 
-from imagetool import jsonlog
+from imagetool import health, jsonlog
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 
 
 class Monitor:
-    """Handed to containers.run in the monitor: where the log goes, and how to say "running"."""
+    """Handed to containers.run in the monitor: how to say "running" (which also starts the run's
+    healthcheck thread, health.Checker, when it has one) and "ended" (which stops it)."""
 
-    def __init__(self, ready_fd: int):
+    def __init__(self, ready_fd: int, store=None):
         self._ready_fd = ready_fd
+        self.store = store
         self.cid: str | None = None
+        self._checker = None
 
     def ready(self, cid: str) -> None:
         self.cid = cid
+        self._start_health(cid)
         self._send({"id": cid})
+
+    def ended(self) -> None:
+        """The run is over (or being torn down): no more probes."""
+        checker, self._checker = self._checker, None
+        if checker is not None:
+            checker.stop()
+
+    def _start_health(self, cid: str) -> None:
+        from imagetool import containers, control, health
+
+        if self.store is None:
+            return
+        cdir, state = containers.find(self.store, cid)
+        if state.get("healthcheck"):
+            self._checker = health.Checker(cdir, control.target_of(cdir, state), state["healthcheck"], time.time())
+            self._checker.start()
 
     def failed(self, message: str, code: int, hint: str | None = None) -> None:
         self._send({"error": message, "code": code, "hint": hint})
@@ -91,6 +111,7 @@ def detach(store, opts, existing: str | None = None) -> str:
 
     policy = RestartPolicy.parse(opts.restart)
     jsonlog.LogOptions.parse(opts.log_opts)   # refused here, before anything runs
+    health.resolve(None, opts)
     if policy.name != "no" and opts.rm:
         raise ImagetoolError("conflicting options: --restart and --rm")
     if opts.tty or opts.interactive:
@@ -169,7 +190,7 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     _close_inherited()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    monitor = Monitor(ready_fd)
+    monitor = Monitor(ready_fd, store)
     try:
         if existing is not None:
             containers.remove_marker(store, existing, containers.STOPPED)

@@ -179,6 +179,7 @@ class ImageConfig:
     created: str | None = None
     exposed_ports: list = field(default_factory=list)
     volumes: list = field(default_factory=list)
+    healthcheck: dict | None = None   # config.Healthcheck as the JSON has it (checked by health.py)
 
     @property
     def platform(self) -> Platform:
@@ -205,7 +206,8 @@ _STRUCT_FIELDS = frozenset(k.casefold() for k in (
     "schemaVersion", "mediaType", "artifactType", "config", "layers", "manifests", "subject", "annotations",
     "digest", "size", "urls", "platform", "os", "architecture", "variant", "os.version", "os.features",
     "features", "data", "rootfs", "type", "diff_ids", "history", "created", "author",
-    "Entrypoint", "Cmd", "Env", "WorkingDir", "User", "Labels", "StopSignal", "ExposedPorts", "Volumes"))
+    "Entrypoint", "Cmd", "Env", "WorkingDir", "User", "Labels", "StopSignal", "ExposedPorts", "Volumes",
+    "Healthcheck"))
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -353,6 +355,13 @@ def _str_list(value, where: str, key: str) -> list | None:
     return list(value)
 
 
+def _healthcheck(doc, where: str) -> dict | None:
+    """config.Healthcheck: an object or absent (its fields are checked where it is used: health.py)."""
+    if doc is not None and not isinstance(doc, dict):
+        raise ManifestError(f"config {where}: config.Healthcheck must be an object")
+    return doc or None
+
+
 def _keys(value, where: str, key: str) -> list:
     if value is None:
         return []
@@ -408,6 +417,7 @@ def parse_config(raw: bytes, digest) -> ImageConfig:
         created=strings["created"],
         exposed_ports=_keys(cfg.get("ExposedPorts"), where, "config.ExposedPorts"),
         volumes=_keys(cfg.get("Volumes"), where, "config.Volumes"),
+        healthcheck=_healthcheck(cfg.get("Healthcheck"), where),
     )
 
 

@@ -143,6 +143,16 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
            bool),
     option("--log-opt", "log_opts", "With -d, rotate the json-file log: max-size=SIZE, max-file=N.", multiple=True,
            metavar="KEY=VALUE"),
+    option("--health-cmd", "health_cmd", "Healthcheck command, run by /bin/sh -c in the container (with -d).",
+           metavar="COMMAND"),
+    option("--health-interval", "health_interval", "Time between healthchecks (default 30s).", metavar="DURATION"),
+    option("--health-timeout", "health_timeout", "A healthcheck running longer fails (default 30s).",
+           metavar="DURATION"),
+    option("--health-retries", "health_retries", "Failures in a row that make it unhealthy (default 3).", int,
+           minimum=0, metavar="N"),
+    option("--health-start-period", "health_start_period", "Failures in this time after the start do not "
+           "count (default 0s).", metavar="DURATION"),
+    option("--no-healthcheck", "no_healthcheck", "Disable the image's HEALTHCHECK.", bool),
 ), interspersed=False)
 
 CONTAINERS = argument("containers", "CONTAINER...", "Container ids or names.", multiple=True)

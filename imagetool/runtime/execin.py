@@ -27,7 +27,9 @@ from __future__ import annotations
 import errno
 import os
 import resource  # every import before the setns: after it, / is the container's
+import select
 import signal
+import time
 from dataclasses import dataclass
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
@@ -74,9 +76,12 @@ def _ns_flags(pid: int) -> int:
 
 
 def execute(target: Target, args: list[str], env: list[str] = (), user: str | None = None,
-            cwd: str | None = None, interactive: bool = False) -> int:
+            cwd: str | None = None, interactive: bool = False, sink=None, timeout: float | None = None) -> int | None:
     """Run `args` in the container and copy its stdio (and stdin with `interactive`) until it
-    ends; its exit code (docker's: 128+signal; 126/127 raised as CommandNotExecutable/NotFound)."""
+    ends; its exit code (docker's: 128+signal; 126/127 raised as CommandNotExecutable/NotFound).
+    With `sink` its output goes to `sink(stream, data)` instead (a healthcheck's probe); with
+    `timeout` (seconds) a process still running then is killed (its joiner, so PR_SET_PDEATHSIG
+    kills it) and None is returned."""
     if not args:
         raise ContainerError("exec needs a command")
     spec = target.spec
@@ -113,13 +118,42 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
             supervise.kill_and_reap(pid)
             raise
         child_pipes, pipes = pipes, None
-        stdio.copy(child_pipes)
+        if sink is None and timeout is None:
+            stdio.copy(child_pipes)
+            return supervise.reap(pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not _drain_until(child_pipes, sink or (lambda stream, data: None), deadline):
+            supervise.kill_and_reap(pid)
+            return None
         return supervise.reap(pid)
     finally:
         for fd in fds:
             stdio._close(fd)
         if pipes is not None:
             pipes.close_parent_ends()
+
+
+def _drain_until(pipes, sink, deadline: float | None) -> bool:
+    """Hand the output to `sink` until both pipes reach EOF; False once `deadline` passed first
+    (a background child of the process that keeps them open counts against the timeout too)."""
+    names = {pipes.stdout_r: "stdout", pipes.stderr_r: "stderr"}
+    try:
+        while names:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            ready = select.select(list(names), [], [], left)[0]
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    sink(names[fd], data)
+                else:
+                    stdio._close(fd)
+                    del names[fd]
+        return True
+    finally:
+        for fd in names:
+            stdio._close(fd)
 
 
 class _Silent:

@@ -1,0 +1,180 @@
+"""Healthchecks (docker's HEALTHCHECK), run by a detached container's monitor: settings, probes, State.Health.
+
+    resolve(image_healthcheck, opts) -> dict | None   docker's Config.Healthcheck (durations in ns) of
+                                      the image's HEALTHCHECK overridden field by field by --health-*;
+                                      None when there is none or --no-healthcheck / Test ["NONE"]
+    Checker(store, cid, config)       a thread of the monitor: after each interval it runs the test
+                                      through runtime/execin (output captured, the timeout enforced by
+                                      killing the probe) and rewrites `health.json` in the container's
+                                      directory: docker's State.Health {Status, FailingStreak, Log}
+    read(cdir) -> dict | None         that record (inspect's State.Health; ps's "(healthy)")
+
+As docker: the status is `starting` until a probe succeeds (`healthy`, the streak back to 0);
+a failing probe (non-zero exit, or the timeout: ExitCode -1) adds to FailingStreak, except while
+the container is `starting` and within its start period; FailingStreak >= retries is `unhealthy`.
+The log keeps the last 5 results, each output cut to 4096 bytes. Defaults: interval 30s, timeout
+30s, retries 3, start period 0. The first probe runs one interval after the start; each (re)start
+of the container begins again at `starting`. A foreground run records its healthcheck but runs no
+probes (only a monitor runs them: no systemd timer needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from imagetool import jsonlog
+from imagetool.errors import ImagetoolError
+
+FILE = "health.json"
+DEFAULTS = {"Interval": 30 * 10**9, "Timeout": 30 * 10**9, "Retries": 3, "StartPeriod": 0}
+LOG_ENTRIES = 5
+OUTPUT_LIMIT = 4096
+_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Go's time.ParseDuration ("1m30s", "500ms", "10s", "0") in nanoseconds, at least 0."""
+    s = str(text).strip()
+    if s == "0":
+        return 0
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
+    if not s or not parts or "".join(n + u for n, u in parts) != s:
+        raise ImagetoolError(f"invalid {what} {text!r}", hint="use a duration such as 30s, 1m30s or 500ms")
+    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def go_duration(ns: int) -> str:
+    """A duration as Go prints it for whole units: 300ms, 2s, 1m30s (docker's timeout message)."""
+    if ns % 10**9:
+        return f"{ns / 10**6:g}ms"
+    s = ns // 10**9
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+
+
+def _image_check(doc) -> dict:
+    """The image config's Healthcheck, checked: Test a list of strings, the numbers integers >= 0."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ImagetoolError("the image's Healthcheck is not an object")
+    test = doc.get("Test")
+    if test is not None and not (isinstance(test, list) and all(isinstance(t, str) for t in test)):
+        raise ImagetoolError("the image's Healthcheck.Test is not a list of strings")
+    out = {"Test": list(test)} if test else {}
+    for key in DEFAULTS:
+        v = doc.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ImagetoolError(f"the image's Healthcheck.{key} is not a number >= 0")
+        if v:
+            out[key] = v
+    return out
+
+
+def resolve(image_doc, opts) -> dict | None:
+    """Config.Healthcheck for a run: the image's, each field replaced by its --health-* option when
+    given (--health-cmd CMD is ["CMD-SHELL", CMD]); None without a test or with --no-healthcheck."""
+    given = {"Interval": opts.health_interval, "Timeout": opts.health_timeout, "StartPeriod": opts.health_start_period}
+    if opts.no_healthcheck:
+        if opts.health_cmd or any(v is not None for v in given.values()) or opts.health_retries is not None:
+            raise ImagetoolError("--no-healthcheck conflicts with the --health-* options")
+        return None
+    check = _image_check(image_doc)
+    if opts.health_cmd is not None:
+        if not opts.health_cmd.strip():
+            raise ImagetoolError("--health-cmd is empty")
+        check["Test"] = ["CMD-SHELL", opts.health_cmd]
+    for key, text in given.items():
+        if text is not None:
+            flag = "--health-" + re.sub(r"(?<!^)([A-Z])", r"-\1", key).lower()
+            check[key] = parse_duration(text, flag)
+            if key != "StartPeriod" and 0 < check[key] < 10**6:
+                raise ImagetoolError(f"{flag} must be at least 1ms")
+    if opts.health_retries is not None:
+        if opts.health_retries < 0:
+            raise ImagetoolError("--health-retries cannot be negative")
+        check["Retries"] = opts.health_retries
+    test = check.get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    if test[0] not in ("CMD", "CMD-SHELL") or len(test) < 2:
+        raise ImagetoolError(f"invalid healthcheck test {test!r}", hint='use ["CMD", ARG...] or ["CMD-SHELL", "COMMAND"]')
+    return {"Test": test, **{k: check.get(k) or v for k, v in DEFAULTS.items()}}
+
+
+def argv(config: dict) -> list[str]:
+    """The probe's command line: CMD's arguments, or CMD-SHELL's through /bin/sh -c."""
+    test = config["Test"]
+    return ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else list(test[1:])
+
+
+def read(cdir) -> dict | None:
+    """The container's State.Health as its monitor last wrote it (None: no healthcheck)."""
+    try:
+        with open(os.path.join(cdir, FILE)) as f:
+            doc = json.load(f)
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+class Checker(threading.Thread):
+    """The monitor's healthcheck timer for one run of the container (a daemon thread): `stop()` ends it."""
+
+    def __init__(self, cdir, target, config: dict, started: float):
+        super().__init__(name="healthcheck", daemon=True)
+        self.cdir, self.target, self.config, self.started = str(cdir), target, config, started
+        self.health = {"Status": "starting", "FailingStreak": 0, "Log": []}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(self.config["Timeout"] / 1e9 + 1)   # a probe under way ends by its timeout
+
+    def run(self) -> None:
+        from imagetool.containers import write_json
+        from imagetool.runtime import execin
+
+        write_json(Path(self.cdir) / FILE, self.health)
+        interval = self.config["Interval"] / 1e9
+        while not self._stop.wait(interval):
+            result = self._probe(execin)
+            if result is None or self._stop.is_set():   # the container is gone: record nothing
+                return
+            self._record(result)
+            write_json(Path(self.cdir) / FILE, self.health)
+
+    def _probe(self, execin) -> dict | None:
+        out = bytearray()
+
+        def sink(stream, data):
+            out.extend(data[:max(0, OUTPUT_LIMIT - len(out))])
+
+        start = jsonlog.now()
+        timeout = self.config["Timeout"]
+        try:
+            code = execin.execute(self.target, argv(self.config), sink=sink, timeout=timeout / 1e9)
+        except ImagetoolError as e:
+            if self._stop.is_set() or "not running" in e.message:
+                return None
+            code, out = getattr(e, "exit_code", 125), bytearray(e.message.encode())
+        if code is None:
+            code, out = -1, bytearray(f"Health check exceeded timeout ({go_duration(timeout)})".encode())
+        return {"Start": start, "End": jsonlog.now(), "ExitCode": code, "Output": out.decode(errors="replace")}
+
+    def _record(self, result: dict) -> None:
+        h = self.health
+        if result["ExitCode"] == 0:
+            h["Status"], h["FailingStreak"] = "healthy", 0
+        elif not (h["Status"] == "starting"
+                  and time.time() - self.started < self.config["StartPeriod"] / 1e9):
+            h["FailingStreak"] += 1
+            if h["FailingStreak"] >= self.config["Retries"]:
+                h["Status"] = "unhealthy"
+        h["Log"] = (h["Log"] + [result])[-LOG_ENTRIES:]
