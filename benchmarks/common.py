@@ -240,3 +240,17 @@ def machine_description(workdir: Path, tools: dict[str, str | None]) -> dict[str
     for t, p in tools.items():
         desc[t] = version_of(t, p)
     return desc
+
+
+def busybox_store(tmp: Path) -> tuple[list[str], dict, Path]:
+    """A store at `tmp`/store holding fixtures' busybox, loaded from `tmp`/busybox.tar (returned
+    too, for the peers to load); the `python -m imagetool --store …` argv and the environment."""
+    from fixtures.images import busybox_archive
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
+    env["PYTHONPATH"] = str(REPO)
+    archive = tmp / "busybox.tar"
+    archive.write_bytes(busybox_archive())
+    it = [sys.executable, "-m", "imagetool", "--store", str(tmp / "store")]
+    subprocess.run([*it, "load", "-i", str(archive)], env=env, check=True, stdout=subprocess.DEVNULL)
+    return it, env, archive

@@ -75,16 +75,11 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from benchmarks.specs import podman_ulimits
-    from fixtures.images import busybox_archive
+    from benchmarks.common import busybox_store
 
     with tempfile.TemporaryDirectory(prefix="imagetool-bench-detached-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-        env["PYTHONPATH"] = str(REPO)
+        it, env, archive = busybox_store(Path(tmp))
         store = Path(tmp) / "store"
-        archive = Path(tmp) / "busybox.tar"
-        archive.write_bytes(busybox_archive())
-        it = [sys.executable, "-m", "imagetool", "--store", str(store)]
-        subprocess.run([*it, "load", "-i", str(archive)], env=env, check=True, stdout=subprocess.DEVNULL)
 
         def owner(cid: str) -> int:
             return json.loads((store / "containers" / cid / "state.json").read_text())["owner_pid"]

@@ -56,20 +56,15 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.specs import podman_ulimits
     from benchmarks.startup import timed
-    from fixtures.images import busybox_archive
+    from benchmarks.common import busybox_store
 
     ns = f"imagetool-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         with tempfile.TemporaryDirectory(prefix="imagetool-bench-net-") as tmp:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-            env["PYTHONPATH"] = str(REPO)
+            it, env, archive = busybox_store(Path(tmp))
             store = Path(tmp) / "store"
-            archive = Path(tmp) / "busybox.tar"
-            archive.write_bytes(busybox_archive())
-            it = [sys.executable, "-m", "imagetool", "--store", str(store)]
-            subprocess.run([*it, "load", "-i", str(archive)], env=env, check=True, stdout=subprocess.DEVNULL)
             enter = ["nsenter", f"--net=/run/netns/{ns}"]
             targets = [(f"imagetool {mode}", [*enter, *it, "run", "--rm", *extra, "busybox", "true"], env)
                        for mode, extra in (("bridge", ["--network", "bridge"]),
