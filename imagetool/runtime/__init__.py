@@ -18,7 +18,8 @@ narrator (explain.Narrator for `run --explain`) hears every step of either.
 attach waits ~10 ms for an RCU grace period) while the caller looks up the image;
 `r.create(spec, rootfs)` returns the Container; `r.abort()` undoes it on any path out before
 that (a no-op after). `create(...)` is `reserve(...)`, `prepare()`, `create(...)` in one call.
-`destroy(state)` cleans up after a container whose imagetool died (from what was recorded).
+`destroy(id, backend, cgroup_paths)` cleans up after a container whose imagetool died (from what
+was recorded).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ BACKENDS = ("imagetool", "runc", "crun")
 @dataclass(frozen=True, slots=True)
 class IO:
     """The container's stdio: pipes imagetool copies, or with `tty` a pty from the container's
-    own devpts; `interactive` (-i) copies imagetool's stdin to it (else it reads /dev/null)."""
+    own devpts; `interactive` (-i) copies imagetool's stdin to it (else stdin is an empty pipe:
+    never a host file)."""
 
     interactive: bool = False
     tty: bool = False
