@@ -1,9 +1,12 @@
-"""Times as docker shows them: ps's "Up 3 seconds" / "Exited (143) 2 seconds ago", "5 minutes ago"."""
+"""Times as docker shows and reads them: ps's "Up 3 seconds" / "Exited (143) 2 seconds ago", Go durations, --since."""
 
 from __future__ import annotations
 
 import calendar
+import re
 import time
+
+from imagetool.errors import ImagetoolError
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -66,3 +69,56 @@ def ago(stamp: str | None, now: float | None = None) -> str:
     """ps's CREATED: '5 minutes ago' for an RFC 3339 UTC time ('' when unknown)."""
     then = _epoch(stamp)
     return "" if then is None else f"{human_duration((time.time() if now is None else now) - then)} ago"
+
+
+_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Go's time.ParseDuration ("1m30s", "500ms", "10s", "0") in nanoseconds, at least 0."""
+    s = str(text).strip()
+    if s == "0":
+        return 0
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
+    if not s or not parts or "".join(n + u for n, u in parts) != s:
+        raise ImagetoolError(f"invalid {what} {text!r}", hint="use a duration such as 30s, 1m30s or 500ms")
+    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def go_duration(ns: int) -> str:
+    """A duration as Go prints it for whole units: 300ms, 2s, 1m30s (docker's timeout message)."""
+    if ns % 10**9:
+        return f"{ns / 10**6:g}ms"
+    s = ns // 10**9
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+
+
+def since_stamp(text: str, now_ns: int | None = None) -> str:
+    """`logs --since T` as a json-file time to compare entries' `time` with (the same format, so
+    the strings order as the times): T is an RFC 3339 time (2026-12-02T18:00:00Z, a fraction and
+    an offset allowed, or a date alone), a Unix time (1700000000[.5]) or a Go duration before now (10s, 1m30s)."""
+    import datetime
+
+    s = str(text).strip()
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d)?)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?)?", s)
+    if m:
+        date, clock, frac, zone = m.groups()
+        try:
+            when = datetime.datetime.fromisoformat(f"{date}T{clock or '00:00'}{'' if zone in (None, 'Z') else zone}")
+        except ValueError:
+            raise ImagetoolError(f"invalid --since {text!r}: no such time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        ns = int(when.timestamp()) * 10**9 + int((frac or "0").ljust(9, "0"))
+    elif re.fullmatch(r"\d+(\.\d{1,9})?", s):
+        whole, _, frac = s.partition(".")
+        ns = int(whole) * 10**9 + int((frac or "0").ljust(9, "0"))
+    else:
+        try:
+            ns = now_ns - parse_duration(s, "--since")
+        except ImagetoolError:
+            raise ImagetoolError(f"invalid --since {text!r}",
+                                 hint="use an RFC 3339 time (2026-12-02T18:00:00Z), a Unix time or a duration (10s)") from None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"

@@ -301,10 +301,10 @@ def rm(store, containers: list, force: bool) -> None:
         print(svc.remove(store(), c, force=force))
 
 
-def logs(store, container: str, follow: bool, tail: int | None, timestamps: bool) -> None:
+def logs(store, container: str, follow: bool, tail: int | None, timestamps: bool, since: str | None) -> None:
     from imagetool import control
 
-    control.logs(store(), container, follow=follow, tail=tail, timestamps=timestamps)
+    control.logs(store(), container, follow=follow, tail=tail, timestamps=timestamps, since=since)
 
 
 def stop(store, containers: list, time: int | None) -> None:
@@ -321,11 +321,12 @@ def kill(store, containers: list, signal: str) -> None:
         print(control.kill(store(), c, signal))
 
 
-def exec_(store, container: str, command: list, interactive: bool, env: list, user: str | None,
-          workdir: str | None) -> int:
+def exec_(store, container: str, command: list, interactive: bool, tty: bool, detach: bool, env: list,
+          user: str | None, workdir: str | None) -> int:
     from imagetool import control
 
-    return control.exec_(store(), container, command, env=env, user=user, workdir=workdir, interactive=interactive)
+    return control.exec_(store(), container, command, env=env, user=user, workdir=workdir, interactive=interactive,
+                         tty=tty, detach=detach)
 
 
 def start(store, containers: list, attach: bool) -> int | None:

@@ -83,6 +83,7 @@ class RunOptions:
     log_opts: list = field(default_factory=list)       # max-size=SIZE, max-file=N (jsonlog.LogOptions)
     init: bool = False                                 # tini-static as PID 1 (static_init)
     stop_signal: str | None = None                     # default: the image's StopSignal, else SIGTERM
+    stop_timeout: int | None = None                    # seconds `stop` waits before SIGKILL (default 10)
     health_cmd: str | None = None                      # healthchecks (health.py): CMD-SHELL
     health_interval: str | None = None                 # durations: 30s, 1m30s, 500ms
     health_timeout: str | None = None
@@ -474,7 +475,7 @@ def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
 
     return {"detached": monitor is not None, "path": args[0] if args else "", "args": args[1:],
             "options": dataclasses.asdict(opts), "restart": opts.restart,
-            "stop_signal": opts.stop_signal or img.config.stop_signal or "SIGTERM",
+            "stop_signal": opts.stop_signal or img.config.stop_signal or "SIGTERM", "stop_timeout": opts.stop_timeout,
             "healthcheck": health.resolve(img.config.healthcheck, opts),
             "log_path": str(cdir / LOG) if monitor is not None else "",
             "resources": spec.get("linux", {}).get("resources", {}), "mounts": binds,

@@ -89,12 +89,14 @@ def kill(store, id_or_name: str, sig: str | int = "SIGKILL") -> str:
 
 def stop(store, id_or_name: str, timeout: int | None = None) -> str:
     """docker stop: the container's stop signal (the image's StopSignal, default SIGTERM), then
-    SIGKILL after `timeout` seconds (default 10); returns once the exit is recorded and its monitor
+    SIGKILL after `timeout` seconds (default: run's --stop-timeout, else 10); returns once the exit is recorded and its monitor
     is gone. The marker containers.STOPPED tells the monitor not to run it again (restart policies):
     a container waiting for its restart is not restarted. One that is not running is left as it is."""
     _, state = _current(store, id_or_name)
     if state.get("status") != "running" and _pidfd_closed(state, "owner_pid"):
         return id_or_name
+    if timeout is None:
+        timeout = state.get("stop_timeout")   # run --stop-timeout
     containers.add_marker(store, state["id"], containers.STOPPED)
     while True:
         try:
@@ -187,13 +189,34 @@ def start(store, id_or_name: str, attach: bool = False) -> int | None:
 
 
 def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None, workdir: str | None = None,
-          interactive: bool = False) -> int:
-    """docker exec: `command` in the running container (runtime/execin.py); its exit code."""
+          interactive: bool = False, tty: bool = False, detach: bool = False) -> int:
+    """docker exec: `command` in the running container (runtime/execin.py); its exit code. With
+    `tty` its stdio is a pty of the container's devpts; with `detach` it runs on in a process of its
+    own (monitor.spawn: its output discarded) and 0 is returned once it has been exec'd."""
     from imagetool.runtime import execin
 
+    if detach and (tty or interactive):
+        raise ImagetoolError("exec -d cannot be combined with -i or -t")
     cdir, state = _current(store, id_or_name)
     target = target_of(cdir, state, id_or_name)
-    return execin.execute(target, list(command), env=list(env), user=user, cwd=workdir, interactive=interactive)
+    kw = dict(env=list(env), user=user, cwd=workdir)
+    if not detach:
+        return execin.execute(target, list(command), interactive=interactive, tty=tty, **kw)
+    from imagetool.monitor import Reply, spawn
+
+    def body(fd: int) -> int:
+        reply = Reply(fd)
+        try:
+            execin.execute(target, list(command), sink=lambda stream, data: None,
+                           started=lambda: reply.send({"started": True}), **kw)
+        except ImagetoolError as e:
+            reply.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
+        finally:
+            reply.failed("the exec'd process ended before it started", 125)   # a no-op once started
+        return 0
+
+    spawn(body, "the exec'd process was lost before it started")
+    return 0
 
 
 def target_of(cdir, state: dict, name: str | None = None):
@@ -225,10 +248,15 @@ def wait(store, id_or_name: str) -> int:
 
 
 def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, timestamps: bool = False,
-         offset: int | None = None) -> None:
+         offset: int | None = None, since: str | None = None) -> None:
     """docker logs: the container's json-file log (rotated files first; only the current file from
     byte `offset` when given) to stdout and stderr, each entry to its stream; with `follow`, until
-    the container has exited for good (its monitor is gone) and its log is read to the end."""
+    the container has exited for good (its monitor is gone) and its log is read to the end. With
+    `since` (ages.since_stamp: an RFC 3339 or Unix time, or a duration before now) only the entries
+    written from then on (of the last `tail`)."""
+    from imagetool import ages
+
+    after = ages.since_stamp(since) if since is not None else None
     cdir, state = _current(store, id_or_name)
     if not state.get("log_path"):
         raise ImagetoolError(f"container {id_or_name} has no log: only detached containers (run -d) keep one")
@@ -240,6 +268,8 @@ def logs(store, id_or_name: str, follow: bool = False, tail: int | None = None, 
 
     outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     for e in jsonlog.entries(cdir / containers.LOG, tail=tail, follow=follow, done=done, offset=offset):
+        if after is not None and e.get("time", "") < after:
+            continue
         out = outs[e["stream"]]
         out.write(((e.get("time", "") + " ") if timestamps else "").encode() + e["log"].encode())
         out.flush()
@@ -296,6 +326,7 @@ def inspect(store, id_or_name: str) -> dict:
         "Mounts": state.get("mounts", []),
         "Config": {"Image": state.get("image", ""), "Cmd": [state.get("path", ""), *state.get("args", [])],
                    "StopSignal": state.get("stop_signal", "SIGTERM"),
+                   **({"StopTimeout": state["stop_timeout"]} if state.get("stop_timeout") is not None else {}),
                    **({"Healthcheck": state["healthcheck"]} if state.get("healthcheck") else {})},
         "HostConfig": host,
     }

@@ -27,36 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-from imagetool import jsonlog
+from imagetool import ages, jsonlog
 from imagetool.errors import ImagetoolError
 
 FILE = "health.json"
 DEFAULTS = {"Interval": 30 * 10**9, "Timeout": 30 * 10**9, "Retries": 3, "StartPeriod": 0}
 LOG_ENTRIES = 5
 OUTPUT_LIMIT = 4096
-_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def parse_duration(text: str, what: str) -> int:
-    """Go's time.ParseDuration ("1m30s", "500ms", "10s", "0") in nanoseconds, at least 0."""
-    s = str(text).strip()
-    if s == "0":
-        return 0
-    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
-    if not s or not parts or "".join(n + u for n, u in parts) != s:
-        raise ImagetoolError(f"invalid {what} {text!r}", hint="use a duration such as 30s, 1m30s or 500ms")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
-
-
-def go_duration(ns: int) -> str:
-    """A duration as Go prints it for whole units: 300ms, 2s, 1m30s (docker's timeout message)."""
-    if ns % 10**9:
-        return f"{ns / 10**6:g}ms"
-    s = ns // 10**9
-    h, m, s = s // 3600, s // 60 % 60, s % 60
-    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
-
-
 def _image_check(doc) -> dict:
     """The image config's Healthcheck, checked: Test a list of strings, the numbers integers >= 0."""
     if doc is None:
@@ -92,7 +69,7 @@ def resolve(image_doc, opts) -> dict | None:
     for key, text in given.items():
         if text is not None:
             flag = "--health-" + re.sub(r"(?<!^)([A-Z])", r"-\1", key).lower()
-            check[key] = parse_duration(text, flag)
+            check[key] = ages.parse_duration(text, flag)
             if key != "StartPeriod" and 0 < check[key] < 10**6:
                 raise ImagetoolError(f"{flag} must be at least 1ms")
     if opts.health_retries is not None:
@@ -165,7 +142,7 @@ class Checker(threading.Thread):
                 return None
             code, out = getattr(e, "exit_code", 125), bytearray(e.message.encode())
         if code is None:
-            code, out = -1, bytearray(f"Health check exceeded timeout ({go_duration(timeout)})".encode())
+            code, out = -1, bytearray(f"Health check exceeded timeout ({ages.go_duration(timeout)})".encode())
         return {"Start": start, "End": jsonlog.now(), "ExitCode": code, "Output": out.decode(errors="replace")}
 
     def _record(self, result: dict) -> None:

@@ -2,7 +2,9 @@
 
     detach(store, opts) -> cid      the CLI's side: returns once the container runs (or raises
                                     its error), having printed nothing
-    Monitor                         what containers.run is told in the monitor process
+    Monitor                         what containers.run is told in the monitor process; it runs the
+                                    healthcheck thread (health.Checker) while the container runs
+    spawn(body, lost) -> dict       the double fork itself, also used by `exec -d`
 
 The CLI looks the image up (pulling it on its own terminal when missing), then forks; the child
 calls setsid() and forks the monitor, then exits, so the monitor is nobody's child but init's
@@ -29,12 +31,34 @@ from imagetool import health, jsonlog
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 
 
-class Monitor:
+class Reply:
+    """A spawned process's one message to the CLI waiting in spawn(): `send` a JSON object once
+    (later calls do nothing); `failed` sends {"error", "code", "hint"}."""
+
+    def __init__(self, fd: int):
+        self._ready_fd = fd
+
+    def failed(self, message: str, code: int, hint: str | None = None) -> None:
+        self.send({"error": message, "code": code, "hint": hint})
+
+    def send(self, doc: dict) -> None:
+        if self._ready_fd is None:
+            return
+        fd, self._ready_fd = self._ready_fd, None
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        except OSError:
+            pass   # the CLI is gone: the container runs on
+        finally:
+            os.close(fd)
+
+
+class Monitor(Reply):
     """Handed to containers.run in the monitor: how to say "running" (which also starts the run's
     healthcheck thread, health.Checker, when it has one) and "ended" (which stops it)."""
 
     def __init__(self, ready_fd: int, store=None):
-        self._ready_fd = ready_fd
+        super().__init__(ready_fd)
         self.store = store
         self.cid: str | None = None
         self._checker = None
@@ -42,7 +66,7 @@ class Monitor:
     def ready(self, cid: str) -> None:
         self.cid = cid
         self._start_health(cid)
-        self._send({"id": cid})
+        self.send({"id": cid})
 
     def ended(self) -> None:
         """The run is over (or being torn down): no more probes."""
@@ -59,20 +83,6 @@ class Monitor:
         if state.get("healthcheck"):
             self._checker = health.Checker(cdir, control.target_of(cdir, state), state["healthcheck"], time.time())
             self._checker.start()
-
-    def failed(self, message: str, code: int, hint: str | None = None) -> None:
-        self._send({"error": message, "code": code, "hint": hint})
-
-    def _send(self, doc: dict) -> None:
-        if self._ready_fd is None:
-            return
-        fd, self._ready_fd = self._ready_fd, None
-        try:
-            os.write(fd, json.dumps(doc).encode())
-        except OSError:
-            pass   # the CLI is gone: the container runs on
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +133,26 @@ def detach(store, opts, existing: str | None = None) -> str:
         containers.validate_name(opts.name)
     img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
     opts = dataclasses.replace(opts, image=img.name)
+    doc = spawn(lambda fd: _monitor_main(store, opts, fd, existing),
+                "the container's monitor exited before the container ran")
+    return doc["id"]
+
+
+def spawn(body, lost: str) -> dict:
+    """Run `body(fd)` in a process nobody waits for (setsid and a double fork: init's child, no
+    controlling terminal; stdio /dev/null, cwd `/`, the caller's inherited fds closed, SIGHUP and
+    SIGINT ignored); the JSON object it writes on `fd` (a Reply), once `fd` is closed. One saying
+    {"error", "code"} is raised here as the CLI's error; none at all is ContainerError(`lost`)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
-    if pid == 0:   # the child: setsid, fork the monitor, exit
+    if pid == 0:   # the child: setsid, fork the process, exit
         code = 0
         try:
             os.close(r)
             os.setsid()
             if os.fork() == 0:
-                code = _monitor_main(store, opts, w, existing)
+                _daemon_stdio()
+                code = body(w)
         except BaseException:
             code = 125
         finally:
@@ -147,9 +168,9 @@ def detach(store, opts, existing: str | None = None) -> str:
     try:
         doc = json.loads(data)
     except ValueError:
-        raise ContainerError("the container's monitor exited before the container ran") from None
-    if "id" in doc:
-        return doc["id"]
+        raise ContainerError(lost) from None
+    if "error" not in doc:
+        return doc
     cls = {126: CommandNotExecutable, 127: CommandNotFound, 125: ContainerError}.get(doc.get("code"), ImagetoolError)
     raise cls(doc.get("error") or "the container failed to start", hint=doc.get("hint"))
 
@@ -177,11 +198,7 @@ def _close_inherited() -> None:
                 pass
 
 
-def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
-    """The monitor's whole life: run the container to its end, again as its restart policy says
-    (after 0.1 s, doubling up to 10 s); its last exit code."""
-    from imagetool import containers
-
+def _daemon_stdio() -> None:
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -190,6 +207,13 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     _close_inherited()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
+    """The monitor's whole life: run the container to its end, again as its restart policy says
+    (after 0.1 s, doubling up to 10 s); its last exit code."""
+    from imagetool import containers
+
     monitor = Monitor(ready_fd, store)
     try:
         if existing is not None:

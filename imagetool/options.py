@@ -136,6 +136,8 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("-d --detach", "detach", "Run in the background under its own monitor; print the container's id.", bool),
     option("--stop-signal", "stop_signal", "Signal `stop` sends first (default: the image's, else SIGTERM).",
            metavar="SIGNAL"),
+    option("--stop-timeout", "stop_timeout", "Seconds `stop` waits before SIGKILL (default 10).", int, minimum=0,
+           metavar="N"),
     option("--restart", "restart", "With -d, run it again when it exits: no | on-failure[:N] | always | "
            "unless-stopped (while its monitor lives; nothing restarts containers after a reboot).", default="no",
            metavar="POLICY"),
@@ -231,7 +233,9 @@ COMMANDS: tuple[Command, ...] = (
         argument("container", "CONTAINER", "Container id or name."),
         option("-f --follow", "follow", "Follow the output until the container exits.", bool),
         option("-n --tail", "tail", "Show only the last N lines.", int, minimum=0, metavar="N"),
-        option("-t --timestamps", "timestamps", "Show each line's time.", bool))),
+        option("-t --timestamps", "timestamps", "Show each line's time.", bool),
+        option("--since", "since", "Only the lines written since T: an RFC 3339 or Unix time, or a duration "
+               "before now (10s, 1m30s).", metavar="T"))),
     Command("stop", "Stop running containers: their stop signal, then SIGKILL after a timeout.", (
         CONTAINERS,
         option("-t --time", "time", "Seconds to wait before SIGKILL (default 10).", int, minimum=0, metavar="N"))),
@@ -243,6 +247,8 @@ COMMANDS: tuple[Command, ...] = (
         argument("container", "CONTAINER", "Container id or name."),
         argument("command", "COMMAND [ARG...]", "Command and arguments.", multiple=True),
         option("-i --interactive", "interactive", "Keep stdin open and connected to the command.", bool),
+        option("-t --tty", "tty", "A terminal for the command: a pty of the container's own devpts.", bool),
+        option("-d --detach", "detach", "Run the command in the background (its output is discarded).", bool),
         option("-e --env", "env", "Set an environment variable (NAME=VALUE, or NAME to pass the host's).",
                multiple=True, metavar="NAME[=VALUE]"),
         option("-u --user", "user", "User to run as: name|uid[:group|gid].", metavar="USER"),

@@ -472,3 +472,79 @@ def test_init_forwards_stop_so_the_command_exits_143(dt, it):
     cid = dt.run("--init", "busybox", "sleep", "1000")   # sleep itself, not PID 1, gets the SIGTERM
     assert it("stop", "-t", "30", cid).returncode == 0
     assert it("wait", cid).stdout == "143\n"
+
+
+# ---------------------------------------------------------------- --stop-timeout, logs --since, exec -d/-t
+
+_TRAPS_TERM = ["sh", "-c", "trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done"]
+
+
+@pytest.mark.parametrize("opts, code", [([], 0), (["--stop-timeout", "0"], 137)], ids=["default", "zero"])
+def test_stop_timeout_of_run_is_what_stop_waits_before_sigkill(dt, it, opts, code):
+    cid = dt.run(*opts, "busybox", *_TRAPS_TERM)
+    assert it("stop", cid).returncode == 0
+    assert it("wait", cid).stdout.strip() == str(code)
+    config = json.loads(it("inspect", cid).stdout)
+    config = (config[0] if isinstance(config, list) else config)["Config"]
+    assert config.get("StopTimeout") == (0 if opts else None)
+
+
+def test_logs_since_shows_only_what_was_written_from_then_on(dt, it, store):
+    cid = dt.run("busybox", "sh", "-c", "echo early; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late; "
+                 "sleep 1000")
+    _eventually(lambda: it("logs", cid).stdout == "early\n", "the first line is logged")
+    assert it("exec", cid, "touch", "/tmp/go").returncode == 0
+    _eventually(lambda: it("logs", cid).stdout == "early\nlate\n", "the second line is logged")
+    times = [json.loads(line)["time"] for line in (store / "containers" / cid / "container.log").read_text().splitlines()]
+    assert it("logs", "--since", times[1], cid).stdout == "late\n"
+    assert it("logs", "--since", times[0], cid).stdout == "early\nlate\n"
+    assert it("logs", "--since", "1h", cid).stdout == "early\nlate\n"
+    assert it("logs", "--since", "2999-01-01T00:00:00Z", cid).stdout == ""
+    r = it("logs", "--since", "yesterday", cid)
+    assert r.returncode != 0 and r.stderr.startswith("imagetool: error: invalid --since 'yesterday'"), r.stderr
+
+
+def _processes_naming(text: str) -> list[int]:
+    """PIDs whose command line holds `text` (an imagetool CLI or a process it spawned)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if text.encode() in f.read() and not _gone(int(name)):
+                        out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def test_exec_d_returns_once_started_and_the_command_runs_on_in_the_container(dt, it):
+    cid = dt.run("busybox", "sleep", "1000")
+    r = it("exec", "-d", cid, "sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; touch /tmp/done")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert it("exec", cid, "test", "-e", "/tmp/done").returncode == 1   # still waiting: it was not waited for
+    it("exec", cid, "touch", "/tmp/go")
+    _eventually(lambda: it("exec", cid, "test", "-e", "/tmp/done").returncode == 0, "the detached command ends")
+    assert it("exec", "-d", cid, "sleep", "1001").returncode == 0
+    assert _processes_naming(f"{cid}\0sleep\x001001")   # its holder process, outliving the CLI
+    it("rm", "-f", cid)
+    _eventually(lambda: not _processes_naming(f"{cid}\0sleep\x001001"), "rm -f ends the exec -d holder")
+
+
+@pytest.mark.parametrize("argv, code, text", [
+    (["exec", "-d", "CID", "/nonexistent"], 127, "no such file or directory"),
+    (["exec", "-d", "-t", "CID", "true"], 1, "exec -d cannot be combined with -i or -t"),
+])
+def test_exec_d_failures_are_one_clear_line(dt, it, argv, code, text):
+    cid = dt.run("busybox", "sleep", "1000")
+    r = it(*[cid if a == "CID" else a for a in argv])
+    assert r.returncode == code and r.stderr.startswith("imagetool: error: ") and text in r.stderr, r.stderr
+
+
+def test_exec_t_gives_a_pty_of_the_containers_own_devpts(it, running):
+    r = it("exec", "-t", "target", "sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys; "
+           "ls /dev/pts; exit 3")
+    lines = r.stdout.replace("\r\n", "\n").split("\n")
+    assert r.returncode == 3, r.stderr
+    assert re.fullmatch(r"/dev/pts/\d+", lines[0]) and lines[1] == "all-ttys", r.stdout
+    assert lines[0].rsplit("/", 1)[1] in lines[2].split()   # its own devpts lists it

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from imagetool import health
+from imagetool import ages, health
 from imagetool.errors import ImagetoolError
 from tests.runfixtures import host_unchanged, it, store_fixture  # noqa: F401  (pytest fixtures)
 from tests.runhelpers import kernel_skip_reason
@@ -139,13 +139,13 @@ def test_bad_health_options_are_one_clear_line_and_leave_nothing(it, store, argv
     ("250us", 250_000), ("2h3m4s", (2 * 3600 + 3 * 60 + 4) * 10**9),
 ])
 def test_durations_parse_as_gos(text, ns):
-    assert health.parse_duration(text, "x") == ns
+    assert ages.parse_duration(text, "x") == ns
 
 
 @pytest.mark.parametrize("text", ["", "10", "s", "-1s", "1d", "1s2", "1 s"])
 def test_bad_durations_are_refused(text):
     with pytest.raises(ImagetoolError):
-        health.parse_duration(text, "x")
+        ages.parse_duration(text, "x")
 
 
 @pytest.mark.parametrize("image_doc, bad", [
@@ -171,5 +171,22 @@ def test_no_test_means_no_healthcheck(image_doc):
 
 
 def test_go_durations_print_as_docker_writes_the_timeout():
-    assert [health.go_duration(n) for n in (200 * MS, 30 * 10**9, 90 * 10**9, 3600 * 10**9)] == \
+    assert [ages.go_duration(n) for n in (200 * MS, 30 * 10**9, 90 * 10**9, 3600 * 10**9)] == \
         ["200ms", "30s", "1m30s", "1h0m0s"]
+
+
+@pytest.mark.parametrize("text, stamp", [
+    ("2026-12-02T18:00:00Z", "2026-12-02T18:00:00.000000000Z"),
+    ("2026-12-02T18:00:00.5+01:00", "2026-12-02T17:00:00.500000000Z"),
+    ("2026-12-02", "2026-12-02T00:00:00.000000000Z"),
+    ("1700000000.25", "2023-11-14T22:13:20.250000000Z"),
+    ("10s", "2023-11-14T22:13:10.000000000Z"),
+])
+def test_logs_since_reads_rfc3339_unix_times_and_durations(text, stamp):
+    assert ages.since_stamp(text, now_ns=1700000000 * 10**9) == stamp
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "-5s", ""])
+def test_a_bad_since_is_refused(text):
+    with pytest.raises(ImagetoolError, match="invalid --since"):
+        ages.since_stamp(text)

@@ -1,18 +1,20 @@
 """`exec`: a new process in a running container, confined as its PID 1 is (runc exec's role).
 
     code = execute(Target(pid, pid_start, cgroups, spec), args, env=[...], user=None, cwd=None,
-                   interactive=False)
+                   interactive=False, tty=False, sink=None, timeout=None, started=None)
 
 Steps, in order (the lessons of runc's CVE-2016-9962 and CVE-2024-21626 in brackets):
   imagetool   compile the spec's seccomp filter, make the sealed trampoline, stdio pipes and a
               close-on-exec error pipe; open a pidfd of the container's PID 1 and check its start
               time against the one recorded (a recycled PID is never joined); fork
-  joiner      make_non_dumpable [the container cannot ptrace it or open its /proc files], join
+  joiner      make_non_dumpable [the container cannot ptrace it or open its /proc files], close
+              every fd but its stdio and those it hands on [no host fd goes in], join
               every cgroup of the container (cgroup.procs), setns(pidfd, every namespace that
               differs from imagetool's) in one call; that resets root and cwd to the container's
-              root [no host cwd]; fork (a child is in the container's PID namespace); reap it and
+              root [no host cwd]; with -t open a pty of the container's own /dev/pts (resolved
+              in its root) and send the master back over a socket (console.py); fork (a child is in the container's PID namespace); reap it and
               exit with its status
-  process     parent-death signal, new session, the pipes as fds 0-2, every other fd closed but the
+  process     parent-death signal, new session, the pipes (or the pty slave) as fds 0-2, every other fd closed but the
               error pipe and the trampoline [no host fd], the spec's rlimits, cd to the working
               directory inside the root, the user (looked up in the container's /etc), seccomp
               before the capability drop when no_new_privs is not set, the spec's capability sets,
@@ -33,7 +35,7 @@ import time
 from dataclasses import dataclass
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
-from imagetool.runtime import capabilities, sealed, seccomp, stdio, supervise, sync
+from imagetool.runtime import capabilities, console, sealed, seccomp, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.runtime.init import find_executable
 from imagetool.runtime.spec import env_get
@@ -76,12 +78,15 @@ def _ns_flags(pid: int) -> int:
 
 
 def execute(target: Target, args: list[str], env: list[str] = (), user: str | None = None,
-            cwd: str | None = None, interactive: bool = False, sink=None, timeout: float | None = None) -> int | None:
+            cwd: str | None = None, interactive: bool = False, sink=None, timeout: float | None = None,
+            tty: bool = False, started=None) -> int | None:
     """Run `args` in the container and copy its stdio (and stdin with `interactive`) until it
     ends; its exit code (docker's: 128+signal; 126/127 raised as CommandNotExecutable/NotFound).
-    With `sink` its output goes to `sink(stream, data)` instead (a healthcheck's probe); with
-    `timeout` (seconds) a process still running then is killed (its joiner, so PR_SET_PDEATHSIG
-    kills it) and None is returned."""
+    With `sink` its output goes to `sink(stream, data)` instead (a healthcheck's probe, exec -d);
+    with `timeout` (seconds) a process still running then is killed (its joiner, so
+    PR_SET_PDEATHSIG kills it) and None is returned. With `tty` its stdio is a pty of the
+    container's own devpts (as run -t: console.py), relayed to imagetool's terminal. `started()`
+    is called once the command has been exec'd."""
     if not args:
         raise ContainerError("exec needs a command")
     spec = target.spec
@@ -96,27 +101,42 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
         fds.append(trampoline)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         fds += [err_r, err_w]
-        pipes = stdio.Pipes.make(interactive)
+        if tty:
+            sock, child_sock = console.socketpair()
+            fds += [sock, child_sock]
+        else:
+            pipes = stdio.Pipes.make(interactive)
         pid = os.fork()
         if pid == 0:
             code = 125
             try:
                 os.close(err_r)
-                pipes.close_parent_ends()
+                if tty:
+                    os.close(sock)
+                    pipes = _Console(child_sock)
+                else:
+                    pipes.close_parent_ends()
                 code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd)
             except BaseException as e:
                 _send_error(err_w, e)
             finally:
                 os._exit(code)
-        for fd in (pidfd, trampoline, err_w):
+        for fd in (pidfd, trampoline, err_w) + ((child_sock,) if tty else ()):
             stdio._close(fd)
-        fds = [err_r]
-        pipes.close_child_ends()
+        fds = [err_r] + ([sock] if tty else [])
+        if pipes is not None:
+            pipes.close_child_ends()
         try:
             supervise.receive_until(sync.Reader(err_r), None, _Silent())
+            master = console.receive_master(sock) if tty else None
         except BaseException:
             supervise.kill_and_reap(pid)
             raise
+        if started is not None:
+            started()
+        if tty:
+            console.relay(master, interactive)   # closes the master
+            return supervise.reap(pid)
         child_pipes, pipes = pipes, None
         if sink is None and timeout is None:
             stdio.copy(child_pipes)
@@ -156,6 +176,31 @@ def _drain_until(pipes, sink, deadline: float | None) -> bool:
             stdio._close(fd)
 
 
+def _close_all_but(keep: set) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            stdio._close(int(name))
+
+
+class _Console:
+    """-t in the joiner: in place of the pipes, a pty of the container's devpts (opened once it
+    has joined the mount namespace); the master goes back over `sock`, the slave becomes the
+    process's controlling terminal and fds 0-2."""
+
+    def __init__(self, sock: int):
+        self.sock, self.slave = sock, None
+
+    def open(self) -> None:
+        with Root("/") as root:   # the container's /dev/pts, symlinks followed in its root only
+            pfd, _ = root.resolve_dir(("dev", "pts"))
+            master, self.slave = console.allocate(pfd)
+        console.send_master(self.sock, master)   # closes both
+
+    def close_child_ends(self) -> None:
+        if self.slave is not None:
+            os.close(self.slave)
+
+
 class _Silent:
     def emit_message(self, m) -> None:
         pass
@@ -173,12 +218,16 @@ def _send_error(fd: int, e: BaseException) -> None:
 def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd) -> int:
     """In the forked child: join the container, fork the process, reap it; its exit status."""
     sealed.make_non_dumpable()
+    ends = (pipes.sock,) if isinstance(pipes, _Console) else pipes.child_ends()
+    _close_all_but({0, 1, 2, pidfd, err_w, trampoline, *ends})   # nothing else of the caller's goes in
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     for group in target.cgroups:
         with open(os.path.join(group, "cgroup.procs"), "w") as f:
             f.write("0")
     sc.setns(pidfd, flags)   # root and cwd become the container's
     os.close(pidfd)
+    if isinstance(pipes, _Console):
+        pipes.open()
     pid = os.fork()
     if pid == 0:
         try:
@@ -197,14 +246,14 @@ def _process(spec: dict, pipes, err_w, trampoline, program, args, env, user, cwd
     """In the container's namespaces and cgroup: become the exec'd process (never returns)."""
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
-    for target_fd, fd in zip((0, 1, 2), pipes.child_ends()):
-        if fd is None:
-            fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(fd, target_fd)
-    keep = {0, 1, 2, err_w, trampoline}
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) not in keep:
-            stdio._close(int(name))
+    if isinstance(pipes, _Console):
+        console.attach(pipes.slave)
+    else:
+        for target_fd, fd in zip((0, 1, 2), pipes.child_ends()):
+            if fd is None:
+                fd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(fd, target_fd)
+    _close_all_but({0, 1, 2, err_w, trampoline})
     proc = spec["process"]
     for rl in proc.get("rlimits") or []:
         which = getattr(resource, rl["type"], None)
