@@ -80,9 +80,14 @@ class Monitor(Reply):
         if self.store is None:
             return
         cdir, state = containers.find(self.store, cid)
-        if state.get("healthcheck"):
-            self._checker = health.Checker(cdir, control.target_of(cdir, state), state["healthcheck"], time.time())
-            self._checker.start()
+        if not state.get("healthcheck"):
+            return
+        try:
+            target = control.target_of(cdir, state)
+        except ImagetoolError:   # it ended already: nothing to check
+            return
+        self._checker = health.Checker(cdir, target, state["healthcheck"], time.time())
+        self._checker.start()
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,7 +425,10 @@ echo "RESULT logs_ok $([ "$(it logs web | grep -c tick)" -ge 2 ] && echo yes)"
 it run -d --name r --restart on-failure:2 busybox sh -c 'echo run; exit 3' >/dev/null
 for i in $(seq 600); do [ "$(it logs r | grep -c run)" = 3 ] && [ "$(it inspect r | field 'd["State"]["Status"]')" = exited ] && break; sleep 0.1; done
 echo "RESULT restarts $(it inspect r | field 'd["RestartCount"]')"
-it rm -f web r >/dev/null
+it run -d --name h --health-cmd 'exit 1' --health-interval 100ms --health-retries 2 busybox sleep 1000 >/dev/null
+for i in $(seq 600); do [ "$(it inspect h | field 'd["State"]["Health"]["Status"]')" = unhealthy ] && break; sleep 0.1; done
+echo "RESULT health $(it inspect h | field 'd["State"]["Health"]["Status"]')"
+it rm -f web r h >/dev/null
 echo "RESULT monitors $(pgrep -fc 'imagetool --store /var/tmp/st run -d')"
 echo "RESULT leftover_cgroups $(find /sys/fs/cgroup/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
 echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/mountinfo)"
@@ -434,7 +437,8 @@ echo "RESULT leftover_mounts $(grep -c -e overlay -e /var/tmp/st /proc/self/moun
 
 def test_v2_vm_detached_exec_stop_restart(tmp_path):
     """One boot of the cgroup-v2-only VM: run -d, exec joins PID 1's cgroup, stop → 143 through
-    wait, logs, --restart on-failure:2 → RestartCount 2, rm -f leaves no monitor, cgroup or mount."""
+    wait, logs, --restart on-failure:2 → RestartCount 2, a failing healthcheck → unhealthy, rm -f
+    leaves no monitor, cgroup or mount."""
     from tests import v2vm
 
     out = v2vm.boot(tmp_path, V2_GUEST, started_marker="RESULT")
@@ -442,7 +446,7 @@ def test_v2_vm_detached_exec_stop_restart(tmp_path):
                    for line in out.splitlines() if line.startswith("RESULT "))
     assert "LAYOUT v2" in out
     assert results == {"idlen": "64", "running": "True", "exec_pid1": "sh", "exec_cgroup": "same", "wait": "143",
-                       "logs_ok": "yes", "restarts": "2", "monitors": "0", "leftover_cgroups": "0",
+                       "logs_ok": "yes", "restarts": "2", "health": "unhealthy", "monitors": "0", "leftover_cgroups": "0",
                        "leftover_mounts": "0"}, out
 
 
