@@ -158,6 +158,23 @@ def write_json(path: Path, doc: dict) -> None:
         pass
 
 
+def target_of(cdir, state: dict, name: str | None = None):
+    """What execin joins for a running container (exec, a healthcheck's probe); a clear error when
+    it is not running or cannot be joined."""
+    from imagetool.runtime import execin
+
+    name = name or state.get("name")
+    if state.get("status") != "running" or not state.get("pid_start"):
+        raise ImagetoolError(f"container {name} is not running")
+    if (state.get("runtime") or "imagetool") != "imagetool":
+        raise ImagetoolError("exec into a runc or crun container is not supported yet")
+    try:
+        spec = json.loads((cdir / SPEC).read_text())
+    except (OSError, ValueError):
+        raise ImagetoolError(f"container {name} cannot be joined: its spec is missing") from None
+    return execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
+
+
 def read_state(cdir: Path) -> dict | None:
     try:
         with open(cdir / "state.json") as f:

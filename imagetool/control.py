@@ -198,7 +198,7 @@ def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None
     if detach and (tty or interactive):
         raise ImagetoolError("exec -d cannot be combined with -i or -t")
     cdir, state = _current(store, id_or_name)
-    target = target_of(cdir, state, id_or_name)
+    target = containers.target_of(cdir, state, id_or_name)
     kw = dict(env=list(env), user=user, cwd=workdir)
     if not detach:
         return execin.execute(target, list(command), interactive=interactive, tty=tty, **kw)
@@ -217,25 +217,6 @@ def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None
 
     spawn(body, "the exec'd process was lost before it started")
     return 0
-
-
-def target_of(cdir, state: dict, name: str | None = None):
-    """What execin joins for a running container (exec, a healthcheck's probe); a clear error when
-    it is not running or cannot be joined."""
-    import json
-
-    from imagetool.runtime import execin
-
-    name = name or state.get("name")
-    if state.get("status") != "running" or not state.get("pid_start"):
-        raise ImagetoolError(f"container {name} is not running")
-    if (state.get("runtime") or "imagetool") != "imagetool":
-        raise ImagetoolError("exec into a runc or crun container is not supported yet")
-    try:
-        spec = json.loads((cdir / containers.SPEC).read_text())
-    except (OSError, ValueError):
-        raise ImagetoolError(f"container {name} cannot be joined: its spec is missing") from None
-    return execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
 
 
 def wait(store, id_or_name: str) -> int:

@@ -3,7 +3,7 @@
     resolve(image_healthcheck, opts) -> dict | None   docker's Config.Healthcheck (durations in ns) of
                                       the image's HEALTHCHECK overridden field by field by --health-*;
                                       None when there is none or --no-healthcheck / Test ["NONE"]
-    Checker(store, cid, config)       a thread of the monitor: after each interval it runs the test
+    Checker(cdir, target, config, started, write_json)  a thread of the monitor: after each interval it runs the test
                                       through runtime/execin (output captured, the timeout enforced by
                                       killing the probe) and rewrites `health.json` in the container's
                                       directory: docker's State.Health {Status, FailingStreak, Log}
@@ -103,9 +103,12 @@ def read(cdir) -> dict | None:
 class Checker(threading.Thread):
     """The monitor's healthcheck timer for one run of the container (a daemon thread): `stop()` ends it."""
 
-    def __init__(self, cdir, target, config: dict, started: float):
+    def __init__(self, cdir, target, config: dict, started: float, write_json):
+        """`write_json(path, doc)`: the container record's atomic writer (the caller's: health
+        never imports containers)."""
         super().__init__(name="healthcheck", daemon=True)
         self.cdir, self.target, self.config, self.started = str(cdir), target, config, started
+        self._write = write_json
         self.health = {"Status": "starting", "FailingStreak": 0, "Log": []}
         self._stop = threading.Event()
 
@@ -115,17 +118,16 @@ class Checker(threading.Thread):
             self.join(self.config["Timeout"] / 1e9 + 1)   # a probe under way ends by its timeout
 
     def run(self) -> None:
-        from imagetool.containers import write_json
         from imagetool.runtime import execin
 
-        write_json(Path(self.cdir) / FILE, self.health)
+        self._write(Path(self.cdir) / FILE, self.health)
         interval = self.config["Interval"] / 1e9
         while not self._stop.wait(interval):
             result = self._probe(execin)
             if result is None or self._stop.is_set():   # the container is gone: record nothing
                 return
             self._record(result)
-            write_json(Path(self.cdir) / FILE, self.health)
+            self._write(Path(self.cdir) / FILE, self.health)
 
     def _probe(self, execin) -> dict | None:
         out = bytearray()

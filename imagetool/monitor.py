@@ -75,7 +75,7 @@ class Monitor(Reply):
             checker.stop()
 
     def _start_health(self, cid: str) -> None:
-        from imagetool import containers, control, health
+        from imagetool import containers, health
 
         if self.store is None:
             return
@@ -83,10 +83,10 @@ class Monitor(Reply):
         if not state.get("healthcheck"):
             return
         try:
-            target = control.target_of(cdir, state)
+            target = containers.target_of(cdir, state)
         except ImagetoolError:   # it ended already: nothing to check
             return
-        self._checker = health.Checker(cdir, target, state["healthcheck"], time.time())
+        self._checker = health.Checker(cdir, target, state["healthcheck"], time.time(), containers.write_json)
         self._checker.start()
 
 
