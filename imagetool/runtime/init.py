@@ -236,14 +236,44 @@ def mount_rootfs(init: Init) -> str:
 
 
 def mount_each(init: Init) -> None:
-    """The spec's mounts in order; each is its own reported step (and /dev's nodes too)."""
+    """The spec's mounts in the spec's order, each through its own named step (/proc, /dev and its
+    nodes, /sys, the container's cgroup at /sys/fs/cgroup, volumes and the rest)."""
     for m in init.spec.get("mounts", []):
-        started = time.perf_counter()
-        cmd = mounts.mount_spec(init.root, m, init.cgroup_layout)
-        init.narrator.report(f"mount {m['destination']}", cmd, started)
-        if m["destination"].rstrip("/") == "/dev" and m.get("type") == "tmpfs":
-            populate_dev(init)
+        _MOUNT_STEPS.get(m["destination"].rstrip("/"), mount_volume)(init, m)
     return None
+
+
+def _mount(init: Init, m: dict) -> None:
+    started = time.perf_counter()
+    cmd = mounts.mount_spec(init.root, m, init.cgroup_layout)
+    init.narrator.report(f"mount {m['destination']}", cmd, started)
+
+
+def mount_proc(init: Init, m: dict) -> None:
+    """`mount -t proc proc /proc`: the processes of the container's own PID namespace."""
+    _mount(init, m)
+
+
+def mount_dev(init: Init, m: dict) -> None:
+    """A small tmpfs at /dev, then its device nodes and links (populate_dev)."""
+    _mount(init, m)
+    if m.get("type") == "tmpfs":
+        populate_dev(init)
+
+
+def mount_sys(init: Init, m: dict) -> None:
+    """sysfs at /sys, read-only (writable only with --privileged)."""
+    _mount(init, m)
+
+
+def mount_cgroupfs(init: Init, m: dict) -> None:
+    """The container's own cgroup at /sys/fs/cgroup, read-only, through the cgroup namespace."""
+    _mount(init, m)
+
+
+def mount_volume(init: Init, m: dict) -> None:
+    """Any other spec mount: -v binds, --tmpfs, /dev/pts, /dev/shm, /dev/mqueue, /etc files."""
+    _mount(init, m)
 
 
 def populate_dev(init: Init) -> None:
@@ -510,6 +540,8 @@ def exec_command(init: Init) -> None:
             raise CommandNotExecutable(f"exec {args[0]}: {e.strerror.lower()}") from None
         raise ContainerError(f"exec {args[0]}: {e.strerror}") from None
 
+
+_MOUNT_STEPS = {"/proc": mount_proc, "/dev": mount_dev, "/sys": mount_sys, "/sys/fs/cgroup": mount_cgroupfs}
 
 RECIPE = (unshare_namespaces, make_private, mount_rootfs, mount_each, create_devices, open_console,
           set_hostname, loopback_up, pivot_root, write_sysctls, mask_paths, readonly_paths, readonly_root,
