@@ -237,8 +237,7 @@ def test_v2_vm_smoke(tmp_path):
     """One boot of the cgroup-v2-only VM: OOM → 137, pids limit, cpu.max, PID 1, exit codes, --explain
     with v2's file names, /sys/fs/cgroup, the tty, stdio on pipes, cleanup."""
     out = v2vm.boot(tmp_path, GUEST_SCRIPT, started_marker="RESULT")
-    results = dict(line.split()[1:3] if len(line.split()) > 2 else (line.split()[1], "")
-                   for line in out.splitlines() if line.startswith("RESULT "))
+    results = v2vm.results(out)
     assert "LAYOUT v2" in out
     assert results["oom"] == "137"
     assert "container was killed: out of memory" in out

@@ -442,8 +442,7 @@ def test_v2_vm_detached_exec_stop_restart(tmp_path):
     from tests import v2vm
 
     out = v2vm.boot(tmp_path, V2_GUEST, started_marker="RESULT")
-    results = dict(line.split()[1:3] if len(line.split()) > 2 else (line.split()[1], "")
-                   for line in out.splitlines() if line.startswith("RESULT "))
+    results = v2vm.results(out)
     assert "LAYOUT v2" in out
     assert results == {"idlen": "64", "running": "True", "exec_pid1": "sh", "exec_cgroup": "same", "wait": "143",
                        "logs_ok": "yes", "restarts": "2", "health": "unhealthy", "monitors": "0", "leftover_cgroups": "0",

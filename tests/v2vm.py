@@ -43,6 +43,13 @@ def boot(tmp_path: Path, script: str, started_marker: str, timeout: int = 500) -
     return r.stdout
 
 
+def results(out: str) -> dict[str, str]:
+    """The guest's `RESULT NAME VALUE` lines as {NAME: VALUE} (the first word of the value; "" when
+    there is none)."""
+    return dict(line.split()[1:3] if len(line.split()) > 2 else (line.split()[1], "")
+                for line in out.splitlines() if line.startswith("RESULT "))
+
+
 def _ensure_site() -> Path | None:
     """typer and click for the network-less guest (built once with v2host's wheels.sh)."""
     if (SITE_CACHE / "typer").is_dir():
