@@ -168,6 +168,24 @@ def pytest_sessionstart(session):
     session.config._imagetool_leaks_before = _leak_snapshot()
 
 
+def pytest_configure(config):
+    own_network_namespace()
+
+
+def own_network_namespace() -> None:
+    """Never the host's network (issue 12): a root session not yet in a network namespace of the
+    suite's own (a bare `pytest`; tests/run does this with `unshare --net` and names it in
+    $IMAGETOOL_TEST_NETNS) moves into one, loopback up, before any test runs: the containers'
+    bridges, veths and rules are made there, and it goes when the session's processes end."""
+    if os.geteuid() != 0 or os.environ.get("IMAGETOOL_TEST_NETNS") == os.readlink("/proc/self/ns/net"):
+        return
+    from imagetool.runtime import syscalls as sc
+
+    sc.unshare(sc.CLONE_NEWNET)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    os.environ["IMAGETOOL_TEST_NETNS"] = os.readlink("/proc/self/ns/net")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Report (not fail on) temp dirs, mounts and cgroups that appeared during the run and are still there.
 
