@@ -26,6 +26,9 @@ def serve(name: str, values: dict, store_arg: str | None = None, debug: bool = F
         return opened[0]
 
     try:
+        from imagetool import userns
+
+        userns.enter_if_needed(name)   # rootless: store-writing commands go on in a user namespace
         rc = BODIES[name](store, **values)
     except KeyboardInterrupt:
         rc = 130

@@ -1,0 +1,313 @@
+"""Rootless: a command run by an ordinary user enters a user namespace (and a mount namespace) in-process.
+
+How (podman's way, without re-exec): `enter()` forks; the child `unshare(CLONE_NEWUSER|CLONE_NEWNS)`,
+says so on a pipe and waits; the parent writes the child's id maps and lets it go, then only waits
+for it, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to it by kill(2) (a terminal's ^C already reaches
+both: same process group) and exits as the child did. The child becomes uid/gid 0 and simply goes
+on with the command.
+
+The mapping (`mapping()`) is the same every time, so files on disk keep consistent owners:
+- with a subordinate range in /etc/subuid and /etc/subgid: 0 → the user, 1..N → the ranges in file
+  order, written by the setuid helpers `newuidmap`/`newgidmap` (Debian `uidmap`);
+- without one (or without the helpers): the single-id mapping 0 → the user, written directly to
+  /proc/PID/{setgroups=deny,uid_map,gid_map}, with a one-line notice (as podman does).
+
+Inside, `inside()` is true: euid 0 without the initial namespace's full map. What it means for the
+other modules: the store stays the user's ($XDG_DATA_HOME/imagetool, settings.store_root); chown works
+for mapped ids only; device nodes cannot be made (CAP_MKNOD is not held in the initial namespace), but
+overlay whiteouts (char 0/0) can (kernel >= 5.8); trusted.* xattrs cannot be set, so overlay opaque
+directories use `user.overlay.opaque` and overlay is mounted with `userxattr` (unpack/whiteouts.py).
+`IMAGETOOL_USERNS=UID:GID` (the user's ids outside) is exported to the child's environment.
+
+This module imports only the standard library: anything may import it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import sys
+from dataclasses import dataclass, field
+
+ENV = "IMAGETOOL_USERNS"
+FULL_MAP = (0, 0, 4294967295)
+SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+
+# commands that write the store or need root's powers (read-only ones: images, inspect, ps, logs, history,
+# port, save, push, login, logout, tag, wait, info … run as the user, outside any namespace)
+NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "exec", "start", "restart", "stop", "kill",
+                          "rm", "rmi", "prune", "commit", "export", "copy", "network"})
+
+_FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """`count` ids from `inside` (in the namespace) are `outside` .. outside+count-1 on the host."""
+    inside: int
+    outside: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The uid and gid maps a user's namespace gets; `single` when there is no subordinate range."""
+    user: str
+    uid: int
+    gid: int
+    uids: tuple = field(default_factory=tuple)
+    gids: tuple = field(default_factory=tuple)
+
+    @property
+    def single(self) -> bool:
+        return len(self.uids) == 1 or len(self.gids) == 1
+
+    def host_uid(self, inside_uid: int) -> int | None:
+        return _to_host(self.uids, inside_uid)
+
+    def host_gid(self, inside_gid: int) -> int | None:
+        return _to_host(self.gids, inside_gid)
+
+
+def _to_host(ranges, i: int) -> int | None:
+    for r in ranges:
+        if r.inside <= i < r.inside + r.count:
+            return r.outside + i - r.inside
+    return None
+
+
+def subordinate_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
+    """(start, count) of every line of /etc/subuid-style `path` for `user` (by name or number), file order."""
+    found = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in (user, str(uid)):
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if count > 0:
+            found.append((start, count))
+    return found
+
+
+def _ranges(own: int, subs: list[tuple[int, int]]) -> tuple:
+    out, nxt = [IdRange(0, own, 1)], 1
+    for start, count in subs:
+        out.append(IdRange(nxt, start, count))
+        nxt += count
+    return tuple(out)
+
+
+def helpers_present() -> bool:
+    return all(os.access(f"/usr/bin/{h}", os.X_OK) or _which(h) for h in ("newuidmap", "newgidmap"))
+
+
+def _which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+
+
+def mapping(uid: int | None = None, gid: int | None = None) -> Mapping:
+    """The mapping for the user `uid` (default: this process's real ids, or the ids outside when inside)."""
+    if uid is None:
+        outside = host_ids()
+        uid, gid = outside if outside else (os.getuid(), os.getgid())
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    subu = subordinate_ranges(SUBUID, user, uid)
+    subg = subordinate_ranges(SUBGID, user, uid)
+    if not (subu and subg and helpers_present()):
+        subu = subg = []
+    return Mapping(user, uid, gid, _ranges(uid, subu), _ranges(gid, subg))
+
+
+# ---------------------------------------------------------------- where are we
+
+
+def _uid_map(pid: str = "self") -> list[tuple[int, int, int]]:
+    with open(f"/proc/{pid}/uid_map") as f:
+        return [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+
+
+def inside() -> bool:
+    """Is this process root of a user namespace that is not the initial one (so root without host
+    powers)? Real root (euid 0, the full identity map) and ordinary users are not."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return _uid_map() != [FULL_MAP]
+    except OSError:
+        return False
+
+
+def host_ids() -> tuple[int, int] | None:
+    """(uid, gid) of the user outside, when this process runs inside imagetool's namespace."""
+    v = os.environ.get(ENV, "")
+    if not v or not inside():
+        return None
+    try:
+        u, g = v.split(":")
+        return int(u), int(g)
+    except ValueError:
+        return None
+
+
+def needs(command: str) -> bool:
+    """Does `command`, run by this process, have to enter a user namespace first?"""
+    return command in NEEDS_USERNS and os.geteuid() != 0
+
+
+def enter_if_needed(command: str) -> None:
+    """The one decision (commands.serve calls it first): enter the namespace when `command` needs it."""
+    if needs(command):
+        enter()
+
+
+# ---------------------------------------------------------------- entering
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _unshare(flags: int) -> None:
+    import ctypes
+
+    if _libc().unshare(flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _notice(msg: str) -> None:
+    sys.stderr.write(f"imagetool: notice: {msg}\n")
+
+
+def enter(m: Mapping | None = None) -> None:
+    """Fork; in the child (which returns from here as uid 0 of a new user+mount namespace) go on with
+    the command; the parent never returns: it waits for the child and exits with its status."""
+    from imagetool.errors import ImagetoolError
+
+    m = m or mapping()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_r, ready_w = os.pipe()     # child → parent: unshared (or an errno)
+    go_r, go_w = os.pipe()           # parent → child: maps written ("" = failed)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARD + (signal.SIGCHLD,))
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        try:
+            _unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        except OSError as e:
+            os.write(ready_w, str(e.errno).encode())
+            os._exit(125)
+        os.write(ready_w, b"0")
+        os.close(ready_w)
+        ok = os.read(go_r, 1)
+        os.close(go_r)
+        if ok != b"1":
+            os._exit(125)
+        _become_root(m)
+        return
+    os.close(ready_w)
+    os.close(go_r)
+    err = ""
+    got = os.read(ready_r, 16)
+    os.close(ready_r)
+    if got != b"0":
+        errno = int(got or b"0")
+        err = f"cannot create a user namespace: {os.strerror(errno) if errno else 'the child died'}"
+        hint = "check kernel.unprivileged_userns_clone / user.max_user_namespaces"
+    else:
+        try:
+            _write_maps(pid, m)
+        except (OSError, ImagetoolError) as e:
+            err = f"cannot map ids into the user namespace: {e}"
+            hint = f"check {SUBUID} and {SUBGID} for {m.user}, and that newuidmap/newgidmap are installed setuid"
+    os.write(go_w, b"0" if err else b"1")
+    os.close(go_w)
+    status = _wait_forwarding(pid)
+    if err:
+        raise ImagetoolError(err, hint=hint)
+    _exit_like(status)
+
+
+def _become_root(m: Mapping) -> None:
+    os.setresgid(0, 0, 0)
+    if not m.single:
+        try:
+            os.setgroups([])
+        except OSError:
+            pass
+    os.setresuid(0, 0, 0)
+    os.environ[ENV] = f"{m.uid}:{m.gid}"
+
+
+def _write_maps(pid: int, m: Mapping) -> None:
+    import subprocess
+
+    if m.single:
+        _notice(f"no subordinate ids for {m.user} in {SUBUID}/{SUBGID} (or no newuidmap): using a single-id "
+                "mapping (only uid 0 inside; images with other owners may fail)")
+        with open(f"/proc/{pid}/setgroups", "w") as f:
+            f.write("deny")
+        for name, r in (("uid_map", m.uids[0]), ("gid_map", m.gids[0])):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"{r.inside} {r.outside} {r.count}\n")
+        return
+    for helper, ranges in (("newuidmap", m.uids), ("newgidmap", m.gids)):
+        args = [helper, str(pid)] + [str(x) for r in ranges for x in (r.inside, r.outside, r.count)]
+        r = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+        if r.returncode:
+            from imagetool.errors import ImagetoolError
+
+            raise ImagetoolError(f"{helper} failed: {(r.stderr or '').strip() or 'exit ' + str(r.returncode)}")
+
+
+def _wait_forwarding(pid: int) -> int:
+    """Wait for `pid` (its wait status); signals sent to us with kill(2) go on to it."""
+    sigs = set(_FORWARD) | {signal.SIGCHLD}
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        info = signal.sigwaitinfo(sigs)
+        if info.si_signo != signal.SIGCHLD and info.si_code <= 0:   # SI_USER/SI_QUEUE…, not the tty (SI_KERNEL)
+            try:
+                os.kill(pid, info.si_signo)
+            except ProcessLookupError:
+                pass
+
+
+def _exit_like(status: int) -> None:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        sig = -code
+        sys.stdout.flush()
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        code = 128 + sig
+    os._exit(code)
