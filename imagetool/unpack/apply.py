@@ -10,7 +10,8 @@ Contract:
   entries this layer created (tracked in `created`/`touched`) survive both.
 - mode="plain": whiteouts delete from the directory (flattened rootfs, `imagetool unpack`).
   mode="overlay": the directory is a fresh snapshot of this layer alone; whiteouts become char
-  devices 0/0 and opaque dirs get `trusted.overlay.opaque=y` (needs root). A hardlink to a file
+  devices 0/0 and opaque dirs get `trusted.overlay.opaque=y` (needs root; rootless, in a user
+  namespace: `user.overlay.opaque=y`, see whiteouts.py). A hardlink to a file
   of a lower layer copies the file up from `lowers` (top first) into this snapshot first, as
   overlayfs itself would; such a snapshot depends on its lower layers (documented limitation).
   `lowers_ready` (overlay): called before the lower layers are first looked at, it waits until
@@ -19,15 +20,18 @@ Contract:
   attributes then win over the lower layer's in the merged view).
 - Metadata: uid/gid (root only, lchown), then mode including setuid/setgid/sticky, xattrs from
   PAX headers (user.*, security.capability, system.posix_acl_*; other security.* and trusted.*
-  are dropped, trusted.overlay.* is refused as UnsafeLayer), mtime (nanoseconds, not following
+  are dropped, trusted.overlay.* and user.overlay.* are refused as UnsafeLayer; rootless, one the
+  kernel refuses with EPERM/EINVAL is dropped with a warning), mtime (nanoseconds, not following
   symlinks). Directories get their mode and mtime last (`Applier.finish`). Hardlinks take the
-  target's inode as is. Devices and fifos need root: otherwise skipped with a warning.
+  target's inode as is. Devices and fifos need root: otherwise skipped with a warning (devices
+  rootless too: uid 0 of a user namespace may not mknod them; as podman rootless does).
 - Refused (UnsafeLayer): ".." in names or hardlink targets, hardlinks to directories, an entry
-  that would make the root a non-directory, whiteouts of "." or "..", trusted.overlay.* xattrs.
+  that would make the root a non-directory, whiteouts of "." or "..", trusted/user.overlay.* xattrs.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -46,6 +50,12 @@ from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, REG, SYM, Entry, Tar
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIRRD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _KEEP_XATTR_PREFIXES = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+
+
+def _rootless() -> bool:
+    from imagetool import userns
+
+    return userns.inside()
 
 
 def _warn(msg: str) -> None:
@@ -78,6 +88,11 @@ class Applier:
         self.mode = mode
         self.overlay = mode == "overlay"
         self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        # rootless (root of a user namespace, userns.inside()): chown through the mapping, overlay
+        # whiteouts (char 0/0) and user.overlay.opaque work; other device nodes cannot be made
+        # (no CAP_MKNOD in the initial namespace): skipped, as podman rootless does
+        self.rootless = self.privileged and privileged is None and _rootless()
+        self.devices = self.privileged and not self.rootless
         if self.overlay and not self.privileged:
             raise UnpackError("overlay snapshots need root (whiteouts are device nodes)",
                               hint="use `imagetool unpack` for a flattened copy")
@@ -230,7 +245,7 @@ class Applier:
             return   # META: AUFS metadata (.wh..wh.plnk etc.), ignored as Docker does
         xattrs = ti.xattrs
         for k in xattrs:
-            if k.startswith("trusted.overlay."):
+            if k.startswith(whiteouts.OVERLAY_XATTR_PREFIXES):
                 raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
         mkdir = self._implicit_mkdir
         pfd, name, pcanon = self.root.lookup(comps, mkdir)
@@ -349,8 +364,9 @@ class Applier:
     def _special(self, ti, pfd: int, name: str, xattrs: dict) -> bool:
         if ti.type == FIFO:
             os.mkfifo(name, 0o600, dir_fd=pfd)
-        elif not self.privileged:
-            self.warn(f"skipping device {ti.name!r}: creating device nodes needs root")
+        elif not self.devices:
+            self.warn(f"skipping device {ti.name!r}: creating device nodes needs "
+                      f"{'root outside a user namespace (rootless)' if self.rootless else 'root'}")
             self.stats.skipped.append(ti.name)
             return False
         else:
@@ -375,6 +391,9 @@ class Applier:
             try:
                 os.setxattr(fd, k, v)
             except OSError as e:
+                if self.rootless and e.errno in (errno.EPERM, errno.EINVAL):   # e.g. an ACL naming an unmapped id
+                    self.warn(f"{entry!r}: xattr {k!r} dropped: {e.strerror} in a user namespace (rootless)")
+                    continue
                 raise UnpackError(f"{entry!r}: cannot set xattr {k!r}: {e.strerror}") from None
 
     def _set_opaque(self, pfd: int, name: str) -> None:
