@@ -19,12 +19,33 @@ _CNI_FREE = ("private", "none", "host")
 _EXTRAS = ("publish", "publish_all", "ip", "network_aliases", "dns", "dns_search", "add_hosts")
 
 
+def rootless() -> bool:
+    """Whether this process is not root of the initial user namespace: a non-root user, or root
+    of the user namespace a rootless command runs in (userns.py)."""
+    import os
+
+    from imagetool import userns
+
+    return os.geteuid() != 0 or userns.inside()
+
+
+def _slirp(mode: str) -> bool:
+    """slirp4netns for --network slirp4netns, and for every CNI network when rootless (whose
+    setup then says that needs root)."""
+    return mode == "slirp4netns" or (mode not in _CNI_FREE and not mode.startswith("container:") and rootless())
+
+
 def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=None) -> None:
     """containers.run's hook before create: attach.setup when the options need a network or
     /etc files; nothing is imported or done for a plain private/none/host run. `find(store,
     name) -> (cdir, state)` looks up another container (for --network container:NAME): the
     caller's, so network never imports containers."""
     if (getattr(opts, "network", None) or "private") in _CNI_FREE and not any(getattr(opts, n, None) for n in _EXTRAS):
+        return
+    if _slirp(getattr(opts, "network", None) or "private"):
+        from imagetool.network import slirp
+
+        slirp.setup(store, cdir, cid, opts, spec, narrator)
         return
     from imagetool.network import attach
 
@@ -47,6 +68,10 @@ def teardown(cdir: Path, strict: bool = False) -> None:
     the container has a cached attachment; one stat otherwise."""
     if not (Path(cdir) / "network.json").exists():
         return
+    if (Path(cdir) / "slirp.json").exists():   # its slirp4netns first, then the namespace
+        from imagetool.network import slirp
+
+        slirp.teardown(cdir)
     from imagetool.network import attach
 
     attach.teardown(cdir, strict)
