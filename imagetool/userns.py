@@ -37,7 +37,9 @@ CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 
 # commands that write the store or need root's powers (read-only ones: images, inspect, ps, logs, history,
 # port, save, push, login, logout, tag, wait, info … run as the user, outside any namespace)
-NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "exec", "start", "restart", "stop", "kill",
+# exec, stop and kill stay outside: the user there owns the container's user namespace, so may setns(2)
+# into it and signal every process in it; from a sibling namespace (a new one per command) it could not
+NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "start", "restart",
                           "rm", "rmi", "prune", "commit", "export", "copy", "network"})
 
 _FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -164,6 +166,29 @@ def host_ids() -> tuple[int, int] | None:
         return int(u), int(g)
     except ValueError:
         return None
+
+
+RANGE_HINT = ("give the user a subordinate range in /etc/subuid and /etc/subgid, e.g. "
+              "`usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`")
+
+
+def _mapped(path: str, i: int) -> bool:
+    try:
+        with open(path) as f:
+            rows = [[int(x) for x in line.split()] for line in f if line.strip()]
+    except OSError:
+        return True
+    return any(first <= i < first + count for first, _, count in rows)
+
+
+def unmapped(uid: int, gid: int) -> str | None:
+    """Inside: what is wrong when the owner uid:gid has no id in this namespace, else None."""
+    missing = [f"{kind} {i}" for kind, i, path in (("uid", uid, "/proc/self/uid_map"), ("gid", gid, "/proc/self/gid_map"))
+               if not _mapped(path, i)]
+    if not missing:
+        return None
+    return (f"owner {uid}:{gid} is not mapped in the user namespace ({' and '.join(missing)}: "
+            "not enough subordinate ids)")
 
 
 def needs(command: str) -> bool:

@@ -183,7 +183,7 @@ def connect_stdio(init: Init) -> str:
 def join_cgroup(init: Init) -> str | None:
     if init.cgroup is None:
         return None
-    return "\n".join(f"echo $$ > {shell.q(path)}" for path in init.cgroup.enter(0))
+    return "\n".join(f"echo $$ > {shell.q(path)}" for path in init.cgroup.enter(0)) or None
 
 
 # ---------------------------------------------------------------- 4-11: namespaces and mounts

@@ -20,7 +20,7 @@ import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import cgroups, console, explain, shell, stdio, supervise, sync
+from imagetool.runtime import cgroups, console, explain, rootless, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 
 
@@ -139,6 +139,9 @@ class Container(supervise.Supervised):
 def create_cgroup(cgroup, narrator) -> None:
     started = time.perf_counter()
     made = cgroup.create()
+    if getattr(cgroup, "reason", None):
+        narrator.report("create cgroup", f"# none: {cgroup.reason} (rootless)", started)
+        return
     narrator.report("create cgroup", "\n".join(shell.cgroup_create(d) for d in made) or "# exists", started)
 
 
@@ -161,31 +164,38 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
         from imagetool.runtime import sealed
 
         fds["_trampoline"] = sealed.sealed_trampoline()    # what the init execs last (sealed.py)
-        pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sc.unshare(sc.CLONE_NEWPID)
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                try:
-                    for key in ("sync", "config", "console"):
-                        if fds.get(key) is not None:
-                            os.close(fds[key])
-                    pipes = fds.get("pipes")
-                    if pipes is not None:
-                        for fd in (pipes.stdin_w, pipes.stdout_r, pipes.stderr_r):
-                            if fd is not None:
-                                os.close(fd)
-                    child_narrator = explain.Forwarder(sync_w) if narrator is not explain.SILENT else explain.SILENT
-                    init.main(init.Init(sync_fd=sync_w, config_fd=config_r, narrator=child_narrator, cgroup=cgroup,
-                                        stdio=pipes.child_ends() if pipes else (),
-                                        console_socket=fds.get("_console_child"),
-                                        trampoline_fd=fds["_trampoline"]))
-                finally:
-                    os._exit(125)
-        finally:
-            if os.getpid() != 1:
-                sc.setns(pidns, sc.CLONE_NEWPID)  # imagetool's later children stay in the host's PID namespace
-                os.close(pidns)
+
+        def child() -> None:  # the init: never returns
+            try:
+                for key in ("sync", "config", "console"):
+                    if fds.get(key) is not None:
+                        os.close(fds[key])
+                pipes = fds.get("pipes")
+                if pipes is not None:
+                    for fd in (pipes.stdin_w, pipes.stdout_r, pipes.stderr_r):
+                        if fd is not None:
+                            os.close(fd)
+                child_narrator = explain.Forwarder(sync_w) if narrator is not explain.SILENT else explain.SILENT
+                init.main(init.Init(sync_fd=sync_w, config_fd=config_r, narrator=child_narrator, cgroup=cgroup,
+                                    stdio=pipes.child_ends() if pipes else (),
+                                    console_socket=fds.get("_console_child"),
+                                    trampoline_fd=fds["_trampoline"]))
+            finally:
+                os._exit(125)
+
+        if rootless.active():
+            pid = _fork_through_middle(child)
+        else:
+            pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.unshare(sc.CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    child()
+            finally:
+                if os.getpid() != 1:
+                    sc.setns(pidns, sc.CLONE_NEWPID)  # imagetool's later children stay in the host's PID namespace
+                    os.close(pidns)
     except BaseException:
         for key, fd in fds.items():
             if key == "pipes":
@@ -204,9 +214,65 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
     return pid, fds
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _fork_through_middle(child) -> int:
+    """Rootless fork_init: the way back to the host's PID namespace (setns) needs CAP_SYS_ADMIN
+    over it, so a middle process unshares the PID namespace, forks the init, says its PID and
+    exits; the init is reparented to imagetool (a child subreaper meanwhile) and goes on only when
+    imagetool, having reaped the middle process, says so (its parent-death signal is then set with
+    imagetool as the parent). The init's host PID."""
+    r, w = os.pipe2(os.O_CLOEXEC)             # middle → imagetool: the init's PID
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)       # imagetool → init: reparented, go on
+    sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        middle = os.fork()
+        if middle == 0:
+            try:
+                os.close(r)
+                os.close(go_w)
+                sc.unshare(sc.CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    os.close(w)
+                    go = os.read(go_r, 1)
+                    os.close(go_r)
+                    if go == b"1":
+                        child()
+                    os._exit(125)
+                os.write(w, str(pid).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.close(go_r)
+        w = go_r = None
+        data = b""
+        while chunk := os.read(r, 32):
+            data += chunk
+        os.waitpid(middle, 0)   # once reaped, the init is imagetool's child
+    finally:
+        sc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+        for fd in (r, w, go_r):
+            if fd is not None:
+                os.close(fd)
+    try:
+        if not data:
+            raise ContainerError("cannot start the container's init in a new PID namespace")
+        os.write(go_w, b"1")
+    finally:
+        os.close(go_w)
+    return int(data)
+
+
 def write_limits(cgroup, resources: dict, narrator) -> None:
     started = time.perf_counter()
     writes = cgroup.apply(resources)
+    if writes and getattr(cgroup, "reason", None):   # rootless without a delegated cgroup (cgroups/delegated.py)
+        import sys
+
+        sys.stderr.write(f"imagetool: warning: {cgroup.reason}: resource limits cannot apply to a rootless "
+                         "container; it runs without them\n")
     if writes:
         narrator.report("write limits", "\n".join(shell.cgroup_write(path, value) if not value.startswith("#")
                                                   else f"{value}: {path}" for path, value in writes), started)
@@ -228,6 +294,8 @@ def compile_seccomp(spec: dict, narrator) -> bytes | None:
 def delete_cgroup(cgroup, narrator) -> None:
     started = time.perf_counter()
     groups = cgroup.destroy() or cgroup.paths
+    if not groups:
+        return   # rootless with no cgroup: PID 1's end took its PID namespace with it
     narrator.report("remove cgroup", "\n".join(
         shell.cgroup_kill(g, cgroup.version) + "\n" + shell.cgroup_remove(g) for g in groups), started)
 

@@ -12,6 +12,10 @@ inside the container's mount namespace), so the mount data stays inside its one 
 take about 900 bytes (absolute snapshot paths would need ~100 bytes each). `lowerdirs(m)` gives
 the absolute snapshot directories, top layer first. This module never mounts anything itself.
 
+Rootless (this process is root of a user namespace, userns.inside()): the same overlay plus
+`userxattr`, mounted by the container's init inside its user namespace (Linux 5.11): the
+snapshots' opaque markers and the upper dir's are `user.overlay.*` (unpack/whiteouts.py).
+
 Copy fallback (overlay unavailable, or chosen for tests): `copy_rootfs()` flattens the image into
 `containers/<id>/rootfs` (plain whiteouts, see flatten.py) and returns a bind Mount of it.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from imagetool import userns
 from imagetool.errors import UnpackError
 from imagetool.mount import Mount
 from imagetool.unpack.snapshots import ensure_snapshots
@@ -73,6 +78,8 @@ def overlay_mount(store, image, container_dir) -> Mount:
             lower_rel.append(f"l/{n}")
         lower_rel.reverse()
     data = f"lowerdir={':'.join(lower_rel)},upperdir=upper,workdir=work"
+    if userns.inside():   # rootless: mounted in the user namespace, markers in user.overlay.* (Linux 5.11)
+        data += ",userxattr"
     if len(data) > MOUNT_DATA_LIMIT:   # 10k+ layers; the kernel caps lowers at 500 anyway
         raise UnpackError(f"image {image.name} has too many layers ({len(snaps)}) for one overlay mount")
     return Mount("overlay", "overlay", str(cdir / "rootfs"), tuple(data.split(",")), cwd=str(cdir))

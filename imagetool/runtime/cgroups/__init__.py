@@ -132,6 +132,12 @@ def create(container_id: str, layout: str | None = None):
         with open("/proc/self/mountinfo") as f:
             mountinfo = f.read()  # read once: detect() and the manager both parse it
         layout = detect(mountinfo)
+    from imagetool import userns
+
+    if userns.inside():   # rootless: the user's delegated v2 subtree, or no cgroup (delegated.py)
+        from imagetool.runtime.cgroups import delegated
+
+        return delegated.create(container_id, layout, mountinfo)
     if layout == "v2":
         from imagetool.runtime.cgroups.v2 import V2Cgroup
 

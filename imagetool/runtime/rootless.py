@@ -1,0 +1,81 @@
+"""Rootless: what the built-in runtime does differently as uid 0 of a user namespace an ordinary user made.
+
+The command entered that namespace first (imagetool/userns.py: uid 0 in it is the user, 1..N the
+user's /etc/subuid range). There the runtime holds every capability over what the namespace owns
+(the mount, PID, UTS, IPC, network and cgroup namespaces it unshares) and none over the host, so:
+
+  /dev nodes      mknod is refused: the host's null, zero, full, random, urandom and tty are
+                  bind-mounted instead (mounts.populate_dev, as runc rootless)
+  rootfs          overlay mounted inside the container's mount namespace with `userxattr` (its
+                  markers are user.overlay.*, Linux 5.11; unpack/rootfs.py), else the copy
+  /sys            sysfs when the container has a network namespace of its own, else a read-only
+                  bind of the host's /sys (mounts.mount_spec)
+  /sys/fs/cgroup  v1 hierarchies cannot be mounted from a user namespace: a read-only bind of the
+                  host's (mounts.mount_cgroupfs)
+  cgroups         a delegated cgroup v2 subtree (the user's own cgroup, writable): limits apply;
+                  otherwise none (every v1 host): one line on stderr, and the container runs
+                  without limits, as podman does (cgroups/rootless.py)
+  rlimits         no raising above the user's hard limits: clamped to them (as podman)
+  capabilities    the spec's sets, valid inside the user namespace only: none on the host
+  signals         PID 1 runs as the user (container root) or a subordinate id; the user outside
+                  the namespace owns it, so has CAP_KILL and CAP_SYS_ADMIN over it: `kill`,
+                  `stop` and `exec` run outside (userns.NEEDS_USERNS) and signal or setns(2)
+                  into it; a command inside another user namespace (rm -f) kills PID 1 when it
+                  runs as the user, else asks its owner (the monitor) with SIGTERM
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+from imagetool import userns
+
+
+def active() -> bool:
+    """Whether this process runs as root of a user namespace that is not the initial one."""
+    return userns.inside()
+
+
+def clamp_rlimit(which: int, soft: int, hard: int) -> tuple[int, int]:
+    """(soft, hard) lowered to this process's hard limit (raising it needs CAP_SYS_RESOURCE in the
+    initial namespace); RLIM_INFINITY counts as the largest."""
+    cur_hard = resource.getrlimit(which)[1]
+
+    def key(v: int) -> float:
+        return float("inf") if v == resource.RLIM_INFINITY else v
+
+    hard = hard if key(hard) <= key(cur_hard) else cur_hard
+    soft = soft if key(soft) <= key(hard) else hard
+    return soft, hard
+
+
+def kill_pid1(state: dict) -> bool:
+    """SIGKILL a rootless container with no cgroup to kill it through: its PID 1 (the kernel then
+    kills everything in its PID namespace), else, when this process may not signal it (PID 1 runs as
+    a subordinate id and we are in another user namespace than its own), SIGTERM to its owner (the
+    monitor or foreground imagetool, running as the user: it kills the container and cleans up).
+    Both are checked against their recorded start times. Whether a signal was sent."""
+    from imagetool.runtime.supervise import proc_start
+
+    for key, start_key, sig in (("pid", "pid_start", signal.SIGKILL), ("owner_pid", "owner_start", signal.SIGTERM)):
+        pid = state.get(key)
+        if not pid or key == "owner_pid" and pid == os.getpid():
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if proc_start(pid) != state.get(start_key):
+                continue
+            signal.pidfd_send_signal(fd, sig)
+            return True
+        except PermissionError:
+            continue
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+    return False
