@@ -564,14 +564,14 @@ def _stop(state: dict) -> None:
     from imagetool import runtime
 
     runtime.destroy(state.get("id", ""), state.get("runtime") or "imagetool", state.get("cgroups") or [])
-
-
-def reconcile(cdir: Path, state: dict) -> dict | None:
-    """A container whose imagetool died: kill what is left, remove its cgroups, mark it exited.
     if not state.get("cgroups") and state.get("status") in ("created", "running"):
         from imagetool.runtime import rootless   # a rootless container without a cgroup: through its PID 1
 
         rootless.kill_pid1(state)
+
+
+def reconcile(cdir: Path, state: dict) -> dict | None:
+    """A container whose imagetool died: kill what is left, remove its cgroups, mark it exited.
 
     Returns the updated state, or None when the container was --rm and is now gone."""
     if state.get("status") not in ("created", "running") or _owner_alive(state):
