@@ -93,6 +93,11 @@ class RootlessUser:
         """imagetool ARGS as the user (its default store unless --store is given); kw as for run()."""
         return self.run(self.argv(args), **kw)
 
+    def in_userns(self, code: str, **kw) -> subprocess.CompletedProcess:
+        """Python `code` run as the user inside its user namespace (userns.enter(): the same mapping
+        imagetool uses), e.g. to see a tree as the container sees it; kw as for run()."""
+        return self.run([self.python, "-c", "from imagetool import userns\nuserns.enter()\n" + code], **kw)
+
     def popen(self, args, env: dict | None = None, **kw) -> subprocess.Popen:
         """imagetool ARGS as the user, started (stdout/stderr as kw say); the caller waits/kills it."""
         full = ["runuser", "-u", self.name, "--", "env", "-i",
@@ -149,7 +154,7 @@ def _install_app(base: Path, name: str) -> tuple[str, str]:
     app = base / "app"
     app.mkdir(mode=0o755)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in ("imagetool", "store"):
+    for pkg in ("imagetool", "store", "fixtures"):   # fixtures: tree_manifest etc. for scripts run as the user
         shutil.copytree(REPO / pkg, app / pkg, ignore=ignore)
     _open_tree(app)
     if _user_can_run(name, sys.executable, str(base)):

@@ -58,6 +58,15 @@ def _rootless() -> bool:
     return userns.inside()
 
 
+def _unmapped_owner(layer: str, e: Entry) -> None:
+    """Rootless: raise the clear error when `e`'s owner has no id in this user namespace's map."""
+    from imagetool import userns
+
+    problem = userns.unmapped(e.uid, e.gid)
+    if problem:
+        raise UnpackError(f"{layer}: cannot apply {e.name!r}: {problem}", hint=userns.RANGE_HINT) from None
+
+
 def _warn(msg: str) -> None:
     sys.stderr.write(f"imagetool: warning: {msg}\n")
 
@@ -135,6 +144,8 @@ class Applier:
             try:
                 entry(e, tf)
             except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
+                if self.rootless and getattr(err, "errno", None) == errno.EINVAL:
+                    _unmapped_owner(name, e)
                 raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
         return self.stats
 

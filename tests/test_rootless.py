@@ -1,0 +1,274 @@
+"""Rootless (issue 13, part 1): an ordinary user's store commands run in a user namespace.
+
+A real user made by the tests (tests/rootless.py) with a real /etc/subuid range runs imagetool
+through runuser against the loopback registry: pull, load, save, images, unpack, rmi, prune.
+On disk, owners are the mapped subordinate ids; inside the namespace, the image's ids.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from fixtures.images import Layer, build_image
+from fixtures.tarbuild import TarEntry, device, directory, fifo, file, opaque, symlink, whiteout
+from tests.rootless import rootless_user, rootless_user_nosub  # noqa: F401 (fixtures)
+
+SETUID_PROG = b"#!/bin/sh\necho hi\n"
+
+
+def _owners_image():
+    """Files owned by 0, 33 and 1000, a setuid binary, a device node, a fifo, a user xattr."""
+    base = [directory("etc"), directory("srv", uid=33, gid=33, mode=0o750),
+            file("srv/www.txt", "www-data's\n", uid=33, gid=33, mode=0o640),
+            file("home.txt", "thousand\n", uid=1000, gid=1000),
+            file("bin/su", SETUID_PROG, mode=0o4755),
+            file("bin/sg", SETUID_PROG, mode=0o2755, gid=42),
+            symlink("bin/link", "su", uid=33, gid=33),
+            device("dev/null", "char", 1, 3), device("dev/sda", "block", 8, 0),
+            fifo("run/fifo", uid=33, gid=33),
+            TarEntry("xattr.txt", data=b"x", xattrs={"user.note": b"kept"}),
+            directory("gone"), file("gone/old", "old"), directory("opq"), file("opq/lower", "lower")]
+    top = [whiteout("gone"), opaque("opq"), file("opq/upper", "upper", uid=33, gid=33)]
+    return build_image([Layer(base), Layer(top)], config={"config": {"Cmd": ["/bin/sh"]}})
+
+
+@pytest.fixture(scope="module")
+def owners_ref(registry):
+    return registry.push(_owners_image(), "rootless/owners:latest")
+
+
+def _lstat(path):
+    return os.lstat(path)
+
+
+def _no_world_writable(root) -> list[str]:
+    """Paths of the store open to others for writing; image content in snapshots/<id>/ (a /tmp of
+    mode 1777, as the image says) is behind the store's 0700 root and not counted."""
+    bad = []
+    for d, dirs, files in os.walk(root):
+        if os.path.dirname(d) == os.path.join(root, "snapshots"):
+            dirs[:] = []
+            files = []
+        for n in [""] + dirs + files:
+            p = os.path.join(d, n) if n else d
+            st = os.lstat(p)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o002:
+                bad.append(p)
+    return bad
+
+
+# ---------------------------------------------------------------- the namespace itself
+
+
+def test_enter_maps_root_to_the_user_and_the_range_after(rootless_user):
+    u = rootless_user
+    r = u.in_userns("import os\nprint(os.getuid(), os.getgid())\nprint(open('/proc/self/uid_map').read())\n"
+                    "print(open('/proc/self/gid_map').read())\nprint(os.environ['IMAGETOOL_USERNS'])\n"
+                    "from imagetool import settings\nprint(settings.store_root())", check=True)
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.strip()]
+    assert lines[0] == ["0", "0"]
+    assert lines[1] == ["0", str(u.uid), "1"] and lines[2] == ["1", str(u.subuid_start), str(u.subuid_count)]
+    assert lines[3] == ["0", str(u.gid), "1"] and lines[4] == ["1", str(u.subuid_start), str(u.subuid_count)]
+    assert lines[5] == [f"{u.uid}:{u.gid}"]
+    assert lines[6] == [str(u.store)]      # root of the namespace keeps the user's store
+    assert r.stderr == ""
+
+
+def test_the_parent_exits_as_the_child_and_forwards_kill(rootless_user):
+    u = rootless_user
+    assert u.in_userns("import os\nos._exit(7)").returncode == 7
+    # a SIGTERM sent to the waiting parent reaches the child in the namespace
+    proc = subprocess.Popen(
+        ["runuser", "-u", u.name, "--", "env", "-i", *(f"{k}={v}" for k, v in u.environment().items()), u.python,
+         "-c", "from imagetool import userns\nuserns.enter()\nimport os, signal, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: os._exit(42))\nprint('ready', flush=True)\n"
+               "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True, cwd=u.home)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        parent = _imagetool_parent(proc.pid, u.uid)
+        os.kill(parent, 15)
+        assert proc.wait(timeout=60) == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _imagetool_parent(runuser_pid: int, uid: int) -> int:
+    """The python process runuser started (the namespace's parent: a direct child of runuser, `uid`)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["PPid"]) == runuser_pid and int(fields["Uid"].split()[1]) == uid:
+            return int(pid)
+    raise AssertionError("no child of runuser as the user")
+
+
+def test_no_subordinate_range_single_id_mapping_and_a_notice(rootless_user_nosub, registry, busybox):
+    u = rootless_user_nosub
+    r = u.in_userns("import os\nprint(os.getuid())\nprint(open('/proc/self/uid_map').read())", check=True)
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.strip()]
+    assert lines == [["0"], ["0", str(u.uid), "1"]]
+    assert r.stderr.count("\n") == 1 and "single-id mapping" in r.stderr
+    # an image owned by root only works; one with other owners fails with a clear error
+    ref = registry.push(busybox, "rootless/nosub-busybox:latest")
+    r = u.imagetool("pull", ref)
+    assert r.returncode == 0, r.stderr
+    assert "single-id mapping" in r.stderr
+    out = u.home / "bb"
+    r = u.imagetool("unpack", ref, out)
+    assert r.returncode == 0, r.stderr
+    assert _lstat(out / "bin" / "busybox").st_uid == u.uid
+
+
+def test_single_id_mapping_refuses_other_owners_clearly(rootless_user_nosub, owners_ref):
+    u = rootless_user_nosub
+    snaps = u.store / "snapshots"
+    before = sorted(os.listdir(snaps)) if snaps.exists() else []
+    r = u.imagetool("pull", owners_ref)
+    assert r.returncode != 0
+    assert "cannot apply 'srv/': owner 33:33 is not mapped in the user namespace" in r.stderr, r.stderr
+    assert "/etc/subuid" in r.stderr
+    assert sorted(os.listdir(snaps)) == before          # nothing half-made left
+    r = u.imagetool("pull", "--no-unpack", owners_ref)
+    assert r.returncode == 0, r.stderr
+    r = u.imagetool("unpack", owners_ref, u.home / "owners")
+    assert r.returncode != 0 and "is not mapped in the user namespace" in r.stderr, r.stderr
+    assert not (u.home / "owners").exists()
+
+
+# ---------------------------------------------------------------- store commands as the user
+
+
+def test_store_commands_as_the_user(rootless_user, registry, busybox):
+    u = rootless_user
+    ref = registry.push(busybox, "rootless/busybox:latest")
+    r = u.imagetool("pull", ref)
+    assert r.returncode == 0, r.stderr
+    assert f"Digest: {busybox.manifest_digest}" in r.stdout
+    r = u.imagetool("images", "--format", "json", check=True)
+    assert ref in {f"{e['repository']}:{e['tag']}" for e in json.loads(r.stdout)}
+    st = os.stat(u.store)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (u.uid, 0o700)
+    assert _no_world_writable(u.store) == []
+    archive = u.home / "bb.tar"
+    u.imagetool("save", ref, "-o", archive, check=True)
+    u.imagetool("rmi", ref, check=True)
+    r = u.imagetool("images", "--format", "json", check=True)
+    assert ref not in r.stdout
+    r = u.imagetool("prune", check=True)
+    assert "Deleted" in r.stdout
+    assert not any((u.store / "snapshots").iterdir())
+    r = u.imagetool("load", "-i", archive)
+    assert r.returncode == 0, r.stderr
+    assert ref in {f"{e['repository']}:{e['tag']}" for e in json.loads(u.imagetool("images", "--format", "json",
+                                                                                   check=True).stdout)}
+    u.imagetool("rmi", ref, check=True)
+    u.imagetool("prune", check=True)
+
+
+def test_pull_makes_snapshots_owned_through_the_mapping(rootless_user, owners_ref):
+    u = rootless_user
+    r = u.imagetool("pull", owners_ref)
+    assert r.returncode == 0, r.stderr
+    snaps = sorted((u.store / "snapshots").iterdir())
+    assert len(snaps) == 2
+    # which one is the base layer: the one holding srv/
+    base = next(s for s in snaps if (s / "srv").exists())
+    top = next(s for s in snaps if s != base)
+    sub = u.subuid_start - 1           # inside id N (N >= 1) is subuid_start + N - 1 on disk
+    assert (_lstat(base / "srv" / "www.txt").st_uid, _lstat(base / "srv" / "www.txt").st_gid) == (sub + 33, sub + 33)
+    assert _lstat(base / "home.txt").st_uid == sub + 1000
+    assert _lstat(base / "bin" / "su").st_uid == u.uid           # root in the image is the user
+    assert stat.S_IMODE(_lstat(base / "bin" / "su").st_mode) == 0o4755
+    assert stat.S_IMODE(_lstat(base / "bin" / "sg").st_mode) == 0o2755
+    assert _lstat(base / "bin" / "sg").st_gid == sub + 42
+    assert _lstat(base / "bin" / "link").st_uid == sub + 33
+    assert not os.path.lexists(base / "dev" / "null") and not os.path.lexists(base / "dev" / "sda")
+    assert "skipping device 'dev/null'" in r.stderr and "rootless" in r.stderr
+    assert stat.S_ISFIFO(_lstat(base / "run" / "fifo").st_mode)
+    assert os.getxattr(base / "xattr.txt", "user.note") == b"kept"
+    # the upper layer: a whiteout is char 0/0, the opaque dir carries the user.* marker only
+    wo = _lstat(top / "gone")
+    assert stat.S_ISCHR(wo.st_mode) and wo.st_rdev == 0
+    assert os.getxattr(top / "opq", "user.overlay.opaque") == b"y"
+    with pytest.raises(OSError):
+        os.getxattr(top / "opq", "trusted.overlay.opaque")
+    assert _no_world_writable(u.store) == []
+    # inside the namespace the image's own ids show
+    r = u.in_userns(f"import os\nfor p in ('srv/www.txt', 'home.txt', 'bin/su', 'bin/sg'):\n"
+                    f"    st = os.lstat(os.path.join({str(base)!r}, p)); print(p, st.st_uid, st.st_gid)", check=True)
+    assert r.stdout.split("\n")[:4] == ["srv/www.txt 33 33", "home.txt 1000 1000", "bin/su 0 0", "bin/sg 0 42"]
+    u.imagetool("rmi", owners_ref, check=True)
+    u.imagetool("prune", check=True)
+    assert not any((u.store / "snapshots").iterdir())
+
+
+def test_rootless_snapshots_mount_as_overlay_with_userxattr(rootless_user, owners_ref):
+    """In the namespace, overlay (userxattr) over the snapshots shows the flattened tree: the
+    whiteout hides gone/, the user.* opaque marker hides opq/lower."""
+    u = rootless_user
+    u.imagetool("pull", owners_ref, check=True)
+    flat = u.home / "flat-owners"
+    u.imagetool("unpack", owners_ref, flat, check=True)
+    code = f"""
+import json, subprocess
+from store import Store
+from imagetool import image as images, settings
+from imagetool.unpack.rootfs import overlay_mount
+from fixtures.corpus import tree_manifest
+st = Store.open(settings.store_root())
+image = images.load(st, {owners_ref!r})
+plan = overlay_mount(st, image, {str(u.home / 'ctr')!r})
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", ",".join(list(plan.options) + ["userxattr"]),
+                str(plan.target)], cwd=plan.cwd, check=True)
+got = tree_manifest(plan.target)
+subprocess.run(["umount", str(plan.target)], check=True)
+print(repr([got, tree_manifest({str(flat)!r})]))
+"""
+    r = u.in_userns(code)
+    assert r.returncode == 0, r.stderr
+    got, flat_tree = ast.literal_eval(r.stdout)
+    assert "gone" not in got and "opq/lower" not in got and "opq/upper" in got
+    assert got == flat_tree
+    u.imagetool("rmi", owners_ref, check=True)
+    u.imagetool("prune", check=True)
+
+
+def test_unpack_as_the_user(rootless_user, owners_ref):
+    u = rootless_user
+    u.imagetool("pull", "--no-unpack", owners_ref, check=True)
+    out = u.home / "rootfs"
+    r = u.imagetool("unpack", owners_ref, out)
+    assert r.returncode == 0, r.stderr
+    sub = u.subuid_start - 1
+    assert _lstat(out / "srv" / "www.txt").st_uid == sub + 33
+    assert stat.S_IMODE(_lstat(out / "bin" / "su").st_mode) == 0o4755 and _lstat(out / "bin" / "su").st_uid == u.uid
+    assert not os.path.lexists(out / "dev" / "null")
+    assert not os.path.lexists(out / "gone") and sorted(os.listdir(out / "opq")) == ["upper"]
+    assert "skipping device" in r.stderr
+    u.imagetool("rmi", owners_ref, check=True)
+
+
+def test_a_layer_carrying_user_overlay_xattrs_is_refused(rootless_user, registry):
+    u = rootless_user
+    bad = build_image([Layer([directory("d"), TarEntry("d/f", data=b"x", xattrs={"user.overlay.redirect": b"/etc"})])])
+    ref = registry.push(bad, "rootless/overlay-xattr:latest")
+    r = u.imagetool("pull", ref)            # its snapshot is refused
+    assert r.returncode != 0 and "carries the overlayfs xattr 'user.overlay.redirect'" in r.stderr, r.stderr
+    u.imagetool("pull", "--no-unpack", ref, check=True)
+    r = u.imagetool("unpack", ref, u.home / "bad")
+    assert r.returncode != 0 and "carries the overlayfs xattr 'user.overlay.redirect'" in r.stderr, r.stderr
+    assert not (u.home / "bad").exists()
+    u.imagetool("rmi", ref, check=True)
