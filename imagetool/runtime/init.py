@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
 from imagetool.mount import Mount
-from imagetool.runtime import capabilities, console, mounts, sealed, shell, sync
+from imagetool.runtime import capabilities, console, mounts, rootless, sealed, shell, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.runtime.spec import env_get
 from imagetool.safepath import Root
@@ -409,6 +409,8 @@ def set_rlimits(init: Init) -> str | None:
         if which is None:
             raise ContainerError(f"unknown rlimit {rl['type']}")
         soft, hard = (resource.RLIM_INFINITY if v >= (1 << 63) - 1 else v for v in (rl["soft"], rl["hard"]))
+        if rootless.active():   # no raising above the user's own hard limit there: clamped to it (as podman)
+            soft, hard = rootless.clamp_rlimit(which, soft, hard)
         resource.setrlimit(which, (soft, hard))
     return ("prlimit --pid $$ " + " ".join(shell.rlimit_options(rlimits))) if rlimits else None
 
