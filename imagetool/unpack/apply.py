@@ -44,7 +44,7 @@ from imagetool.unpack import whiteouts
 from imagetool.unpack.layers import CHUNK, LayerStream, Limits
 from imagetool.unpack.lowerview import LowerView
 from imagetool.safepath import MissingPath, Root, clean_name, join
-from imagetool.unpack.tarstream import BLK, CHR, FIFO, LNK, REG, SYM, Entry, TarReader
+from imagetool.unpack.tarstream import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry, TarReader
 
 
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -67,15 +67,43 @@ def _unmapped_owner(layer: str, e: Entry) -> None:
         raise UnpackError(f"{layer}: cannot apply {e.name!r}: {problem}", hint=userns.RANGE_HINT) from None
 
 
+def _umask() -> int | None:
+    """This process's umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _passes_on_attrs(path: str) -> bool:
+    """Does the directory pass attributes on to what is created in it (setgid: its group; a
+    default ACL: permissions)? Then new entries always get an explicit fchown and fchmod."""
+    if os.stat(path).st_mode & stat.S_ISGID:
+        return True
+    try:
+        os.getxattr(path, "system.posix_acl_default")
+    except OSError:
+        return False
+    return True
+
+
 def _warn(msg: str) -> None:
     sys.stderr.write(f"imagetool: warning: {msg}\n")
 
 
-def _copy_xattrs(src: int, dst: int) -> None:
-    """Copy up the xattrs a layer may carry (the same set `_set_xattrs` restores) between fds."""
+def _copy_xattrs(src: int, dst: int) -> bool:
+    """Copy up the xattrs a layer may carry (the same set `_set_xattrs` restores) between fds;
+    True when a default ACL was among them."""
+    acl = False
     for k in os.listxattr(src):
         if k.startswith(_KEEP_XATTR_PREFIXES):
             os.setxattr(dst, k, os.getxattr(src, k))
+            acl = acl or k == "system.posix_acl_default"
+    return acl
 
 
 @dataclass
@@ -112,6 +140,13 @@ class Applier:
         self.warn = warn
         self.stats = ApplyStats()
         self._dir_meta: dict[str, tuple[int, int]] = {}   # canon -> (mode, mtime_ns), set by finish()
+        # Fewer syscalls per new entry (see _creates_exact): a file created with its own mode
+        # needs no fchmod when the umask clears none of its bits, and no fchown when it is ours.
+        self._ids = (os.geteuid(), os.getegid())
+        umask = _umask()
+        # the mode bits creating cannot give (all of them when the umask takes the owner's own)
+        self._chmod_bits = 0o7777 if umask is None or umask & 0o700 else 0o7000 | umask
+        self._inherits = _passes_on_attrs(self.root.path)   # a setgid dir or a default ACL in the tree
         self._reset_layer()
 
     def _reset_layer(self) -> None:
@@ -169,6 +204,8 @@ class Applier:
                     if not self._is_dir(pfd, name):
                         continue
                     os.chmod(name, mode, dir_fd=pfd)   # a directory (checked just above), not a link
+                    if mode & stat.S_ISGID:
+                        self._inherits = True
                     os.utime(name, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
                 else:
                     os.chmod(self.root.path, mode)
@@ -221,9 +258,12 @@ class Applier:
                 try:
                     os.fchown(fd, lst.st_uid, lst.st_gid)
                     os.fchmod(fd, stat.S_IMODE(lst.st_mode) | 0o700)
+                    if lst.st_mode & stat.S_ISGID:
+                        self._inherits = True
                     src = os.open(lname, _O_DIRRD, dir_fd=lfd)
                     try:
-                        _copy_xattrs(src, fd)
+                        if _copy_xattrs(src, fd):
+                            self._inherits = True
                     finally:
                         os.close(src)
                 finally:
@@ -258,30 +298,40 @@ class Applier:
         for k in xattrs:
             if k.startswith(whiteouts.OVERLAY_XATTR_PREFIXES):
                 raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
-        mkdir = self._implicit_mkdir
-        pfd, name, pcanon = self.root.lookup(comps, mkdir)
+        pfd, name, pcanon = self.root.lookup(comps, self._implicit_mkdir)
         canon = f"{pcanon}/{name}" if pcanon else name
-        if canon in self._lower_links:
+        if self._lower_links and canon in self._lower_links:
             self._shadow_lower_link(canon)
-        if ti.type == LNK:
+        kind = ti.type
+        if kind == LNK:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
             return
-        if ti.type == REG:
-            # the common case first: nothing at `name` yet (O_EXCL|O_NOFOLLOW: an existing entry,
-            # a symlink included, fails with EEXIST and takes the general path below)
+        if kind == REG or kind == DIR:
+            # the common case first: nothing at `name` yet (O_EXCL|O_NOFOLLOW, mkdir: an existing
+            # entry, a symlink included, fails with EEXIST and takes the general path below)
+            exact = self._creates_exact(ti, xattrs)
             try:
-                fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+                if kind == REG:
+                    fd = os.open(name, _O_NEWFILE, ti.mode if exact else 0o600, dir_fd=pfd)
+                else:
+                    os.mkdir(name, ti.mode | 0o700 if exact else 0o700, dir_fd=pfd)
             except FileExistsError:
                 pass
             else:
-                self.whiteouts.discard(canon)
-                self._file(ti, tf, pfd, name, xattrs, fd)
+                if self.whiteouts and canon in self.whiteouts:
+                    self.whiteouts.discard(canon)
+                    if kind == DIR:
+                        self._set_opaque(pfd, name)
+                if kind == REG:
+                    self._file(ti, tf, pfd, name, xattrs, fd, exact)
+                else:
+                    self._new_dir_attrs(ti, pfd, name, canon, xattrs, exact)
                 self._mark(canon)
                 return
         st = self.root.lstat(pfd, name)
         if st is not None:
-            if ti.isdir() and stat.S_ISDIR(st.st_mode):
+            if kind == DIR and stat.S_ISDIR(st.st_mode):
                 self._dir_attrs(ti, pfd, name, canon, xattrs)
                 self._mark(canon)
                 return
@@ -289,16 +339,16 @@ class Applier:
         was_whiteout = canon in self.whiteouts
         if was_whiteout:
             self.whiteouts.discard(canon)
-        if ti.isreg():
+        if kind == REG:
             self._file(ti, tf, pfd, name, xattrs)
-        elif ti.isdir():
+        elif kind == DIR:
             os.mkdir(name, 0o700, dir_fd=pfd)
             self._dir_attrs(ti, pfd, name, canon, xattrs)
             if was_whiteout:
                 self._set_opaque(pfd, name)
-        elif ti.type == SYM:
+        elif kind == SYM:
             os.symlink(ti.linkname, name, dir_fd=pfd)
-            if self.privileged:
+            if self.privileged and (self._inherits or (ti.uid, ti.gid) != self._ids):
                 os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
             m = ti.mtime_ns
             os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
@@ -337,9 +387,21 @@ class Applier:
         for k in [k for k in self._dir_meta if k == canon or k.startswith(prefix)]:
             del self._dir_meta[k]
 
-    def _file(self, ti, tf, pfd: int, name: str, xattrs: dict, fd: int | None = None) -> None:
+    def _creates_exact(self, ti: Entry, xattrs: dict) -> bool:
+        """Does creating the entry with its own mode (mkdir: | 0o700) give exactly that mode and our
+        owner, so no fchmod follows, and no fchown when the entry's owner is ours? Not when the
+        umask clears a bit of it, for setuid/setgid/sticky (an fchown clears them, so they are set
+        after it), with xattrs (an ACL changes the mode), nor once a directory of the tree passes
+        its group or a default ACL on (_inherits)."""
+        return not (ti.mode & self._chmod_bits or xattrs or self._inherits)
+
+    def _file(self, ti, tf, pfd: int, name: str, xattrs: dict, fd: int | None = None,
+              exact: bool = False) -> None:
+        """Write a regular file; `fd` is already open when the caller created it (exact: with its
+        mode, see _creates_exact)."""
         if fd is None:
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+            exact = False
         try:
             if ti.size:
                 view = tf.buffered_data(ti)
@@ -351,10 +413,14 @@ class Applier:
                         while view:
                             view = view[os.write(fd, view):]
                 self.stats.bytes += ti.size
-            if self.privileged:
-                os.fchown(fd, ti.uid, ti.gid)
-            os.fchmod(fd, ti.mode)
-            self._set_xattrs(fd, xattrs, ti.name)
+            if exact:
+                if self.privileged and (ti.uid, ti.gid) != self._ids:
+                    os.fchown(fd, ti.uid, ti.gid)     # no setuid/setgid bit for it to clear
+            else:
+                if self.privileged:
+                    os.fchown(fd, ti.uid, ti.gid)
+                os.fchmod(fd, ti.mode)
+                self._set_xattrs(fd, xattrs, ti.name)
             m = ti.mtime_ns
             os.utime(fd, ns=(m, m))
         finally:
@@ -370,7 +436,16 @@ class Applier:
             self._set_xattrs(fd, xattrs, ti.name)
         finally:
             os.close(fd)
+        if ti.mode & stat.S_ISGID:
+            self._inherits = True              # what is made in it from now on takes its group
         self._dir_meta[canon] = (ti.mode, ti.mtime_ns)
+
+    def _new_dir_attrs(self, ti, pfd: int, name: str, canon: str, xattrs: dict, exact: bool) -> None:
+        """A directory just made by mkdir (exact: with its mode | 0o700, see _creates_exact)."""
+        if not exact or (self.privileged and (ti.uid, ti.gid) != self._ids):
+            self._dir_attrs(ti, pfd, name, canon, xattrs)
+        else:
+            self._dir_meta[canon] = (ti.mode, ti.mtime_ns)
 
     def _special(self, ti, pfd: int, name: str, xattrs: dict) -> bool:
         if ti.type == FIFO:
@@ -399,6 +474,8 @@ class Applier:
                 continue
             if k.startswith("security.") and not self.privileged:
                 continue
+            if k == "system.posix_acl_default":
+                self._inherits = True              # new entries below get permissions from it
             try:
                 os.setxattr(fd, k, v)
             except OSError as e:

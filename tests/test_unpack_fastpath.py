@@ -1,0 +1,180 @@
+"""The applier's fast path (an entry created with its own mode, no fchmod; no fchown when the
+owner is ours) gives exactly what the slow path gives: whatever the umask, under setgid
+directories (which pass their group on), under default ACLs (which replace the umask), for
+setuid/setgid/sticky modes and foreign owners. Checked against fixed expectations and against
+GNU tar's own extraction of the same layer."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import subprocess
+
+import pytest
+
+from fixtures.corpus import tree_manifest
+from fixtures.tarbuild import build_tar, directory, file, hardlink, symlink
+from imagetool.unpack.apply import Applier
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners and setuid bits: needs root")
+
+
+def _apply(root, entries, umask: int | None = None) -> None:
+    old = os.umask(umask) if umask is not None else None
+    try:
+        a = Applier(root, "plain")
+        try:
+            a.apply(io.BytesIO(build_tar(entries)))
+            a.finish()
+        finally:
+            a.close()
+    finally:
+        if old is not None:
+            os.umask(old)
+
+
+def _gnu_tar(tar: bytes, dest, tmp_path) -> None:
+    src = tmp_path / "layer.tar"
+    src.write_bytes(tar)
+    dest.mkdir()
+    subprocess.run(["tar", "--same-owner", "--numeric-owner", "-xpf", str(src), "-C", str(dest)],
+                   check=True, capture_output=True)
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+MODES = [
+    file("f666", b"a", mode=0o666),
+    file("f777", b"b", mode=0o777),
+    file("f600", b"c", mode=0o600),
+    file("f000", b"d", mode=0o000),
+    file("suid", b"e", mode=0o4755, uid=1000, gid=1000),
+    file("sgid", b"f", mode=0o2755, gid=50),
+    file("owned", b"g", mode=0o644, uid=1234, gid=5678),
+    directory("d777", mode=0o777),
+    directory("sticky", mode=0o1777),
+    directory("d700", mode=0o700, uid=7, gid=8),
+    directory("d555", mode=0o555),
+    file("d555/inside", b"h", mode=0o444),
+    symlink("link", "f666", uid=1234, gid=5678),
+    hardlink("hl", "owned"),
+]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o000, 0o777])
+def test_modes_and_owners_exact_whatever_the_umask(umask, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    _apply(root, MODES, umask)
+    want = {"f666": 0o666, "f777": 0o777, "f600": 0o600, "f000": 0o000, "suid": 0o4755, "sgid": 0o2755,
+            "owned": 0o644, "d777": 0o777, "sticky": 0o1777, "d700": 0o700, "d555": 0o555,
+            "d555/inside": 0o444}
+    assert {p: _mode(root / p) for p in want} == want
+    owners = {p: (os.lstat(root / p).st_uid, os.lstat(root / p).st_gid)
+              for p in ("suid", "sgid", "owned", "d700", "link", "f666")}
+    assert owners == {"suid": (1000, 1000), "sgid": (0, 50), "owned": (1234, 5678), "d700": (7, 8),
+                      "link": (1234, 5678), "f666": (0, 0)}
+    assert os.stat(root / "hl").st_ino == os.stat(root / "owned").st_ino
+
+
+def test_modes_and_owners_match_gnu_tar(tmp_path):
+    tar = build_tar(MODES)
+    ours, theirs = tmp_path / "ours", tmp_path / "tar"
+    ours.mkdir()
+    _apply(ours, MODES, 0o022)
+    _gnu_tar(tar, theirs, tmp_path)
+    assert tree_manifest(ours) == tree_manifest(theirs)
+
+
+SETGID = [
+    directory("g", mode=0o2775, gid=1234),
+    file("g/f", b"x", mode=0o644, gid=0),
+    directory("g/d", mode=0o755, gid=0),
+    file("g/d/f", b"y", mode=0o644),
+    symlink("g/l", "f"),
+    directory("plain", mode=0o755),
+    file("plain/f", b"w", mode=0o644),
+]
+
+
+def test_setgid_directory_does_not_leak_its_group(tmp_path):
+    """A file of gid 0 in a setgid directory of gid 1234 is gid 0, as the layer says (the kernel
+    would give it 1234 if the fchown were skipped)."""
+    ours, theirs = tmp_path / "ours", tmp_path / "tar"
+    ours.mkdir()
+    _apply(ours, SETGID, 0o022)
+    assert os.lstat(ours / "g" / "f").st_gid == 0
+    assert os.lstat(ours / "g" / "d").st_gid == 0
+    assert os.lstat(ours / "g" / "d" / "f").st_gid == 0
+    assert os.lstat(ours / "g" / "l").st_gid == 0
+    assert _mode(ours / "g" / "d") == 0o755
+    _gnu_tar(build_tar(SETGID), theirs, tmp_path)
+    assert tree_manifest(ours) == tree_manifest(theirs)
+
+
+def test_setgid_root_directory(tmp_path):
+    """The target itself is setgid (a directory the caller made): nothing takes its group."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(root, 0, 4321)
+    os.chmod(root, 0o2755)
+    _apply(root, [file("f", b"x"), directory("d"), file("d/f", b"y"), symlink("l", "f")], 0o022)
+    assert {p: os.lstat(root / p).st_gid for p in ("f", "d", "d/f", "l")} == {"f": 0, "d": 0, "d/f": 0, "l": 0}
+    assert _mode(root / "d") == 0o755
+
+
+def _acl(entries) -> bytes:
+    """A POSIX ACL xattr value (version 2): (tag, perm, id) triples."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+_UNDEFINED = 0xFFFFFFFF
+DEFAULT_ACL = _acl([(0x01, 7, _UNDEFINED), (0x04, 5, _UNDEFINED), (0x20, 0, _UNDEFINED)])   # u::rwx g::r-x o::---
+
+
+def test_default_acl_does_not_replace_the_layers_modes(tmp_path):
+    """Under a directory with a default ACL the kernel ignores the umask and masks new entries'
+    modes with the ACL: the layer's modes still win."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        os.setxattr(probe, "system.posix_acl_default", DEFAULT_ACL)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs on {tmp_path}: {e.strerror}")
+    root = tmp_path / "root"
+    root.mkdir()
+    _apply(root, [directory("a", mode=0o755, xattrs={"system.posix_acl_default": DEFAULT_ACL}),
+                  file("a/f", b"x", mode=0o644), directory("a/d", mode=0o775), file("a/d/g", b"y", mode=0o666)],
+           0o022)
+    assert {p: _mode(root / p) for p in ("a", "a/f", "a/d", "a/d/g")} == \
+        {"a": 0o755, "a/f": 0o644, "a/d": 0o775, "a/d/g": 0o666}
+
+
+def test_default_acl_on_the_target(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        os.setxattr(root, "system.posix_acl_default", DEFAULT_ACL)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs on {tmp_path}: {e.strerror}")
+    _apply(root, [file("f", b"x", mode=0o644), directory("d", mode=0o777)], 0o022)
+    assert (_mode(root / "f"), _mode(root / "d")) == (0o644, 0o777)
+
+
+def test_replacing_entries_take_the_slow_path_exactly(tmp_path):
+    """An entry over an existing one (file over file, dir over file, file over dir) still ends as
+    the later entry says."""
+    entries = [file("x", b"1", mode=0o600), file("x", b"22", mode=0o755, uid=5),
+               file("y", b"3"), directory("y", mode=0o750, gid=9), directory("z"), file("z/in", b"4"),
+               file("z", b"5", mode=0o640)]
+    root = tmp_path / "root"
+    root.mkdir()
+    _apply(root, entries, 0o022)
+    got = {k: v[:6] for k, v in tree_manifest(root).items()}
+    assert got == {"x": ("file", "0o755", 5, 0, 2, got["x"][5]), "y": ("dir", "0o750", 0, 9, None, ""),
+                   "z": ("file", "0o640", 0, 0, 1, got["z"][5])}
+    assert (root / "x").read_bytes() == b"22"
