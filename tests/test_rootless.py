@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import stat
 import subprocess
 
@@ -272,3 +273,49 @@ def test_a_layer_carrying_user_overlay_xattrs_is_refused(rootless_user, registry
     assert r.returncode != 0 and "carries the overlayfs xattr 'user.overlay.redirect'" in r.stderr, r.stderr
     assert not (u.home / "bad").exists()
     u.imagetool("rmi", ref, check=True)
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_tells_the_user_what_the_machine_gives(rootless_user):
+    u = rootless_user
+    tmp = u.home / "tmp-info"
+    tmp.mkdir()
+    os.chown(tmp, u.uid, u.gid)
+    r = u.imagetool("info", "--format", "json", env={"TMPDIR": tmp})
+    assert r.returncode == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["user"] == u.name and facts["uid"] == u.uid and facts["rootless"] is True
+    assert facts["store"] == str(u.store) and facts["store_mode"] == "0700"
+    assert facts["userns"] == "subordinate ids"
+    assert facts["uid_map"] == [[0, u.uid, 1], [1, u.subuid_start, u.subuid_count]]
+    assert facts["gid_map"] == [[0, u.gid, 1], [1, u.subuid_start, u.subuid_count]]
+    # overlay in a user namespace: the probe's answer agrees with the kernel's version (>= 5.11)
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert facts["rootfs"].startswith("overlay (in the user namespace") == ((major, minor) >= (5, 11)), facts["rootfs"]
+    assert (facts["slirp4netns"] is not None) == (shutil.which("slirp4netns") is not None)
+    tun_ok = u.run(["sh", "-c", "exec 3<>/dev/net/tun"]).returncode == 0
+    assert (facts["tun"] == "usable") == tun_ok
+    from imagetool.runtime import cgroups as cg
+
+    assert facts["cgroup"] == cg.detect()
+    if facts["cgroup"] != "v2":
+        assert facts["cgroup_delegation"].startswith("none (") and facts["cgroup_controllers"] == []
+    text = u.imagetool("info", check=True).stdout
+    assert f"user: {u.name} (uid {u.uid})  rootless" in text and f"1→{u.subuid_start} ({u.subuid_count})" in text
+    assert os.listdir(tmp) == []     # the overlay probe's directory is gone
+
+
+def test_info_with_no_subordinate_range(rootless_user_nosub):
+    u = rootless_user_nosub
+    facts = json.loads(u.imagetool("info", "--format", "json", check=True).stdout)
+    assert facts["userns"].startswith("single-id mapping") and facts["uid_map"] == [[0, u.uid, 1]]
+
+
+def test_info_as_root(cli, store_dir):
+    facts = json.loads(cli("info", "--format", "json", check=True).stdout)
+    assert facts["uid"] == 0 and facts["rootless"] is False and facts["userns"] == "not used (root)"
+    assert facts["store"] == str(store_dir) and facts["rootfs"] in ("overlay", "copy (the kernel has no overlayfs)")
+    r = cli("info", "--format", "yaml")
+    assert r.returncode != 0 and "unknown format 'yaml'" in r.stderr
