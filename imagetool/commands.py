@@ -122,6 +122,18 @@ def images(store, fmt: str) -> None:
     _print_table(table)
 
 
+def info(store, fmt: str) -> None:
+    from imagetool import info as svc
+
+    if fmt not in ("table", "json"):
+        raise _usage(f"unknown format {fmt!r} (use table or json)")
+    facts = svc.gather(store().root)
+    if fmt == "json":
+        return _print_json(facts.to_dict())
+    for line in facts.lines():
+        print(line)
+
+
 def inspect(store, ref: str) -> None:
     from imagetool import containers, control, images as svc
     from imagetool.errors import ImagetoolError
@@ -437,7 +449,7 @@ def export(store, target: str, output: str | None) -> None:
     svc.export(st, target, output or "-", container_dir=cdir)
 
 
-BODIES = {"images": images, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
+BODIES = {"images": images, "info": info, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
           "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "exec": exec_, "start": start,
           "restart": restart, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
