@@ -303,8 +303,8 @@ def ps(store, all_: bool, fmt: str) -> None:
     rows = svc.list_containers(store(), all_=all_)
     if fmt == "json":
         return _print_json([r.to_dict() for r in rows])
-    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS")]
-    table += [(r.id[:12], r.name, r.image, _trim(printable(r.command), 30), r.created_ago, r.status_text)
+    table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS")]
+    table += [(r.id[:12], r.name, r.image, _trim(printable(r.command), 30), r.created_ago, r.status_text, r.ports)
               for r in rows]   # the command is image content: no raw escape sequences on the terminal
     _print_table(table)
 

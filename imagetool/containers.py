@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imagetool import health, jsonlog
@@ -49,7 +49,7 @@ class RunOptions:
     memory_swap: str | None = None
     cpus: float | None = None
     pids_limit: int | None = None
-    network: str = "private"
+    network: str | None = None   # None: the default network (network.default_mode: bridge, else private)
     # networking (issue 12; imagetool.network)
     publish: list = field(default_factory=list)        # -p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]
     publish_all: bool = False                          # -P
@@ -103,10 +103,11 @@ class ContainerInfo:
     created: str
     status_text: str = ""   # docker's: "Up 3 seconds", "Exited (143) 2 seconds ago"
     created_ago: str = ""   # "5 minutes ago"
+    ports: str = ""         # docker's PORTS column: "127.0.0.1:8080->80/tcp"
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "image": self.image, "command": self.command,
-                "status": self.status, "exit_code": self.exit_code, "created": self.created}
+                "status": self.status, "exit_code": self.exit_code, "created": self.created, "ports": self.ports}
 
 
 # ---------------------------------------------------------------- timing
@@ -275,6 +276,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
     does an interrupted pull. With --explain every step is printed on stderr as it happens (the
     run is otherwise the same); with --script the script is printed and nothing runs.
     """
+    if not opts.network:
+        opts = replace(opts, network=network.default_mode(opts, script=opts.script))
     if opts.script:
         return _print_script(store, opts)
     from imagetool import runtime
@@ -355,6 +358,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
             code = container.wait()
         else:
             monitor.ready(cid)
+            monitor.hand_over(container, cdir, state)   # execs the lean monitor (conmon.py): no return
             code = container.wait(sink=log.write, forward=())
         trace.mark("exit")
         if container.oom_killed():
@@ -599,7 +603,8 @@ def _info(state: dict, cdir: Path | None = None) -> ContainerInfo:
 
     return ContainerInfo(state.get("id", ""), state.get("name", ""), state.get("image", ""),
                          state.get("command", ""), status, state.get("exit_code"), state.get("created", ""),
-                         ages.status_text(state), ages.ago(state.get("created")))
+                         ages.status_text(state), ages.ago(state.get("created")),
+                         network.ports_text(cdir) if cdir is not None else "")
 
 
 def list_containers(store, all_: bool = False) -> list[ContainerInfo]:

@@ -3,10 +3,12 @@
     resolve(image_healthcheck, opts) -> dict | None   docker's Config.Healthcheck (durations in ns) of
                                       the image's HEALTHCHECK overridden field by field by --health-*;
                                       None when there is none or --no-healthcheck / Test ["NONE"]
-    Checker(cdir, target, config, started, write_json)  a thread of the monitor: after each interval it runs the test
-                                      through runtime/execin (output captured, the timeout enforced by
-                                      killing the probe) and rewrites `health.json` in the container's
-                                      directory: docker's State.Health {Status, FailingStreak, Log}
+    Checker(cdir, target, config, started, write_json).check()  one probe: runs the test through
+                                      runtime/execin (output captured, the timeout enforced by killing
+                                      the probe) and rewrites `health.json` in the container's
+                                      directory: docker's State.Health {Status, FailingStreak, Log}.
+                                      The lean monitor (conmon.py) spawns one each interval
+                                      (monitor.probe, a process of its own)
     read(cdir) -> dict | None         that record (inspect's State.Health; ps's "(healthy)")
 
 As docker: the status is `starting` until a probe succeeds (`healthy`, the streak back to 0);
@@ -23,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -100,34 +101,27 @@ def read(cdir) -> dict | None:
         return None
 
 
-class Checker(threading.Thread):
-    """The monitor's healthcheck timer for one run of the container (a daemon thread): `stop()` ends it."""
+class Checker:
+    """One probe of a running container, with the record it adds to (health.json, read back:
+    each probe runs in a process of its own, spawned by the lean monitor, conmon.py)."""
 
     def __init__(self, cdir, target, config: dict, started: float, write_json):
         """`write_json(path, doc)`: the container record's atomic writer (the caller's: health
-        never imports containers)."""
-        super().__init__(name="healthcheck", daemon=True)
+        never imports containers); `started`: time.time() of the container's start."""
         self.cdir, self.target, self.config, self.started = str(cdir), target, config, started
         self._write = write_json
-        self.health = {"Status": "starting", "FailingStreak": 0, "Log": []}
-        self._stop = threading.Event()
+        self.health = read(cdir) or {"Status": "starting", "FailingStreak": 0, "Log": []}
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(self.config["Timeout"] / 1e9 + 1)   # a probe under way ends by its timeout
-
-    def run(self) -> None:
+    def check(self) -> bool:
+        """Run the probe and record its result; False (nothing recorded) when the container is gone."""
         from imagetool.runtime import execin
 
+        result = self._probe(execin)
+        if result is None:
+            return False
+        self._record(result)
         self._write(Path(self.cdir) / FILE, self.health)
-        interval = self.config["Interval"] / 1e9
-        while not self._stop.wait(interval):
-            result = self._probe(execin)
-            if result is None or self._stop.is_set():   # the container is gone: record nothing
-                return
-            self._record(result)
-            self._write(Path(self.cdir) / FILE, self.health)
+        return True
 
     def _probe(self, execin) -> dict | None:
         out = bytearray()
@@ -140,7 +134,7 @@ class Checker(threading.Thread):
         try:
             code = execin.execute(self.target, argv(self.config), sink=sink, timeout=timeout / 1e9)
         except ImagetoolError as e:
-            if self._stop.is_set() or "not running" in e.message:
+            if "not running" in e.message:
                 return None
             code, out = getattr(e, "exit_code", 125), bytearray(e.message.encode())
         if code is None:

@@ -18,18 +18,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
 
 
-@dataclass(frozen=True, slots=True)
 class LogOptions:
-    """docker's json-file --log-opt: max-size (bytes; None: no limit) and max-file."""
+    """docker's json-file --log-opt: max-size (bytes; None: no limit) and max-file. A plain class,
+    not a dataclass: the lean monitor (conmon.py) imports this module, and dataclasses would add
+    ~1.5 MB to its resident size."""
 
-    max_size: int | None = None
-    max_file: int = 1
+    __slots__ = ("max_size", "max_file")
+
+    def __init__(self, max_size: int | None = None, max_file: int = 1):
+        self.max_size, self.max_file = max_size, max_file
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LogOptions) and (self.max_size, self.max_file) == (other.max_size, other.max_file)
+
+    def __hash__(self) -> int:
+        return hash((self.max_size, self.max_file))
+
+    def __repr__(self) -> str:
+        return f"LogOptions(max_size={self.max_size!r}, max_file={self.max_file!r})"
 
     @classmethod
     def parse(cls, opts) -> "LogOptions":

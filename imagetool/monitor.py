@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from imagetool import health, jsonlog
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError, ImagetoolError
@@ -54,40 +56,62 @@ class Reply:
 
 
 class Monitor(Reply):
-    """Handed to containers.run in the monitor: how to say "running" (which also starts the run's
-    healthcheck thread, health.Checker, when it has one) and "ended" (which stops it)."""
+    """Handed to containers.run in the monitor: how to say "running" (`ready`), then `hand_over`
+    the running container to the lean monitor (conmon.py). `restarts` and `delay` are the restart
+    policy's count and next wait, carried across the hand-overs."""
 
-    def __init__(self, ready_fd: int, store=None):
+    def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1):
         super().__init__(ready_fd)
         self.store = store
         self.cid: str | None = None
-        self._checker = None
+        self.restarts, self.delay = restarts, delay
 
     def ready(self, cid: str) -> None:
         self.cid = cid
-        self._start_health(cid)
         self.send({"id": cid})
 
     def ended(self) -> None:
-        """The run is over (or being torn down): no more probes."""
-        checker, self._checker = self._checker, None
-        if checker is not None:
-            checker.stop()
+        """The run is over (or being torn down): nothing to stop here (the lean monitor probes)."""
 
-    def _start_health(self, cid: str) -> None:
-        from imagetool import containers, health
+    def hand_over(self, container, cdir, state: dict) -> None:
+        """Exec the lean monitor (conmon.py) for the running `container`: the same PID, its init
+        still our child, its output fds handed on; never returns unless the exec cannot be done
+        (another thread runs, or the interpreter is not there): then the caller waits as before."""
+        import threading
 
-        if self.store is None:
+        from imagetool import containers
+
+        pipes, master = container._pipes, container._master   # the Supervised's ends of its stdio
+        if threading.active_count() != 1 or self.store is None or (pipes is None and master is None):
             return
-        cdir, state = containers.find(self.store, cid)
-        if not state.get("healthcheck"):
-            return
+        if master is not None:
+            streams, hold = {master: "stdout"}, []
+        else:
+            streams = {pipes.stdout_r: "stdout", pipes.stderr_r: "stderr"}
+            hold = [pipes.stdin_w] if pipes.stdin_w is not None else []
+        check = state.get("healthcheck")
+        if check:   # each run begins at `starting`
+            containers.write_json(cdir / health.FILE, {"Status": "starting", "FailingStreak": 0, "Log": []})
+        options = jsonlog.LogOptions.parse((state.get("options") or {}).get("log_opts"))
+        from imagetool import conmon
+
+        doc = {"cid": state["id"], "cdir": str(cdir), "pid": container.pid,
+               "streams": {str(fd): name for fd, name in streams.items()}, "hold": hold,
+               "log": str(cdir / containers.LOG), "max_size": options.max_size, "max_file": options.max_file,
+               "health": check, "started": time.time(),
+               "resume": {"store": str(self.store.root), "cid": state["id"], "restarts": self.restarts,
+                          "delay": self.delay}}
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # ignored stays ignored across the exec
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # until conmon's handler is in place
         try:
-            target = containers.target_of(cdir, state)
-        except ImagetoolError:   # it ended already: nothing to check
-            return
-        self._checker = health.Checker(cdir, target, state["healthcheck"], time.time(), containers.write_json)
-        self._checker.start()
+            for fd in (*streams, *hold):
+                os.set_inheritable(fd, True)
+            os.execv(sys.executable, conmon.launch(doc))
+        except OSError:
+            for fd in (*streams, *hold):
+                os.set_inheritable(fd, False)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +239,8 @@ def _daemon_stdio() -> None:
 
 
 def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
-    """The monitor's whole life: run the container to its end, again as its restart policy says
-    (after 0.1 s, doubling up to 10 s); its last exit code."""
+    """The monitor's start: run the container (containers.run hands it over to the lean monitor,
+    conmon.py, once it runs: no return then); a run that ended before that goes on as resume()'s."""
     from imagetool import containers
 
     monitor = Monitor(ready_fd, store)
@@ -224,15 +248,7 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
         if existing is not None:
             containers.remove_marker(store, existing, containers.STOPPED)
         code = containers.run(store, opts, monitor=monitor, existing=existing)
-        policy, restarts, delay = RestartPolicy.parse(opts.restart), 0, 0.1
-        while monitor.cid is not None and policy.again(code, restarts, _stopped(store, monitor.cid)):
-            time.sleep(delay)
-            if _stopped(store, monitor.cid):   # `stop` while it waited
-                break
-            delay = min(delay * 2, 10.0)
-            restarts += 1
-            code = containers.run(store, opts, monitor=monitor, existing=monitor.cid, restarts=restarts)
-        return code
+        return _carry_on(store, opts, monitor, code)
     except ImagetoolError as e:
         monitor.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
     except BaseException as e:
@@ -240,3 +256,98 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
     finally:
         monitor.failed("the container ended before it ran", 125)   # a no-op once ready() was sent
     return 125
+
+
+def _carry_on(store, opts, monitor: Monitor, code: int) -> int:
+    """After a run ended with `code`: run it again as its restart policy says (after 0.1 s,
+    doubling up to 10 s; each run hands over to a lean monitor again); the last exit code."""
+    from imagetool import containers
+
+    policy = RestartPolicy.parse(opts.restart)
+    while monitor.cid is not None and policy.again(code, monitor.restarts, _stopped(store, monitor.cid)):
+        time.sleep(monitor.delay)
+        if _stopped(store, monitor.cid):   # `stop` while it waited
+            break
+        monitor.delay = min(monitor.delay * 2, 10.0)
+        monitor.restarts += 1
+        code = containers.run(store, opts, monitor=monitor, existing=monitor.cid, restarts=monitor.restarts)
+    return code
+
+
+def resume() -> None:
+    """The lean monitor's end (conmon.py execs this, the same PID): the container has exited with
+    doc["code"] and is reaped; tear it down (runtime.destroy: what is left in its cgroups, runc's
+    container; its network; --rm), record the exit as containers.run would, then carry on with
+    the restart policy (not after the monitor itself got SIGTERM)."""
+    from store import Store
+
+    from imagetool import containers
+
+    doc = json.loads(sys.argv[-1])
+    code = 125
+    try:
+        store = Store.open(doc["store"])
+        cdir = Path(store.containers_dir) / doc["cid"]
+        code = _finish(cdir, doc["code"])
+        state = containers.read_state(cdir)
+        if state is None or doc.get("terminated"):
+            os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
+        monitor = Monitor(None, store, doc.get("restarts", 0), doc.get("delay", 0.1))
+        monitor.cid = doc["cid"]
+        code = _carry_on(store, containers.options_of(state), monitor, code)
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _finish(cdir: Path, code: int) -> int:
+    """Tear down the exited container of `cdir` and record its exit (`code`; 137 when it was
+    killed for memory; a command runc could not exec 127/126); the code recorded."""
+    import shutil
+
+    from imagetool import containers, network, runtime
+
+    state = containers.read_state(cdir)
+    if state is None:   # rm -f took it meanwhile
+        return code
+    backend = state.get("runtime") or "imagetool"
+    if backend == "imagetool":
+        from imagetool.runtime import cgroups
+
+        try:
+            if cgroups.create(state["id"]).oom_killed():
+                code = 137
+        except (OSError, ImagetoolError):
+            pass
+    elif code == 1:
+        from imagetool.runtime import runc
+
+        code = runc.exec_failure_code(str(cdir / f"{backend}.log")) or code
+    try:
+        runtime.destroy(state["id"], backend, state.get("cgroups") or [])
+    finally:
+        network.teardown(cdir)
+        if state.get("rm"):
+            shutil.rmtree(cdir, ignore_errors=True)
+        else:
+            state.update(status="exited", exit_code=code, pid=None,
+                         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished_at=jsonlog.now())
+            containers.write_json(cdir / "state.json", state)
+    return code
+
+
+def probe() -> None:
+    """One healthcheck probe of the running container of argv's cdir (the lean monitor spawns this
+    each interval): health.Checker runs it and records the result in health.json."""
+    from imagetool import containers
+
+    cdir, started = Path(sys.argv[-2]), float(sys.argv[-1])
+    state = containers.read_state(cdir)
+    if state is None or not state.get("healthcheck"):
+        return
+    try:
+        target = containers.target_of(cdir, state)
+    except ImagetoolError:   # it ended already: nothing to check
+        return
+    health.Checker(cdir, target, state["healthcheck"], started, containers.write_json).check()

@@ -95,8 +95,9 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("--memory-swap", "memory_swap", "Memory plus swap limit (-1: unlimited swap).", metavar="BYTES"),
     option("--cpus", "cpus", "CPU limit in CPUs (1.5 = one and a half).", float, metavar="N"),
     option("--pids-limit", "pids_limit", "Maximum number of processes (-1: unlimited).", int, metavar="N"),
-    option("--network", "network", "private (loopback only, the default) | none | host | bridge (the default "
-           "network `imagetool`) | a network made with `network create`.", default="private", metavar="NETWORK"),
+    option("--network", "network", "bridge (the default network `imagetool`; the default, `private` without the "
+           "CNI plugins) | private (loopback only) | none | host | container:NAME | a network made with `network create`.",
+           metavar="NETWORK"),
     option("-p --publish", "publish", "Publish a container's port on the host: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp] "
            "(a free host port when HOSTPORT is left out).", multiple=True, metavar="PORT"),
     option("-P --publish-all", "publish_all", "Publish every port the image EXPOSEs on a free host port.", bool),
