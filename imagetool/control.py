@@ -274,6 +274,8 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 def inspect(store, id_or_name: str) -> dict:
     """The container as `docker inspect` shows it (its field names, for scripts written for it)."""
+    from imagetool.network import network_settings as _network_settings
+
     cdir, state = _current(store, id_or_name)
     status = state.get("status", "created")
     running = status == "running"
@@ -310,4 +312,5 @@ def inspect(store, id_or_name: str) -> dict:
                    **({"StopTimeout": state["stop_timeout"]} if state.get("stop_timeout") is not None else {}),
                    **({"Healthcheck": state["healthcheck"]} if state.get("healthcheck") else {})},
         "HostConfig": host,
+        "NetworkSettings": _network_settings(cdir),
     }

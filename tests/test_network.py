@@ -207,10 +207,25 @@ def leftovers(ns: str, store: Path) -> dict:
     leases = [str(p) for p in (store / "networks" / "ipam").glob("*/*")
               if p.name not in ("lock",) and not p.name.startswith("last_reserved_ip")]
     caches = [str(p) for p in (store / "containers").glob("*/network.json")]
-    return {"veths": veths, "rules": rules, "leases": leases, "caches": caches, "mounts": mounts_under(store)}
+    return {"veths": veths, "rules": rules, "leases": leases, "caches": caches, "mounts": mounts_under(store),
+            "resolvers": aardvarks(store)}
 
 
-CLEAN = {"veths": [], "rules": [], "leases": [], "caches": [], "mounts": []}
+def aardvarks(store: Path) -> list[int]:
+    """PIDs of the aardvark-dns processes serving this store (zombies left out)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if argv[0].endswith(b"aardvark-dns") and str(store / "networks").encode() in b" ".join(argv) and state != "Z":
+            out.append(int(proc.name))
+    return out
+
+
+CLEAN = {"veths": [], "rules": [], "leases": [], "caches": [], "mounts": [], "resolvers": []}
 
 
 @pytest.fixture
@@ -343,6 +358,53 @@ def test_missing_plugins_are_named_and_nothing_is_made(it, netns, tmp_path, clea
     assert r.returncode == 125
     assert r.stderr.startswith("imagetool: error: the CNI plugin") and "containernetworking-plugins" in r.stderr
     assert list((it.store / "containers").iterdir()) in ([], [it.store / "containers" / ".lock"])
+    # the default network falls back to private (loopback only), saying so in one line
+    r = it("run", "--rm", "busybox", "ls", "/sys/class/net")
+    assert (r.returncode, r.stdout.split()) == (0, ["lo"]), r.stderr
+    assert r.stderr.count("\n") == 1 and "notice: no CNI plugins (apt-get install containernetworking-plugins)" in r.stderr
+    # ... but -p (which only a bridge gives) is an error naming the package
+    r = it("run", "--rm", "-p", "80", "busybox", "true")
+    assert r.returncode == 125 and "apt-get install containernetworking-plugins" in r.stderr, r.stderr
+
+
+@needs_netns
+def test_the_default_network_is_the_bridge_with_dns_at_its_gateway(it, netns, clean_after):
+    r = it("run", "--name", "dflt", "busybox", "sh", "-c", "ip -4 -o addr show eth0; cat /etc/resolv.conf")
+    assert r.returncode == 0, r.stderr
+    [subnet] = json.loads(it("network", "inspect", "imagetool").stdout)[0]["Subnets"]
+    assert f" inet {subnet['Gateway'].rsplit('.', 1)[0]}." in r.stdout
+    assert f"nameserver {subnet['Gateway']}\n" in r.stdout
+    [doc] = json.loads(it("inspect", "dflt").stdout)
+    assert doc["HostConfig"]["NetworkMode"] == "bridge"
+    assert doc["NetworkSettings"]["Networks"] == {}   # it has exited: no network now (docker's empty values)
+    assert it("rm", "dflt").returncode == 0
+
+
+@needs_netns
+def test_aardvark_dns_is_started_again_after_sigkill_and_stopped_after_the_last_container(it, netns, clean_after):
+    p = serve(it, "named", "--network-alias", "alias1")
+    try:
+        [first] = aardvarks(it.store)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: aardvarks(it.store) == [], "aardvark-dns's end")
+        # the next container on the network starts it again, with every container's names
+        r = it("run", "--rm", "busybox", "sh", "-c", "nslookup alias1 && " + WGET.format(url="http://named/"))
+        assert r.returncode == 0 and "hello-from-named" in r.stdout, (r.stdout, r.stderr)
+        [second] = aardvarks(it.store)
+        assert second != first
+    finally:
+        stop(it, p, "named")
+    assert aardvarks(it.store) == []   # the last one left: stopped (clean_after checks the rest)
+
+
+@needs_netns
+def test_explain_prints_the_network_steps(it, netns, clean_after):
+    r = it("run", "--rm", "--explain", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    for step in ("network namespace", "cni ADD loopback (lo)", "cni ADD bridge (eth0)", "cni ADD firewall (eth0)",
+                 "start aardvark-dns"):
+        assert f"  {step} (" in r.stderr, (step, r.stderr)
+    assert "CNI_COMMAND=ADD" in r.stderr and "/usr/lib/podman/aardvark-dns --config" in r.stderr
 
 
 def _check(it, netns: str, cdir: Path) -> subprocess.CompletedProcess:
@@ -382,17 +444,27 @@ def test_containers_on_a_user_network_reach_each_other_by_ip_and_name_and_no_one
         for url in ("http://10.91.0.10/", "http://srv/", "http://www/"):
             r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", WGET.format(url=url))
             assert (r.returncode, r.stdout) == (0, "hello-from-srv\n"), (url, r.stderr)
-        # a newcomer is in srv's /etc/hosts while it runs, and gone when it has left
+        # by DNS: the resolver is the gateway, where aardvark-dns answers with the network's names
+        r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", "cat /etc/resolv.conf; nslookup www")
+        assert r.stdout.startswith("nameserver 10.91.0.1\n") and "Address: 10.91.0.10\n" in r.stdout, r.stdout
+        [resolver] = aardvarks(it.store)
+        # a newcomer is found by name while it runs (DNS, not srv's /etc/hosts), and no more once it left
         q = serve(it, "newcomer", "--network", "front")
         try:
-            assert "\tnewcomer " in srv_hosts.read_text()
-            r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", WGET.format(url="http://newcomer/"))
-            assert r.stdout == "hello-from-newcomer\n", r.stderr
+            assert "newcomer" not in srv_hosts.read_text()
+            for probe in ("nslookup newcomer", WGET.format(url="http://newcomer/")):
+                r = it("run", "--rm", "--network", "front", "busybox", "sh", "-c", probe)
+                assert r.returncode == 0 and ("hello-from-newcomer" in r.stdout or "Name:\tnewcomer" in r.stdout), r
         finally:
             stop(it, q, "newcomer")
-        assert "newcomer" not in srv_hosts.read_text()
+        assert aardvarks(it.store) == [resolver]   # reloaded (SIGHUP), not restarted
+        r = it("run", "--rm", "--network", "front", "busybox", "nslookup", "newcomer")
+        assert r.returncode != 0 and "NXDOMAIN" in r.stdout, r.stdout
+        # another network: neither srv's address nor its name
         r = it("run", "--rm", "--network", "back", "busybox", "sh", "-c", WGET.format(url="http://10.91.0.10/"))
         assert r.returncode != 0 and r.stdout == ""
+        r = it("run", "--rm", "--network", "back", "busybox", "nslookup", "srv")
+        assert r.returncode != 0 and "NXDOMAIN" in r.stdout, r.stdout
         r = it("network", "rm", "front")
         assert r.returncode == 1 and "in use" in r.stderr
     finally:
@@ -423,19 +495,21 @@ def test_runc_joins_the_prepared_namespace(it, netns, clean_after):
 def test_private_and_none_stay_as_they_were(it, netns, clean_after):
     r = it("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")
     assert r.stdout.split() == ["lo"]
-    r = it("run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
+    r = it("run", "--rm", "--network", "private", "busybox", "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
     assert r.stdout.split() == ["lo", "unknown"]
-    for args in (["-p", "80"], ["-P"], ["--network", "none", "-p", "80"]):
-        r = it("run", "--rm", *args, "busybox", "true")
+    for args in (["-p", "80"], ["-P"]):
+        r = it("run", "--rm", "--network", "private", *args, "busybox", "true")
         assert r.returncode == 125 and "need a bridge network" in r.stderr, args
+    r = it("run", "--rm", "--network", "none", "-p", "80", "busybox", "true")
+    assert r.returncode == 125 and "need a bridge network" in r.stderr
     r = it("run", "--rm", "--network", "host", "--add-host", "db:192.0.2.9", "busybox", "true")
     assert r.returncode == 125 and "not supported with --network host" in r.stderr
     for args in (["--ip", "10.88.0.9"], ["--network-alias", "x"]):
-        r = it("run", "--rm", *args, "busybox", "true")
+        r = it("run", "--rm", "--network", "private", *args, "busybox", "true")
         assert r.returncode == 125 and "need a bridge network" in r.stderr, args
     r = it("run", "--script", "--network", "bridge", "-p", "80", "busybox", "true")
     assert r.returncode == 125 and "--script does not render bridge networks" in r.stderr and r.stdout == ""
-    r = it("run", "--rm", "--add-host", "db:192.0.2.9", "--dns", "192.0.2.53", "busybox", "sh", "-c",
+    r = it("run", "--rm", "--network", "private", "--add-host", "db:192.0.2.9", "--dns", "192.0.2.53", "busybox", "sh", "-c",
            "grep db /etc/hosts; cat /etc/resolv.conf")
     assert r.stdout == "192.0.2.9\tdb\nnameserver 192.0.2.53\n", r.stderr
 
@@ -465,7 +539,12 @@ def test_detached_container_serves_its_port_and_its_monitor_tears_the_network_do
 
         cdir = it.store / "containers" / running(it.store, "dweb")["id"]
         assert attach.ports_text(cdir) == "127.0.0.1:18082->80/tcp"
-        settings = attach.network_settings(cdir)
+        [row] = [line for line in it("ps").stdout.splitlines() if " dweb " in line]
+        assert row.endswith("   127.0.0.1:18082->80/tcp") and it("ps").stdout.splitlines()[0].split()[-1] == "PORTS"
+        assert json.loads(it("ps", "--format", "json").stdout)[0]["ports"] == "127.0.0.1:18082->80/tcp"
+        [doc] = json.loads(it("inspect", "dweb").stdout)
+        settings = doc["NetworkSettings"]
+        assert settings == attach.network_settings(cdir)
         assert settings["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18082"}]}
         assert settings["IPAddress"].startswith("10.") and settings["IPPrefixLen"] == 24
         assert settings["Networks"]["imagetool"]["Aliases"][0] == "dweb" and settings["MacAddress"]

@@ -7,6 +7,8 @@
     hosts.py     the container's /etc/hosts, /etc/resolv.conf and /etc/hostname
     attach.py    the one glue containers.run calls: setup before create, teardown on every exit
 
+The default network (a --network left out) is `bridge`, as in docker and podman: default_mode()
+resolves it, falling back to `private` with a one-line notice where the CNI plugins are missing.
 `private` (loopback only), `none` and `host` need none of this: setup() below returns at once
 for them, and teardown() costs one stat when a container had no CNI network.
 """
@@ -17,6 +19,41 @@ from pathlib import Path
 
 _CNI_FREE = ("private", "none", "host")
 _EXTRAS = ("publish", "publish_all", "ip", "network_aliases", "dns", "dns_search", "add_hosts")
+_BRIDGE_ONLY = ("publish", "publish_all", "ip", "network_aliases")
+DEFAULT_PLUGINS = ("loopback", "bridge", "host-local", "portmap", "firewall")   # networks.conflist's chain
+
+
+def plugins_present() -> bool:
+    """Whether the default network's CNI plugins are installed (a few stats)."""
+    import os
+
+    from imagetool.network.cni import plugin_path
+
+    dirs = plugin_path()
+    return all(any(os.access(os.path.join(d, p), os.X_OK) for d in dirs) for p in DEFAULT_PLUGINS)
+
+
+def default_mode(opts, script: bool = False) -> str:
+    """The --network a run gets when none was given: `bridge` (the default network `imagetool`),
+    as docker and podman do. Without the CNI plugins: `private` (loopback only) with a one-line
+    notice on stderr, unless the run asks for something only a bridge gives (-p, -P, --ip,
+    --network-alias): then `bridge`, whose setup fails naming the package to install. `--script`
+    renders no CNI calls: its default is `private`."""
+    if script:
+        return "private"
+    if rootless():   # podman rootless's default: slirp4netns (network/slirp.py)
+        from imagetool.network import slirp
+
+        return slirp.default_mode(opts)
+    if plugins_present() or any(getattr(opts, n, None) for n in _BRIDGE_ONLY):
+        return "bridge"
+    import sys
+
+    from imagetool.network.cni import PACKAGE
+
+    sys.stderr.write(f"imagetool: notice: no CNI plugins (apt-get install {PACKAGE}): "
+                     "the container gets --network private (loopback only)\n")
+    return "private"
 
 
 def rootless() -> bool:
@@ -75,3 +112,19 @@ def teardown(cdir: Path, strict: bool = False) -> None:
     from imagetool.network import attach
 
     attach.teardown(cdir, strict)
+
+
+def ports_text(cdir: Path) -> str:
+    """ps's PORTS column (docker's format); one stat when the container has no CNI network now."""
+    if not (Path(cdir) / "network.json").exists():
+        return ""
+    from imagetool.network import attach
+
+    return attach.ports_text(cdir)
+
+
+def network_settings(cdir: Path) -> dict:
+    """inspect's NetworkSettings (docker's shape; its empty values without a CNI network now)."""
+    from imagetool.network import attach
+
+    return attach.network_settings(cdir)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from imagetool.errors import NetworkError
-from imagetool.network import cni, hosts, netns, networks, ports
+from imagetool.network import cni, dns, hosts, netns, networks, ports
 
 CACHE = "network.json"
 NETNS = "netns"
@@ -112,11 +112,15 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
         result = _add_chains(cdir, doc, cid, path, ((LOOPBACK, "lo", {}), (chain, "eth0", runtime_config)),
                              narrator.report if narrator is not None else None)
         ips = container_ips(result)
-        spec["mounts"] += hosts.write(cdir, hostname, names, ips, *etc)
-        doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(etc[0])}
+        resolver = dns.binary() is not None   # without aardvark-dns: the peers in /etc/hosts only
+        nameservers = list(etc[1]) or ([net.gateway] if resolver else [])
+        spec["mounts"] += hosts.write(cdir, hostname, names, ips, etc[0], nameservers, etc[2])
+        doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(etc[0]),
+                        "gateway": net.gateway, "dns": resolver}
         with networks.Locked(networks.net_dir(store)):
             _save(cdir, doc)
-            _refresh_peers(cdir.parent, net.name)
+            _refresh_peers(cdir.parent, net.name, networks.net_dir(store),
+                           narrator.report if narrator is not None else None)
     except BaseException:
         teardown(cdir)
         raise
@@ -195,14 +199,21 @@ def _add_chains(cdir: Path, doc: dict, cid: str, path: str, chains, trace) -> di
     return att.result if att is not None else None
 
 
-def _refresh_peers(containers_dir: Path, network: str) -> None:
-    """Rewrite the /etc/hosts of every container on `network` so each lists all the others
-    (called under the networks lock, after a container joined or left)."""
-    members = []
+def _refresh_peers(containers_dir: Path, network: str, net_dir: Path, trace=None) -> None:
+    """After a container joined or left `network` (under the networks lock): aardvark-dns made to
+    serve the containers attached now (dns.sync), and, where it is missing, the /etc/hosts of
+    every container on `network` rewritten so each lists all the others."""
+    attached = []
     for e in os.scandir(containers_dir):
         doc = read(Path(e.path))
-        if doc and doc.get("network") == network and doc.get("hosts"):
-            members.append((Path(e.path), doc["hosts"]))
+        if doc and doc.get("hosts"):
+            attached.append((Path(e.path), doc["network"], doc["hosts"]))
+    served: dict = {}
+    for cdir, net, own in attached:
+        if own.get("dns") and own.get("gateway"):
+            served.setdefault(net, (own["gateway"], []))[1].append((cdir.name, own["ips"], own["names"]))
+    dns.sync(net_dir, served, trace)
+    members = [(cdir, own) for cdir, net, own in attached if net == network and not own.get("dns")]
     for cdir, own in members:
         peers = [(ip, other["names"]) for d, other in members if d != cdir for ip in other["ips"]]
         try:
@@ -267,12 +278,13 @@ def teardown(cdir: Path, strict: bool = False) -> None:
         doc = json.loads(claimed.read_text())
     except (OSError, ValueError):
         doc = {}
-    if doc.get("hosts"):   # the others on its network forget it
+    if doc.get("hosts"):   # the others on its network forget it (aardvark-dns too: stopped after the last)
+        net_dir = cdir.parent.parent / "networks"   # <store>/containers/<id> -> <store>/networks
         try:
-            with networks.Locked(cdir.parent.parent / "networks"):   # <store>/containers/<id> -> <store>/networks
-                _refresh_peers(cdir.parent, doc.get("network"))
-        except OSError:
-            pass
+            with networks.Locked(net_dir):
+                _refresh_peers(cdir.parent, doc.get("network"), net_dir)
+        except (OSError, NetworkError) as e:
+            sys.stderr.write(f"imagetool: warning: {e}\n")
     first = None
     path = doc.get("netns") or str(cdir / NETNS)
     gone = not netns.is_mounted(path)   # the namespace is gone already: DEL releases leases and rules only

@@ -1,8 +1,9 @@
 """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname, written in its directory.
 
-On a bridge or user network each container's /etc/hosts also lists the other containers of
-that network (name, short id, --network-alias), rewritten in place as they come and go: how
-containers reach each other by name (docker's user-network DNS, through /etc/hosts).
+On a bridge or user network the containers find each other by DNS: resolv.conf names the
+network's gateway, where aardvark-dns answers (dns.py). Only where aardvark-dns is missing does
+each container's /etc/hosts list the other containers of its network (name, short id,
+--network-alias), rewritten in place as they come and go.
 
 They are bind-mounted over the image's files (as docker does), so the image is never changed
 and the files go with the container's directory. resolv.conf is the host's without loopback

@@ -11,7 +11,6 @@ other network's subnet. The default network is made on first use.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 from imagetool.errors import NetworkError
 
 DEFAULT = "imagetool"
-DEFAULT_BRIDGE = "imagetool0"
+DEFAULT_BRIDGE = "imagetool"   # + 6 hex digits (_bridge_name)
 RESERVED = ("private", "none", "host", "bridge", "default")   # modes, not networks
 CANDIDATES = ipaddress.ip_network("10.88.0.0/14")
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
@@ -66,7 +65,10 @@ def _validate(name: str) -> None:
 
 
 def _bridge_name(name: str) -> str:
-    return DEFAULT_BRIDGE if name == DEFAULT else "it-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    """A bridge name of its own for each network made (`imagetool` + 6 hex for a store's default
+    network, `it-` + 12 hex for a user network): two stores on one host, or a store made again
+    where an older one's bridge is still up, never share (and fight over) a bridge."""
+    return (DEFAULT_BRIDGE if name == DEFAULT else "it-") + os.urandom(6 if name != DEFAULT else 3).hex()
 
 
 def _host_routes() -> list:
