@@ -300,10 +300,17 @@ def populate_dev(root: Root, name: str, major: int, minor: int, mode: int, kind:
     if pcanon != "/".join(comps[:-1]):
         raise ContainerError(f"device {dest}: /dev must be an ordinary directory")
     leaf = comps[-1]
-    if root.lstat(pfd, leaf) is not None:
-        os.unlink(leaf, dir_fd=pfd)
     kind_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
     shown = os.path.join(root.path, *comps)
+    existing = root.lstat(pfd, leaf)
+    if existing is not None:
+        try:
+            os.unlink(leaf, dir_fd=pfd)
+        except OSError as e:   # rootless: the host's node already bound there (--privileged lists it again)
+            if not (e.errno == errno.EBUSY and stat.S_IFMT(existing.st_mode) == kind_bits
+                    and existing.st_rdev == os.makedev(major, minor)):
+                raise
+            return f"# {shown}: the host's node is bound there already"
     try:
         os.mknod(leaf, kind_bits | (mode & 0o7777), os.makedev(major, minor), dir_fd=pfd)
         fd = _open(pfd, leaf)
@@ -313,11 +320,19 @@ def populate_dev(root: Root, name: str, major: int, minor: int, mode: int, kind:
                 os.chown(_fd_path(fd), uid, gid)
         finally:
             os.close(fd)
-    except PermissionError:
+    except PermissionError:   # rootless (no CAP_MKNOD on the host): the host's own node at the same path
+        host = "/" + "/".join(comps)
+        try:
+            hst = os.stat(host)
+        except OSError:
+            hst = None
+        if hst is None or stat.S_IFMT(hst.st_mode) != kind_bits or hst.st_rdev != os.makedev(major, minor):
+            raise ContainerError(f"device {dest}: mknod is refused here (rootless) and the host's {host} is not "
+                                 f"that device ({kind} {major}:{minor}) to bind instead") from None
         os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=pfd))
-        _mount_on(pfd, leaf, f"/dev/{comps[-1]}", None, sc.MS_BIND)
-        return _q("touch", shown) + "\n" + shell.mount(Mount("bind", f"/dev/{comps[-1]}", shown, ("bind",)))
+        _mount_on(pfd, leaf, host, None, sc.MS_BIND)
+        return _q("touch", shown) + "\n" + shell.mount(Mount("bind", host, shown, ("bind",)))
     return shell.mknod(shown, kind, major, minor, mode & 0o7777)
 
 
