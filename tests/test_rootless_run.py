@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from imagetool.runtime import cgroups
-from tests.rootless import rootless_user  # noqa: F401 (the fixture)
+from tests.rootless import rootless_user, rootless_user_nosub  # noqa: F401 (the fixtures)
 from tests.runhelpers import busybox_store, cgroup_children, kernel_skip_reason, new_cgroups_that_stay
 
 pytestmark = pytest.mark.skipif(kernel_skip_reason() is not None, reason=kernel_skip_reason() or "")
@@ -45,17 +45,21 @@ class UserImagetool:
         return {}
 
 
-@pytest.fixture(scope="module")
-def it(rootless_user):  # noqa: F811
-    store = rootless_user.base / "runstore"
+def _user_store(user) -> UserImagetool:
+    store = user.base / "runstore"
     if store.exists():
         shutil.rmtree(store)
     busybox_store(store)
     for d, _, files in os.walk(store):
-        os.chown(d, rootless_user.uid, rootless_user.gid)
+        os.chown(d, user.uid, user.gid)
         for f in files:
-            os.chown(os.path.join(d, f), rootless_user.uid, rootless_user.gid)
-    return UserImagetool(rootless_user, store)
+            os.chown(os.path.join(d, f), user.uid, user.gid)
+    return UserImagetool(user, store)
+
+
+@pytest.fixture(scope="module")
+def it(rootless_user):  # noqa: F811
+    return _user_store(rootless_user)
 
 
 @pytest.fixture
@@ -280,3 +284,19 @@ def test_limits_cannot_apply_without_delegation(it, clean):
     assert "# none: cgroup" in r.stderr   # --explain shows the step
     r = it("run", "--rm", "--network", "none", "busybox", "true")
     assert "cannot apply" not in r.stderr
+
+
+# ---------------------------------------------------------------- no subordinate range
+
+
+def test_single_id_mapping_runs(rootless_user_nosub):  # noqa: F811
+    """Without a subordinate range (a single-id mapping, setgroups denied, no tty group): the
+    container still runs as the user's root, /dev/pts mounted without gid=5, no group set."""
+    it = _user_store(rootless_user_nosub)
+    r = it("run", "--rm", "--network", "none", "busybox", "sh", "-c", "id -u; cat /proc/self/uid_map; ls /dev/pts")
+    assert r.returncode == 0, r.stderr
+    assert "single-id mapping" in r.stderr
+    uid, uid_map, ptmx = r.stdout.split("\n")[:3]
+    assert uid == "0" and uid_map.split() == ["0", str(rootless_user_nosub.uid), "1"] and ptmx == "ptmx"
+    assert it("run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 42").returncode == 42
+    assert [e.name for e in (it.store / "containers").iterdir() if not e.name.startswith(".")] == []

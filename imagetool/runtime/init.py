@@ -476,7 +476,14 @@ def drop_capabilities(init: Init) -> str:
     caps = init.spec["process"].get("capabilities") or {}
     capabilities.apply(capabilities.mask(caps.get("bounding", [])), capabilities.mask(caps.get("effective", [])),
                        capabilities.mask(caps.get("permitted", [])), capabilities.mask(caps.get("inheritable", [])))
-    os.setgroups(init.groups)
+    try:
+        os.setgroups(init.groups)
+    except PermissionError:
+        # rootless with a single-id mapping: setgroups(2) is denied in that namespace (its setgroups
+        # file says so); the process keeps no supplementary group of its own there anyway
+        if init.groups or not rootless.active():
+            raise ContainerError("cannot set supplementary groups: this user namespace denies setgroups "
+                                 "(no subordinate ids)", hint="give the user a range in /etc/subgid") from None
     os.setgid(init.gid)
     os.setuid(init.uid)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid/gid cleared it (as runc, set it again)

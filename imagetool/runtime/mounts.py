@@ -253,6 +253,12 @@ def mount_spec(root: Root, m: dict, cgroup_layout: str | None = None) -> str:
     except OSError as e:
         if mtype == "mqueue" and e.errno in (errno.ENODEV, errno.EPERM):
             return f"# {dest}: no POSIX message queues in this kernel"
+        if mtype == "devpts" and e.errno == errno.EINVAL and "gid=" in data:
+            # rootless with a single-id mapping: the tty group (gid 5) has no id here; as podman, without it
+            data = ",".join(o for o in data.split(",") if not o.startswith("gid="))
+            _mount_on(pfd, name, m.get("source") or mtype, mtype, flags, data)
+            return shell.mount(Mount(mtype, m.get("source") or mtype, shown,
+                                     tuple(o for o in m.get("options") or () if not o.startswith("gid="))))
         if mtype == "sysfs" and e.errno == errno.EPERM:
             # the sysfs of a network namespace we do not own (--network host): the host's, read-only
             _mount_on(pfd, name, "/sys", None, sc.MS_BIND | sc.MS_REC)
