@@ -14,9 +14,10 @@ and, with -i, stdin's write end (held open, so the container never sees EOF). Id
     `monitor.probe` in a full interpreter (python -c; nothing stays imported here), its pidfd
     in the same select; an unfinished probe is killed once the container has exited,
   - on SIGTERM kills the container (SIGHUP and SIGINT stay ignored, as the monitor left them),
-  - once the output reaches EOF and the container is reaped, execs `monitor.resume` in a full
-    interpreter, still the same PID: it tears the container down (cgroups, network, --rm),
-    records the exit and applies the restart policy (which hands over to a new lean monitor).
+  - once the output reaches EOF and the container is reaped, tears it down and records its exit
+    (finish(): importing only what that needs, so `stop` does not wait for a full imagetool to
+    load), and with a restart policy execs `monitor.resume` in a full interpreter, still the
+    same PID, which applies it (a restart hands over to a new lean monitor).
 
 Every fd it was handed is made close-on-exec on arrival: nothing of the container's reaches a
 probe or the interpreter that resumes.
@@ -132,10 +133,72 @@ def main() -> None:
     log.close()
     for fd in held:
         os.close(fd)
-    resumed = dict(doc["resume"], code=code, terminated=bool(terminated))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
-    os.execv(sys.executable, full(RESUME, json.dumps(resumed)))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})   # cleanup is not cut short
+    code = finish(doc["cdir"], code)
+    if doc.get("restart", "no") != "no" and not terminated and os.path.exists(os.path.join(doc["cdir"], "state.json")):
+        os.execv(sys.executable, full(RESUME, json.dumps(dict(doc["resume"], code=code))))
+    os._exit(code)
 
+
+def finish(cdir: str, code: int) -> int:
+    """Tear down the exited container of `cdir` and record its exit as containers.run does on its
+    way out: what is left in its cgroups (runtime.destroy; runc's container), its network,
+    the directory with --rm, else state.json's exit code and times. `code` becomes 137 when the
+    built-in runtime's cgroup saw an OOM kill, 127/126 when runc could not exec the command; the
+    code recorded. Imports only what this needs (the lean monitor calls it; so does
+    monitor.resume): no store, no containers module."""
+    import shutil
+
+    from imagetool import jsonlog, network, runtime
+
+    state = _read(cdir)
+    if state is None:   # rm -f took it meanwhile
+        return code
+    backend = state.get("runtime") or "imagetool"
+    if backend == "imagetool":
+        from imagetool.runtime import cgroups
+
+        try:
+            if cgroups.create(state["id"]).oom_killed():
+                code = 137
+        except Exception:
+            pass
+    elif code == 1:
+        from imagetool.runtime import runc
+
+        code = runc.exec_failure_code(os.path.join(cdir, f"{backend}.log")) or code
+    try:
+        runtime.destroy(state["id"], backend, state.get("cgroups") or [])
+    finally:
+        network.teardown(cdir)
+        if state.get("rm"):
+            shutil.rmtree(cdir, ignore_errors=True)
+        else:
+            state.update(status="exited", exit_code=code, pid=None,
+                         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished_at=jsonlog.now())
+            _write(cdir, state)
+    return code
+
+
+def _read(cdir: str) -> dict | None:
+    try:
+        with open(os.path.join(cdir, "state.json")) as f:
+            doc = json.load(f)
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write(cdir: str, state: dict) -> None:
+    """state.json replaced atomically, as containers.write_json does (the same temporary name)."""
+    path = os.path.join(cdir, "state.json")
+    tmp = os.path.join(cdir, f".imagetool-state.json-{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        pass
 
 def _spawn_probe(doc: dict):
     try:

@@ -98,7 +98,7 @@ class Monitor(Reply):
         doc = {"cid": state["id"], "cdir": str(cdir), "pid": container.pid,
                "streams": {str(fd): name for fd, name in streams.items()}, "hold": hold,
                "log": str(cdir / containers.LOG), "max_size": options.max_size, "max_file": options.max_file,
-               "health": check, "started": time.time(),
+               "health": check, "started": time.time(), "restart": state.get("restart") or "no",
                "resume": {"store": str(self.store.root), "cid": state["id"], "restarts": self.restarts,
                           "delay": self.delay}}
         signal.signal(signal.SIGHUP, signal.SIG_IGN)   # ignored stays ignored across the exec
@@ -275,66 +275,25 @@ def _carry_on(store, opts, monitor: Monitor, code: int) -> int:
 
 
 def resume() -> None:
-    """The lean monitor's end (conmon.py execs this, the same PID): the container has exited with
-    doc["code"] and is reaped; tear it down (runtime.destroy: what is left in its cgroups, runc's
-    container; its network; --rm), record the exit as containers.run would, then carry on with
-    the restart policy (not after the monitor itself got SIGTERM)."""
+    """The lean monitor's end when the container has a restart policy (conmon.py execs this, the
+    same PID, once it has torn the run down and recorded doc["code"]): carry on with the policy."""
     from store import Store
 
     from imagetool import containers
 
     doc = json.loads(sys.argv[-1])
-    code = 125
+    code = doc["code"]
     try:
         store = Store.open(doc["store"])
-        cdir = Path(store.containers_dir) / doc["cid"]
-        code = _finish(cdir, doc["code"])
-        state = containers.read_state(cdir)
-        if state is None or doc.get("terminated"):
-            os._exit(code)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
-        monitor = Monitor(None, store, doc.get("restarts", 0), doc.get("delay", 0.1))
-        monitor.cid = doc["cid"]
-        code = _carry_on(store, containers.options_of(state), monitor, code)
+        state = containers.read_state(Path(store.containers_dir) / doc["cid"])
+        if state is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
+            monitor = Monitor(None, store, doc.get("restarts", 0), doc.get("delay", 0.1))
+            monitor.cid = doc["cid"]
+            code = _carry_on(store, containers.options_of(state), monitor, code)
     except BaseException:
         pass
     os._exit(code)
-
-
-def _finish(cdir: Path, code: int) -> int:
-    """Tear down the exited container of `cdir` and record its exit (`code`; 137 when it was
-    killed for memory; a command runc could not exec 127/126); the code recorded."""
-    import shutil
-
-    from imagetool import containers, network, runtime
-
-    state = containers.read_state(cdir)
-    if state is None:   # rm -f took it meanwhile
-        return code
-    backend = state.get("runtime") or "imagetool"
-    if backend == "imagetool":
-        from imagetool.runtime import cgroups
-
-        try:
-            if cgroups.create(state["id"]).oom_killed():
-                code = 137
-        except (OSError, ImagetoolError):
-            pass
-    elif code == 1:
-        from imagetool.runtime import runc
-
-        code = runc.exec_failure_code(str(cdir / f"{backend}.log")) or code
-    try:
-        runtime.destroy(state["id"], backend, state.get("cgroups") or [])
-    finally:
-        network.teardown(cdir)
-        if state.get("rm"):
-            shutil.rmtree(cdir, ignore_errors=True)
-        else:
-            state.update(status="exited", exit_code=code, pid=None,
-                         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished_at=jsonlog.now())
-            containers.write_json(cdir / "state.json", state)
-    return code
 
 
 def probe() -> None:
