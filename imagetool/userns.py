@@ -287,8 +287,6 @@ def _become_root(m: Mapping) -> None:
 
 
 def _write_maps(pid: int, m: Mapping) -> None:
-    import subprocess
-
     if m.single:
         _notice(f"no subordinate ids for {m.user} in {SUBUID}/{SUBGID} (or no newuidmap): using a single-id "
                 "mapping (only uid 0 inside; images with other owners may fail)")
@@ -298,14 +296,48 @@ def _write_maps(pid: int, m: Mapping) -> None:
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(f"{r.inside} {r.outside} {r.count}\n")
         return
-    for helper, ranges in (("newuidmap", m.uids), ("newgidmap", m.gids)):
-        args = [helper, str(pid)] + [str(x) for r in ranges for x in (r.inside, r.outside, r.count)]
-        r = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
-        if r.returncode:
-            from imagetool.errors import ImagetoolError
+    # both helpers at once (posix_spawn: no subprocess import, no Python in between); their stderr
+    # is kept for the error message
+    running = []
+    try:
+        for helper, ranges in (("newuidmap", m.uids), ("newgidmap", m.gids)):
+            path = _helper_path(helper)
+            args = [helper, str(pid)] + [str(x) for r in ranges for x in (r.inside, r.outside, r.count)]
+            er, ew = os.pipe()
+            try:
+                child = os.posix_spawn(path, args, {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, setsigmask=(),
+                                       file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                                     (os.POSIX_SPAWN_DUP2, ew, 2)])
+            except OSError:
+                os.close(er)
+                raise
+            finally:
+                os.close(ew)
+            running.append((helper, child, er))
+        failures = []
+        for helper, child, er in running:
+            out = b""
+            while chunk := os.read(er, 4096):
+                out += chunk
+            code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            if code:
+                failures.append(f"{helper} failed: {out.decode(errors='replace').strip() or f'exit {code}'}")
+    finally:
+        for _, _, er in running:
+            os.close(er)
+    if failures:
+        from imagetool.errors import ImagetoolError
 
-            raise ImagetoolError(f"{helper} failed: {(r.stderr or '').strip() or 'exit ' + str(r.returncode)}")
+        raise ImagetoolError("; ".join(failures))
+
+
+def _helper_path(name: str) -> str:
+    for d in ("/usr/bin", "/bin", "/usr/local/bin"):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return _which(name) or name
 
 
 def _wait_forwarding(pid: int) -> int:

@@ -101,6 +101,20 @@ def test_the_parent_exits_as_the_child_and_forwards_kill(rootless_user):
             proc.wait()
 
 
+def test_a_refused_mapping_is_one_clear_error_and_the_command_does_not_go_on(rootless_user):
+    """newuidmap refuses a range that is not the user's: the parent reports it, the child never continues."""
+    u = rootless_user
+    code = ("import dataclasses\nfrom imagetool import userns\nfrom imagetool.errors import ImagetoolError\n"
+            "m = userns.mapping()\nbad = dataclasses.replace(m, uids=(m.uids[0], userns.IdRange(1, 1, 1000)))\n"
+            "try:\n    userns.enter(bad)\nexcept ImagetoolError as e:\n    print('ERR', e, '|', e.hint)\n"
+            "    raise SystemExit(3)\nprint('CHILD WENT ON')\n")
+    r = u.run([u.python, "-c", code])
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "CHILD WENT ON" not in r.stdout
+    assert "ERR cannot map ids into the user namespace: newuidmap failed: newuidmap:" in r.stdout
+    assert "/etc/subuid" in r.stdout
+
+
 def _imagetool_parent(runuser_pid: int, uid: int) -> int:
     """The python process runuser started (the namespace's parent: a direct child of runuser, `uid`)."""
     for pid in os.listdir("/proc"):
