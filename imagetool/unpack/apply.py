@@ -403,7 +403,9 @@ class Applier:
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
             exact = False
         try:
-            if ti.size:
+            if ti.sparse is not None:
+                self._write_sparse(fd, ti, tf)
+            elif ti.size:
                 view = tf.buffered_data(ti)
                 if view is not None:       # the common case: a small file, already in the buffer
                     while view:
@@ -426,6 +428,22 @@ class Applier:
         finally:
             os.close(fd)
         self.stats.files += 1
+
+    def _write_sparse(self, fd: int, ti: Entry, tf: TarReader) -> None:
+        """A GNU sparse file: each segment's bytes at its offset (pwrite), then the real size; the
+        holes are never written, so they stay holes on disk (as GNU tar leaves them)."""
+        segments = iter(ti.sparse)
+        off = left = 0
+        for view in tf.read_data(ti):
+            while view:
+                while not left:
+                    off, left = next(segments)   # the lengths add up to the data (tarstream checks)
+                w = os.pwrite(fd, view[:left], off)
+                off += w
+                left -= w
+                view = view[w:]
+        os.ftruncate(fd, ti.size)
+        self.stats.bytes += ti.size
 
     def _dir_attrs(self, ti, pfd: int, name: str, canon: str, xattrs: dict) -> None:
         fd = os.open(name, _O_DIRRD, dir_fd=pfd)
