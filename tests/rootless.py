@@ -113,8 +113,46 @@ def as_user(user: RootlessUser, args, **kw) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- making and removing the user
 
 
+NAME_RE = r"itr(\d+)x[0-9a-f]{4}"
+
+
 def _unique_name() -> str:
-    return f"itr{os.getpid() % 100000}{random.randrange(16**4):04x}"
+    """itr<pid of this session>x<4 hex>: a later session can tell a user whose session died."""
+    return f"itr{os.getpid()}x{random.randrange(16**4):04x}"
+
+
+def _reap_stale() -> None:
+    """Remove test users left by a session that was killed (its pid no longer runs python):
+    their processes, /etc/subuid and /etc/subgid lines, the user and its temp dir."""
+    import pwd
+    import re
+
+    for pw in pwd.getpwall():
+        m = re.fullmatch(NAME_RE, pw.pw_name)
+        if not m or not pw.pw_dir.startswith(os.path.join(tempfile.gettempdir(), "itrootless-")):
+            continue
+        try:
+            with open(f"/proc/{m.group(1)}/cmdline", "rb") as f:
+                alive = b"python" in f.read()
+        except OSError:
+            alive = False
+        if alive:
+            continue
+        starts = [int(line.split(":")[1]) for line in _sub_lines(pw.pw_name, pw.pw_uid)]
+        _kill_processes(range(pw.pw_uid, pw.pw_uid + 1))
+        for start in starts:
+            _kill_processes(range(start, start + COUNT))
+        subprocess.run(["userdel", pw.pw_name], capture_output=True)
+        _remove_sub_lines(pw.pw_name, pw.pw_uid)
+        shutil.rmtree(os.path.dirname(pw.pw_dir), ignore_errors=True)
+
+
+def _sub_lines(name: str, uid: int) -> list[str]:
+    try:
+        lines = Path(SUBUID).read_text().splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if ln.split(":", 1)[0] in (name, str(uid)) and ln.count(":") == 2]
 
 
 def _taken_ranges() -> list[tuple[int, int]]:
@@ -229,6 +267,7 @@ def make_user(with_range: bool):
     for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap", "newgidmap"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} missing (Debian packages passwd, util-linux, uidmap)")
+    _reap_stale()
     name = _unique_name()
     base = Path(tempfile.mkdtemp(prefix="itrootless-"))
     os.chmod(base, 0o755)
