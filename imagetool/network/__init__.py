@@ -20,7 +20,7 @@ from pathlib import Path
 _CNI_FREE = ("private", "none", "host")
 _EXTRAS = ("publish", "publish_all", "ip", "network_aliases", "dns", "dns_search", "add_hosts")
 _BRIDGE_ONLY = ("publish", "publish_all", "ip", "network_aliases")
-DEFAULT_PLUGINS = ("loopback", "bridge", "host-local", "portmap", "firewall")   # networks.conflist's chain
+DEFAULT_PLUGINS = ("bridge", "host-local", "portmap", "firewall")   # networks.conflist's chain
 
 
 def plugins_present() -> bool:

@@ -1,8 +1,8 @@
 """The glue containers.run calls: a container's networks set up before create, torn down after.
 
 setup(): for a CNI network (`--network bridge` or a user network) the published ports are
-checked first, then the cache `network.json` is written, the namespace file `netns` made, the
-loopback and the network's plugin chains run (ADD), the namespace's path put in the spec, and
+checked first, then the cache `network.json` is written, the namespace file `netns` made (its lo up), the
+network's plugin chain run (ADD), the namespace's path put in the spec, and
 /etc/hosts, /etc/resolv.conf and /etc/hostname bound in. For `private`, `none` and `host` it
 only writes the /etc files when --add-host, --dns or --dns-search ask for them.
 
@@ -26,7 +26,6 @@ from imagetool.network import cni, dns, hosts, netns, networks, ports
 
 CACHE = "network.json"
 NETNS = "netns"
-LOOPBACK = {"cniVersion": cni.CNI_VERSION, "name": "lo", "plugins": [{"type": "loopback"}]}
 
 
 def _opt(opts, name, default=()):
@@ -92,7 +91,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
         return
     started = time.perf_counter()
     net = networks.get(store, mode)
-    cni.require(p["type"] for p in LOOPBACK["plugins"] + net.conflist["plugins"])
+    cni.require(p["type"] for p in net.conflist["plugins"])
     runtime_config = _static_ip(getattr(opts, "ip", None), net)
     wanted = _wanted_ports(opts, spec)
     path = str(cdir / NETNS)
@@ -103,13 +102,13 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
     try:
-        netns.create(path)
+        netns.create(path)   # lo up in it: the loopback plugin's job, without its two execs
         if narrator is not None:
-            narrator.report("network namespace", f"touch {path} && unshare --net={path} true", started)
+            narrator.report("network namespace", f"touch {path} && unshare --net={path} ip link set lo up", started)
         # portmap only when ports are published: its DEL costs iptables calls even with no mapping
         chain = net.conflist if mappings else dict(net.conflist, plugins=[
             p for p in net.conflist["plugins"] if p.get("type") != "portmap"])
-        result = _add_chains(cdir, doc, cid, path, ((LOOPBACK, "lo", {}), (chain, "eth0", runtime_config)),
+        result = _add_chains(cdir, doc, cid, path, ((chain, "eth0", runtime_config),),
                              narrator.report if narrator is not None else None)
         ips = container_ips(result)
         resolver = dns.binary() is not None   # without aardvark-dns: the peers in /etc/hosts only

@@ -14,8 +14,20 @@ from imagetool.errors import NetworkError
 from imagetool.runtime import syscalls as sc
 
 
-def create(path: str) -> None:
-    """A new network namespace bind-mounted on `path` (an empty file, created here).
+def _loopback_up() -> None:
+    """Bring `lo` up in the current network namespace (two ioctls: what the CNI loopback plugin
+    does, without its exec on ADD and DEL; the built-in runtime's init does the same for private)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))   # SIOCSIFFLAGS, IFF_UP
+
+
+def create(path: str, loopback: bool = True) -> None:
+    """A new network namespace bind-mounted on `path` (an empty file, created here), its `lo` up.
 
     A forked child unshares it and binds its /proc/self/ns/net on the file, so imagetool itself
     never leaves its own namespace. Raises NetworkError (nothing left behind) on failure."""
@@ -28,6 +40,8 @@ def create(path: str) -> None:
         try:
             os.close(r)
             sc.unshare(sc.CLONE_NEWNET)
+            if loopback:
+                _loopback_up()
             sc.mount("/proc/self/ns/net", path, None, sc.MS_BIND)
             code = 0
         except BaseException as e:  # noqa: BLE001 - reported to the parent over the pipe
