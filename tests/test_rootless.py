@@ -276,6 +276,29 @@ def test_unpack_as_the_user(rootless_user, owners_ref):
     u.imagetool("rmi", owners_ref, check=True)
 
 
+def test_export_and_import_as_the_user_keep_the_images_ids(rootless_user, owners_ref):
+    """export reads the snapshots inside the namespace: the tar says 33, not the subordinate id;
+    import of it makes an image whose unpack puts the same mapped owners on disk."""
+    import tarfile
+
+    u = rootless_user
+    u.imagetool("pull", owners_ref, check=True)
+    tar = u.home / "owners-export.tar"
+    u.imagetool("export", owners_ref, "-o", tar, check=True)
+    assert os.stat(tar).st_uid == u.uid
+    with tarfile.open(tar) as t:
+        got = {m.name: (m.uid, m.gid, m.mode & 0o7777) for m in t.getmembers()}
+    assert got["srv/www.txt"] == (33, 33, 0o640) and got["bin/su"] == (0, 0, 0o4755)
+    assert got["bin/sg"] == (0, 42, 0o2755) and got["home.txt"][:2] == (1000, 1000)
+    assert "dev/null" not in got and "gone" not in got and "opq/lower" not in got
+    u.imagetool("import", tar, "localhost/rootless/reimported:1", check=True)
+    out = u.home / "reimported"
+    u.imagetool("unpack", "localhost/rootless/reimported:1", out, check=True)
+    assert _lstat(out / "srv" / "www.txt").st_uid == u.subuid_start + 32
+    u.imagetool("rmi", owners_ref, "localhost/rootless/reimported:1", check=True)
+    u.imagetool("prune", check=True)
+
+
 def test_a_layer_carrying_user_overlay_xattrs_is_refused(rootless_user, registry):
     u = rootless_user
     bad = build_image([Layer([directory("d"), TarEntry("d/f", data=b"x", xattrs={"user.overlay.redirect": b"/etc"})])])
