@@ -267,10 +267,14 @@ def enter(m: Mapping | None = None) -> None:
         except (OSError, ImagetoolError) as e:
             err = f"cannot map ids into the user namespace: {e}"
             hint = f"check {SUBUID} and {SUBGID} for {m.user}, and that newuidmap/newgidmap are installed setuid"
-    os.write(go_w, b"0" if err else b"1")
+    try:
+        os.write(go_w, b"0" if err else b"1")
+    except BrokenPipeError:   # the child is gone already (it failed to unshare)
+        pass
     os.close(go_w)
     status = _wait_forwarding(pid)
     if err:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         raise ImagetoolError(err, hint=hint)
     _exit_like(status)
 
