@@ -59,6 +59,8 @@ class Reservation:
         if self._handed_over or self._aborted:
             return
         self._aborted = True
+        if "adopt" in self._fds:   # rootless: the init is imagetool's child only once the middle process is reaped
+            self.pid = self._fds.pop("adopt").abort()
         if self.pid is not None:
             supervise.kill_and_reap(self.pid)
             self.pid = None
@@ -76,6 +78,10 @@ class Reservation:
         for key, fd in self._fds.items():
             if key == "pipes":
                 fd.close_parent_ends()
+            elif key == "adopt":
+                pid = fd.abort()
+                if pid is not None:
+                    supervise.kill_and_reap(pid)
             elif fd is not None:
                 stdio._close(fd)
         self._fds = {}
@@ -86,7 +92,7 @@ class Reservation:
         """Limit the cgroup, send the spec and the rootfs, return once the init is "created"
         (everything done but seccomp-with-no_new_privs and the exec). Raises ContainerError with
         the init's own message (and cleans up) when a step failed."""
-        if self._handed_over or self._aborted or self.pid is None:
+        if self._handed_over or self._aborted or (self.pid is None and "adopt" not in self._fds):
             raise ContainerError("internal error: this container was already created or aborted")
         if bool(spec["process"].get("terminal")) != bool(self.io.tty):
             raise ContainerError("internal error: the spec's terminal setting differs from the io's")
@@ -94,6 +100,8 @@ class Reservation:
         saved = supervise.hold_signals(pending)
         reader = self._reader
         try:
+            if "adopt" in self._fds:   # rootless: the middle process is long gone; the init goes on
+                self.pid = self._fds.pop("adopt").finish()
             write_limits(self.cgroup, spec["linux"].get("resources", {}), self.narrator)
             program = compile_seccomp(spec, self.narrator)
             config = {"spec": spec, "rootfs": rootfs.to_dict(), "cgroup_layout": self.cgroup_layout,
@@ -105,7 +113,8 @@ class Reservation:
                 console.copy_size(0, master)   # before the command runs: its first `stty size` is right
         except BaseException:
             self._forget_reader()
-            supervise.kill_and_reap(self.pid)
+            if self.pid is not None:
+                supervise.kill_and_reap(self.pid)
             self.pid = None
             self._close_all()
             supervise.restore_signals(saved)
@@ -184,7 +193,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
                 os._exit(125)
 
         if rootless.active():
-            pid = _fork_through_middle(child)
+            pid, fds["adopt"] = None, _fork_through_middle(child)   # the PID comes with create()
         else:
             pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -209,7 +218,8 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             os.close(fds.pop(key))
     if "pipes" in fds:
         fds["pipes"].close_child_ends()
-    narrator.report("fork init", f"unshare --pid --fork  # the init: PID 1 of a new PID namespace, host pid {pid}",
+    narrator.report("fork init", f"unshare --pid --fork  # the init: PID 1 of a new PID namespace, host pid "
+                    f"{pid or '(rootless: through a middle process, adopted)'}",
                     started)
     return pid, fds
 
@@ -217,52 +227,78 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _fork_through_middle(child) -> int:
+def _fork_through_middle(child) -> "_Adoption":
     """Rootless fork_init: the way back to the host's PID namespace (setns) needs CAP_SYS_ADMIN
-    over it, so a middle process unshares the PID namespace, forks the init, says its PID and
-    exits; the init is reparented to imagetool (a child subreaper meanwhile) and goes on only when
-    imagetool, having reaped the middle process, says so (its parent-death signal is then set with
-    imagetool as the parent). The init's host PID."""
+    over it, so a middle process unshares the PID namespace, forks the init, writes its PID and
+    exits; the init is reparented to imagetool (a child subreaper meanwhile). Nothing here waits
+    for either to run (on a busy machine that costs tens of ms): `_Adoption.finish()`, when the
+    config is about to be sent, reads the PID, reaps the middle process and lets the init go on
+    (its parent-death signal is then set with imagetool as the parent); `abort()` makes it exit."""
     r, w = os.pipe2(os.O_CLOEXEC)             # middle → imagetool: the init's PID
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)       # imagetool → init: reparented, go on
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)       # imagetool → init: adopted, go on
     sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     try:
         middle = os.fork()
-        if middle == 0:
-            try:
-                os.close(r)
-                os.close(go_w)
-                sc.unshare(sc.CLONE_NEWPID)
-                pid = os.fork()
-                if pid == 0:
-                    os.close(w)
-                    go = os.read(go_r, 1)
-                    os.close(go_r)
-                    if go == b"1":
-                        child()
-                    os._exit(125)
-                os.write(w, str(pid).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        os.close(go_r)
-        w = go_r = None
-        data = b""
-        while chunk := os.read(r, 32):
-            data += chunk
-        os.waitpid(middle, 0)   # once reaped, the init is imagetool's child
-    finally:
+    except BaseException:
+        for fd in (r, w, go_r, go_w):
+            os.close(fd)
         sc.prctl(PR_SET_CHILD_SUBREAPER, 0)
-        for fd in (r, w, go_r):
-            if fd is not None:
-                os.close(fd)
-    try:
-        if not data:
-            raise ContainerError("cannot start the container's init in a new PID namespace")
-        os.write(go_w, b"1")
-    finally:
-        os.close(go_w)
-    return int(data)
+        raise
+    if middle == 0:
+        try:
+            os.close(r)
+            os.close(go_w)
+            sc.unshare(sc.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                go = os.read(go_r, 1)
+                os.close(go_r)
+                if go == b"1":
+                    child()
+                os._exit(125)
+            os.write(w, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    return _Adoption(middle, r, go_w)
+
+
+class _Adoption:
+    """The end of _fork_through_middle (see there); finish() and abort() return the init's PID
+    (abort: None when there was none) and are called once."""
+
+    def __init__(self, middle: int, r: int, go_w: int):
+        self.middle, self.r, self.go_w = middle, r, go_w
+
+    def _collect(self) -> int | None:
+        data = b""
+        try:
+            while chunk := os.read(self.r, 32):
+                data += chunk
+        finally:
+            os.close(self.r)
+            try:
+                os.waitpid(self.middle, 0)   # once reaped, the init is imagetool's child
+            except ChildProcessError:
+                pass
+            sc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+        return int(data) if data else None
+
+    def finish(self) -> int:
+        try:
+            pid = self._collect()
+            if pid is None:
+                raise ContainerError("cannot start the container's init in a new PID namespace")
+            os.write(self.go_w, b"1")
+            return pid
+        finally:
+            os.close(self.go_w)
+
+    def abort(self) -> int | None:
+        os.close(self.go_w)   # EOF: the init exits
+        return self._collect()
 
 
 def write_limits(cgroup, resources: dict, narrator) -> None:
