@@ -193,6 +193,34 @@ def test_store_commands_as_the_user(rootless_user, registry, busybox):
     u.imagetool("prune", check=True)
 
 
+def test_a_rootless_pull_killed_with_sigkill_leaves_a_usable_store(rootless_user, registry, busybox):
+    """kill -9 of the user's processes (the waiting parent and the child in the namespace) mid-pull:
+    the next pull completes the image and it unpacks (where the kill lands varies; every outcome
+    must leave the store consistent)."""
+    from tests.rootless import _kill_processes
+
+    u = rootless_user
+    ref = registry.push(busybox, "rootless/killed:latest")
+    p = u.popen(["pull", ref], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for line in p.stderr:
+            if b"Downloading" in line:
+                break
+        _kill_processes(range(u.uid, u.uid + 1))
+    finally:
+        p.wait(timeout=60)
+        p.stderr.close()
+    r = u.imagetool("pull", ref)
+    assert r.returncode == 0, r.stderr
+    assert ref in {f"{e['repository']}:{e['tag']}" for e in json.loads(u.imagetool("images", "--format", "json",
+                                                                                   check=True).stdout)}
+    out = u.home / "after-kill"
+    u.imagetool("unpack", ref, out, check=True)
+    assert (out / "bin" / "busybox").is_file()
+    u.imagetool("rmi", ref, check=True)
+    u.imagetool("prune", check=True)
+
+
 def test_pull_makes_snapshots_owned_through_the_mapping(rootless_user, owners_ref):
     u = rootless_user
     r = u.imagetool("pull", owners_ref)
