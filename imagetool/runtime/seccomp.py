@@ -329,7 +329,9 @@ def load(program: bytes, flags: int = 0) -> None:
 
 
 def _cache_dir() -> Path | None:
-    if os.geteuid() == 0:
+    from imagetool import userns
+
+    if os.geteuid() == 0 and not userns.inside():   # rootless: the user's, as outside the namespace
         return Path("/run/imagetool/seccomp")
     base = os.environ.get("XDG_RUNTIME_DIR")
     return Path(base) / "imagetool" / "seccomp" if base else None
@@ -340,17 +342,32 @@ def _private_dir(path: Path) -> bool:
     it belongs to root or us and is not writable by others (a root-owned sticky one, /tmp, is)."""
     euid = os.geteuid()
     path = Path(os.path.abspath(path))
+    roots = {0, _unmapped_uid()}   # rootless: the host's root owns /run, /home … and has no id in the namespace
     try:
         st = os.lstat(path)
         if st.st_uid != euid or st.st_mode & 0o022 or (st.st_mode & 0o170000) != 0o040000:
             return False
         for parent in path.parents:
             st = os.lstat(parent)
-            if st.st_uid not in (0, euid) or st.st_mode & 0o022 and not (st.st_mode & 0o1000 and st.st_uid == 0):
+            if st.st_uid not in roots | {euid} or st.st_mode & 0o022 and not (st.st_mode & 0o1000 and st.st_uid in roots):
                 return False
     except OSError:
         return False
     return True
+
+
+def _unmapped_uid() -> int:
+    """Inside imagetool's user namespace, the uid an unmapped owner shows as (the kernel's
+    overflowuid; the host's root among them); outside it, 0."""
+    from imagetool import userns
+
+    if not userns.inside():
+        return 0
+    try:
+        with open("/proc/sys/kernel/overflowuid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
 
 
 def cache_key(linux_seccomp: dict) -> str:
