@@ -100,6 +100,14 @@ def test_hosts_file_names_the_container_and_add_host_entries():
             hosts.parse_add_host(bad)
 
 
+def test_aardvark_dns_config_is_its_documented_format():
+    from imagetool.network import dns
+
+    rows = [("c1", ["10.88.0.2"], ["web", "c1short", "web", "bad name", "a,b"]), ("c2", ["10.88.0.3", "fd00::3"], ["db"]),
+            ("c3", [], ["noaddress"])]
+    assert dns.network_file("10.88.0.1", rows) == "10.88.0.1\nc1 10.88.0.2  web,c1short\nc2 10.88.0.3 fd00::3 db\n"
+
+
 def test_default_subnet_avoids_routes_and_other_networks():
     import ipaddress
 

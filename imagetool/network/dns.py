@@ -157,7 +157,14 @@ def _wait_listening(gateways: list[str], limit: float = 2.0) -> None:
     """aardvark binds its sockets after it said it is ready (and again after a reload): wait a
     little for them, so the container's first lookup finds it."""
     deadline = time.monotonic() + limit
-    while not set(gateways) <= _listening() and time.monotonic() < deadline:
+    while not set(gateways) <= _listening():
+        if time.monotonic() > deadline:
+            missing = ", ".join(sorted(set(gateways) - _listening()))
+            import sys
+
+            sys.stderr.write(f"imagetool: warning: aardvark-dns does not answer on {missing} port {PORT} "
+                             "(is the port taken there?): container names will not resolve\n")
+            return
         time.sleep(0.005)
 
 
