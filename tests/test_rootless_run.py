@@ -286,6 +286,21 @@ def test_limits_cannot_apply_without_delegation(it, clean):
     assert "cannot apply" not in r.stderr
 
 
+# ---------------------------------------------------------------- runc rootless
+
+
+def test_runc_rootless(it, clean):
+    """--runtime runc as the user: runc in the user's namespace (its state under the user's runtime
+    dir, no cgroup), the same PID 1, uid 0 and exit codes; a memory limit is said not to apply."""
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed")
+    r = it("run", "--rm", "--network", "none", "--runtime", "runc", "busybox", "sh", "-c", "echo $$ $(id -u)")
+    assert r.returncode == 0 and r.stdout.split() == ["1", "0"], r.stderr
+    r = it("run", "--rm", "--network", "none", "--runtime", "runc", "-m", "7m", "busybox", "sh", "-c", "exit 42")
+    assert r.returncode == 42 and "cannot apply" in r.stderr
+    assert it("run", "--rm", "--network", "none", "--runtime", "runc", "busybox", "nosuch").returncode == 127
+
+
 # ---------------------------------------------------------------- no subordinate range
 
 

@@ -79,3 +79,27 @@ def kill_pid1(state: dict) -> bool:
         finally:
             os.close(fd)
     return False
+
+
+def runc_args() -> list[str]:
+    """runc's global options here: rootless, its state in the user's runtime directory
+    ($XDG_RUNTIME_DIR/imagetool/runc, else ~/.cache/imagetool/runc) instead of root's /run/runc."""
+    if not active():
+        return []
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    return ["--root", os.path.join(base, "imagetool", "runc")]
+
+
+def runc_spec(spec: dict) -> None:
+    """The spec runc gets rootless: no cgroup path and no resources (the user has no cgroup runc
+    could make; limits asked for are said not to apply, one line on stderr, as the built-in runtime)."""
+    import sys
+
+    linux = spec.get("linux", {})
+    linux.pop("cgroupsPath", None)
+    res = linux.pop("resources", None) or {}
+    asked = [k for k in ("memory", "cpu") if res.get(k)] + (["pids"] if (res.get("pids") or {}).get("limit")
+                                                                not in (None, 0, 2048) else [])
+    if asked:
+        sys.stderr.write(f"imagetool: warning: runc rootless: resource limits ({', '.join(asked)}) cannot apply "
+                         "to a rootless container here; it runs without them\n")

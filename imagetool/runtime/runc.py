@@ -21,7 +21,7 @@ import time
 
 from imagetool.errors import ContainerError
 from imagetool.mount import Mount
-from imagetool.runtime import explain, mounts, shell, stdio, supervise, sync
+from imagetool.runtime import explain, mounts, rootless, shell, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.safepath import Root
 
@@ -58,12 +58,15 @@ class Reservation:
         spec = json.loads(json.dumps(spec))
         spec["root"]["path"] = rootfs.target
         spec["linux"]["cgroupsPath"] = f"/{cgroups.PARENT}/{self.id}"
+        if rootless.active():   # runc in the user's namespace: no cgroup (as the built-in runtime undelegated)
+            rootless.runc_spec(spec)
         user_name = (spec.pop("annotations", None) or {}).get("org.imagetool.user")
         pipes = None if self.io.tty else stdio.Pipes.make(self.io.interactive)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         log = os.path.join(self.bundle, f"{self.backend}.log")   # its exec failure is read back from here
-        argv = [self.backend, "--log", log, "--log-format", "json", "run", "--bundle", self.bundle, self.id]
+        argv = [self.backend, *rootless.runc_args(), "--log", log, "--log-format", "json", "run", "--bundle",
+                self.bundle, self.id]
         pending: list[int] = []
         saved = supervise.hold_signals(pending)
         pid = os.fork()
@@ -205,6 +208,6 @@ def force_delete(backend: str, container_id: str) -> None:
 
     binary = shutil.which(backend)
     if binary:
-        subprocess.run([binary, "delete", "--force", container_id], stdout=subprocess.DEVNULL,
+        subprocess.run([binary, *rootless.runc_args(), "delete", "--force", container_id], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     cgroups.remove_empty_parents()
