@@ -26,9 +26,10 @@ def serve(name: str, values: dict, store_arg: str | None = None, debug: bool = F
         return opened[0]
 
     try:
-        from imagetool import userns
+        if _not_root():   # rootless: store-writing commands go on in a user namespace (root never loads userns)
+            from imagetool import userns
 
-        userns.enter_if_needed(name)   # rootless: store-writing commands go on in a user namespace
+            userns.enter_if_needed(name)
         rc = BODIES[name](store, **values)
     except KeyboardInterrupt:
         rc = 130
@@ -37,6 +38,12 @@ def serve(name: str, values: dict, store_arg: str | None = None, debug: bool = F
     except Exception as e:
         rc = _report(e, name, debug)
     return rc or 0
+
+
+def _not_root() -> bool:
+    import os
+
+    return os.geteuid() != 0
 
 
 def _report(e: Exception, name: str, debug: bool) -> int:

@@ -17,9 +17,11 @@ def store_root(explicit: str | None = None) -> Path:
     if env:
         return Path(env)
     if os.geteuid() == 0:
+        if "IMAGETOOL_USERNS" not in os.environ:   # set only in imagetool's own namespace (userns.ENV)
+            return Path("/var/lib/imagetool")
         from imagetool import userns
 
-        if not userns.inside():   # root of a user namespace is still the user: the user's store
+        if not userns.inside():   # root of imagetool's user namespace is still the user: the user's store
             return Path("/var/lib/imagetool")
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "imagetool"

@@ -25,8 +25,6 @@ This module imports only the standard library: anything may import it.
 from __future__ import annotations
 
 import os
-import pwd
-import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -42,7 +40,7 @@ CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "start", "restart",
                           "rm", "rmi", "prune", "commit", "export", "copy", "network"})
 
-_FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_FORWARD = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT (signal is imported only when entering)
 
 
 @dataclass(frozen=True)
@@ -124,6 +122,8 @@ def mapping(uid: int | None = None, gid: int | None = None) -> Mapping:
     if uid is None:
         outside = host_ids()
         uid, gid = outside if outside else (os.getuid(), os.getgid())
+    import pwd
+
     if gid is None:
         gid = pwd.getpwuid(uid).pw_gid
     try:
@@ -226,6 +226,8 @@ def _notice(msg: str) -> None:
 def enter(m: Mapping | None = None) -> None:
     """Fork; in the child (which returns from here as uid 0 of a new user+mount namespace) go on with
     the command; the parent never returns: it waits for the child and exits with its status."""
+    import signal
+
     from imagetool.errors import ImagetoolError
 
     m = m or mapping()
@@ -346,6 +348,8 @@ def _helper_path(name: str) -> str:
 
 def _wait_forwarding(pid: int) -> int:
     """Wait for `pid` (its wait status); signals sent to us with kill(2) go on to it."""
+    import signal
+
     sigs = set(_FORWARD) | {signal.SIGCHLD}
     while True:
         try:
@@ -363,6 +367,8 @@ def _wait_forwarding(pid: int) -> int:
 
 
 def _exit_like(status: int) -> None:
+    import signal
+
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         sig = -code
