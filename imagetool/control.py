@@ -135,6 +135,11 @@ def _signal_then_kill(state: dict, timeout: int | None) -> None:
             signal.pidfd_send_signal(fd, parse_signal(state.get("stop_signal") or "SIGTERM"))
         except ProcessLookupError:
             return
+        except PermissionError:   # rootless, from another user namespace (restart): its owner stops it
+            from imagetool.runtime import rootless
+
+            rootless.kill_pid1(state)
+            return
         if not _wait_gone(fd, 10 if timeout is None else max(timeout, 0)):
             try:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
