@@ -120,6 +120,9 @@ def main() -> None:
             say(f"`run --rm busybox true`, {args.runs} runs each after a warm-up, taking turns, in netns {ns}; "
                 f"imagetool from a non-editable venv ({py}), store and podman root on a tmpfs.")
             say()
+            say(f"Load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+                "(both tools take turns, so load falls on them alike).")
+            say()
             say("| target | median | min |")
             say("|---|---|---|")
             results = dict(zip([t[0] for t in targets], timed([(a, e) for _, a, e in targets], args.runs)))
