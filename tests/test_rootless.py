@@ -384,3 +384,40 @@ def test_info_as_root(cli, store_dir):
     assert facts["store"] == str(store_dir) and facts["rootfs"] in ("overlay", "copy (the kernel has no overlayfs)")
     r = cli("info", "--format", "yaml")
     assert r.returncode != 0 and "unknown format 'yaml'" in r.stderr
+
+
+INFO_V2_GUEST = r"""
+set -u
+echo "RESULT started 1"
+mkdir -p /opt/it && cp -r /host/src /host/site /opt/it/ && chmod -R a+rX /opt/it
+export PYTHONPATH=/opt/it/site:/opt/it/src PYTHONDONTWRITEBYTECODE=1
+useradd --create-home --shell /bin/sh rl || exit 91
+sed -i '/^rl:/d' /etc/subuid /etc/subgid
+usermod --add-subuids 200000-265535 --add-subgids 200000-265535 rl || exit 92
+G=/sys/fs/cgroup/rl.slice
+mkdir $G
+echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+chown rl:rl $G $G/cgroup.procs $G/cgroup.subtree_control $G/cgroup.threads
+info() { ( [ -n "$1" ] && echo $BASHPID > $1/cgroup.procs; exec runuser -u rl -- env -i HOME=/home/rl \
+  PATH=/usr/bin:/bin:/usr/sbin:/sbin PYTHONPATH=$PYTHONPATH PYTHONDONTWRITEBYTECODE=1 \
+  python3 -m imagetool info --format json ); }
+echo "INFO_DELEGATED $(info $G | tr -d '\n')"
+echo "INFO_ROOTCG $(info '' | tr -d '\n')"
+"""
+
+
+def test_info_on_cgroup_v2_tells_a_delegated_subtree_from_none(tmp_path):
+    """In the cgroup-v2-only VM: the user's own writable cgroup is reported with its controllers;
+    from the root cgroup (not the user's) there is none, and info says limits cannot apply."""
+    from tests import v2vm
+
+    out = v2vm.boot(tmp_path, INFO_V2_GUEST, started_marker="RESULT started")
+    docs = {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in out.splitlines()
+            if line.startswith(("INFO_DELEGATED ", "INFO_ROOTCG "))}
+    assert set(docs) == {"INFO_DELEGATED", "INFO_ROOTCG"}, out[-2000:]
+    d, r = docs["INFO_DELEGATED"], docs["INFO_ROOTCG"]
+    assert d["cgroup"] == "v2" and d["cgroup_delegation"] == "delegated: /sys/fs/cgroup/rl.slice"
+    assert {"memory", "pids"} <= set(d["cgroup_controllers"])
+    assert d["uid_map"][1] == [1, 200000, 65536] and d["rootfs"].startswith("overlay (in the user namespace")
+    assert r["cgroup"] == "v2" and r["cgroup_delegation"].startswith("none (cgroup v2: your cgroup")
+    assert r["cgroup_controllers"] == []
