@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 
 import pytest
@@ -21,6 +22,8 @@ from fixtures.tarbuild import TarEntry, device, directory, fifo, file, opaque, s
 from tests.rootless import rootless_user, rootless_user_nosub  # noqa: F401 (fixtures)
 
 SETUID_PROG = b"#!/bin/sh\necho hi\n"
+# a file capability as images carry it (VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE permitted)
+CAP_V2 = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
 
 def _owners_image():
@@ -34,6 +37,7 @@ def _owners_image():
             device("dev/null", "char", 1, 3), device("dev/sda", "block", 8, 0),
             fifo("run/fifo", uid=33, gid=33),
             TarEntry("xattr.txt", data=b"x", xattrs={"user.note": b"kept"}),
+            TarEntry("bin/ping", data=SETUID_PROG, mode=0o755, xattrs={"security.capability": CAP_V2}),
             directory("gone"), file("gone/old", "old"), directory("opq"), file("opq/lower", "lower")]
     top = [whiteout("gone"), opaque("opq"), file("opq/upper", "upper", uid=33, gid=33)]
     return build_image([Layer(base), Layer(top)], config={"config": {"Cmd": ["/bin/sh"]}})
@@ -242,6 +246,13 @@ def test_pull_makes_snapshots_owned_through_the_mapping(rootless_user, owners_re
     assert "skipping device 'dev/null'" in r.stderr and "rootless" in r.stderr
     assert stat.S_ISFIFO(_lstat(base / "run" / "fifo").st_mode)
     assert os.getxattr(base / "xattr.txt", "user.note") == b"kept"
+    # the file capability: stored by the kernel namespaced (v3, root id = the user), v2 again inside
+    cap = os.getxattr(base / "bin" / "ping", "security.capability")
+    assert len(cap) == 24 and struct.unpack("<IIIIII", cap)[0] >> 24 == 3
+    assert struct.unpack("<IIIIII", cap)[1] == 1 << 10 and struct.unpack("<IIIIII", cap)[5] == u.uid
+    r = u.in_userns(f"import os\nprint(os.getxattr({str(base / 'bin' / 'ping')!r}, 'security.capability').hex())",
+                    check=True)
+    assert bytes.fromhex(r.stdout.strip()) == CAP_V2
     # the upper layer: a whiteout is char 0/0, the opaque dir carries the user.* marker only
     wo = _lstat(top / "gone")
     assert stat.S_ISCHR(wo.st_mode) and wo.st_rdev == 0
