@@ -178,3 +178,73 @@ def test_replacing_entries_take_the_slow_path_exactly(tmp_path):
     assert got == {"x": ("file", "0o755", 5, 0, 2, got["x"][5]), "y": ("dir", "0o750", 0, 9, None, ""),
                    "z": ("file", "0o640", 0, 0, 1, got["z"][5])}
     assert (root / "x").read_bytes() == b"22"
+
+
+# ---------------------------------------------------------------- the writer thread
+
+
+def _fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs (unmounted after the test)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_a_failed_write_on_the_writer_thread_is_one_clear_error(small_fs):
+    """Files finished on the writer thread: ENOSPC there becomes the layer's UnpackError naming
+    the entry, and every fd is closed (the thread stops with the applier)."""
+    from imagetool.errors import UnpackError
+
+    before = _fds()
+    entries = [file(f"f{i:03}", os.urandom(20_000)) for i in range(200)]      # ~4 MB into 1 MiB
+    a = Applier(small_fs, "plain")
+    try:
+        with pytest.raises(UnpackError, match=r"cannot apply 'f\d+': No space left on device"):
+            a.apply(io.BytesIO(build_tar(entries)), "layer 1")
+    finally:
+        a.close()
+    assert _fds() == before
+    assert not [t for t in __import__("threading").enumerate() if t.name == "imagetool-file-writer"]
+
+
+def test_a_truncated_layer_leaves_no_fd_open(tmp_path):
+    from imagetool.errors import UnpackError
+
+    tar = build_tar([file(f"f{i:03}", b"x" * (i * 50)) for i in range(300)])
+    before = _fds()
+    a = Applier(tmp_path, "plain")
+    try:
+        with pytest.raises(UnpackError, match="truncated"):
+            a.apply(io.BytesIO(tar[:len(tar) // 2]))
+    finally:
+        a.close()
+    assert _fds() == before
+    # what was written before the cut is complete (content and mtime), not half-done
+    done = sorted(p for p in os.listdir(tmp_path))
+    assert len(done) > 50
+    for p in done[:-1]:
+        i = int(p[1:])
+        assert (tmp_path / p).read_bytes() == b"x" * (i * 50)
+        assert os.stat(tmp_path / p).st_mtime == 1_600_000_000
+
+
+def test_many_small_files_keep_content_mtime_and_owner(tmp_path):
+    """More files than the writer's batches hold, with owners that need an fchown and empty files."""
+    entries = [file(f"d{i % 7}/f{i}", os.urandom(i % 3000), mode=0o640 if i % 2 else 0o644,
+                    uid=i % 3, gid=i % 5, mtime=1_500_000_000 + i) for i in range(1000)]
+    _apply(tmp_path, entries, 0o022)
+    for i, e in enumerate(entries):
+        p = tmp_path / e.path
+        st = os.stat(p)
+        assert p.read_bytes() == e.data
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime) == \
+            (i % 3, i % 5, e.mode, 1_500_000_000 + i)

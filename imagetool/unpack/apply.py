@@ -36,6 +36,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
@@ -89,6 +90,104 @@ def _passes_on_attrs(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class _Writer:
+    """Finishes new regular files on a helper thread: write the data, set the mtime, close.
+
+    The applier creates each file itself (name resolution, O_EXCL, owner: everything that decides
+    *what* is made and *where* stays on its thread, in archive order) and hands over only the
+    open fd, the data (a view of immutable bytes) and the mtime. The syscalls then overlap the
+    parsing of the next entries. Files go in batches of at most BATCH files and BATCH_BYTES of
+    data (few thread switches); at most IN_FLIGHT batches wait, so the fds held open and the
+    reader buffers kept alive stay bounded (~100 fds, a few MiB). `drain()` waits until every handed file is closed (the applier calls it
+    before apply() returns, on every path) and returns the first (entry name, error) or None.
+    Nothing the thread does depends on a path: a later entry that replaces or deletes the file's
+    name only unlinks a name, the thread still finishes (and closes) the inode it was given."""
+
+    BATCH = 32
+    BATCH_BYTES = 1 << 20
+    IN_FLIGHT = 2
+
+    def __init__(self):
+        self._batch: list = []
+        self._bytes = 0
+        self._thread = None
+        self._error = None
+
+    def add(self, fd: int, view, mtime_ns: int, name: str) -> None:
+        batch = self._batch
+        batch.append((fd, view, mtime_ns, name))
+        self._bytes += len(view)
+        if len(batch) >= self.BATCH or self._bytes >= self.BATCH_BYTES:
+            self._send()
+
+    def _send(self) -> None:
+        if self._thread is None:
+            import queue
+
+            self._q = queue.SimpleQueue()
+            self._slots = threading.Semaphore(self.IN_FLIGHT)
+            self._thread = threading.Thread(target=self._run, name="imagetool-file-writer", daemon=True)
+            self._thread.start()
+        self._slots.acquire()
+        self._q.put(self._batch)
+        self._batch = []
+        self._bytes = 0
+
+    def _run(self) -> None:
+        write, utime, close = os.write, os.utime, os.close
+        while True:
+            batch = self._q.get()
+            if batch is None:
+                return
+            for fd, view, m, name in batch:
+                try:
+                    if self._error is None:
+                        while view:
+                            view = view[write(fd, view):]
+                        utime(fd, ns=(m, m))
+                except (OSError, OverflowError) as e:
+                    self._error = (name, e)
+                finally:
+                    close(fd)
+            self._slots.release()
+
+    def drain(self):
+        """Wait for every file handed over; (entry name, error) of the first failure, else None."""
+        if self._batch:
+            if self._thread is None and len(self._batch) < 4:
+                self._finish_here()
+            else:
+                self._send()
+        if self._thread is not None:
+            for _ in range(self.IN_FLIGHT):
+                self._slots.acquire()
+            for _ in range(self.IN_FLIGHT):
+                self._slots.release()
+        err, self._error = self._error, None
+        return err
+
+    def _finish_here(self) -> None:
+        """A few files and no thread yet (a small layer): not worth starting one."""
+        batch, self._batch, self._bytes = self._batch, [], 0
+        for fd, view, m, name in batch:
+            try:
+                if self._error is None:
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.utime(fd, ns=(m, m))
+            except (OSError, OverflowError) as e:
+                self._error = (name, e)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.drain()
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def _warn(msg: str) -> None:
@@ -147,6 +246,7 @@ class Applier:
         # the mode bits creating cannot give (all of them when the umask takes the owner's own)
         self._chmod_bits = 0o7777 if umask is None or umask & 0o700 else 0o7000 | umask
         self._inherits = _passes_on_attrs(self.root.path)   # a setgid dir or a default ACL in the tree
+        self._writer = _Writer()
         self._reset_layer()
 
     def _reset_layer(self) -> None:
@@ -157,6 +257,7 @@ class Applier:
         self._layer_entries = 0
 
     def close(self) -> None:
+        self._writer.close()
         self.root.close()
         if self.lowerview is not None:
             self.lowerview.close()
@@ -168,20 +269,26 @@ class Applier:
         self._reset_layer()
         tf = TarReader(stream, name)
         root, stats, entry, max_entries = self.root, self.stats, self._entry, self.limits.max_entries
-        for e in tf:
-            self._layer_entries += 1
-            stats.entries += 1
-            if self._layer_entries > max_entries:
-                raise UnpackError(f"{name}: more than {max_entries} entries",
-                                  hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
-            if root._stale:
-                root.release()
-            try:
-                entry(e, tf)
-            except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
-                if self.rootless and getattr(err, "errno", None) == errno.EINVAL:
-                    _unmapped_owner(name, e)
-                raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
+        try:
+            for e in tf:
+                self._layer_entries += 1
+                stats.entries += 1
+                if self._layer_entries > max_entries:
+                    raise UnpackError(f"{name}: more than {max_entries} entries",
+                                      hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
+                if root._stale:
+                    root.release()
+                try:
+                    entry(e, tf)
+                except (OSError, OverflowError) as err:   # OverflowError: an owner or mtime out of range
+                    if self.rootless and getattr(err, "errno", None) == errno.EINVAL:
+                        _unmapped_owner(name, e)
+                    raise UnpackError(f"{name}: cannot apply {e.name!r}: {getattr(err, 'strerror', None) or err}") from None
+        finally:
+            failed = self._writer.drain()   # every file of the layer is complete when apply returns
+        if failed is not None:
+            entry_name, err = failed
+            raise UnpackError(f"{name}: cannot apply {entry_name!r}: {getattr(err, 'strerror', None) or err}")
         return self.stats
 
     def apply_blob(self, store, desc, diff_id, name: str) -> None:
@@ -402,18 +509,32 @@ class Applier:
         if fd is None:
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
             exact = False
+        # a small file's data is usually all in the reader's buffer already
+        view = tf.buffered_data(ti) if ti.size and ti.sparse is None else None
+        if exact and ti.sparse is None and (view.obj.__class__ is bytes if view is not None else not ti.size):
+            # the common case goes to the writer thread: a new file with its own mode whose data is
+            # a view of immutable bytes (valid however far the reader goes on)
+            try:
+                if self.privileged and (ti.uid, ti.gid) != self._ids:
+                    os.fchown(fd, ti.uid, ti.gid)     # here, so that apply() explains a rootless EINVAL
+            except BaseException:
+                os.close(fd)
+                raise
+            self._writer.add(fd, view if view is not None else b"", ti.mtime_ns, ti.name)
+            self.stats.bytes += ti.size
+            self.stats.files += 1
+            return
         try:
             if ti.sparse is not None:
                 self._write_sparse(fd, ti, tf)
+            elif view is not None:
+                while view:
+                    view = view[os.write(fd, view):]
+                self.stats.bytes += ti.size
             elif ti.size:
-                view = tf.buffered_data(ti)
-                if view is not None:       # the common case: a small file, already in the buffer
+                for view in tf.read_data(ti):
                     while view:
                         view = view[os.write(fd, view):]
-                else:
-                    for view in tf.read_data(ti):
-                        while view:
-                            view = view[os.write(fd, view):]
                 self.stats.bytes += ti.size
             if exact:
                 if self.privileged and (ti.uid, ti.gid) != self._ids:
