@@ -25,6 +25,12 @@ Contract:
   symlinks). Directories get their mode and mtime last (`Applier.finish`). Hardlinks take the
   target's inode as is. Devices and fifos need root: otherwise skipped with a warning (devices
   rootless too: uid 0 of a user namespace may not mknod them; as podman rootless does).
+  GNU sparse files: each segment written at its offset, the holes left as holes.
+- Speed, with the same result: a new file or directory is created with its own mode and owner
+  when that is exact (`_creates_exact`: not when the umask would clear a bit, for setuid/setgid/
+  sticky, with xattrs, nor once a setgid directory or a default ACL is in the tree), which saves
+  the fchmod and, for entries owned by us, the fchown. New small files are then finished (data,
+  mtime, close) by `_Writer`'s thread; `apply()` returns only when all are.
 - Refused (UnsafeLayer): ".." in names or hardlink targets, hardlinks to directories, an entry
   that would make the root a non-directory, whiteouts of "." or "..", trusted/user.overlay.* xattrs.
 """
