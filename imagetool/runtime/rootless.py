@@ -53,38 +53,49 @@ def clamp_rlimit(which: int, soft: int, hard: int) -> tuple[int, int]:
 
 def kill_pid1(state: dict) -> bool:
     """SIGKILL a rootless container with no cgroup to kill it through: its PID 1 (the kernel then
-    kills everything in its PID namespace), else, when this process may not signal it (PID 1 runs as
-    a subordinate id and we are in another user namespace than its own), SIGTERM to its owner (the
+    kills everything in its PID namespace); when this process may not signal it (PID 1 runs as a
+    subordinate id and we are in another user namespace than its own), SIGTERM to its owner (the
     monitor or foreground imagetool, running as the user: it kills the container and cleans up).
-    Both are checked against their recorded start times. Whether a signal was sent."""
+    A container still being created (no PID 1 recorded) is its owner's to abort, asked the same
+    way. Both are checked against their recorded start times. Whether a signal was sent (False:
+    PID 1 is gone already)."""
+    pid = state.get("pid")
+    sent = _signal(pid, state.get("pid_start"), signal.SIGKILL) if pid else PermissionError
+    if sent is not PermissionError:
+        return sent is True
+    owner = state.get("owner_pid")
+    return owner != os.getpid() and _signal(owner, state.get("owner_start"), signal.SIGTERM) is True
+
+
+def _signal(pid, start, sig: int):
+    """True when sent, PermissionError when refused, None when `pid` is not that process (any more)."""
     from imagetool.runtime.supervise import proc_start
 
-    for key, start_key, sig in (("pid", "pid_start", signal.SIGKILL), ("owner_pid", "owner_start", signal.SIGTERM)):
-        pid = state.get(key)
-        if not pid or key == "owner_pid" and pid == os.getpid():
-            continue
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        try:
-            if proc_start(pid) != state.get(start_key):
-                continue
+    if not pid:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if proc_start(pid) != start:
+            return None
+        if sig:
             signal.pidfd_send_signal(fd, sig)
-            return True
-        except PermissionError:
-            continue
-        except ProcessLookupError:
-            return False
-        finally:
-            os.close(fd)
-    return False
+        return True
+    except PermissionError:
+        return PermissionError
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def runc_args() -> list[str]:
-    """runc's global options here: rootless, its state in the user's runtime directory
+    """runc's global options here: rootless (inside the namespace, or the user outside it: ps, rm of
+    a dead owner's container), its state in the user's runtime directory
     ($XDG_RUNTIME_DIR/imagetool/runc, else ~/.cache/imagetool/runc) instead of root's /run/runc."""
-    if not active():
+    if not active() and os.geteuid() == 0:
         return []
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
     return ["--root", os.path.join(base, "imagetool", "runc")]
