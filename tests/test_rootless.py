@@ -105,6 +105,66 @@ def test_the_parent_exits_as_the_child_and_forwards_kill(rootless_user):
             proc.wait()
 
 
+_TTY_CHILD = """from imagetool import userns
+userns.enter()
+import os, signal, time
+count = 0
+def on_int(*a):
+    global count
+    count += 1
+    if count == 1:   # the parent has the tty's SIGINT pending too; SIGTERM comes after it (lower numbers first)
+        os.kill(os.getppid(), signal.SIGTERM)
+def on_term(*a):
+    print("count=%d" % count, flush=True)
+    os._exit(40 + count)
+signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def test_a_terminal_interrupt_reaches_the_command_once(rootless_user):
+    """^C on the terminal reaches the parent and the child (one process group): the parent does not
+    forward it again (it forwards only signals sent with kill(2), as the SIGTERM here)."""
+    import fcntl
+    import pty
+    import termios
+
+    u = rootless_user
+    master, slave = pty.openpty()
+
+    def controlling_tty():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    argv = ["runuser", "-u", u.name, "--", "env", "-i", *(f"{k}={v}" for k, v in u.environment().items()),
+            u.python, "-c", _TTY_CHILD]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=controlling_tty, cwd=u.home)
+    os.close(slave)
+    out = b""
+    try:
+        while b"ready" not in out:
+            out += os.read(master, 1024)
+        os.write(master, b"\x03")
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:   # EIO: every holder of the terminal is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 41, out
+        assert b"count=1" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
 def test_a_refused_mapping_is_one_clear_error_and_the_command_does_not_go_on(rootless_user):
     """newuidmap refuses a range that is not the user's: the parent reports it, the child never continues."""
     u = rootless_user
