@@ -9,7 +9,7 @@ descriptors, documents over 4 MiB and absurd layer counts.
 from __future__ import annotations
 
 import json
-import platform as _host
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -95,8 +95,9 @@ class Platform:
 
     @classmethod
     def host(cls) -> "Platform":
-        """This machine's platform (Linux; architecture from `platform.machine()`)."""
-        return cls("linux", _host.machine() or "amd64")
+        """This machine's platform (Linux; architecture from uname(2), as `platform.machine()` gives it
+        without that module's ~1 ms import)."""
+        return cls("linux", os.uname().machine or "amd64")
 
     def matches(self, other: "Platform | None") -> bool:
         """Same os, architecture and variant after normalisation (arm64 "" == v8; arm "" == v7)."""

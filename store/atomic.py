@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from store.layout import TEMP_PREFIX
@@ -23,6 +22,8 @@ def write_atomic(path: Path | str, data: bytes, mode: int = 0o644, temp_dir: Pat
 
     The temp file lives in `temp_dir` (default: next to `path`; it must be on the same filesystem)
     and is removed on every failure path."""
+    import tempfile  # here, not at the top: read-only commands never load it (~2 ms)
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=temp_dir or path.parent)
     try:

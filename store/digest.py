@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -65,4 +64,6 @@ class Digest:
 def new_hasher(algorithm: str = CANONICAL):
     if algorithm not in ALGORITHMS:
         raise InvalidDigest(f"invalid digest algorithm {algorithm!r}")
+    import hashlib  # here, not at the top: commands that hash nothing never load OpenSSL (~2 ms)
+
     return hashlib.new(algorithm)

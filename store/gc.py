@@ -15,7 +15,6 @@ import json
 import os
 import stat
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +188,7 @@ def _sweep_snapshots(layout: Layout, keep: set[str] | None, now: float) -> int:
                 _remove_any(path)
         elif keep is not None and _snapshot_hex(e.name) == e.name and e.name not in keep:
             # Rename first so a half-removed snapshot is never seen under its real name.
-            trash = path.with_name(f"{_TRASH}{e.name[:12]}-{uuid.uuid4().hex[:8]}")
+            trash = path.with_name(f"{_TRASH}{e.name[:12]}-{os.urandom(4).hex()}")
             os.rename(path, trash)
             _remove_any(trash)
             count += 1

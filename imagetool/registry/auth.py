@@ -21,9 +21,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -229,6 +226,9 @@ def _from_auths(auths: dict, domain: str, path: Path) -> Credentials | None:
 
 def run_helper(helper: str, domain: str) -> Credentials | None:
     """`docker-credential-<helper> get` for the domain; None when it has no credentials."""
+    import shutil  # here and below, not at the top: a pull without a credential helper never loads them
+    import subprocess
+
     prog = f"docker-credential-{helper}"
     if not shutil.which(prog):
         raise AuthError(f"credential helper {prog} (configured for {domain}) is not on PATH")
@@ -463,6 +463,8 @@ def verify_login(transport, domain: str, creds: Credentials) -> None:
 
 
 def _write_config(path: Path, data: dict) -> None:
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix="imagetool-auth-", dir=path.parent)
     try:

@@ -32,7 +32,7 @@ from imagetool.registry.transport import Transport
 
 MAX_MANIFEST = 4 << 20
 MAX_ERROR_BODY = 64 << 10
-CHUNK = 1 << 20
+CHUNK = 256 << 10   # a blob's body is gathered in pieces of this size (x 2 while copied, per download)
 RATELIMIT_WARN = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
