@@ -90,9 +90,22 @@ def imagetool_command() -> list[str]:
     return [sys.executable, "-m", "imagetool"]
 
 
-def python_command() -> str:
+HEADLINE_PYTHON = "/usr/bin/python3"  # the distribution's interpreter: what a Debian or Ubuntu user gets
+
+
+def headline_install(where: Path) -> list[str]:
+    """The install users get from the README's quick start, made at `where`: a venv of the
+    distribution's /usr/bin/python3 with a non-editable `pip install .` of this checkout (its
+    bytecode compiled, as pip does); returns the argv of its console script."""
+    subprocess.run([HEADLINE_PYTHON, "-m", "venv", str(where)], check=True)
+    subprocess.run([str(where / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [str(where / "bin" / "imagetool")]
+
+
+def python_command(imagetool: list[str] | None = None) -> str:
     """The interpreter imagetool's console script runs under (for the baseline rows)."""
-    cmd = imagetool_command()
+    cmd = imagetool or imagetool_command()
     if len(cmd) > 1:
         return cmd[0]
     with contextlib.suppress(OSError):

@@ -35,6 +35,12 @@ def parse(argv):
                         "(default: on, off with --quick)")
     p.add_argument("--no-write", action="store_true", help="print the report instead of writing results/")
     p.add_argument("--output", help="write the report here instead of benchmarks/results/<date>-<host>.md")
+    p.add_argument("--editable", action="store_true",
+                   help="measure the checkout's editable install (.venv) instead of the headline install (a "
+                        "non-editable `pip install .` into a venv of /usr/bin/python3, made for this run)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also the scaling table: pull and unpack of ~50 MB, ~300 MB and ~1.2 GB images and of 1, "
+                        "16 and 64 layers beside skopeo and umoci (time and peak RSS; see benchmarks/scaling.py)")
     return p.parse_args(argv)
 
 
@@ -47,9 +53,11 @@ def main(argv=None) -> int:
     scale = 0.1 if args.quick else 1.0
     profile = (not args.quick) if args.profile is None else args.profile
 
-    # imagetool runs from this checkout even when the installed (editable) copy is stale or elsewhere
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(common.REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if args.editable:  # imagetool runs from this checkout even when the installed copy is stale or elsewhere
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(common.REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    else:  # the installed copy, not this checkout, is what the headline measures
+        os.environ.pop("PYTHONPATH", None)
     tools = common.ensure_peers()
     for name in ("skopeo", "docker-registry"):
         if not tools.get(name):
@@ -59,16 +67,38 @@ def main(argv=None) -> int:
     from benchmarks.imagegen import generate
 
     images = generate(scale)
-    imagetool = common.imagetool_command()
-    log(f"imagetool: {' '.join(imagetool)}")
+    scaling_images = {}
+    if args.scaling:
+        from benchmarks import scaling
+
+        scaling_images = scaling.generate(scale, images)
+        images.update({img.name: img for img in scaling_images.values() if img.name not in images})
     # fresh bytecode: with PYTHONDONTWRITEBYTECODE set, an edited module would be recompiled on
     # every measured start (~18 ms), which measures the environment, not imagetool
     subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(common.REPO / d) for d in ("imagetool", "store"))],
                    check=False)
+    editable = common.imagetool_command()
+    venv_dir = None
+    if args.editable:
+        imagetool = editable
+    else:  # on disk, as users have it (not on the tmpfs); removed at the end
+        venv_dir = tempfile.mkdtemp(prefix="imagetool-bench-venv-")
+        log(f"headline install: venv of {common.HEADLINE_PYTHON} + pip install . in {venv_dir} …")
+        imagetool = common.headline_install(common.Path(venv_dir) / "venv")
+    log(f"imagetool: {' '.join(imagetool)}")
+    try:
+        return _measure(args, started, runs, warmups, budget, scale, profile, tools, images, imagetool, editable,
+                        scaling_images)
+    finally:
+        if venv_dir:
+            shutil.rmtree(venv_dir, ignore_errors=True)
 
+
+def _measure(args, started, runs, warmups, budget, scale, profile, tools, images, imagetool, editable,
+             scaling_images) -> int:
     from fixtures.registry import RegistryServer
 
-    from benchmarks import specs
+    from benchmarks import scaling, specs
     from benchmarks.measure import profile_imagetool, run_operation, trace_breakdown
     from benchmarks.report import markdown, summary
 
@@ -76,9 +106,12 @@ def main(argv=None) -> int:
     profiles = {}
     rootfs = None
     breakdowns = {}
-    with common.tmpfs_workdir() as work:
+    # the scaling rows need room for the ~1.2 GB image's layout, registry copy, stores and targets
+    with common.tmpfs_workdir("16g" if scaling_images else "6g") as work:
         machine = common.machine_description(work, tools)
         machine["imagetool"] = _imagetool_version(imagetool)
+        machine["install"] = ("editable (the checkout's .venv, PYTHONPATH = the checkout)" if args.editable else
+                              f"headline: non-editable `pip install .` into a venv of {common.HEADLINE_PYTHON}")
         layouts = work / "layouts"
         layouts.mkdir()
         local = {}
@@ -105,8 +138,11 @@ def main(argv=None) -> int:
                 registry.push_layout(img.layout, "latest", f"bench/{name}:latest")
             log(f"registry {registry.host}: pushed {', '.join(local)}")
             ctx = specs.Context(work=work, registry=registry.host, images=local, imagetool=imagetool,
-                                python=common.python_command(), tools=tools, quick=args.quick)
+                                python=common.python_command(imagetool), tools=tools, quick=args.quick,
+                                editable=None if editable == imagetool else editable)
             ops = specs.operations(ctx)
+            if scaling_images:
+                ops += scaling.operations(ctx, scaling_images)
             if args.only:
                 ops = [o for o in ops if any(t.lower() in o.name.lower() for t in args.only)]
             try:
@@ -117,12 +153,13 @@ def main(argv=None) -> int:
                     log(f"{op.name} …")
                     scratch = work / "scratch"
                     scratch.mkdir(exist_ok=True)
-                    res = run_operation(op, warmups, runs, scratch, budget=budget)
+                    big = op.group.startswith("scaling")   # rounds of tens of seconds: the fixed count
+                    res = run_operation(op, warmups, scaling.RUNS if big else runs, scratch, budget=0 if big else budget)
                     results.append(res)
                     if op.group == "run" and res.imagetool.ok:
                         breakdowns[op.image] = trace_breakdown(op, scratch, runs)
-                    if profile and res.imagetool.ok and op.group != "baseline":
-                        profiles[op.name] = profile_imagetool(op, imagetool, common.python_command(), scratch)
+                    if profile and res.imagetool.ok and op.group != "baseline" and not big:
+                        profiles[op.name] = profile_imagetool(op, imagetool, ctx.python, scratch)
                     log(f"{op.name}: done in {time.monotonic() - t0:.0f} s")
                 if not args.only or any(t.lower() in ROOTFS_NAME for t in args.only):
                     log(f"{ROOTFS_NAME} …")
@@ -135,11 +172,12 @@ def main(argv=None) -> int:
     machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     now = dt.datetime.now(dt.timezone.utc)
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "mode": "quick" if args.quick else "full",
-            "command": "benchmarks/run" + (" --quick" if args.quick else "") +
-                       "".join(f" --only {o!r}" for o in args.only),
+            "command": "benchmarks/run" + (" --quick" if args.quick else "") + (" --editable" if args.editable else "")
+                       + (" --scaling" if args.scaling else "") + "".join(f" --only {o!r}" for o in args.only),
             "warmups": warmups, "runs": runs, "elapsed": time.monotonic() - started}
     meta["fallbacks"] = list(ctx.fallbacks) if "ctx" in locals() else []
-    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles, rootfs, breakdowns)
+    text = markdown(results, machine, meta, [i.describe for i in images.values()], profiles, rootfs, breakdowns,
+                    scaling_images)
     print(summary(results))
     if args.no_write:
         print(text)

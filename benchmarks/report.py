@@ -42,6 +42,16 @@ def _find(ops: list[OpResult], group: str, image: str | None = None) -> list[OpR
     return [o for o in ops if o.op.group == group and (image is None or o.op.image == image)]
 
 
+RSS_LIMIT_MB = 60  # issue 16: on every row, whatever the image size
+
+
+def peer_ratios(a, b) -> list[float]:
+    """a/b per round for two contenders of one operation (their samples were taken in the same rounds)."""
+    if not (a.ok and b.ok):
+        return []
+    return [x.seconds / y.seconds for x, y in zip(a.samples, b.samples) if y.seconds > 0]
+
+
 def _peer(o: OpResult, prefix: str):
     for r in o.results[1:]:
         if r.name.startswith(prefix):
@@ -68,10 +78,22 @@ def goals(ops: list[OpResult], breakdowns: dict | None = None) -> list[str]:
     def rss_goal(o: OpResult) -> None:
         if o.imagetool.ok:
             mb = o.imagetool.peak_rss_kb / MB
-            out.append(f"{'✅' if mb < 100 else '❌'} {o.op.name}: imagetool peak RSS < 100 MB — {mb:.0f} MB")
+            out.append(f"{'✅' if mb < RSS_LIMIT_MB else '❌'} {o.op.name}: imagetool peak RSS < {RSS_LIMIT_MB} MB "
+                       f"— {mb:.0f} MB")
 
-    for o in _find(ops, "pull"):
-        ratio_goal(o, "skopeo", 1.0, "imagetool/skopeo ≤ 1.0")
+    for o in _find(ops, "startup"):
+        ratio_goal(o, "podman", 1.0, "≤ 1.0× podman's same command")
+        rss_goal(o)
+    for o in _find(ops, "pull"):   # like for like: blobs only beside skopeo; with the snapshots beside podman
+        blobs, skopeo = _peer(o, "imagetool pull --no-unpack"), _peer(o, "skopeo")
+        if blobs is not None and skopeo is not None:
+            rs = peer_ratios(blobs, skopeo)
+            out.append(f"{'✅' if rs and statistics.median(rs) <= 1.0 else '❌' if rs else '—'} {o.op.name}: "
+                       f"pull --no-unpack/skopeo copy ≤ 1.0 — " + (f"ratio {statistics.median(rs):.2f}" if rs else
+                                                                    f"not measured ({blobs.status}, {skopeo.status})"))
+        ratio_goal(o, "podman", 1.0, "pull (snapshots prepared)/podman pull ≤ 1.0")
+        rss_goal(o)
+    for o in _find(ops, "re-pull"):
         rss_goal(o)
     for o in _find(ops, "unpack"):
         ratio_goal(o, "umoci", 1.0, "faster than umoci")
@@ -81,6 +103,11 @@ def goals(ops: list[OpResult], breakdowns: dict | None = None) -> list[str]:
     base = _find(ops, "baseline")
     for o in runs.values():
         ratio_goal(o, "podman", 0.4, "under 0.4× podman run")
+        rss_goal(o)
+    for o in _find(ops, "cold run"):
+        ratio_goal(o, "podman", 0.5, "≤ 0.5× podman run --rm of the uncached image")
+        ratio_goal(o, "skopeo copy + umoci", 1.0, "below skopeo copy + umoci unpack + runc run")
+        rss_goal(o)
     bb = runs.get("busybox")
     traced = (breakdowns or {}).get("busybox")
     own = how = None
@@ -160,17 +187,21 @@ def breakdown_table(breakdowns: dict, ops: list[OpResult]) -> list[str]:
 
 
 def markdown(ops: list[OpResult], machine: dict, meta: dict, images: list[str], profiles: dict | None = None,
-             rootfs=None, breakdowns: dict | None = None) -> str:
+             rootfs=None, breakdowns: dict | None = None, scaling_images: dict | None = None) -> str:
     parts = [f"# imagetool benchmarks — {meta['date']} on {machine['host']}", ""]
     parts.append(f"Command: `{meta['command']}` ({meta['mode']}: {meta['warmups']} warm-up + at least {meta['runs']} "
                  f"counted runs per tool, more for cheap operations (the count is by each operation), "
                  f"alternating A B C … each round; total {meta['elapsed']:.0f} s). "
                  "Medians of wall time; the ratio is imagetool/peer per round (median, min–max); "
                  "peak RSS is the largest ru_maxrss of imagetool's process tree over the counted runs.")
-    parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6)", ""]
+    parts += ["", "## Results", "", table(ops), "", "## Goals (issues 3-6 and 16)", ""]
     parts += [f"- {g}" for g in goals(ops, breakdowns)] or ["- (nothing to check)"]
     parts += breakdown_table(breakdowns or {}, ops)
     parts += rootfs_table(rootfs)
+    if scaling_images:
+        from benchmarks.scaling import section
+
+        parts += section(ops, scaling_images)
     parts += ["", "## Images", ""] + [f"- {d}" for d in images]
     parts += ["", "## Notes", ""] + [f"- **{o.op.name}**: {o.op.note}" for o in ops if o.op.note]
     parts += [f"- {f}" for f in meta.get("fallbacks", [])]

@@ -28,6 +28,7 @@ class Context:
     python: str  # the interpreter behind it
     tools: dict  # tool -> path or None
     quick: bool = False
+    editable: list | None = None  # the checkout's editable install (.venv), measured beside the headline one
     fallbacks: list = field(default_factory=list)  # preparations that could not use imagetool
     _prepared: dict = field(default_factory=dict)
 
@@ -281,6 +282,42 @@ def podman_ulimits() -> list:
     return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", "nproc=1024:1024"]
 
 
+STARTUP_CONTAINER = "bench-ps"  # the exited container `ps -a` lists and `inspect` shows, in each tool's store
+
+
+def small_command_op(ctx: Context, *args: str) -> Operation:
+    """An everyday command of fixed cost (`images`, `ps -a`, `inspect`) beside podman's same command:
+    each store holds busybox and one exited container (STARTUP_CONTAINER); the editable install
+    (.venv) beside the headline one when it exists."""
+    store = ctx.d("it-store")
+
+    def it_prepare():
+        ctx.imagetool_store_with("busybox")
+        ctx.once("it-container", lambda: ctx.check(
+            ctx.it(store, "run", "--name", STARTUP_CONTAINER, ctx.ref("busybox"), "true"), "imagetool run --name"))
+
+    def podman_prepare():
+        ctx.podman_with("busybox")
+        ctx.once("podman-container", lambda: ctx.check(
+            ctx.podman("shared", "run", "--name", STARTUP_CONTAINER, "--network", "none", "--runtime", "runc",
+                       *podman_ulimits(), ctx.ref("busybox"), "true"), "podman run --name"))
+
+    peers = [Contender(f"podman {' '.join(args)}", lambda i: ctx.podman("shared", *args), prepare=podman_prepare,
+                       missing=ctx.missing("podman") or ctx.missing("runc"))]
+    if ctx.editable:
+        peers.append(Contender(f"imagetool {' '.join(args)} (.venv: editable install, its interpreter)",
+                               lambda i: [*ctx.editable, "--store", str(store), *args], prepare=it_prepare))
+    shown = " ".join({ctx.ref("busybox"): "IMAGE", STARTUP_CONTAINER: "CONTAINER"}.get(a, a) for a in args)
+    return Operation(
+        f"startup: {shown}", group="startup", image="busybox",
+        imagetool=Contender(f"imagetool {' '.join(args)}", lambda i: ctx.it(store, *args), prepare=it_prepare),
+        peers=peers,
+        note="each tool's store holds busybox and one exited container; podman with its own root on the tmpfs")
+
+
+FLOOR_IMPORTS = "import re, json, dataclasses, pathlib"
+
+
 def baseline_op(ctx: Context) -> Operation:
     """What the interpreter and the CLI framework cost before imagetool does any work."""
     return Operation(
@@ -290,6 +327,8 @@ def baseline_op(ctx: Context) -> Operation:
             Contender("/bin/true (the launcher's floor)", lambda i: ["/bin/true"]),
             Contender("python -c pass", lambda i: [ctx.python, "-c", "pass"]),
             Contender("python -c 'import typer'", lambda i: [ctx.python, "-c", "import typer"]),
+            Contender(f"python -c '{FLOOR_IMPORTS}' (the standard library the store's code needs)",
+                      lambda i: [ctx.python, "-c", FLOOR_IMPORTS]),
         ],
         note="interpreter + CLI framework only (subtract from `run` for imagetool's own work)")
 
@@ -344,6 +383,10 @@ def operations(ctx: Context) -> list:
     """Every operation, in the order they run (and appear in the report)."""
     return [
         baseline_op(ctx),
+        small_command_op(ctx, "images"),
+        small_command_op(ctx, "ps", "-a"),
+        small_command_op(ctx, "inspect", ctx.ref("busybox")),
+        small_command_op(ctx, "inspect", STARTUP_CONTAINER),
         pull_op(ctx, "busybox"),
         pull_op(ctx, "debian"),
         pull_op(ctx, "debian-zstd"),

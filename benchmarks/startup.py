@@ -1,11 +1,13 @@
 """Start-up cost of the everyday commands as users install imagetool: the median and minimum wall time of
-`images`, `ps -a`, `--help` and `run --rm busybox true`, side by side with podman's same command.
+`images`, `ps -a`, `inspect` (image, container), `--help` and `run --rm busybox true`, side by side with
+podman's same command (a quick look; `benchmarks/run --only startup` is the report's measure).
 
 Usage: python3 -m benchmarks.startup [--venv DIR]... [--runs N]
 Each --venv (repeatable: before/after side by side) holds an installed imagetool; without one it
 makes one: a venv of /usr/bin/python3 (the distribution's interpreter) with `pip install .` (not
-editable), as the README's quick start does. The store is a temporary one
-holding busybox (loaded from fixtures' archive); podman uses its own store. Needs root for `run`.
+editable), as the README's quick start does (common.headline_install). The store is a temporary one
+holding busybox (loaded from fixtures' archive) and one exited container; podman uses a root of its
+own in the same temporary directory. Needs root.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = (["images"], ["ps", "-a"], ["--help"], ["run", "--rm", "busybox", "true"])
+CONTAINER = "startup-ps"
+# podman here: runc (crun refuses hybrid cgroups), no network, limits this root can grant
+PODMAN_RUN = ["--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+COMMANDS = (["images"], ["ps", "-a"], ["inspect", "busybox"], ["inspect", CONTAINER], ["--help"],
+            ["run", "--rm", "busybox", "true"])
 
 
 def make_venv(where: Path) -> Path:
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(where)], check=True)
-    subprocess.run([str(where / "bin" / "pip"), "install", "-q", str(REPO)], check=True)
+    from benchmarks.common import headline_install
+
+    headline_install(where)
     return where
 
 
@@ -65,19 +72,43 @@ def main() -> None:
         archive.write_bytes(busybox_archive())
         subprocess.run([str(venvs[0] / "bin" / "imagetool"), "load", "-i", str(archive)], env=env, check=True,
                        stdout=subprocess.DEVNULL)
-        podman = shutil.which("podman")
+        podman, podman_argv = shutil.which("podman"), []
+        try:
+            _measure(args, venvs, env, archive, podman, podman_argv, Path(tmp))
+        finally:   # podman's overlay mounts and the containers go before the directory does
+            if podman_argv:
+                subprocess.run([*podman_argv, "rm", "-af"], capture_output=True)
+                subprocess.run([*podman_argv, "system", "reset", "-f"], capture_output=True)
+            from benchmarks.common import umount_all_under
+
+            umount_all_under(Path(tmp))
+
+
+def _measure(args, venvs: list, env: dict, archive: Path, podman: str | None, podman_argv: list, tmp: Path) -> None:
+    subprocess.run([str(venvs[0] / "bin" / "imagetool"), "run", "--name", CONTAINER, "busybox", "true"], env=env,
+                   check=True)
+    if podman:
+        proot = tmp / "podman"
+        podman_argv += [podman, "--root", str(proot / "root"), "--runroot", str(proot / "run"), "--tmpdir",
+                        str(proot / "tmp"), "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
+                        "--events-backend", "file"]
+        subprocess.run([*podman_argv, "load", "-i", str(archive)], check=True, capture_output=True)
+        subprocess.run([*podman_argv, "run", "--name", CONTAINER, *PODMAN_RUN, "busybox", "true"], check=True,
+                       capture_output=True)
+    print(f"{args.runs} runs each (taking turns), median / min; one store for every venv")
+    for command in COMMANDS:
+        targets = [([str(venv / "bin" / "imagetool"), *command], env) for venv in venvs]
+        names = [str(venv) for venv in venvs]
         if podman:
-            subprocess.run([podman, "load", "-i", str(archive)], check=True, capture_output=True)
-        print(f"{args.runs} runs each (taking turns), median / min; one store for every venv")
-        for command in COMMANDS:
-            targets = [([str(venv / "bin" / "imagetool"), *command], env) for venv in venvs]
-            names = [str(venv) for venv in venvs]
-            if podman:
-                targets.append(([podman, *command], os.environ.copy()))
-                names.append("podman")
-            for name, result in zip(names, timed(targets, args.runs)):
-                shown = result if isinstance(result, str) else f"{1000 * result[0]:6.1f} / {1000 * result[1]:6.1f} ms"
-                print(f"{' '.join(command):24} {name:28} {shown}")
+            argv = [*podman_argv, *command]
+            if command[0] == "run":
+                argv[len(podman_argv) + 2:len(podman_argv) + 2] = PODMAN_RUN
+            targets.append((argv, os.environ.copy()))
+            names.append("podman")
+        for name, result in zip(names, timed(targets, args.runs)):
+            shown = result if isinstance(result, str) else f"{1000 * result[0]:6.1f} / {1000 * result[1]:6.1f} ms"
+            print(f"{' '.join(command):24} {name:28} {shown}")
+
 
 if __name__ == "__main__":
     main()
