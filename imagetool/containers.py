@@ -583,7 +583,9 @@ def reconcile(cdir: Path, state: dict) -> dict | None:
     _stop(state)
     network.teardown(cdir)
     if state.get("rm"):
-        shutil.rmtree(cdir, ignore_errors=True)
+        from imagetool.runtime import rootless   # (an ordinary user: in its namespace, for the upper dir)
+
+        rootless.remove_tree(cdir)
         return None
     state.update(status="exited", exit_code=state.get("exit_code") if state.get("exit_code") is not None else 137,
                  pid=None, finished_at=jsonlog.now(),
