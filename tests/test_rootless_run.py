@@ -202,6 +202,28 @@ def test_rm_force_and_prune_remove_subordinate_owned_files(it, clean):
     assert _ok(it("ps", "-a")).count("\n") <= 1
 
 
+def test_dead_monitor_of_an_rm_container_is_cleaned_up_from_outside(it, clean):
+    """The monitor of a `run -d --rm` container (files of subordinate ids in its upper dir) is
+    SIGKILLed: the container dies with it, and `ps` — run outside any user namespace — removes the
+    whole directory (in a child that enters the user's namespace), leaving nothing."""
+    import signal
+
+    _ok(it("run", "-d", "--rm", "--name", "orphan", "--network", "none", "--user", "1000", "busybox", "sh", "-c",
+           "mkdir -p /tmp/a/b && echo x > /tmp/a/b/c && chmod 700 /tmp/a && sleep 300"))
+    state = it.state("orphan")
+    cdir = it.store / "containers" / state["id"]
+    for _ in range(50):
+        if (cdir / "upper" / "tmp" / "a").exists():
+            break
+        time.sleep(0.1)
+    os.kill(state["owner_pid"], signal.SIGKILL)
+    for _ in range(50):
+        if "orphan" not in _ok(it("ps", "-a")):
+            break
+        time.sleep(0.1)
+    assert not cdir.exists()
+
+
 # ---------------------------------------------------------------- security
 
 
