@@ -1,7 +1,8 @@
 """Rootless on cgroup v2 with a delegated subtree (issue 13): in the v2-only VM a test user with a
 subordinate range owns a cgroup (as systemd's Delegate=yes gives a user session), and the seed's
 memory-limit demonstration passes as that user: `run -m 7m` of a process allocating more is
-OOM-killed (137), a smaller one passes. The limit is written in the user's own subtree
+OOM-killed (137), a smaller one passes; run -d, exec (joining the container's cgroup), stop and rm
+work as the user there. The limit is written in the user's own subtree
 (<own>/imagetool/<id>/memory.max), the user's shell moved into the leaf <own>/init first (the "no
 internal processes" rule), and nothing is left after."""
 
@@ -38,6 +39,10 @@ asuser "$it run --rm --network none --pids-limit 20 busybox sh -c 'i=0; while [ 
 grep -q "can't fork" /tmp/pids.err; echo "RESULT pids $?"
 asuser "$it run --rm --network none busybox sh -c 'echo \$\$; id -u'" > /tmp/id.out; echo "RESULT pid1 $(head -1 /tmp/id.out)"
 echo "RESULT uid0 $(tail -1 /tmp/id.out)"
+asuser "$it run -d --name svc --network none -m 20m busybox sleep 300" >/dev/null; echo "RESULT detached $?"
+echo "RESULT exec_cgroup $(asuser "$it exec svc cat /proc/self/cgroup")"
+echo "RESULT exec_limit $(asuser "$it exec svc cat /sys/fs/cgroup/memory.max")"
+asuser "$it stop -t 1 svc" >/dev/null; asuser "$it rm svc" >/dev/null; echo "RESULT stop_rm $?"
 grep -q "cannot apply" /tmp/oom.err; echo "RESULT warned $?"
 echo "RESULT leaf $(test -d $G/init && echo present || echo absent)"
 echo "RESULT leftover_groups $(find $G/imagetool -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"
@@ -60,6 +65,9 @@ def test_rootless_memory_limit_with_delegated_cgroup(tmp_path):
     assert results["limit_in_user_subtree"] == "0"     # written below the user's own cgroup
     assert results["pids"] == "0"
     assert results["pid1"] == "1" and results["uid0"] == "0"
+    assert results["detached"] == "0" and results["stop_rm"] == "0"   # run -d, exec, stop, rm as the user
+    assert results["exec_cgroup"] == "0::/"            # exec joined the container's cgroup (its namespace's root)
+    assert results["exec_limit"] == str(20 << 20)
     assert results["warned"] == "1"                    # delegated: no "limits cannot apply" line
     assert results["leaf"] == "present"                # the user's processes moved into <own>/init
     assert results["leftover_groups"] == "0"
