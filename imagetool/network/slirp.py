@@ -76,8 +76,8 @@ class Availability:
 
 
 def available() -> Availability:
-    """The binary on PATH (or /usr/bin) and a TUN device this process may open."""
-    binary = shutil.which("slirp4netns") or shutil.which("slirp4netns", path="/usr/bin:/bin")
+    """The binary on PATH and a TUN device this process may open."""
+    binary = shutil.which("slirp4netns")
     if binary is None:
         return Availability(None, f"slirp4netns is not installed (apt-get install {PACKAGE})")
     if not os.access(TUN, os.R_OK | os.W_OK):
