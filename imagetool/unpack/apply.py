@@ -398,19 +398,21 @@ class Applier:
                 self._root_dir_meta(ti)
                 return
             raise UnsafeLayer(f"layer entry {ti.name!r} would replace the root directory with a non-directory")
-        kind, target = whiteouts.classify(comps[-1])
-        if kind != whiteouts.ENTRY:
-            if kind == whiteouts.OPAQUE_MARKER:
-                self._opaque(comps[:-1])
-            elif kind == whiteouts.WHITEOUT:
-                self._whiteout(comps[:-1] + (target,))
-            elif kind == whiteouts.INVALID:
-                raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
-            return   # META: AUFS metadata (.wh..wh.plnk etc.), ignored as Docker does
+        if comps[-1].startswith(whiteouts.PREFIX):     # (every whiteout name has it; classify decides)
+            kind, target = whiteouts.classify(comps[-1])
+            if kind != whiteouts.ENTRY:
+                if kind == whiteouts.OPAQUE_MARKER:
+                    self._opaque(comps[:-1])
+                elif kind == whiteouts.WHITEOUT:
+                    self._whiteout(comps[:-1] + (target,))
+                elif kind == whiteouts.INVALID:
+                    raise UnsafeLayer(f"invalid whiteout {ti.name!r}")
+                return   # META: AUFS metadata (.wh..wh.plnk etc.), ignored as Docker does
         xattrs = ti.xattrs
-        for k in xattrs:
-            if k.startswith(whiteouts.OVERLAY_XATTR_PREFIXES):
-                raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
+        if xattrs:
+            for k in xattrs:
+                if k.startswith(whiteouts.OVERLAY_XATTR_PREFIXES):
+                    raise UnsafeLayer(f"layer entry {ti.name!r} carries the overlayfs xattr {k!r}")
         pfd, name, pcanon = self.root.lookup(comps, self._implicit_mkdir)
         canon = f"{pcanon}/{name}" if pcanon else name
         if self._lower_links and canon in self._lower_links:

@@ -166,6 +166,8 @@ def _oldgnu_sparse(block: bytes, first: int, count: int) -> tuple[list, bool]:
     return out, block[first + 24 * count] != 0
 
 
+_NO_RECORDS: dict = {}    # an entry without PAX records (shared, never written to)
+
 # typeflags of GNU and other vendors that carry no file: refused with this name (the rest of the
 # unknown ones, "A"-"Z" vendor extensions, are regular files, as GNU tar and tarfile extract them)
 _REFUSED = {b"M": "multi-volume continuation", b"N": "old GNU long-names entry"}
@@ -314,9 +316,13 @@ class TarReader:
         return self
 
     def __next__(self) -> Entry:
-        if self._cur is not None:
-            self._finish_current()
-        pax: dict[str, bytes] = {}
+        cur = self._cur
+        if cur is not None:
+            if cur._left or cur._pad:
+                self._finish_current()
+            else:
+                self._cur = None
+        pax: dict[str, bytes] = _NO_RECORDS      # replaced by a new dict at the first 'x' header
         repeated: list = []
         longname = longlink = None
         first = True
@@ -361,6 +367,8 @@ class TarReader:
             kind = _TYPES.get(typeflag)
             if kind is None:
                 if typeflag == b"x" or typeflag == b"X":       # PAX (X: Solaris' older spelling)
+                    if pax is _NO_RECORDS:
+                        pax = {}
                     pax.update(_parse_pax(self._payload(size_n), repeated))
                     continue
                 if typeflag == b"g":
@@ -374,7 +382,7 @@ class TarReader:
                     continue
                 if typeflag == b"V":        # a volume label: nothing to extract
                     self._skip(size_n + (-size_n % BLOCK))
-                    pax, repeated, longname, longlink, first = {}, [], None, None, True
+                    pax, repeated, longname, longlink, first = _NO_RECORDS, [], None, None, True
                     continue
                 if typeflag in _REFUSED:
                     raise UnpackError(f"{self.layer}: unsupported tar entry ({_REFUSED[typeflag]})")
