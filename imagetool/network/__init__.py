@@ -6,9 +6,11 @@
     ports.py     -p/--publish parsing, free and busy host ports
     hosts.py     the container's /etc/hosts, /etc/resolv.conf and /etc/hostname
     attach.py    the one glue containers.run calls: setup before create, teardown on every exit
+    slirp.py     rootless (issue 13): slirp4netns on the container's namespace, -p through its API
 
 The default network (a --network left out) is `bridge`, as in docker and podman: default_mode()
 resolves it, falling back to `private` with a one-line notice where the CNI plugins are missing.
+Rootless (rootless()), the default is slirp4netns instead, as podman's, and CNI networks are refused.
 `private` (loopback only), `none` and `host` need none of this: setup() below returns at once
 for them, and teardown() costs one stat when a container had no CNI network.
 """
