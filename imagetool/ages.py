@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import re
 import time
 
@@ -13,10 +12,21 @@ def _epoch(stamp: str | None) -> float | None:
     """Seconds since the epoch of an RFC 3339 UTC time (fraction ignored), or None."""
     if not stamp:
         return None
+    s = stamp[:19]   # parsed by hand: time.strptime would import _strptime (locale, calendar…) for ps
+    if len(s) != 19 or s[4] != "-" or s[7] != "-" or s[10] not in "Tt " or s[13] != ":" or s[16] != ":":
+        return None
     try:
-        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+        y, mo, d, h, mi, sec = (int(s[a:b]) for a, b in ((0, 4), (5, 7), (8, 10), (11, 13), (14, 16), (17, 19)))
     except ValueError:
         return None
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 62):
+        return None
+    y -= mo <= 2   # days since 1970-01-01 of the proleptic Gregorian date (H. Hinnant's days_from_civil)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + h * 3600 + mi * 60 + sec
 
 
 def human_duration(seconds: float) -> str:

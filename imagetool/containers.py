@@ -167,12 +167,12 @@ def target_of(cdir, state: dict, name: str | None = None):
     name = name or state.get("name")
     if state.get("status") != "running" or not state.get("pid_start"):
         raise ImagetoolError(f"container {name} is not running")
-    if (state.get("runtime") or "imagetool") != "imagetool":
-        raise ImagetoolError("exec into a runc or crun container is not supported yet")
     try:
         spec = json.loads((cdir / SPEC).read_text())
     except (OSError, ValueError):
         raise ImagetoolError(f"container {name} cannot be joined: its spec is missing") from None
+    if (state.get("runtime") or "imagetool") != "imagetool":   # runc/crun: its init from `runc state`
+        return execin.runc_target(state["runtime"], state["id"], spec, (state["pid"], state["pid_start"]))
     return execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
 
 

@@ -105,14 +105,13 @@ def stop(store, id_or_name: str, timeout: int | None = None) -> str:
             return id_or_name   # --rm: gone
         if state.get("status") == "running":
             _signal_then_kill(state, timeout)
-            if _await_exit(store, state) is None:
-                return id_or_name
-            continue
         owner = _pidfd(state, "owner_pid")
         if owner is None:
-            return id_or_name
-        try:   # its monitor between two runs: it sees the marker and ends
-            _wait_gone(owner, 0.05)
+            if state.get("status") != "running":
+                return id_or_name
+            continue   # its owner just died: the next look reconciles it
+        try:   # no polling: its owner records the exit and ends (the marker allows no other run)
+            _wait_gone(owner, None)
         finally:
             os.close(owner)
 
@@ -197,11 +196,10 @@ def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None
           interactive: bool = False, tty: bool = False, detach: bool = False) -> int:
     """docker exec: `command` in the running container (runtime/execin.py); its exit code. With
     `tty` its stdio is a pty of the container's devpts; with `detach` it runs on in a process of its
-    own (monitor.spawn: its output discarded) and 0 is returned once it has been exec'd."""
+    own (monitor.spawn: its output discarded) and 0 is returned once it has been exec'd; as docker,
+    -d with -i keeps its stdin open (nothing writes to it) and with -t gives it the pty."""
     from imagetool.runtime import execin
 
-    if detach and (tty or interactive):
-        raise ImagetoolError("exec -d cannot be combined with -i or -t")
     cdir, state = _current(store, id_or_name)
     target = containers.target_of(cdir, state, id_or_name)
     kw = dict(env=list(env), user=user, cwd=workdir)
@@ -212,8 +210,8 @@ def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None
     def body(fd: int) -> int:
         reply = Reply(fd)
         try:
-            execin.execute(target, list(command), sink=lambda stream, data: None,
-                           started=lambda: reply.send({"started": True}), **kw)
+            execin.execute(target, list(command), sink=lambda stream, data: None, interactive=interactive,
+                           tty=tty, started=lambda: reply.send({"started": True}), **kw)
         except ImagetoolError as e:
             reply.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
         finally:

@@ -153,9 +153,9 @@ def detach(store, opts, existing: str | None = None) -> str:
     health.resolve(None, opts)
     if policy.name != "no" and opts.rm:
         raise ImagetoolError("conflicting options: --restart and --rm")
-    if opts.tty or opts.interactive:
-        raise ImagetoolError("run -d with -i or -t is not supported yet", hint="drop -i/-t; read the output "
-                             "with `imagetool logs`")
+    if opts.tty and (opts.runtime or "imagetool") != "imagetool":
+        raise ImagetoolError(f"run -d -t is not supported with --runtime {opts.runtime}",
+                             hint="drop -t, or use the built-in runtime")
     if opts.explain or opts.script:
         raise ImagetoolError("run -d cannot be combined with --explain or --script")
     if opts.name and existing is None:

@@ -56,6 +56,50 @@ class Target:
     spec: dict
 
 
+def runc_target(backend: str, container_id: str, spec: dict, runner: tuple[int, str]) -> Target:
+    """The Target of a container run by runc or crun: its init's PID from `runc state`, its
+    cgroups from /proc/PID/cgroup under each hierarchy's mount point (runc makes them). `runner`:
+    the recorded (pid, start time) of its `runc run` process; while that runs and the container
+    is still being created (just after `run -d`), `runc state` is asked again (up to 10 s). A PID
+    whose cgroups are not the container's (it ended, the PID reused) is refused; so is a
+    container that is not running. Rootless, runc keeps its state where rootless.runc_args says
+    and makes no cgroup (none is joined then)."""
+    import json
+    import shutil
+    import subprocess
+
+    from imagetool.runtime import cgroups, rootless
+
+    binary = shutil.which(backend) or shutil.which(backend, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if binary is None:
+        raise ContainerError(f"{backend} is not installed")
+    deadline = time.monotonic() + 10
+    while True:
+        r = subprocess.run([binary, *rootless.runc_args(), "state", container_id], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        try:
+            doc = json.loads(r.stdout) if r.returncode == 0 else {}
+        except ValueError:
+            doc = {}
+        pid = doc.get("pid")
+        if doc.get("status") == "running" and isinstance(pid, int) and pid > 0:
+            break
+        if doc.get("status") == "stopped" or supervise.proc_start(runner[0]) != runner[1] \
+                or time.monotonic() > deadline:
+            raise ContainerError("the container is not running")
+        time.sleep(0.01)   # runc has not made it yet
+    start = supervise.proc_start(pid)
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            own = cgroups.own_cgroups(f.read())
+    except OSError:
+        raise ContainerError("the container is not running") from None
+    paths = tuple(os.path.join(h.mountpoint, own[h.key].lstrip("/")) for h in cgroups.hierarchies()
+                  if h.key in own and own[h.key].rstrip("/").endswith("/" + container_id))
+    if start is None or not (paths or rootless.active()):   # rootless runc makes no cgroup to check it by
+        raise ContainerError("the container is not running")
+    return Target(pid, start, paths, spec)
+
+
 def _open_target(target: Target) -> int:
     try:
         fd = os.pidfd_open(target.pid)
@@ -82,7 +126,8 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
             tty: bool = False, started=None) -> int | None:
     """Run `args` in the container and copy its stdio (and stdin with `interactive`) until it
     ends; its exit code (docker's: 128+signal; 126/127 raised as CommandNotExecutable/NotFound).
-    With `sink` its output goes to `sink(stream, data)` instead (a healthcheck's probe, exec -d);
+    With `sink` its output goes to `sink(stream, data)` instead (a healthcheck's probe, exec -d;
+    with `tty` the pty's output, as stdout, and nothing is typed into it);
     with `timeout` (seconds) a process still running then is killed (its joiner, so
     PR_SET_PDEATHSIG kills it) and None is returned. With `tty` its stdio is a pty of the
     container's own devpts (as run -t: console.py), relayed to imagetool's terminal. `started()`
@@ -134,6 +179,9 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
             raise
         if started is not None:
             started()
+        if tty and sink is not None:   # exec -d -t: the pty is held, its output discarded, nothing typed
+            _drain_master(master, sink)
+            return supervise.reap(pid)
         if tty:
             console.relay(master, interactive)   # closes the master
             return supervise.reap(pid)
@@ -174,6 +222,21 @@ def _drain_until(pipes, sink, deadline: float | None) -> bool:
     finally:
         for fd in names:
             stdio._close(fd)
+
+
+def _drain_master(master: int, sink) -> None:
+    """Hand a pty's output to `sink` as stdout until every slave is closed (EIO); closes `master`."""
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            sink("stdout", data)
+    finally:
+        os.close(master)
 
 
 def _close_all_but(keep: set) -> None:
