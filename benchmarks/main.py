@@ -110,6 +110,7 @@ def _measure(args, started, runs, warmups, budget, scale, profile, tools, images
     with common.tmpfs_workdir("16g" if scaling_images else "6g") as work:
         machine = common.machine_description(work, tools)
         machine["imagetool"] = _imagetool_version(imagetool)
+        machine["python"] = f"{_python_version(common.python_command(imagetool))} ({common.python_command(imagetool)})"
         machine["install"] = ("editable (the checkout's .venv, PYTHONPATH = the checkout)" if args.editable else
                               f"headline: non-editable `pip install .` into a venv of {common.HEADLINE_PYTHON}")
         layouts = work / "layouts"
@@ -213,6 +214,12 @@ def rootfs_figures(work, images: dict, runs: int):
         return f"not measured: {type(e).__name__}: {e}"
     finally:
         common.rmtree(work)
+
+
+def _python_version(python: str) -> str:
+    r = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
+                       text=True)
+    return r.stdout.strip() or "?"
 
 
 def _imagetool_version(argv) -> str:

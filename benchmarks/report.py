@@ -93,7 +93,7 @@ def goals(ops: list[OpResult], breakdowns: dict | None = None) -> list[str]:
                                                                     f"not measured ({blobs.status}, {skopeo.status})"))
         ratio_goal(o, "podman", 1.0, "pull (snapshots prepared)/podman pull ≤ 1.0")
         rss_goal(o)
-    for o in _find(ops, "re-pull"):
+    for o in _find(ops, "re-pull") + _find(ops, "scaling pull") + _find(ops, "scaling unpack"):
         rss_goal(o)
     for o in _find(ops, "unpack"):
         ratio_goal(o, "umoci", 1.0, "faster than umoci")
