@@ -128,3 +128,57 @@ def test_imagetool_command_is_not_the_pyenv_shim():
     assert b"pyenv" not in head or not head.startswith(b"#!/usr/bin/env bash")
     if shutil.which("imagetool"):
         assert subprocess.run([*cmd, "--version"], capture_output=True).returncode == 0
+
+
+def test_layer_series_is_deterministic_and_spreads_the_same_content_over_n_layers():
+    from benchmarks.scaling import _layered
+    from fixtures.tarbuild import build_tar
+
+    one, sixteen = _layered(1, 0.01), _layered(16, 0.01)
+    assert len(one) == 1 and len(sixteen) == 16
+    assert [build_tar(x) for x in sixteen] == [build_tar(x) for x in _layered(16, 0.01)]
+    size = lambda layers: sum(len(e.data) for la in layers for e in la if e.type == "file")  # noqa: E731
+    assert abs(size(one) - size(sixteen)) < 0.05 * size(one)      # the same amount, only spread
+    assert any(e.path == "bin/busybox" for e in sixteen[0])         # the image runs `true`
+
+
+def _sample_op(name: str, group: str, image: str, times: dict, rss_mb: int = 40):
+    """An OpResult whose contenders took `times` {name: seconds} in each of 3 rounds."""
+    from benchmarks.measure import OpResult, Result, Sample
+
+    op = Operation(name, imagetool=Contender(next(iter(times)), lambda i: ["true"]),
+                   peers=[Contender(n, lambda i: ["true"]) for n in list(times)[1:]], group=group, image=image)
+    results = [Result(n, [Sample(s, rss_mb * 1024 if k == 0 else 10_000) for _ in range(3)])
+               for k, (n, s) in enumerate(times.items())]
+    return OpResult(op, results)
+
+
+def test_issue16_goals_compare_like_for_like_and_check_rss_on_every_row():
+    from benchmarks.report import goals
+
+    pull = _sample_op("pull debian", "pull", "debian", {"imagetool pull": 0.9, "imagetool pull --no-unpack": 0.3,
+                                                        "skopeo copy docker:// oci:": 0.6, "podman pull": 3.0})
+    images = _sample_op("startup: images", "startup", "busybox", {"imagetool images": 0.045, "podman images": 0.030},
+                        rss_mb=61)
+    text = "\n".join(goals([pull, images]))
+    assert "✅ pull debian: pull --no-unpack/skopeo copy ≤ 1.0 — ratio 0.50" in text   # not pull-with-snapshots
+    assert "✅ pull debian: pull (snapshots prepared)/podman pull ≤ 1.0 — ratio 0.30" in text
+    assert "❌ startup: images: ≤ 1.0× podman's same command — ratio 1.50" in text
+    assert "❌ startup: images: imagetool peak RSS < 60 MB — 61 MB" in text
+    assert "✅ pull debian: imagetool peak RSS < 60 MB — 40 MB" in text
+
+
+def test_scaling_section_has_a_row_per_image_with_time_rss_and_time_per_mb():
+    from benchmarks.imagegen import BenchImage
+    from benchmarks.scaling import section
+
+    img = BenchImage("size-50mb", Path("/nonexistent"), 5, 100, 50_000_000, 30_000_000)
+    pull = _sample_op("scaling pull size-50mb", "scaling pull", "size-50mb",
+                      {"imagetool pull": 1.0, "imagetool pull --no-unpack": 0.5, "skopeo copy docker:// oci:": 0.8})
+    unpack = _sample_op("scaling unpack size-50mb", "scaling unpack", "size-50mb",
+                        {"imagetool unpack": 0.25, "umoci unpack": 1.0})
+    lines = section([pull, unpack], {"size-50mb": img})
+    row = next(ln for ln in lines if ln.startswith("| size-50mb |"))
+    assert row == ("| size-50mb | 5 | 50 / 30 | 1.00 s / 40 MB | 500 ms / 10 MB | 800 ms / 10 MB | 20.00 | "
+                   "250 ms / 40 MB | 1.00 s / 10 MB | 5.00 |")
+    assert section([], {"size-50mb": img}) == []
