@@ -79,6 +79,24 @@ def test_other_networks_are_refused_for_slirp(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_stop_kills_the_recorded_process_only_while_it_is_that_process():
+    from imagetool.runtime.supervise import proc_start
+
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        start = proc_start(p.pid)
+        slirp._stop(p.pid, "not-its-start-time")      # a reused PID: left alone
+        assert p.poll() is None
+        slirp._stop(p.pid, start)                     # killed and reaped (our child)
+        assert proc_start(p.pid) is None
+        with pytest.raises(ChildProcessError):
+            os.waitpid(p.pid, os.WNOHANG)
+    finally:
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+
+
 # ---------------------------------------------------------------- as the test user, in a namespace of ours
 
 
@@ -325,3 +343,18 @@ def test_bridge_and_user_networks_are_a_clear_error_rootless(user, netns, clean)
     assert r.returncode == 125
     assert "needs root: a rootless container gets slirp4netns" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_privileged_host_port_is_a_clear_error_rootless(user, netns, tun_open, clean):
+    r = it(user, netns, "run", "--rm", "-p", "127.0.0.1:80:80", user.image, "true")
+    assert r.returncode == 125
+    assert "host port 80 is privileged: a rootless container can publish host ports from 1024" in r.stderr, r.stderr
+    assert "already in use" not in r.stderr
+
+
+def test_explain_shows_slirp4netns_and_the_forward(user, netns, tun_open, clean):
+    port = free_port(netns)
+    r = it(user, netns, "run", "--rm", "--explain", "-p", f"127.0.0.1:{port}:80", user.image, "true")
+    assert r.returncode == 0, r.stderr
+    assert "--disable-host-loopback" in r.stderr and "--netns-type=path" in r.stderr
+    assert f'"host_port": {port}' in r.stderr

@@ -126,6 +126,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     names = [n for n in [getattr(opts, "name", None), cid[:12]] if n]
     etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
     wanted = attach._wanted_ports(opts, spec)
+    _refuse_privileged(wanted)
     started = time.perf_counter()
     path = str(cdir / attach.NETNS)
     with networks.Locked(networks.net_dir(store)):
@@ -149,6 +150,25 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         attach.teardown(cdir)
         raise
     attach._name_in_spec(spec, path)
+
+
+def _refuse_privileged(mappings) -> None:
+    """A rootless user cannot listen below net.ipv4.ip_unprivileged_port_start (1024): said as
+    such, not as a port in use."""
+    from imagetool import userns
+
+    if not mappings or not (os.geteuid() != 0 or userns.inside()):
+        return
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            first = int(f.read())
+    except (OSError, ValueError):
+        first = 1024
+    low = sorted({m.host_port for m in mappings if 0 < m.host_port < first})
+    if low:
+        raise NetworkError(f"host port {low[0]} is privileged: a rootless container can publish host ports "
+                           f"from {first} (net.ipv4.ip_unprivileged_port_start)",
+                           hint=f"publish on a host port >= {first}, e.g. -p {first + 7080}:CONTAINERPORT")
 
 
 def forward_request(m: ports.PortMapping) -> dict:
