@@ -224,6 +224,99 @@ def _notice(msg: str) -> None:
 
 
 def enter(m: Mapping | None = None) -> None:
+    """Move this process into a new user+mount namespace as its uid 0: in place when it is
+    single-threaded (`enter_in_place`, the usual case: a command enters before starting any
+    thread), else by forking (`enter_forked`: unshare(CLONE_NEWUSER) refuses a threaded caller)."""
+    if _threads() == 1:
+        enter_in_place(m)
+    else:
+        enter_forked(m)
+
+
+def _threads() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def enter_in_place(m: Mapping | None = None) -> None:
+    """This process unshares its user and mount namespaces itself; a forked helper, still outside,
+    runs newuidmap/newgidmap on it (with no subordinate range the process writes its own single-id
+    map). No process stays behind to wait: signals, the terminal and the exit status are the
+    command's own, and no Python process runs on copy-on-write pages of another."""
+    from imagetool.errors import ImagetoolError
+
+    m = m or mapping()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    me = os.getpid()
+    helper = None
+    if not m.single:
+        go_r, go_w = os.pipe()        # this process → helper: unshared ("1") or not
+        err_r, err_w = os.pipe()      # helper → this process: what failed
+        helper = os.fork()
+        if helper == 0:   # the helper: wait, map, exit (no return)
+            code = 125
+            try:
+                os.close(go_w)
+                os.close(err_r)
+                if os.read(go_r, 1) == b"1":
+                    _write_maps(me, m)
+                    code = 0
+            except BaseException as e:   # noqa: BLE001 (a forked helper must never return)
+                try:
+                    os.write(err_w, str(e).encode()[:2000])
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        os.close(go_r)
+        os.close(err_w)
+    try:
+        _unshare(CLONE_NEWUSER | CLONE_NEWNS)
+    except OSError as e:
+        if helper:
+            _finish_helper(helper, go_w, err_r, b"0")
+        raise ImagetoolError(f"cannot create a user namespace: {e.strerror}",
+                             hint="check kernel.unprivileged_userns_clone / user.max_user_namespaces") from None
+    if helper:
+        failed = _finish_helper(helper, go_w, err_r, b"1")
+    else:
+        try:
+            _write_maps(me, m)
+            failed = ""
+        except OSError as e:
+            failed = str(e)
+    if failed:
+        raise ImagetoolError(f"cannot map ids into the user namespace: {failed}",
+                             hint=f"check {SUBUID} and {SUBGID} for {m.user}, and that newuidmap/newgidmap "
+                                  "are installed setuid")
+    _become_root(m)
+
+
+def _finish_helper(pid: int, go_w: int, err_r: int, go: bytes) -> str:
+    """Tell the helper to go on (or not), wait for it: "" when it mapped the ids, else why not."""
+    try:
+        os.write(go_w, go)
+    except BrokenPipeError:
+        pass
+    os.close(go_w)
+    msg = b""
+    while chunk := os.read(err_r, 4096):
+        msg += chunk
+    os.close(err_r)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if go != b"1" or code == 0:
+        return ""
+    return msg.decode(errors="replace").strip() or f"the id mapper exited {code}"
+
+
+def enter_forked(m: Mapping | None = None) -> None:
     """Fork; in the child (which returns from here as uid 0 of a new user+mount namespace) go on with
     the command; the parent never returns: it waits for the child and exits with its status."""
     import signal

@@ -85,13 +85,34 @@ def test_enter_maps_root_to_the_user_and_the_range_after(rootless_user):
     assert r.stderr == ""
 
 
-def test_the_parent_exits_as_the_child_and_forwards_kill(rootless_user):
+def test_enter_is_in_place_no_process_stays_behind(rootless_user):
+    """A single-threaded command unshares itself: same pid, its parent is still runuser's."""
     u = rootless_user
+    r = u.run([u.python, "-c", "import os\nprint(os.getpid(), os.getppid())\nns = os.readlink('/proc/self/ns/user')\n"
+               "from imagetool import userns\nuserns.enter()\nprint(os.getpid(), os.getppid(), os.getuid())\n"
+               "print(os.readlink('/proc/self/ns/user') != ns)"], check=True)
+    before, after, other_ns = r.stdout.splitlines()
+    assert after.split() == before.split() + ["0"] and other_ns == "True"
     assert u.in_userns("import os\nos._exit(7)").returncode == 7
+
+
+def test_a_threaded_process_enters_by_forking_and_the_parent_exits_as_the_child(rootless_user):
+    """unshare(CLONE_NEWUSER) refuses a threaded process: enter() forks then (enter_forked)."""
+    u = rootless_user
+    code = ("import os, threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "me = os.getpid()\nfrom imagetool import userns\nuserns.enter()\n"
+            "print(os.getpid() != me, os.getppid() == me, os.getuid(), flush=True)\nos._exit(9)")
+    r = u.run([u.python, "-c", code])
+    assert r.returncode == 9, r.stderr
+    assert r.stdout.split() == ["True", "True", "0"]
+
+
+def test_the_forked_parent_forwards_kill(rootless_user):
+    u = rootless_user
     # a SIGTERM sent to the waiting parent reaches the child in the namespace
     proc = subprocess.Popen(
         ["runuser", "-u", u.name, "--", "env", "-i", *(f"{k}={v}" for k, v in u.environment().items()), u.python,
-         "-c", "from imagetool import userns\nuserns.enter()\nimport os, signal, time\n"
+         "-c", "from imagetool import userns\nuserns.enter_forked()\nimport os, signal, time\n"
                "signal.signal(signal.SIGTERM, lambda *a: os._exit(42))\nprint('ready', flush=True)\n"
                "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True, cwd=u.home)
     try:
@@ -106,7 +127,7 @@ def test_the_parent_exits_as_the_child_and_forwards_kill(rootless_user):
 
 
 _TTY_CHILD = """from imagetool import userns
-userns.enter()
+userns.enter_forked()
 import os, signal, time
 count = 0
 def on_int(*a):
@@ -115,19 +136,20 @@ def on_int(*a):
     if count == 1:   # the parent has the tty's SIGINT pending too; SIGTERM comes after it (lower numbers first)
         os.kill(os.getppid(), signal.SIGTERM)
 def on_term(*a):
-    print("count=%d" % count, flush=True)
+    os.write(1, b"count=%d\\n" % count)   # os.write: a handler may run inside another write
     os._exit(40 + count)
 signal.signal(signal.SIGINT, on_int)
 signal.signal(signal.SIGTERM, on_term)
-print("ready", flush=True)
+os.write(1, b"ready\\n")
 while True:
     time.sleep(3600)
 """
 
 
 def test_a_terminal_interrupt_reaches_the_command_once(rootless_user):
-    """^C on the terminal reaches the parent and the child (one process group): the parent does not
-    forward it again (it forwards only signals sent with kill(2), as the SIGTERM here)."""
+    """Forked entry (a threaded command): ^C on the terminal reaches the parent and the child (one
+    process group); the parent does not forward it again (only signals sent with kill(2), as the
+    SIGTERM here). In place, there is no second process to relay anything."""
     import fcntl
     import pty
     import termios
