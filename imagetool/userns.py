@@ -1,10 +1,14 @@
 """Rootless: a command run by an ordinary user enters a user namespace (and a mount namespace) in-process.
 
-How (podman's way, without re-exec): `enter()` forks; the child `unshare(CLONE_NEWUSER|CLONE_NEWNS)`,
-says so on a pipe and waits; the parent writes the child's id maps and lets it go, then only waits
-for it, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to it by kill(2) (a terminal's ^C already reaches
-both: same process group) and exits as the child did. The child becomes uid/gid 0 and simply goes
-on with the command.
+How (podman's idea, in-process, without re-exec): `enter()` — for a single-threaded process, the
+usual case — works in place: a helper is forked first and waits on a pipe; the process itself
+`unshare(CLONE_NEWUSER|CLONE_NEWNS)`s and tells the helper, which (still outside) runs
+newuidmap/newgidmap on it and exits; the process then becomes uid/gid 0 and simply goes on with the
+command: the same pid, its own signals, terminal and exit status. unshare refuses a threaded process
+(EINVAL), so then `enter_forked()` does it podman's way: fork; the child unshares, says so on a pipe
+and waits; the parent writes the child's maps, lets it go, waits for it, forwards SIGINT/SIGTERM/
+SIGHUP/SIGQUIT sent to it by kill(2) (a terminal's ^C already reaches both: one process group; told
+apart by si_code) and exits as the child did.
 
 The mapping (`mapping()`) is the same every time, so files on disk keep consistent owners:
 - with a subordinate range in /etc/subuid and /etc/subgid: 0 → the user, 1..N → the ranges in file
@@ -17,7 +21,7 @@ other modules: the store stays the user's ($XDG_DATA_HOME/imagetool, settings.st
 for mapped ids only; device nodes cannot be made (CAP_MKNOD is not held in the initial namespace), but
 overlay whiteouts (char 0/0) can (kernel >= 5.8); trusted.* xattrs cannot be set, so overlay opaque
 directories use `user.overlay.opaque` and overlay is mounted with `userxattr` (unpack/whiteouts.py).
-`IMAGETOOL_USERNS=UID:GID` (the user's ids outside) is exported to the child's environment.
+`IMAGETOOL_USERNS=UID:GID` (the user's ids outside) is exported to the environment of the process inside.
 
 This module imports only the standard library: anything may import it.
 """
