@@ -182,3 +182,13 @@ def test_scaling_section_has_a_row_per_image_with_time_rss_and_time_per_mb():
     assert row == ("| size-50mb | 5 | 50 / 30 | 1.00 s / 40 MB | 500 ms / 10 MB | 800 ms / 10 MB | 20.00 | "
                    "250 ms / 40 MB | 1.00 s / 10 MB | 5.00 |")
     assert section([], {"size-50mb": img}) == []
+
+
+def test_importtime_lines_parse_into_module_depth_and_times():
+    from benchmarks.importtime import parse
+
+    text = ("import time: self [us] | cumulative | imported package\n"
+            "import time:       130 |        130 |   _io\n"
+            "import time:       762 |       2593 | site\n"
+            "import time:      1594 |       4095 |     enum\n")
+    assert parse(text) == [("_io", 1, 130, 130), ("site", 0, 762, 2593), ("enum", 2, 1594, 4095)]
