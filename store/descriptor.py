@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from store.digest import Digest
 from store.errors import InvalidDescriptor, InvalidDigest
+
+TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,17 @@ concurrent writers never lose a ref and readers (who take no lock) never see a t
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
 
 from store.atomic import write_atomic
 from store.descriptor import Descriptor
 from store.errors import CorruptStore, InvalidDescriptor, RefNotFound, StoreError
 from store.layout import Layout
 from store.locking import flocked
+
+TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"

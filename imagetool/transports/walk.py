@@ -17,7 +17,7 @@ Indexes nested more than MAX_INDEX_DEPTH deep are refused (ManifestError), whate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from store import Descriptor
 
