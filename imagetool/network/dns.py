@@ -117,7 +117,7 @@ def sync(net_dir: Path, members: dict, trace=None) -> None:
         _start(path, d, [gw for gw, _ in members.values()], trace)
     elif changed:
         os.kill(pid, signal.SIGHUP)
-        _wait_listening([gw for gw, _ in members.values()])
+        _wait_listening(pid, [gw for gw, _ in members.values()])
 
 
 def _start(path: str, d: Path, gateways: list[str], trace=None) -> None:
@@ -131,18 +131,22 @@ def _start(path: str, d: Path, gateways: list[str], trace=None) -> None:
     if p.returncode != 0:
         text = (p.stderr or p.stdout).decode(errors="replace").strip().splitlines()
         raise NetworkError(f"aardvark-dns did not start: {text[-1] if text else f'exit status {p.returncode}'}")
-    _wait_listening(gateways)
+    pid = running_pid(d)
+    if pid is None:
+        raise NetworkError(f"aardvark-dns did not start (no live process in {d / PID_FILE})")
+    _wait_listening(pid, gateways)
     if trace is not None:
         import shlex
 
         trace("start aardvark-dns", " ".join(shlex.quote(a) for a in argv), started)
 
 
-def _listening() -> set[str]:
-    """The addresses with a UDP socket bound on port 53 in this network namespace."""
+def _listening(pid: int) -> set[str]:
+    """The addresses with a UDP socket bound on port 53 in the network namespace of process
+    `pid` (aardvark's own: the caller may be in another one, as `rm` run from elsewhere)."""
     out = set()
     try:
-        lines = Path("/proc/self/net/udp").read_text().splitlines()[1:]
+        lines = Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]
     except OSError:
         return out
     for line in lines:
@@ -153,13 +157,13 @@ def _listening() -> set[str]:
     return out
 
 
-def _wait_listening(gateways: list[str], limit: float = 2.0) -> None:
+def _wait_listening(pid: int, gateways: list[str], limit: float = 2.0) -> None:
     """aardvark binds its sockets after it said it is ready (and again after a reload): wait a
     little for them, so the container's first lookup finds it."""
     deadline = time.monotonic() + limit
-    while not set(gateways) <= _listening():
+    while not set(gateways) <= _listening(pid):
         if time.monotonic() > deadline:
-            missing = ", ".join(sorted(set(gateways) - _listening()))
+            missing = ", ".join(sorted(set(gateways) - _listening(pid)))
             import sys
 
             sys.stderr.write(f"imagetool: warning: aardvark-dns does not answer on {missing} port {PORT} "
