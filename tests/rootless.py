@@ -4,6 +4,9 @@
     user = rootless_user                  # RootlessUser, session-scoped
     user.imagetool("pull", ref)           # -> CompletedProcess (text), imagetool as the user
     user.run(["id", "-u"])                # any command as the user (runuser), same environment
+    user.in_userns("print(1)")            # Python code as the user inside its namespace (userns.enter())
+    user.popen(["run", "-d", ...])        # imagetool started as the user (subprocess.Popen)
+    as_user(user, ["images"])             # the same as user.imagetool("images")
     user.subuid_start, user.subuid_count  # its /etc/subuid and /etc/subgid range (same numbers)
 
 The user is made by `useradd` with a unique name, home in a 0755 temp dir (the pytest tmp dirs are
