@@ -259,7 +259,8 @@ def network_settings(cdir: Path) -> dict:
             {"HostIp": p.get("hostIP") or "0.0.0.0", "HostPort": str(p["hostPort"])})
     endpoint = {"IPAddress": address, "IPPrefixLen": int(prefix or 0), "Gateway": ip.get("gateway", ""),
                 "MacAddress": macs[0] if macs else ""}
-    networks_ = {doc["network"]: endpoint | {"Aliases": (doc.get("hosts") or {}).get("names", [])}} if doc else {}
+    networks_ = ({doc["network"]: endpoint | {"Aliases": (doc.get("hosts") or {}).get("names", [])}}
+                 if doc.get("network") else {})   # container:NAME: the other one's network, none of its own
     return {"SandboxKey": doc.get("netns", ""), "Ports": ports, **endpoint, "Networks": networks_}
 
 
