@@ -97,6 +97,41 @@ def test_stop_kills_the_recorded_process_only_while_it_is_that_process():
                 p.kill()
 
 
+def test_as_root_slirp4netns_leaves_the_hosts_shared_mounts_alone(netns, tmp_path):
+    """--network slirp4netns as real root: the forward works and slirp4netns's sandbox (which detaches
+    its old root) unmounts nothing outside (`ip netns add` made /run/netns a shared mount: without a
+    private mount namespace of its own, the named namespaces there would be unmounted)."""
+    from imagetool.runtime.supervise import proc_start
+    from tests.runhelpers import Imagetool, busybox_store, kernel_skip_reason, mounts_under
+
+    if kernel_skip_reason():
+        pytest.skip(kernel_skip_reason())
+    store = busybox_store(tmp_path / "store")
+    before = [line.split()[4] for line in mounts_under(Path("/run/netns"))]
+    assert netns in before
+    cli = Imagetool(store)
+    port = free_port(netns)
+
+    def in_ns(*args):
+        return subprocess.run(["nsenter", f"--net={netns}", *cli.argv(*args)], env=cli.env, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    r = in_ns("run", "-d", "--name", "rootweb", "--network", "slirp4netns", "-p", f"127.0.0.1:{port}:80",
+              "busybox", "sh", "-c", CGI)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert wait_for(lambda: fetch(netns, f"http://127.0.0.1:{port}/"), "httpd") == "hello-rootless\n"
+        assert [line.split()[4] for line in mounts_under(Path("/run/netns"))] == before
+        mine = [pid for pid in slirps_of(0) if str(store) in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(mine) == 1
+    finally:
+        r = in_ns("rm", "-f", "rootweb")
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[4] for line in mounts_under(Path("/run/netns"))] == before
+    assert mounts_under(store) == []
+    assert proc_start(mine[0]) is None
+
+
 # ---------------------------------------------------------------- as the test user, in a namespace of ours
 
 
