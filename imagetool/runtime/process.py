@@ -3,7 +3,8 @@
 Steps on this side, in order (each reported to the narrator):
   prepare():  create_cgroup (every hierarchy) → fork_init (unshare --pid, then fork: the init is
               PID 1 of a new PID namespace and joins the cgroup while the caller still looks up
-              the image — the first cgroup attach waits ~10 ms for an RCU grace period)
+              the image — the first cgroup attach waits ~10 ms for an RCU grace period; rootless,
+              through a middle process, the init adopted in create(): _fork_through_middle)
   create():   write_limits → compile_seccomp → send the config → the init's steps arrive as it
               does them, up to "created" (with -t, the pty master arrives over the console socket)
   start():    the start byte → the init's last steps → exec (EOF on the close-on-exec sync pipe)
