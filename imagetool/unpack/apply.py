@@ -106,8 +106,9 @@ class _Writer:
     open fd, the data (a view of immutable bytes) and the mtime. The syscalls then overlap the
     parsing of the next entries. Files go in batches of at most BATCH files and BATCH_BYTES of
     data (few thread switches); at most IN_FLIGHT batches wait, so the fds held open and the
-    reader buffers kept alive stay bounded (~100 fds, a few MiB). `drain()` waits until every handed file is closed (the applier calls it
-    before apply() returns, on every path) and returns the first (entry name, error) or None.
+    reader buffers kept alive stay bounded (~100 fds, a few MiB). `drain()` waits until every
+    handed file is closed (the applier calls it before apply() returns, on every path) and
+    returns the first (entry name, error) or None.
     Nothing the thread does depends on a path: a later entry that replaces or deletes the file's
     name only unlinks a name, the thread still finishes (and closes) the inode it was given."""
 
@@ -136,10 +137,15 @@ class _Writer:
             self._slots = threading.Semaphore(self.IN_FLIGHT)
             self._thread = threading.Thread(target=self._run, name="imagetool-file-writer", daemon=True)
             self._thread.start()
+        batch, self._batch, self._bytes = self._batch, [], 0
         self._slots.acquire()
-        self._q.put(self._batch)
-        self._batch = []
-        self._bytes = 0
+        try:
+            self._q.put(batch)
+        except BaseException:              # (an interrupt) the thread never gets the batch
+            self._slots.release()
+            for fd, *_ in batch:
+                os.close(fd)
+            raise
 
     def _run(self) -> None:
         write, utime, close = os.write, os.utime, os.close
@@ -147,17 +153,19 @@ class _Writer:
             batch = self._q.get()
             if batch is None:
                 return
-            for fd, view, m, name in batch:
-                try:
-                    if self._error is None:
-                        while view:
-                            view = view[write(fd, view):]
-                        utime(fd, ns=(m, m))
-                except (OSError, OverflowError) as e:
-                    self._error = (name, e)
-                finally:
-                    close(fd)
-            self._slots.release()
+            try:
+                for fd, view, m, name in batch:
+                    try:
+                        if self._error is None:
+                            while view:
+                                view = view[write(fd, view):]
+                            utime(fd, ns=(m, m))
+                    except Exception as e:     # anything: drain() reports it, the fd is closed
+                        self._error = (name, e)
+                    finally:
+                        close(fd)
+            finally:
+                self._slots.release()
 
     def drain(self):
         """Wait for every file handed over; (entry name, error) of the first failure, else None."""
@@ -167,10 +175,14 @@ class _Writer:
             else:
                 self._send()
         if self._thread is not None:
-            for _ in range(self.IN_FLIGHT):
-                self._slots.acquire()
-            for _ in range(self.IN_FLIGHT):
-                self._slots.release()
+            got = 0
+            try:
+                for _ in range(self.IN_FLIGHT):     # every slot free: nothing in flight
+                    self._slots.acquire()
+                    got += 1
+            finally:
+                for _ in range(got):
+                    self._slots.release()
         err, self._error = self._error, None
         return err
 
