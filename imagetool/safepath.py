@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 from imagetool.errors import UnpackError, UnsafeLayer
 

@@ -16,10 +16,13 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from imagetool import compression
 from imagetool.errors import DigestError, UnpackError
+
+TYPE_CHECKING = False  # typing is not imported at run time (`run` loads this module for Limits)
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 CHUNK = compression.CHUNK
 

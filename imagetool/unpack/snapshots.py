@@ -34,7 +34,6 @@ import errno
 import os
 from contextlib import contextmanager, nullcontext
 import shutil
-import tempfile
 from pathlib import Path
 
 from imagetool.errors import UnpackError
@@ -208,6 +207,8 @@ def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name
             turn: _Turn | None = None) -> None:
     from imagetool.unpack.apply import Applier  # lazy: `run` of an unpacked image never applies a layer
     from imagetool.unpack.layers import LayerStream
+
+    import tempfile  # here: a `run` whose snapshots exist never loads it
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
