@@ -406,6 +406,22 @@ def test_aardvark_dns_is_started_again_after_sigkill_and_stopped_after_the_last_
 
 
 @needs_netns
+def test_without_aardvark_dns_the_peers_are_in_etc_hosts(it, netns, clean_after):
+    it.env["IMAGETOOL_AARDVARK_DNS"] = ""   # as on a machine without the package
+    p = serve(it, "hostsonly")
+    try:
+        srv_hosts = it.store / "containers" / running(it.store, "hostsonly")["id"] / "hosts"
+        r = it("run", "--rm", "--name", "visitor", "busybox", "sh", "-c",
+               "cat /etc/resolv.conf; grep -c hostsonly /etc/hosts; " + WGET.format(url="http://hostsonly/"))
+        assert r.returncode == 0 and r.stdout.endswith("1\nhello-from-hostsonly\n"), (r.stdout, r.stderr)
+        gateway = json.loads(it("network", "inspect", "imagetool").stdout)[0]["Subnets"][0]["Gateway"]
+        assert f"nameserver {gateway}" not in r.stdout and aardvarks(it.store) == []
+        assert "visitor" not in srv_hosts.read_text()   # gone again once it left
+    finally:
+        stop(it, p, "hostsonly")
+
+
+@needs_netns
 def test_explain_prints_the_network_steps(it, netns, clean_after):
     r = it("run", "--rm", "--explain", "busybox", "true")
     assert r.returncode == 0, r.stderr
