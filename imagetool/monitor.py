@@ -162,6 +162,9 @@ def detach(store, opts, existing: str | None = None) -> str:
         containers.validate_name(opts.name)
     img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
     opts = dataclasses.replace(opts, image=img.name)
+    from imagetool.runtime import rootless   # (the monitor's stderr is /dev/null: said here)
+
+    rootless.warn_if_unlimited(opts.memory, opts.cpus, opts.pids_limit)
     doc = spawn(lambda fd: _monitor_main(store, opts, fd, existing),
                 "the container's monitor exited before the container ran")
     return doc["id"]
