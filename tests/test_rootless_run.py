@@ -308,6 +308,9 @@ def test_limits_cannot_apply_without_delegation(it, clean):
     assert "# none: cgroup" in r.stderr   # --explain shows the step
     r = it("run", "--rm", "--network", "none", "busybox", "true")
     assert "cannot apply" not in r.stderr
+    r = it("run", "-d", "--name", "limited", "--network", "none", "-m", "7m", "busybox", "sleep", "300")
+    assert r.returncode == 0 and r.stderr.count("cannot apply") == 1   # run -d says it too (the CLI, not the monitor)
+    _ok(it("rm", "-f", "limited"))
 
 
 # ---------------------------------------------------------------- runc rootless

@@ -308,8 +308,7 @@ def write_limits(cgroup, resources: dict, narrator) -> None:
     if writes and getattr(cgroup, "reason", None):   # rootless without a delegated cgroup (cgroups/delegated.py)
         import sys
 
-        sys.stderr.write(f"imagetool: warning: {cgroup.reason}: resource limits cannot apply to a rootless "
-                         "container; it runs without them\n")
+        sys.stderr.write(rootless.limits_warning(cgroup.reason))
     if writes:
         narrator.report("write limits", "\n".join(shell.cgroup_write(path, value) if not value.startswith("#")
                                                   else f"{value}: {path}" for path, value in writes), started)

@@ -137,3 +137,24 @@ def remove_tree(path) -> None:
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+
+
+def limits_warning(reason: str) -> str:
+    """The one line saying a rootless container runs without the limits asked for, and why."""
+    return f"imagetool: warning: {reason}: resource limits cannot apply to a rootless container; it runs without them\n"
+
+
+def warn_if_unlimited(memory, cpus, pids_limit) -> None:
+    """run -d: the warning the monitor (its stderr is /dev/null) would print, on the CLI's stderr
+    now, when limits are asked for and this user has no delegated cgroup."""
+    import sys
+
+    if not active():
+        return
+    if not (memory or cpus or pids_limit not in (None, 0, -1, 2048)):
+        return
+    from imagetool.runtime import cgroups
+
+    reason = getattr(cgroups.create("limits-probe"), "reason", None)   # a manager: nothing made yet
+    if reason:
+        sys.stderr.write(limits_warning(reason))
