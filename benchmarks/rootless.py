@@ -83,8 +83,9 @@ class User:
         return subprocess.run(argv, env=env, user=self.uid, group=self.gid, extra_groups=[], cwd=self.home,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, check=check)
 
-    def remove(self) -> None:
+    def _pids(self) -> list[int]:
         ids = (range(self.uid, self.uid + 1), range(self.start, self.start + COUNT))
+        found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{pid}/status") as f:
@@ -92,11 +93,24 @@ class User:
             except (OSError, StopIteration):
                 continue
             if any(uid in r for r in ids):
+                found.append(int(pid))
+        return found
+
+    def remove(self) -> None:
+        """Its processes (podman's pause process among them) killed by PID and gone, then userdel
+        (which refuses while one runs), then its subordinate lines."""
+        deadline = time.monotonic() + 10
+        while (pids := self._pids()) and time.monotonic() < deadline:
+            for pid in pids:
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        subprocess.run(["userdel", self.name], capture_output=True)
+            time.sleep(0.05)
+        for _ in range(20):
+            if subprocess.run(["userdel", self.name], capture_output=True).returncode in (0, 6):   # 6: no such user
+                break
+            time.sleep(0.25)
         self._drop_lines()
 
 
