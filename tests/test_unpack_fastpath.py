@@ -248,3 +248,67 @@ def test_many_small_files_keep_content_mtime_and_owner(tmp_path):
         assert p.read_bytes() == e.data
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime) == \
             (i % 3, i % 5, e.mode, 1_500_000_000 + i)
+
+
+def test_names_created_by_the_writer_are_seen_by_later_entries(tmp_path):
+    """Files created on the writer thread exist for every later entry of the layer: a hardlink to
+    one, a symlink, a directory or a file over one, an opaque marker or whiteout next to them."""
+    from fixtures.tarbuild import opaque, whiteout
+
+    entries = [file("x", b"first"), hardlink("x-link", "x"),
+               file("s", b"to be a symlink"), symlink("s", "x"),
+               file("d", b"to be a dir"), directory("d"), file("d/in", b"inside"),
+               file("r", b"old"), file("r", b"new", mode=0o600),
+               file("keep/a", b"a"), opaque("keep"), file("keep/b", b"b"),
+               file("gone", b"g"), whiteout("gone")]
+    _apply(tmp_path, entries, 0o022)
+    assert (tmp_path / "x-link").read_bytes() == b"first"
+    assert os.stat(tmp_path / "x").st_ino == os.stat(tmp_path / "x-link").st_ino
+    assert os.readlink(tmp_path / "s") == "x"
+    assert (tmp_path / "d" / "in").read_bytes() == b"inside"
+    assert (tmp_path / "r").read_bytes() == b"new" and _mode(tmp_path / "r") == 0o600
+    assert sorted(os.listdir(tmp_path / "keep")) == ["a", "b"]     # this layer's own entries survive
+    assert (tmp_path / "gone").read_bytes() == b"g"                  # a whiteout never hides its own layer
+
+
+def test_a_file_then_a_path_through_it_is_refused(tmp_path):
+    from imagetool.errors import UnpackError
+
+    before = _fds()
+    a = Applier(tmp_path, "plain")
+    try:
+        with pytest.raises(UnpackError, match="in the way|File exists|Not a directory"):
+            a.apply(io.BytesIO(build_tar([file("a", b"file"), file("a/b", b"below a file")])))
+    finally:
+        a.close()
+    assert _fds() == before
+    assert (tmp_path / "a").read_bytes() == b"file"
+
+
+def test_more_directories_than_cached_fds(tmp_path):
+    """Past safepath's fd cache the applier retires directory fds: the writer's pending files
+    in them are created first (never through a closed or reused fd)."""
+    from imagetool.safepath import MAX_CACHED_FDS
+
+    n = MAX_CACHED_FDS + 200
+    entries = []
+    for i in range(n):
+        entries += [directory(f"d{i}"), file(f"d{i}/f", b"%d" % i), file(f"d{i}/g", b"g%d" % i)]
+    _apply(tmp_path, entries, 0o022)
+    for i in range(n):
+        assert (tmp_path / f"d{i}" / "f").read_bytes() == b"%d" % i
+        assert (tmp_path / f"d{i}" / "g").read_bytes() == b"g%d" % i
+    assert sorted(os.listdir(tmp_path)) == sorted(f"d{i}" for i in range(n))
+
+
+def test_a_later_layer_replaces_a_file_the_writer_made(tmp_path):
+    a = Applier(tmp_path, "plain")
+    try:
+        a.apply(io.BytesIO(build_tar([file("etc/x", b"layer 1"), file("etc/y", b"y")])))
+        a.apply(io.BytesIO(build_tar([file("etc/x", b"layer 2", mode=0o600), file("etc/z", b"z")])))
+        a.finish()
+    finally:
+        a.close()
+    assert (tmp_path / "etc" / "x").read_bytes() == b"layer 2"
+    assert _mode(tmp_path / "etc" / "x") == 0o600
+    assert sorted(os.listdir(tmp_path / "etc")) == ["x", "y", "z"]

@@ -121,10 +121,25 @@ class _Writer:
         self._bytes = 0
         self._thread = None
         self._error = None
+        self.creating = False     # a handed file may not exist yet (create() since the last drain)
 
     def add(self, fd: int, view, mtime_ns: int, name: str) -> None:
         batch = self._batch
-        batch.append((fd, view, mtime_ns, name))
+        batch.append((fd, view, mtime_ns, name, -1, "", 0))
+        self._bytes += len(view)
+        if len(batch) >= self.BATCH or self._bytes >= self.BATCH_BYTES:
+            self._send()
+
+    def create(self, dir_fd: int, base: str, mode: int, view, mtime_ns: int, name: str) -> None:
+        """Like add(), the thread also creating the file: `base` in `dir_fd` (O_EXCL|O_NOFOLLOW).
+        The caller guarantees that nothing is there (Applier._known), keeps `dir_fd` open until
+        drain() (Applier._barrier before Root.release) and drains before anything looks at
+        or changes the directory entries (creating is True until then)."""
+        if view.__class__ is not bytes and view.obj.__class__ is not bytes:
+            view = bytes(view)      # only immutable bytes may wait for the thread
+        self.creating = True
+        batch = self._batch
+        batch.append((-1, view, mtime_ns, name, dir_fd, base, mode))
         self._bytes += len(view)
         if len(batch) >= self.BATCH or self._bytes >= self.BATCH_BYTES:
             self._send()
@@ -144,28 +159,35 @@ class _Writer:
         except BaseException:              # (an interrupt) the thread never gets the batch
             self._slots.release()
             for fd, *_ in batch:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             raise
 
     def _run(self) -> None:
-        write, utime, close = os.write, os.utime, os.close
         while True:
             batch = self._q.get()
             if batch is None:
                 return
             try:
-                for fd, view, m, name in batch:
-                    try:
-                        if self._error is None:
-                            while view:
-                                view = view[write(fd, view):]
-                            utime(fd, ns=(m, m))
-                    except Exception as e:     # anything: drain() reports it, the fd is closed
-                        self._error = (name, e)
-                    finally:
-                        close(fd)
+                self._finish(batch)
             finally:
                 self._slots.release()
+
+    def _finish(self, batch: list) -> None:
+        write, utime, close, open_ = os.write, os.utime, os.close, os.open
+        for fd, view, m, name, dir_fd, base, mode in batch:
+            try:
+                if self._error is None:
+                    if fd < 0:
+                        fd = open_(base, _O_NEWFILE, mode, dir_fd=dir_fd)
+                    while view:
+                        view = view[write(fd, view):]
+                    utime(fd, ns=(m, m))
+            except Exception as e:     # anything: drain() reports it, the fd is closed
+                self._error = (name, e)
+            finally:
+                if fd >= 0:
+                    close(fd)
 
     def drain(self):
         """Wait for every file handed over; (entry name, error) of the first failure, else None."""
@@ -184,21 +206,13 @@ class _Writer:
                 for _ in range(got):
                     self._slots.release()
         err, self._error = self._error, None
+        self.creating = False
         return err
 
     def _finish_here(self) -> None:
         """A few files and no thread yet (a small layer): not worth starting one."""
         batch, self._batch, self._bytes = self._batch, [], 0
-        for fd, view, m, name in batch:
-            try:
-                if self._error is None:
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.utime(fd, ns=(m, m))
-            except (OSError, OverflowError) as e:
-                self._error = (name, e)
-            finally:
-                os.close(fd)
+        self._finish(batch)
 
     def close(self) -> None:
         self.drain()
@@ -265,6 +279,11 @@ class Applier:
         self._chmod_bits = 0o7777 if umask is None or umask & 0o700 else 0o7000 | umask
         self._inherits = _passes_on_attrs(self.root.path)   # a setgid dir or a default ACL in the tree
         self._writer = _Writer()
+        # Names that may exist under the root: everything this applier ever created (never
+        # shrinks). In a tree that started empty (_fresh), a name not in it does not exist, so
+        # its file can be created on the writer thread (see _Writer.create).
+        self._known: set[str] = set()
+        self._fresh = not os.listdir(self.root.path)
         self._reset_layer()
 
     def _reset_layer(self) -> None:
@@ -282,9 +301,19 @@ class Applier:
 
     # ------------------------------------------------------------------ driver
 
+    def _barrier(self) -> None:
+        """Wait until the files handed to the writer exist (before anything looks at names)."""
+        if self._writer.creating:
+            failed = self._writer.drain()
+            if failed is not None:
+                entry_name, err = failed
+                raise UnpackError(f"{self._layer_name}: cannot apply {entry_name!r}: "
+                                  f"{getattr(err, 'strerror', None) or err}")
+
     def apply(self, stream: BinaryIO, name: str = "layer") -> ApplyStats:
         """Apply one uncompressed tar stream (the caller drains and verifies it afterwards)."""
         self._reset_layer()
+        self._layer_name = name
         tf = TarReader(stream, name)
         root, stats, entry, max_entries = self.root, self.stats, self._entry, self.limits.max_entries
         try:
@@ -295,6 +324,7 @@ class Applier:
                     raise UnpackError(f"{name}: more than {max_entries} entries",
                                       hint="raise IMAGETOOL_MAX_LAYER_ENTRIES if the image is trusted")
                 if root._stale:
+                    self._barrier()       # the writer may still need a retired dir fd
                     root.release()
                 try:
                     entry(e, tf)
@@ -349,6 +379,7 @@ class Applier:
     # ------------------------------------------------------------------ entries
 
     def _mark(self, canon: str) -> None:
+        self._known.add(canon)
         self.created.add(canon)
         parent = canon.rpartition("/")[0]
         while parent and parent not in self.touched:
@@ -361,6 +392,10 @@ class Applier:
         Overlay mode looks at the lower layers first: a lower symlink is followed (its target is
         returned to the resolver), a lower directory is copied up with its attributes; only a
         path absent everywhere becomes a new 0755 root-owned directory (never with copy_up_only)."""
+        if st is None and canon in self._known and self._writer.creating:
+            self._barrier()                      # a file of this layer may be on its way there
+            st = self.root.lstat(pfd, name)
+        self._known.add(canon)
         if st is not None:
             if self.overlay and canon in self.whiteouts and stat.S_ISCHR(st.st_mode):
                 os.unlink(name, dir_fd=pfd)
@@ -413,6 +448,7 @@ class Applier:
         if comps[-1].startswith(whiteouts.PREFIX):     # (every whiteout name has it; classify decides)
             kind, target = whiteouts.classify(comps[-1])
             if kind != whiteouts.ENTRY:
+                self._barrier()
                 if kind == whiteouts.OPAQUE_MARKER:
                     self._opaque(comps[:-1])
                 elif kind == whiteouts.WHITEOUT:
@@ -430,6 +466,21 @@ class Applier:
         if self._lower_links and canon in self._lower_links:
             self._shadow_lower_link(canon)
         kind = ti.type
+        if self._writer.creating and ((kind != REG and kind != DIR) or canon in self._known):
+            self._barrier()              # anything but a new name waits for the writer's files
+        if kind == REG and self._fresh and canon not in self._known and ti.sparse is None and \
+                (not self.privileged or (ti.uid, ti.gid) == self._ids) and self._creates_exact(ti, xattrs):
+            view = tf.buffered_data(ti) if ti.size else b""
+            if view is not None:
+                # a new file (nothing is at a name this applier never made), its data all in
+                # the buffer: created and finished on the writer thread
+                self._writer.create(pfd, name, ti.mode, view, ti.mtime_ns, ti.name)
+                if self.whiteouts and canon in self.whiteouts:
+                    self.whiteouts.discard(canon)
+                self.stats.bytes += ti.size
+                self.stats.files += 1
+                self._mark(canon)
+                return
         if kind == LNK:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
@@ -690,6 +741,7 @@ class Applier:
         src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
         try:
             dst = os.open(name, _O_NEWFILE, 0o600, dir_fd=pfd)
+            self._known.add(canon)
             try:
                 while True:
                     buf = os.read(src, CHUNK)
@@ -728,6 +780,7 @@ class Applier:
             self._remove(pfd, name, st, canon)
         if self.overlay and self.lowerview.lookup(canon) is not None:
             whiteouts.make_overlay_whiteout(name, pfd)
+            self._known.add(canon)
             self.whiteouts.add(canon)
 
     def _opaque(self, dcomps: tuple[str, ...]) -> None:
