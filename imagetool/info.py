@@ -158,17 +158,19 @@ def probe_userns_overlay() -> str | None:
         if pid == 0:   # pragma: no cover (child)
             os.close(r)
             code = 1
+            step = "no user namespace"
             try:
                 uid, gid = os.geteuid(), os.getegid()
                 userns._unshare(userns.CLONE_NEWUSER | userns.CLONE_NEWNS)
                 for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
                     with open(f"/proc/self/{name}", "w") as f:
                         f.write(text)
+                step = "overlay in a user namespace failed"
                 opts = f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work,userxattr"
                 _mount("overlay", f"{tmp}/merged", "overlay", opts)
                 code = 0
             except OSError as e:
-                os.write(w, (e.strerror or str(e)).encode()[:200])
+                os.write(w, f"{step}: {e.strerror or e}".encode()[:200])
             finally:
                 os._exit(code)
         os.close(w)
@@ -177,7 +179,7 @@ def probe_userns_overlay() -> str | None:
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) == 0:
             return None
-        return f"overlay in a user namespace failed: {msg or 'the probe died'}"
+        return msg or "the overlay probe died"
     finally:
         _remove(tmp)
 
