@@ -32,15 +32,15 @@ def cold_run_op(ctx: Context, image: str) -> Operation:
     return Operation(
         f"cold run --rm {image} true", group="cold run", image=image,
         imagetool=Contender("imagetool run --rm (pull pipelined with unpack)",
-                            lambda i: ctx.it(store, "run", "--rm", ref, "true"),
+                            lambda i: ctx.it(store, "run", "--rm", "--network", "none", ref, "true"),
                             setup=fresh(store), teardown=fresh(store)),
         peers=[
             Contender("imagetool pull, then run --rm",
-                      lambda i: sh(ctx.it(store, "pull", "-q", ref), ctx.it(store, "run", "--rm", ref, "true")),
+                      lambda i: sh(ctx.it(store, "pull", "-q", ref), ctx.it(store, "run", "--rm", "--network", "none", ref, "true")),
                       setup=fresh(store), teardown=fresh(store)),
             Contender("imagetool pull --no-unpack, then run --rm (before: unpacked by run)",
                       lambda i: sh(ctx.it(store, "pull", "-q", "--no-unpack", ref),
-                                   ctx.it(store, "run", "--rm", ref, "true")),
+                                   ctx.it(store, "run", "--rm", "--network", "none", ref, "true")),
                       setup=fresh(store), teardown=fresh(store)),
             Contender("podman run --rm --runtime runc (empty root)",
                       lambda i: ctx.podman("cold", "run", "--rm", "--network", "none", "--runtime", "runc",
@@ -52,4 +52,4 @@ def cold_run_op(ctx: Context, image: str) -> Operation:
                       missing=ctx.missing("skopeo") or ctx.missing("umoci") or ctx.missing("runc")),
         ],
         note="an empty store/root/layout each run (blobs and layers come from the loopback registry); "
-             "runc gets umoci's bundle with the process `/bin/busybox true`")
+             "runc gets umoci's bundle with the process `/bin/busybox true`; imagetool and podman with --network none")

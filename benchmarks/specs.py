@@ -253,7 +253,7 @@ def run_op(ctx: Context, image: str) -> Operation:
 
     return Operation(
         f"run --rm {image} true", group="run", image=image,
-        imagetool=Contender("imagetool run --rm", lambda i: ctx.it(ctx.d("it-store"), "run", "--rm", ref, "true"),
+        imagetool=Contender("imagetool run --rm", lambda i: ctx.it(ctx.d("it-store"), "run", "--rm", "--network", "none", ref, "true"),
                             prepare=lambda: ctx.imagetool_store_with(image)),
         peers=[
             podman_run("runc"),
@@ -261,14 +261,15 @@ def run_op(ctx: Context, image: str) -> Operation:
             runtime("crun"),
             runtime("runc"),
             *([Contender("imagetool run --rm (the debian image, same rounds)",
-                         lambda i: ctx.it(ctx.d("it-store"), "run", "--rm", ctx.ref("debian"), "true"),
+                         lambda i: ctx.it(ctx.d("it-store"), "run", "--rm", "--network", "none", ctx.ref("debian"), "true"),
                          prepare=lambda: ctx.imagetool_store_with("debian"))] if image == "busybox" else []),
             Contender("unshare -fp --mount-proc chroot",
                       lambda i: ["unshare", "-fp", "--mount-proc", "chroot", str(rootfs()), "/bin/busybox", "true"],
                       prepare=lambda: ctx.bundle(image), missing=ctx.missing("unshare")),
         ],
         note="image already in each tool's store; crun/runc get a bundle made by umoci (process "
-             "`/bin/busybox true`); podman with --network none and --ulimit set to this host's limits")
+             "`/bin/busybox true`); imagetool and podman with --network none (like the bundles: no network "
+             "set-up; both default to a bridge), podman with --ulimit set to this host's limits")
 
 
 def podman_ulimits() -> list:
