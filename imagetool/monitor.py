@@ -2,16 +2,20 @@
 
     detach(store, opts) -> cid      the CLI's side: returns once the container runs (or raises
                                     its error), having printed nothing
-    Monitor                         what containers.run is told in the monitor process; it runs the
-                                    healthcheck thread (health.Checker) while the container runs
+    Monitor                         what containers.run is told in the monitor process: ready(),
+                                    then hand_over() execs the lean monitor (conmon.py)
     spawn(body, lost) -> dict       the double fork itself, also used by `exec -d`
+    resume(), probe()               what the lean monitor execs (restart policy) or spawns
+                                    (one healthcheck probe) in a full interpreter
 
 The CLI looks the image up (pulling it on its own terminal when missing), then forks; the child
 calls setsid() and forks the monitor, then exits, so the monitor is nobody's child but init's
 and has no controlling terminal: the CLI's exit, SIGKILL or SIGHUP, and the terminal closing do
 not reach it. The monitor's stdio is /dev/null and its cwd `/`. It runs containers.run itself:
-it owns the container (its PID is state.json's owner_pid), holds its stdio pipes and writes them
-to `container.log` (jsonlog.py), reaps it, records the exit code and time, removes it with --rm.
+it owns the container (its PID is state.json's owner_pid). Once the container runs it execs the
+lean monitor (conmon.py, the same PID, ~10 MB), which holds its stdio and writes it to
+`container.log` (jsonlog.py), runs the healthcheck probes, reaps it, records the exit code and
+time, removes it with --rm, and for a restart policy execs resume() here again.
 The container's init has PR_SET_PDEATHSIG=SIGKILL with the monitor as its parent: a monitor that
 is killed takes its container with it, and the next ps/rm/prune reconciles (containers.py).
 The monitor ignores SIGHUP and SIGINT; SIGTERM ends it after killing and cleaning up the container.
