@@ -24,10 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER = "startup-ps"
-# podman here: runc (crun refuses hybrid cgroups), no network, limits this root can grant
-PODMAN_RUN = ["--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+# podman here: runc (crun refuses hybrid cgroups), limits this root can grant
+PODMAN_RUN = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 COMMANDS = (["images"], ["ps", "-a"], ["inspect", "busybox"], ["inspect", CONTAINER], ["--help"],
-            ["run", "--rm", "busybox", "true"])
+            ["run", "--rm", "--network", "none", "busybox", "true"])
 
 
 def make_venv(where: Path) -> Path:
@@ -93,7 +93,8 @@ def _measure(args, venvs: list, env: dict, archive: Path, podman: str | None, po
                         str(proot / "tmp"), "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
                         "--events-backend", "file"]
         subprocess.run([*podman_argv, "load", "-i", str(archive)], check=True, capture_output=True)
-        subprocess.run([*podman_argv, "run", "--name", CONTAINER, *PODMAN_RUN, "busybox", "true"], check=True,
+        subprocess.run([*podman_argv, "run", "--name", CONTAINER, "--network", "none", *PODMAN_RUN, "busybox", "true"],
+                       check=True,
                        capture_output=True)
     print(f"{args.runs} runs each (taking turns), median / min; one store for every venv")
     for command in COMMANDS:
