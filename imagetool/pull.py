@@ -17,9 +17,11 @@ unpack=True)`:
    snapshot is built WHILE its blob downloads: a fetch.BlobTap tees the bytes written to the
    ingest to unpack.snapshots.build_snapshots, which commits snapshots/<diff_id> only after the
    blob's digest and the diff_id both check out, layers unpacked concurrently where exact (see
-   build_snapshots). A download that restarts from byte 0 breaks its tap: that layer is then
-   unpacked from the stored blob. An unpack failure (unsafe or corrupt layer) fails the pull
-   before anything is tagged. An up-to-date image gets its missing snapshots from its blobs (a
+   build_snapshots). A download that restarts from byte 0 breaks its tap, and an unpack error on
+   bytes not verified yet (a resumed partial that was not the blob's prefix) waits for the
+   downloads: either fails the pull with the download's error or unpacks what is left from the
+   verified blobs. An unpack failure there (unsafe or corrupt layer) fails the pull before
+   anything is tagged. An up-to-date image gets its missing snapshots from its blobs (a
    re-pull with every snapshot present stats one directory per layer and imports no unpack code).
 5. Only then store the manifest(s) and tag the name. Tagging rule: the name
    ("docker.io/library/busybox:latest", or "…@sha256:<digest>" for a digest reference) points at
@@ -41,7 +43,7 @@ from store import Descriptor, Digest
 from store.errors import RefNotFound
 
 from imagetool import oci, reference
-from imagetool.errors import ManifestError, RegistryError, TransportError
+from imagetool.errors import ImagetoolError, ManifestError, RegistryError, TransportError
 from imagetool.progress import NullProgress, Progress
 from imagetool.transports import walk
 
@@ -284,10 +286,13 @@ def _fetch_and_unpack(store, client, manifest, blobs: list, max_concurrent: int,
             pairs = _layer_pairs(store, manifest)
             try:
                 build_snapshots(store, pairs, open_layer)
-            except TapBroken:
-                for f in futures.values():    # a download failed: that is the error to report
+            except (TapBroken, ImagetoolError):
+                # a tap broke on a restart, or the unpacker refused bytes not verified yet (a
+                # resumed partial that is not the blob's prefix): a failed download is the error to
+                # report; else every blob is stored and verified, and what is left is unpacked from
+                # the blobs (a layer that is really bad fails there again, with its own error)
+                for f in futures.values():
                     f.result()
-                # every blob is stored; a tap broke on a restart: unpack what is left from the blobs
                 build_snapshots(store, pairs, lambda i, layer: store.open(layer.digest))
             for f in futures.values():
                 f.result()
