@@ -45,9 +45,9 @@ def main() -> int:
             ref = f"{proxy.host}/bench/debian:latest"
             store = f"{work}/store"
             variants = {
-                "imagetool run --rm (pipelined)": [[*it, "--store", store, "run", "--rm", ref, "true"]],
+                "imagetool run --rm (pipelined)": [[*it, "--store", store, "run", "--rm", "--network", "none", ref, "true"]],
                 "pull --no-unpack, then run --rm": [[*it, "--store", store, "pull", "-q", "--no-unpack", ref],
-                                                    [*it, "--store", store, "run", "--rm", ref, "true"]],
+                                                    [*it, "--store", store, "run", "--rm", "--network", "none", ref, "true"]],
             }
             samples: dict = {k: [] for k in variants}
             for _ in range(args.runs):

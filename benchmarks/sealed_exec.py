@@ -98,7 +98,7 @@ def main() -> None:
         add_image(tmp / "store", busybox_image(), "busybox")
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        tail = ["--store", str(tmp / "store"), "run", "--rm", "busybox", "true"]
+        tail = ["--store", str(tmp / "store"), "run", "--rm", "--network", "none", "busybox", "true"]
         argv = {"unsealed": [sys.executable, "-c", UNSEALED, *tail],
                 "sealed": [sys.executable, "-m", "imagetool", *tail]}
         res = {"unsealed": [], "sealed": []}

@@ -100,7 +100,7 @@ def runs(n: int) -> None:
         add_image(tmp / "store", busybox_image(), "busybox")
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        head = ["--store", str(tmp / "store"), "run", "--rm"]
+        head = ["--store", str(tmp / "store"), "run", "--rm", "--network", "none"]
         argv = {"unconfined": [sys.executable, "-m", "imagetool", *head, "--security-opt", "seccomp=unconfined",
                                "busybox", "true"],
                 "default": [sys.executable, "-m", "imagetool", *head, "busybox", "true"],
