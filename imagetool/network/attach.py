@@ -32,7 +32,8 @@ def _opt(opts, name, default=()):
     return getattr(opts, name, None) or default
 
 
-def _save(cdir: Path, doc: dict) -> None:
+def save_cache(cdir: Path, doc: dict) -> None:
+    """Write the container's attachment cache `network.json` atomically (slirp.py's too)."""
     tmp = cdir / f".{CACHE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, cdir / CACHE)
@@ -56,7 +57,7 @@ def container_ips(result: dict | None) -> list[str]:
     return [ip["address"].split("/")[0] for ip in (result or {}).get("ips", []) if "address" in ip]
 
 
-def _published(store) -> set:
+def published_ports(store) -> set:
     """(protocol, host port) of every port the store's containers publish now."""
     out = set()
     try:
@@ -93,12 +94,12 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
     net = networks.get(store, mode)
     cni.require(p["type"] for p in net.conflist["plugins"])
     runtime_config = _static_ip(getattr(opts, "ip", None), net)
-    wanted = _wanted_ports(opts, spec)
+    wanted = wanted_ports(opts, spec)
     path = str(cdir / NETNS)
     with networks.Locked(networks.net_dir(store)):   # no two containers take the same host port
-        mappings = ports.allocate(wanted, _published(store)) if wanted else []
+        mappings = ports.allocate(wanted, published_ports(store)) if wanted else []
         doc = {"netns": path, "network": net.name, "ports": [m.to_cni() for m in mappings], "attachments": []}
-        _save(cdir, doc)   # from here on, teardown() knows what to undo
+        save_cache(cdir, doc)   # from here on, teardown() knows what to undo
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
     try:
@@ -117,13 +118,13 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
         doc["hosts"] = {"hostname": hostname, "names": names, "ips": ips, "add_hosts": list(etc[0]),
                         "gateway": net.gateway, "dns": resolver}
         with networks.Locked(networks.net_dir(store)):
-            _save(cdir, doc)
+            save_cache(cdir, doc)
             _refresh_peers(cdir.parent, net.name, networks.net_dir(store),
                            narrator.report if narrator is not None else None)
     except BaseException:
         teardown(cdir)
         raise
-    _name_in_spec(spec, path)
+    name_in_spec(spec, path)
 
 
 def _join_container(store, cdir: Path, other: str, spec: dict, find) -> None:
@@ -136,7 +137,7 @@ def _join_container(store, cdir: Path, other: str, spec: dict, find) -> None:
     if state.get("status") != "running" or not pid:
         raise NetworkError(f"cannot join the network of container {other}: it is not running")
     path = str(cdir / NETNS)
-    _save(cdir, {"netns": path, "network": "", "ports": [], "attachments": []})
+    save_cache(cdir, {"netns": path, "network": "", "ports": [], "attachments": []})
     try:
         own = ocdir / NETNS
         if netns.is_mounted(str(own)):
@@ -148,14 +149,14 @@ def _join_container(store, cdir: Path, other: str, spec: dict, find) -> None:
     except BaseException:
         teardown(cdir)
         raise
-    _name_in_spec(spec, path)
+    name_in_spec(spec, path)
     for name in ("hosts", "resolv.conf"):
         if (ocdir / name).is_file():
             spec["mounts"].append({"destination": f"/etc/{name}", "type": "bind", "source": str(ocdir / name),
                                    "options": ["rbind", "ro"]})
 
 
-def _name_in_spec(spec: dict, path: str) -> None:
+def name_in_spec(spec: dict, path: str) -> None:
     """The spec's network namespace becomes the one at `path` (joined by path, not unshared)."""
     for ns in spec["linux"]["namespaces"]:
         if ns["type"] == "network":
@@ -171,7 +172,7 @@ def _refuse_without_bridge(opts, mode: str) -> None:
         raise NetworkError(f"--ip and --network-alias need a bridge network, not --network {mode}")
 
 
-def _wanted_ports(opts, spec: dict) -> list:
+def wanted_ports(opts, spec: dict) -> list:
     """-p's mappings, and with -P every EXPOSEd port (specgen put them in an annotation)."""
     wanted = ports.parse_all(_opt(opts, "publish"))
     if getattr(opts, "publish_all", False):
@@ -192,7 +193,7 @@ def _add_chains(cdir: Path, doc: dict, cid: str, path: str, chains, trace) -> di
 
         def save(a, _i=len(doc["attachments"]) - 1):
             doc["attachments"][_i] = a.to_json()
-            _save(cdir, doc)
+            save_cache(cdir, doc)
 
         att = cni.add(att, save, trace)
     return att.result if att is not None else None

@@ -125,14 +125,14 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     hostname = spec.get("hostname") or cid[:12]
     names = [n for n in [getattr(opts, "name", None), cid[:12]] if n]
     etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
-    wanted = attach._wanted_ports(opts, spec)
+    wanted = attach.wanted_ports(opts, spec)
     _refuse_privileged(wanted)
     started = time.perf_counter()
     path = str(cdir / attach.NETNS)
     with networks.Locked(networks.net_dir(store)):
-        mappings = ports.allocate(wanted, attach._published(store)) if wanted else []
+        mappings = ports.allocate(wanted, attach.published_ports(store)) if wanted else []
         doc = {"netns": path, "network": MODE, "ports": [m.to_cni() for m in mappings], "attachments": []}
-        attach._save(cdir, doc)   # from here on, teardown() removes the namespace file
+        attach.save_cache(cdir, doc)   # from here on, teardown() removes the namespace file
     try:
         netns.create(path)
         argv = _start(have.binary, cdir, path)
@@ -149,7 +149,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
         teardown(cdir)
         attach.teardown(cdir)
         raise
-    attach._name_in_spec(spec, path)
+    attach.name_in_spec(spec, path)
 
 
 def _refuse_privileged(mappings) -> None:
