@@ -5,18 +5,51 @@ fastcli serves every command whose argv parses against options.py without typer;
 
 from __future__ import annotations
 
+import _thread
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve argv (default sys.argv[1:]) and exit the process with the command's exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    _defer_inspect()
     from imagetool import fastcli
 
     fastcli.main(argv)  # exits when it served the command
     from imagetool.cli import main as cli_main
 
     cli_main(argv)
+
+
+def _defer_inspect() -> None:
+    """Put a stand-in for `inspect` in sys.modules that loads the real module on first use of one of
+    its names. The dataclasses module imports `inspect` at its top (~5 ms here: ast, dis, tokenize,
+    linecache...) and uses it in one place only, the __doc__ of a dataclass written without one, so
+    the commands that never touch it (images, ps, inspect, run...) do not pay for it. Nothing to do
+    when it is loaded already (python -m pytest, an embedding program)."""
+    if "inspect" not in sys.modules:
+        sys.modules["inspect"] = _Deferred("inspect")
+
+
+class _Deferred(type(sys)):
+    """A module not loaded yet. Its own attributes (__name__, __spec__ None) answer `import`; any
+    other name loads the real module (once, under a lock), copies its names here for the modules
+    that hold this object, and is looked up there."""
+
+    def __getattr__(self, name: str):
+        with _LOADING:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+                try:
+                    real = __import__(self.__name__)
+                except BaseException:
+                    sys.modules[self.__name__] = self
+                    raise
+                self.__dict__.update(real.__dict__)
+        return getattr(sys.modules[self.__name__], name)
+
+
+_LOADING = _thread.allocate_lock()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ _TRASH = TEMP_PREFIX + "gc-"
 
 @dataclass(frozen=True, slots=True)
 class GCReport:
+    """What one collection removed: blobs and their bytes, snapshots, stale partial downloads."""
+
     blobs: int = 0
     bytes: int = 0
     snapshots: int = 0
