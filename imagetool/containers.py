@@ -94,6 +94,8 @@ class RunOptions:
 
 @dataclass(frozen=True, slots=True)
 class ContainerInfo:
+    """One row of `ps` (docker's columns); `to_dict` is its --format json."""
+
     id: str
     name: str
     image: str
