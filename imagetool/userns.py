@@ -82,24 +82,35 @@ def _to_host(ranges, i: int) -> int | None:
     return None
 
 
-def subordinate_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
-    """(start, count) of every line of /etc/subuid-style `path` for `user` (by name or number), file order."""
+_ID_LIMIT = 2**32 - 1   # (uid_t)-1 is no id
+
+
+def subordinate_ranges(path: str, user: str, uid: int, own: int | None = None) -> list[tuple[int, int]]:
+    """(start, count) of every line of /etc/subuid-style `path` for `user` (by name or number `uid`),
+    file order, without the lines newuidmap would refuse or that overlap an earlier one or `own`
+    (the id mapped to 0: `uid`, or the gid for /etc/subgid)."""
+    own = uid if own is None else own
     found = []
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except OSError:
         return []
+    inside = 1   # the ids inside: 0 is the user, the ranges follow
     for line in lines:
         parts = line.strip().split(":")
         if len(parts) != 3 or parts[0] not in (user, str(uid)):
             continue
-        try:
-            start, count = int(parts[1]), int(parts[2])
-        except ValueError:
+        # as newuidmap reads them: plain ASCII decimal (int() would take "+5", "1_000", "-1", "٣")
+        if not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts[1:]):
             continue
-        if count > 0:
-            found.append((start, count))
+        start, count = int(parts[1]), int(parts[2])
+        if count <= 0 or start + count > _ID_LIMIT or inside + count > _ID_LIMIT:
+            continue
+        if start <= own < start + count or any(start < s + c and s < start + count for s, c in found):
+            continue   # the user's own id, or ids an earlier line maps already: newuidmap refuses overlaps
+        found.append((start, count))
+        inside += count
     return found
 
 
@@ -135,7 +146,7 @@ def mapping(uid: int | None = None, gid: int | None = None) -> Mapping:
     except KeyError:
         user = str(uid)
     subu = subordinate_ranges(SUBUID, user, uid)
-    subg = subordinate_ranges(SUBGID, user, uid)
+    subg = subordinate_ranges(SUBGID, user, uid, own=gid)
     if not (subu and subg and helpers_present()):
         subu = subg = []
     return Mapping(user, uid, gid, _ranges(uid, subu), _ranges(gid, subg))

@@ -76,6 +76,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
     hostname = spec.get("hostname") or cid[:12]
     names = [n for n in [getattr(opts, "name", None), cid[:12]] + list(_opt(opts, "network_aliases")) if n]
     etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
+    hosts.validate(hostname, names, etc[2])   # before anything is made: nothing to undo
     if mode.startswith("container:"):
         _refuse_without_bridge(opts, mode)
         if any(etc):

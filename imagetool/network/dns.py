@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from imagetool.errors import NetworkError
+from imagetool.network import hosts
 
 SEARCH = ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns")
 PACKAGE = "aardvark-dns"
@@ -59,7 +60,7 @@ def network_file(gateway: str, members) -> str:
     for cid, ips, names in members:
         v4 = [ip for ip in ips if ":" not in ip]
         v6 = [ip for ip in ips if ":" in ip]
-        wanted = ",".join(dict.fromkeys(n for n in names if n and "," not in n and " " not in n))
+        wanted = ",".join(dict.fromkeys(n for n in names if n and hosts.NAME.fullmatch(n)))   # one plain word each
         if v4 or v6:
             lines.append(f"{cid} {','.join(v4)} {','.join(v6)} {wanted}")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,29 @@ from imagetool.errors import NetworkError
 FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")   # docker's, when the host has only loopback resolvers
 HOST_RESOLV = "/etc/resolv.conf"
 _HOSTNAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,252})?")
+# a name in /etc/hosts, aardvark-dns's config or a search list: one word of these characters, never
+# a blank, a line break, a comma or a quote that would start another entry or field
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}")
+HOSTNAME_MAX = 64   # the kernel's (sethostname)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 64 else text[:60] + "...")
+
+
+def validate(hostname: str, names, dns_search) -> None:
+    """Refuse a hostname, container name, --network-alias or --dns-search that is not one plain
+    word (each goes into line-oriented files: /etc/hosts, resolv.conf, aardvark-dns's config)."""
+    if not NAME.fullmatch(hostname) or len(hostname) > HOSTNAME_MAX:
+        raise NetworkError(f"invalid hostname {_shown(hostname)}",
+                           hint=f"use letters, digits, '.', '-' and '_', at most {HOSTNAME_MAX}")
+    for n in names:
+        if not NAME.fullmatch(n):
+            raise NetworkError(f"invalid --network-alias or container name {_shown(n)}",
+                               hint="use letters, digits, '.', '-' and '_'")
+    for d in dns_search:
+        if d != "." and not NAME.fullmatch(d):
+            raise NetworkError(f"invalid --dns-search {_shown(d)}", hint="give a domain, or '.' for none")
 
 
 def _ip(text: str, what: str) -> str:

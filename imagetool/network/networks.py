@@ -62,6 +62,10 @@ def _validate(name: str) -> None:
         raise NetworkError(f"invalid network name {name!r}", hint="use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64")
     if name in RESERVED:
         raise NetworkError(f"network name {name!r} is reserved (a --network mode)")
+    from imagetool.network.dns import PID_FILE
+
+    if name == PID_FILE:   # each network's aardvark-dns config is a file named after it, beside this one
+        raise NetworkError(f"network name {name!r} is reserved (aardvark-dns's pid file)")
 
 
 def _bridge_name(name: str) -> str:

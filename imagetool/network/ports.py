@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from imagetool.errors import NetworkError
 
-_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>\d*(?:-\d+)?):)?"
-                   r"(?P<cont>\d+(?:-\d+)?)(?:/(?P<proto>[a-z]+))?$")
+_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>(?:\d{1,5}(?:-\d{1,5})?)?):)?"
+                   r"(?P<cont>\d{1,5}(?:-\d{1,5})?)(?:/(?P<proto>[a-z]+))?$")
+MAX_RANGE = 1024   # ports in one -p range: each is a bind check here and a DNAT rule of portmap's
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ def _range(text: str, what: str, spec: str) -> list[int]:
     a, b = int(lo), int(hi or lo)
     if not (1 <= a <= b <= 65535):
         raise NetworkError(f"invalid {what} {text!r} in -p {spec}: ports are 1-65535")
+    if b - a >= MAX_RANGE:
+        raise NetworkError(f"-p {spec}: a range of at most {MAX_RANGE} ports, please (give several -p for more)")
     return list(range(a, b + 1))
 
 
@@ -50,7 +53,8 @@ def parse(spec: str) -> list[PortMapping]:
     """One -p value as its mappings (a range gives one per port)."""
     m = _SPEC.match(spec.strip())
     if not m:
-        raise NetworkError(f"invalid -p {spec!r}", hint="use [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]")
+        shown = spec if len(spec) <= 64 else spec[:60] + "..."   # the error stays one short line
+        raise NetworkError(f"invalid -p {shown!r}", hint="use [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]")
     proto = m.group("proto") or "tcp"
     if proto not in ("tcp", "udp", "sctp"):
         raise NetworkError(f"invalid protocol {proto!r} in -p {spec} (tcp, udp or sctp)")

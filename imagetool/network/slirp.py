@@ -125,6 +125,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None) -> None:
     hostname = spec.get("hostname") or cid[:12]
     names = [n for n in [getattr(opts, "name", None), cid[:12]] if n]
     etc = (_opt(opts, "add_hosts"), _opt(opts, "dns"), _opt(opts, "dns_search"))
+    hosts.validate(hostname, names, etc[2])
     wanted = attach.wanted_ports(opts, spec)
     _refuse_privileged(wanted)
     started = time.perf_counter()

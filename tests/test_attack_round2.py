@@ -1,0 +1,251 @@
+"""An independent attack pass on networking, exec, logs and rootless (issues 11-13), round 2.
+
+Every string from the user or the image is hostile: container names, --network-alias, --hostname,
+--dns-search, -p, network names and /etc/subuid lines must not inject lines into /etc/hosts,
+/etc/resolv.conf, aardvark-dns's config or newuidmap's arguments, and bad ones are one-line errors
+with nothing left behind. A hostile image whose /etc/hosts, /etc/resolv.conf or /etc/hostname are
+symlinks to host paths must not get a host file written or bound over. An exec'd process, seen
+from inside the container, carries no host fd, cwd, root or executable, and no imagetool process
+of the host is visible there. A hostile container's log lines stay one JSON object a line.
+
+The tests that make bridges run in a network namespace of their own (tests/test_network.py's
+`netns` fixture) and leave nothing there (its `leftovers`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from imagetool.errors import ImagetoolError, NetworkError
+from imagetool.network import dns, hosts, networks, ports
+from tests.runhelpers import HostSnapshot, Imagetool, busybox_store, kernel_skip_reason
+from tests.test_network import CLEAN, InNetns, leftovers, needs_netns, netns  # noqa: F401 (netns: a fixture)
+
+needs_kernel = pytest.mark.skipif(kernel_skip_reason() is not None, reason=kernel_skip_reason() or "")
+
+# names that would break a line-oriented or JSON file: a newline, a tab, a space, a quote, a slash, `..`
+HOSTILE_NAMES = ["a\n10.0.0.66 victim", "a\tb", "a b", 'a"b', "a/b", "..", "a\rb", "a,b", "a\x00b", "-a"]
+
+
+# ---------------------------------------------------------------- parsing: no root needed
+
+
+@pytest.mark.parametrize("spec", ["-5:80", "-5:", "9" * 5000, "1:" + "9" * 5000, "99999:80", "80:-1",
+                                  "0:0", "65535-1:80", "127.0.0.1:-5:80"])
+def test_hostile_publish_specs_are_network_errors_not_tracebacks(spec):
+    with pytest.raises(NetworkError):
+        ports.parse(spec)
+
+
+def test_a_publish_range_is_bounded():
+    """-p 1-65535 would be 65535 mappings (65535 binds, as many iptables rules): refused with a
+    clear bound rather than taking the machine's time."""
+    with pytest.raises(NetworkError, match="at most"):
+        ports.parse("1-65535")
+    assert len(ports.parse("8000-8099:8000-8099")) == 100
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_names_for_the_etc_files_are_refused(name):
+    for kw in ({"hostname": name}, {"names": ["ok", name]}, {"dns_search": [name]}):
+        args = {"hostname": "ok", "names": [], "dns_search": []} | kw
+        with pytest.raises(NetworkError):
+            hosts.validate(args["hostname"], args["names"], args["dns_search"])
+    hosts.validate("web-1.example", ["web_1", "abc123def456", "alias.one"], ["corp.example", "."])
+
+
+def test_aardvark_config_never_carries_a_line_break_from_a_name():
+    """Names come from caches other versions may have written: the config line drops what is not a
+    plain name (a newline would add a record for another name, `victim`, to the network)."""
+    text = dns.network_file("10.88.0.1", [("c1", ["10.88.0.2"], ["web", "a\nvictim", "b\r", "c\x00", "ok"])])
+    assert text == "10.88.0.1\nc1 10.88.0.2  web,ok\n"
+
+
+@pytest.mark.parametrize("name", ["aardvark.pid", "a\nb", "a/b", "..", "a" * 65, "-x", "x y"])
+def test_network_names_that_collide_with_files_or_break_them_are_refused(name, tmp_path):
+    from types import SimpleNamespace
+
+    st = SimpleNamespace(root=tmp_path / "store")
+    with pytest.raises(NetworkError):
+        networks.create(st, name)
+    assert not (tmp_path / "store" / "networks" / f"{name}.conflist").exists()
+
+
+def test_subordinate_lines_that_newuidmap_would_refuse_are_left_out(tmp_path):
+    """A hostile or broken /etc/subuid: signs, underscores, non-ASCII digits, ids past 2^32-2,
+    ranges overlapping an earlier one or the user's own id; only sound ranges are used, and the
+    ids inside stay below 2^32-1."""
+    from imagetool import userns
+
+    sub = tmp_path / "subuid"
+    sub.write_text("\n".join([
+        "u:-1000:10", "u:+5:10", "u:1_000:10", "u:\u0663\u0663:10", "u:4294967290:100", "u:100000:-5",
+        "u:100000:65536", "u:100100:10",          # overlaps the line before
+        "u:1000:10",                              # holds the user's own uid 1005
+        "u:200000:65536 ", " u:300000:1", "other:400000:65536", "u:500000:4294000000", "u:1:" + "9" * 5000,
+    ]) + "\n")
+    got = userns.subordinate_ranges(str(sub), "u", 1005)
+    assert got[:3] == [(100000, 65536), (200000, 65536), (300000, 1)]
+    total = 1 + sum(c for _, c in got)
+    assert total <= 2**32 - 1
+    for (a, n), (b, m) in zip(got, got[1:]):
+        assert a + n <= b or b + m <= a
+    assert all(not (s <= 1005 < s + c) for s, c in got)
+
+
+# ---------------------------------------------------------------- real containers
+
+
+@pytest.fixture(scope="module")
+def hostside(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostside")
+    (d / "resolv-target").write_text("HOST FILE\n")
+    (d / "marker").write_text("host\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, hostside):
+    if kernel_skip_reason():
+        pytest.skip(kernel_skip_reason())
+    from fixtures.tarbuild import directory, symlink
+
+    up = "/".join([".."] * 12)
+    evil = [directory("etc"),
+            symlink("etc/hosts", f"{hostside}/hosts-pwned"),                     # absolute: a host path
+            symlink("etc/resolv.conf", f"{up}{hostside}/resolv-target"),         # relative, climbing out
+            symlink("etc/hostname", f"/proc/self/root{hostside}/hostname-pwned"),
+            symlink("escape", f"{up}{hostside}")]
+    return busybox_store(tmp_path_factory.mktemp("imagetool-attack2") / "store",
+                         {"evil": (evil, {"Cmd": ["sh"], "Env": ["PATH=/bin"]})})
+
+
+@pytest.fixture
+def it(store):
+    return Imagetool(store)
+
+
+@pytest.fixture
+def detached(it, store):
+    """`detached(*args)`: run -d; every container started is removed at the end, the host unchanged."""
+    before = HostSnapshot(store)
+    made = []
+
+    def run(*args):
+        r = it("run", "-d", "--network", "none", *args)
+        assert r.returncode == 0, r.stderr
+        made.append(r.stdout.strip())
+        return made[-1]
+
+    yield run
+    for cid in made:
+        it("rm", "-f", cid)
+    before.assert_unchanged()
+
+
+def _wait(check, what, limit=30.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _one_line_error(r, code=125):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
+
+
+@needs_netns
+@pytest.mark.parametrize("flag", ["--network-alias", "--hostname", "--dns-search", "--name"])
+def test_hostile_names_on_the_cli_are_one_line_errors_and_leave_nothing(store, netns, flag):  # noqa: F811
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    r = it("run", "--rm", "--network", "bridge", flag, "x\n10.0.0.66 victim", "busybox", "cat", "/etc/hosts")
+    _one_line_error(r)
+    assert "victim" not in r.stdout
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()
+
+
+@needs_netns
+@pytest.mark.parametrize("spec", ["-5:80", "9" * 5000, "1-65535"])
+def test_hostile_publish_on_the_cli_is_one_line_error(store, netns, spec):  # noqa: F811
+    it = InNetns(store, netns)
+    r = it("run", "--rm", "--network", "bridge", "-p", spec, "busybox", "true")
+    _one_line_error(r)
+    assert leftovers(netns, store) == CLEAN
+
+
+@needs_netns
+@pytest.mark.parametrize("runtime", [None, "runc"])
+def test_etc_symlinks_of_a_hostile_image_never_reach_the_host(store, netns, hostside, runtime):  # noqa: F811
+    if runtime and shutil.which(runtime) is None:
+        pytest.skip(f"needs {runtime}")
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    extra = ["--runtime", runtime] if runtime else []
+    r = it("run", "--rm", *extra, "--network", "bridge", "--name", "evil1", "--add-host", "db:192.0.2.9",
+           "evil", "sh", "-c", "cat /etc/hosts /etc/resolv.conf /etc/hostname")
+    # it runs, with the container's own files bound in the container (the links resolved in its root)
+    assert r.returncode == 0, r.stderr
+    assert "192.0.2.9\tdb" in r.stdout and "evil1" in r.stdout and "HOST FILE" not in r.stdout, r.stdout
+    assert sorted(p.name for p in hostside.iterdir()) == ["marker", "resolv-target"]
+    assert (hostside / "resolv-target").read_text() == "HOST FILE\n"
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()
+
+
+@needs_kernel
+def test_an_execd_process_seen_from_the_container_holds_nothing_of_the_host(it, detached, hostside):
+    cid = detached("--name", "seen", "busybox", "sleep", "1000")
+    with open(hostside / "marker") as f:   # an fd and a cwd of the caller's, which must not go in
+        r = it("exec", "-d", "seen", "sh", "-c", "exec sleep 777", pass_fds=(f.fileno(),), cwd=hostside)
+    assert r.returncode == 0, r.stderr
+    look = ("for p in /proc/[0-9]*; do grep -q '^sleep.777' $p/cmdline 2>/dev/null || "
+            "[ \"$(tr '\\0' ' ' < $p/cmdline)\" = 'sleep 777 ' ] || continue; "
+            "echo exe=$(readlink $p/exe) cwd=$(readlink $p/cwd) root=$(readlink $p/root); "
+            "for fd in $p/fd/*; do echo fd=$(readlink $fd); done; done; "
+            "echo comms; cat /proc/[0-9]*/comm")
+    r = _wait(lambda: (lambda x: x if "exe=" in x.stdout else None)(it("exec", "seen", "sh", "-c", look)),
+              "the exec'd sleep")
+    out = r.stdout
+    assert "exe=/bin/busybox cwd=/ root=/" in out or "exe=/bin/sleep cwd=/ root=/" in out, out
+    fds = [line[3:] for line in out.splitlines() if line.startswith("fd=")]
+    assert fds and all(t == "/dev/null" or re.fullmatch(r"(pipe|socket):\[\d+\]|/dev/pts/\d+", t) for t in fds), fds
+    comms = out.split("comms\n", 1)[1].split()
+    assert not [c for c in comms if c.startswith("python") or c == "imagetool"], comms
+    assert str(hostside) not in out and "memfd" not in out and str(it.store) not in out
+
+
+@needs_kernel
+def test_exec_workdir_through_a_symlink_stays_in_the_container(it, detached, hostside):
+    detached("--name", "wd", "evil", "sleep", "1000")
+    r = it("exec", "-w", "/escape", "wd", "sh", "-c", "ls; readlink /proc/self/cwd")
+    assert "marker" not in r.stdout and "resolv-target" not in r.stdout, r.stdout
+    if r.returncode != 0:
+        assert r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
+
+
+@needs_kernel
+def test_hostile_log_lines_stay_one_json_object_a_line(it, detached, store):
+    payload = ('"}\\n{"log":"forged","stream":"stderr"}\\n' + "\\r\\033[2J\\0\\342\\200\\250" +
+               "\\377\\376 bad utf8\\n" + "no newline at the end")
+    cid = detached("busybox", "sh", "-c", f"printf '{payload}'; printf 'x%.0s' $(seq 1 20000)")
+    assert it("wait", cid).stdout == "0\n"
+    raw = (store / "containers" / cid / "container.log").read_bytes()
+    docs = [json.loads(line) for line in raw.splitlines()]
+    assert all(set(d) == {"log", "stream", "time"} and d["stream"] == "stdout" for d in docs)
+    r = it("logs", cid)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith('"}\n{"log":"forged","stream":"stderr"}\n'), r.stdout[:200]
+    assert r.stdout.endswith("x" * 100) and r.stdout.count("x") >= 20000
