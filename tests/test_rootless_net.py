@@ -393,3 +393,27 @@ def test_explain_shows_slirp4netns_and_the_forward(user, netns, tun_open, clean)
     assert r.returncode == 0, r.stderr
     assert "--disable-host-loopback" in r.stderr and "--netns-type=path" in r.stderr
     assert f'"host_port": {port}' in r.stderr
+
+
+def test_sigkill_of_a_detached_containers_monitor_takes_slirp4netns_with_it(user, netns, tun_open, clean):
+    """run -d rootless with -p: SIGKILL of its monitor (the owner of slirp4netns, after its exec
+    hand-over to the lean monitor) ends slirp4netns too, so the port is closed; rm cleans up."""
+    port = free_port(netns)
+    r = it(user, netns, "run", "-d", "--name", "orphan", "-p", f"127.0.0.1:{port}:80", user.image, "sh", "-c", CGI)
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_for(lambda: fetch(netns, f"http://127.0.0.1:{port}/"), "httpd")
+        assert slirps_of(user.uid)
+        os.kill(_state_of(user, "orphan")["owner_pid"], signal.SIGKILL)
+        wait_for(lambda: not slirps_of(user.uid), "slirp4netns to end with the monitor")
+        assert fetch(netns, f"http://127.0.0.1:{port}/") is None
+    finally:
+        r = it(user, netns, "rm", "-f", "orphan")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--hostname", "--dns-search"])
+def test_hostile_names_are_one_line_errors_on_slirp4netns_too(user, netns, tun_open, clean, flag):
+    r = it(user, netns, "run", "--rm", flag, "x\n10.0.0.66 victim", user.image, "cat", "/etc/hosts")
+    assert r.returncode == 125 and r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert "victim" not in r.stdout
