@@ -52,38 +52,46 @@ def _lookup(root: Root | None, text: str | None) -> User:
     passwd = _rows(root, "passwd")
     if not user_part:
         user_part = "0"
-    if user_part.isdigit():
+    if _numeric(user_part):
         uid = _id(user_part, "user")
         entry = next((r for r in passwd if len(r) >= 4 and r[2] == user_part), None)
     else:
         entry = next((r for r in passwd if len(r) >= 4 and r[0] == user_part), None)
-        if entry is None or not entry[2].isdigit():
+        if entry is None or not _numeric(entry[2]):
             raise ContainerError(f"unable to find user {user_part}: no matching entries in passwd file")
         uid = _id(entry[2], "user")
-    gid = _id(entry[3], "group") if entry is not None and entry[3].isdigit() else 0
+    gid = _id(entry[3], "group") if entry is not None and _numeric(entry[3]) else 0
     home = entry[5] if entry is not None and len(entry) >= 6 and entry[5] else None
     name = entry[0] if entry is not None else None
 
     groups = _rows(root, "group") if (group_part or name) else []
     extra: list[int] = []
     if group_part:
-        if group_part.isdigit():
+        if _numeric(group_part):
             gid = _id(group_part, "group")
         else:
-            row = next((r for r in groups if len(r) >= 3 and r[0] == group_part and r[2].isdigit()), None)
+            row = next((r for r in groups if len(r) >= 3 and r[0] == group_part and _numeric(r[2])), None)
             if row is None:
                 raise ContainerError(f"unable to find group {group_part}: no matching entries in group file")
             gid = _id(row[2], "group")
     elif name:
         for r in groups:
-            if len(r) >= 4 and r[2].isdigit() and name in r[3].split(","):
+            if len(r) >= 4 and _numeric(r[2]) and name in r[3].split(","):
                 g = _id(r[2], "group")
                 if g != gid and g not in extra:
                     extra.append(g)
     return User(uid, gid, tuple(extra), home)
 
 
+def _numeric(text: str) -> bool:
+    """An id as the kernel and runc read it: ASCII decimal digits only (str.isdigit takes '²', '٣')."""
+    return text.isascii() and text.isdigit()
+
+
 def _id(text: str, what: str) -> int:
+    if len(text.lstrip("0")) > 10:   # past MAX_ID; and int() of thousands of digits is refused by Python itself
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise ContainerError(f"{what} id {shown} is out of range (0 to {MAX_ID})")
     value = int(text)
     if value > MAX_ID:
         raise ContainerError(f"{what} id {text} is out of range (0 to {MAX_ID})")

@@ -249,3 +249,24 @@ def test_hostile_log_lines_stay_one_json_object_a_line(it, detached, store):
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.startswith('"}\n{"log":"forged","stream":"stderr"}\n'), r.stdout[:200]
     assert r.stdout.endswith("x" * 100) and r.stdout.count("x") >= 20000
+
+
+@needs_kernel
+@pytest.mark.parametrize("user", ["\u00b2", "0:\u00b2", "9" * 5000, "\u0663"])
+def test_user_ids_python_alone_reads_as_digits_are_one_line_errors(it, store, user):
+    """'²' and '٣' pass str.isdigit() but are no ids (int() fails on '²'); 5000 digits are too many
+    for int(): each is docker's one-line error, never an internal error."""
+    before = HostSnapshot(store)
+    r = it("run", "--rm", "--network", "none", "-u", user, "busybox", "id")
+    _one_line_error(r)
+    assert "internal error" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    before.assert_unchanged()
+
+
+@needs_kernel
+def test_exec_user_and_workdir_that_are_no_ids_or_dirs_are_one_line_errors(it, detached):
+    detached("--name", "bad-exec", "busybox", "sleep", "1000")
+    for args in (["-u", "\u00b2"], ["-u", "9" * 5000], ["-w", "/proc/self/fd/0"], ["-w", "/proc/self/fd/3"]):
+        r = it("exec", *args, "bad-exec", "id")
+        assert r.returncode == 125 and r.stderr.startswith("imagetool: error: "), (args[0], r.stderr)
+        assert "internal error" not in r.stderr and "invalid literal" not in r.stderr, r.stderr

@@ -338,6 +338,7 @@ def _process(spec: dict, pipes, err_w, trampoline, program, args, env, user, cwd
         environ = [x for x in environ if x.split("=", 1)[0] != key] + [value]
     try:
         os.chdir(cwd or proc.get("cwd") or "/")
+        os.getcwd()   # CVE-2024-21626: a cwd outside the container's root has no path ("(unreachable)")
     except OSError as e:
         raise ContainerError(f"cannot enter the working directory {cwd or proc.get('cwd')}: {e.strerror}") from None
     nnp = bool(proc.get("noNewPrivileges"))
