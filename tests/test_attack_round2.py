@@ -270,3 +270,13 @@ def test_exec_user_and_workdir_that_are_no_ids_or_dirs_are_one_line_errors(it, d
         r = it("exec", *args, "bad-exec", "id")
         assert r.returncode == 125 and r.stderr.startswith("imagetool: error: "), (args[0], r.stderr)
         assert "internal error" not in r.stderr and "invalid literal" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("zone", ["a\nnameserver 6.6.6.6", "a b", "a\t6.6.6.6", "x" * 16])
+def test_an_ipv6_zone_cannot_carry_another_line_into_resolv_conf_or_hosts(zone):
+    """Python's ip_address takes any text after '%' as the zone of a link-local address."""
+    with pytest.raises(NetworkError):
+        hosts.resolv_text("", [f"fe80::1%{zone}"], [])
+    with pytest.raises(NetworkError):
+        hosts.parse_add_host(f"x:fe80::1%{zone}")
+    assert hosts.resolv_text("", ["fe80::1%eth0"], []) == "nameserver fe80::1%eth0\n"

@@ -47,11 +47,18 @@ def validate(hostname: str, names, dns_search) -> None:
             raise NetworkError(f"invalid --dns-search {_shown(d)}", hint="give a domain, or '.' for none")
 
 
+_SCOPE = re.compile(r"[a-zA-Z0-9_.-]{1,15}")   # an IPv6 zone: an interface name or index
+
+
 def _ip(text: str, what: str) -> str:
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
-        raise NetworkError(f"invalid IP address {text!r} in {what}") from None
+        ip = None
+    # Python takes any text after '%' as the zone ("fe80::1%a\nnameserver 6.6.6.6"): one word only
+    if ip is None or (getattr(ip, "scope_id", None) is not None and not _SCOPE.fullmatch(ip.scope_id)):
+        raise NetworkError(f"invalid IP address {_shown(text)} in {what}")
+    return str(ip)
 
 
 def parse_add_host(text: str) -> tuple[str, str]:
