@@ -142,13 +142,17 @@ def info(store, fmt: str) -> None:
 
 
 def inspect(store, ref: str) -> None:
-    from imagetool import containers, control, images as svc
+    from imagetool import containerstates
     from imagetool.errors import ImagetoolError
 
     try:   # a container of that id or name first (as docker), else an image
-        containers.find(store(), ref)
+        containerstates.find(store(), ref)
     except ImagetoolError:
+        from imagetool import images as svc
+
         return _print_json(svc.inspect(store(), ref))
+    from imagetool import control
+
     _print_json([control.inspect(store(), ref)])
 
 
@@ -302,18 +306,25 @@ def run(store, **values) -> int:
 
 
 def ps(store, all_: bool, fmt: str) -> None:
-    from imagetool import containers as svc
+    from imagetool import containerstates
     from imagetool.errors import printable
 
     if fmt not in ("table", "json"):
         raise _usage(f"unknown format {fmt!r} (use table or json)")
-    rows = svc.list_containers(store(), all_=all_)
+    rows = containerstates.list_containers(store(), all_, _reconcile)
     if fmt == "json":
         return _print_json([r.to_dict() for r in rows])
     table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS")]
     table += [(r.id[:12], r.name, r.image, _trim(printable(r.command), 30), r.created_ago, r.status_text, r.ports)
               for r in rows]   # the command is image content: no raw escape sequences on the terminal
     _print_table(table)
+
+
+def _reconcile(cdir, state: dict):
+    """containers.reconcile, loaded only when ps meets a container whose imagetool died."""
+    from imagetool import containers
+
+    return containers.reconcile(cdir, state)
 
 
 def rm(store, containers: list, force: bool) -> None:

@@ -21,8 +21,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from imagetool import health, jsonlog
+from imagetool import containerstates, health, jsonlog
 from imagetool import network
+from imagetool.containerstates import ContainerInfo, find, read_state   # the read side (ps, inspect)
+from imagetool.containerstates import all_states as _all_states, owner_alive as _owner_alive
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
 from imagetool.runtime.supervise import proc_start
 
@@ -92,26 +94,6 @@ class RunOptions:
     no_healthcheck: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerInfo:
-    """One row of `ps` (docker's columns); `to_dict` is its --format json."""
-
-    id: str
-    name: str
-    image: str
-    command: str
-    status: str
-    exit_code: int | None
-    created: str
-    status_text: str = ""   # docker's: "Up 3 seconds", "Exited (143) 2 seconds ago"
-    created_ago: str = ""   # "5 minutes ago"
-    ports: str = ""         # docker's PORTS column: "127.0.0.1:8080->80/tcp"
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "image": self.image, "command": self.command,
-                "status": self.status, "exit_code": self.exit_code, "created": self.created, "ports": self.ports}
-
-
 # ---------------------------------------------------------------- timing
 
 
@@ -176,20 +158,6 @@ def target_of(cdir, state: dict, name: str | None = None):
     if (state.get("runtime") or "imagetool") != "imagetool":   # runc/crun: its init from `runc state`
         return execin.runc_target(state["runtime"], state["id"], spec, (state["pid"], state["pid_start"]))
     return execin.Target(state["pid"], state["pid_start"], tuple(state.get("cgroups") or ()), spec)
-
-
-def read_state(cdir: Path) -> dict | None:
-    try:
-        with open(cdir / "state.json") as f:
-            doc = json.load(f)
-        return doc if isinstance(doc, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _owner_alive(state: dict) -> bool:
-    pid = state.get("owner_pid")
-    return bool(pid) and proc_start(pid) == state.get("owner_start")
 
 
 class _Lock:
@@ -551,20 +519,6 @@ def _print_script(store, opts: RunOptions) -> int:
 # ---------------------------------------------------------------- ps, rm, prune
 
 
-def _all_states(store) -> list[tuple[Path, dict]]:
-    out = []
-    try:
-        entries = sorted(os.scandir(store.containers_dir), key=lambda e: e.name)
-    except FileNotFoundError:
-        return out
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            st = read_state(Path(e.path))
-            if st is not None:
-                out.append((Path(e.path), st))
-    return out
-
-
 def _stop(state: dict) -> None:
     """Kill what is left of a container (runtime.destroy: its cgroups, the runc/crun container)."""
     from imagetool import runtime
@@ -597,45 +551,9 @@ def reconcile(cdir: Path, state: dict) -> dict | None:
     return state
 
 
-def _info(state: dict, cdir: Path | None = None) -> ContainerInfo:
-    status = state.get("status", "unknown")
-    if cdir is not None and state.get("healthcheck") and status == "running":
-        state = {**state, "health_status": (health.read(cdir) or {}).get("Status")}
-    if status == "exited" and state.get("exit_code") is not None:
-        status = f"exited ({state['exit_code']})"
-    from imagetool import ages
-
-    return ContainerInfo(state.get("id", ""), state.get("name", ""), state.get("image", ""),
-                         state.get("command", ""), status, state.get("exit_code"), state.get("created", ""),
-                         ages.status_text(state), ages.ago(state.get("created")),
-                         network.ports_text(cdir) if cdir is not None else "")
-
-
 def list_containers(store, all_: bool = False) -> list[ContainerInfo]:
     """Running containers (all of them with all_), oldest first; dead owners are reconciled first."""
-    rows = []
-    for cdir, state in _all_states(store):
-        state = reconcile(cdir, state)
-        if state is None:
-            continue
-        if all_ or state.get("status") == "running":
-            rows.append(_info(state, cdir))
-    rows.sort(key=lambda r: r.created)
-    return rows
-
-
-def find(store, id_or_name: str) -> tuple[Path, dict]:
-    """(container directory, state) of a container named by id, name or a unique id prefix (≥ 3)."""
-    states = _all_states(store)
-    for cdir, st in states:
-        if st.get("id") == id_or_name or st.get("name") == id_or_name:
-            return cdir, st
-    matches = [(c, s) for c, s in states if len(id_or_name) >= 3 and s.get("id", "").startswith(id_or_name)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ImagetoolError(f"container id prefix {id_or_name!r} is ambiguous")
-    raise ImagetoolError(f"no such container: {id_or_name}", hint="list them with `imagetool ps -a`")
+    return containerstates.list_containers(store, all_, reconcile)
 
 
 def remove(store, id_or_name: str, force: bool = False) -> str:

@@ -95,8 +95,10 @@ RUN = Command("run", "Run a command in a new container (pulls or loads the image
     option("--memory-swap", "memory_swap", "Memory plus swap limit (-1: unlimited swap).", metavar="BYTES"),
     option("--cpus", "cpus", "CPU limit in CPUs (1.5 = one and a half).", float, metavar="N"),
     option("--pids-limit", "pids_limit", "Maximum number of processes (-1: unlimited).", int, metavar="N"),
-    option("--network", "network", "bridge (the default network `imagetool`; the default, `private` without the "
-           "CNI plugins) | private (loopback only) | none | host | container:NAME | a network made with `network create`.",
+    option("--network", "network", "bridge (the default network `imagetool`) | slirp4netns (user-mode networking) | "
+           "private (loopback only) | none | host | container:NAME | a network made with `network create`. "
+           "Default: bridge as root when the CNI plugins are installed, slirp4netns rootless; private, with a "
+           "notice, where neither can run.",
            metavar="NETWORK"),
     option("-p --publish", "publish", "Publish a container's port on the host: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp] "
            "(a free host port when HOSTPORT is left out).", multiple=True, metavar="PORT"),

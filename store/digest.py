@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from store.errors import InvalidDigest
@@ -11,6 +12,8 @@ from store.errors import InvalidDigest
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 CANONICAL = "sha256"
 _HEX = re.compile(r"[0-9a-f]+")
+#: Digest.of_bytes hashes up to this many bytes without loading hashlib (see _small_hasher)
+SMALL = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -44,7 +47,8 @@ class Digest:
 
     @classmethod
     def of_bytes(cls, data: bytes, algorithm: str = CANONICAL) -> "Digest":
-        h = new_hasher(algorithm)
+        h = _small_hasher(algorithm) if len(data) <= SMALL and "hashlib" not in sys.modules else None
+        h = h or new_hasher(algorithm)
         h.update(data)
         return cls(algorithm, h.hexdigest())
 
@@ -59,6 +63,23 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
+
+
+def _small_hasher(algorithm: str):
+    """The interpreter's own implementation of `algorithm` (the modules hashlib falls back to without
+    OpenSSL), or None where this Python lacks it. For a small one-shot hash (a manifest or config a
+    read command verifies) it is as quick as OpenSSL's, and loading hashlib's OpenSSL module costs
+    ~2 ms of `images` or `inspect`; streams and large blobs go through hashlib."""
+    if algorithm not in ALGORITHMS:
+        return None
+    if sys.version_info >= (3, 12):
+        module = "_sha2"
+    else:
+        module = "_sha256" if algorithm == "sha256" else "_sha512"
+    try:
+        return getattr(__import__(module), algorithm)()
+    except (ImportError, AttributeError):
+        return None
 
 
 def new_hasher(algorithm: str = CANONICAL):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
 
-from store import blobs, gc, refs
+from store import blobs, refs
 from store.atomic import write_atomic
 from store.descriptor import Descriptor
 from store.digest import Digest
@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every star
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-GCReport = gc.GCReport
+    from store.gc import GCReport
 
 #: the store root's mode: only its owner may enter (podman's 0700; docker uses 0710). Layers and
 #: containers put setuid-root binaries and device nodes below it (snapshots/, containers/*/upper);
@@ -175,6 +175,8 @@ class Store:
 
     def gc(self, ingest_max_age: float = 86400) -> GCReport:
         """Remove what no ref and no container reaches (see gc.py); waits for shared holders."""
+        from store import gc
+
         return gc.collect(self._layout, ingest_max_age)
 
     def __repr__(self) -> str:
@@ -200,6 +202,15 @@ def _check_oci_layout(path: Path) -> None:
     if version != LAYOUT_VERSION:
         raise NotAStore(f"{path.parent} has an OCI layout of version {version!r}; this tool "
                         f"supports {LAYOUT_VERSION!r}", hint="use another --store directory")
+
+
+def __getattr__(name: str):
+    """GCReport, from store.gc (loaded with the first collection)."""
+    if name == "GCReport":
+        from store.gc import GCReport
+
+        return GCReport
+    raise AttributeError(f"module 'store.store' has no attribute {name!r}")
 
 
 __all__ = ["Store", "GCReport", "StoreError", "CorruptStore"]
