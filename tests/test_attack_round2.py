@@ -280,3 +280,99 @@ def test_an_ipv6_zone_cannot_carry_another_line_into_resolv_conf_or_hosts(zone):
     with pytest.raises(NetworkError):
         hosts.parse_add_host(f"x:fe80::1%{zone}")
     assert hosts.resolv_text("", ["fe80::1%eth0"], []) == "nameserver fe80::1%eth0\n"
+
+
+_RAW_UDP = r'''
+import socket, struct, sys
+ifname, dst_mac, src_ip, port = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+src_mac = s.getsockname()[4]
+payload = b"from-the-container"
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                  socket.inet_aton(src_ip), socket.inet_aton("127.0.0.1"))
+hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+for _ in range(3):
+    s.send(dst_mac + src_mac + b"\x08\x00" + hdr + udp)
+'''
+
+_UDP_SERVER = r'''
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+s.settimeout(float(sys.argv[1]))
+try:
+    print(s.recv(100).decode(), flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+'''
+
+
+@needs_netns
+def test_a_container_cannot_reach_the_hosts_loopback_through_route_localnet(store, netns):  # noqa: F811
+    """CVE-2020-8558's class: portmap turns route_localnet on for the bridge (so -p 127.0.0.1:… works);
+    then a container process with CAP_NET_RAW (a default capability) can send a frame addressed to
+    127.0.0.1 to its gateway, and the host would take it for its own loopback services. Such
+    packets must be dropped where they come in."""
+    import subprocess
+    import sys
+
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    r = it("run", "-d", "--network", "bridge", "--name", "rl", "-p", "127.0.0.1::80", "busybox", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    server = None
+    try:
+        cdir = store / "containers" / cid
+        doc = json.loads((cdir / "network.json").read_text())
+        result = doc["attachments"][-1]["result"]
+        bridge = next(i for i in result["interfaces"] if not i.get("sandbox") and i["name"].startswith("imagetool"))
+        ip = result["ips"][0]["address"].split("/")[0]
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", _UDP_SERVER, "3"],
+                                  stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        sent = subprocess.run(["nsenter", f"--net={cdir / 'netns'}", sys.executable, "-c", _RAW_UDP, "eth0",
+                               bridge["mac"], ip, str(port)], capture_output=True, text=True)
+        assert sent.returncode == 0, sent.stderr
+        got = server.stdout.readline().strip()
+        server.wait(timeout=30)
+        assert got == "nothing", "the host's 127.0.0.1 took a packet from the container"
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+        assert it("rm", "-f", cid).returncode == 0
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()
+
+
+@needs_netns
+def test_the_loopback_guard_is_set_with_a_published_port_and_goes_with_its_network(store, netns):  # noqa: F811
+    import subprocess
+
+    it = InNetns(store, netns)
+    assert it("network", "create", "guarded").returncode == 0
+    bridge = json.loads((store / "networks" / "guarded.conflist").read_text())["plugins"][0]["bridge"]
+
+    def rules():
+        out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "iptables-save", "-t", "raw"],
+                             capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if f"-i {bridge} " in line]
+
+    try:
+        r = it("run", "--rm", "--network", "guarded", "-p", "127.0.0.1::80", "busybox", "true")
+        assert r.returncode == 0, r.stderr
+        assert rules() == [f"-A PREROUTING -d 127.0.0.0/8 -i {bridge} -j DROP"]
+        assert it("run", "--rm", "--network", "guarded", "-p", "127.0.0.1::80", "busybox", "true").returncode == 0
+        assert len(rules()) == 1   # once per bridge
+    finally:
+        assert it("network", "rm", "guarded").returncode == 0
+    assert rules() == []
+    assert leftovers(netns, store) == CLEAN

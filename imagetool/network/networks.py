@@ -256,4 +256,7 @@ def remove(store, name: str) -> str:
 
         shutil.rmtree(d / "ipam" / name, ignore_errors=True)
         subprocess.run(["ip", "link", "delete", net.bridge, "type", "bridge"], capture_output=True)
+        from imagetool.network import localnet
+
+        localnet.unguard(net.bridge)
     return name
