@@ -157,11 +157,12 @@ def _exit(rc: int) -> None:
     and the process ends with os._exit. Otherwise a normal sys.exit."""
     import atexit
     import os
-    import threading
 
     from imagetool.commands import flush_stdout
 
-    if threading.active_count() == 1 and sys.getprofile() is None and sys.gettrace() is None:
+    threading = sys.modules.get("threading")   # not loaded: no thread was started through it
+    alone = threading is None or threading.active_count() == 1
+    if alone and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()
         rc = flush_stdout(rc)
         sys.stderr.flush()

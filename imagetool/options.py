@@ -8,12 +8,9 @@ the fast path loads it on every start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 REQUIRED = ...  # the default of a required argument
 
 
-@dataclass(frozen=True, slots=True)
 class Param:
     """One option (`flags` given) or positional argument (`flags` empty) of a command.
 
@@ -22,17 +19,20 @@ class Param:
     every remaining positional (a list, at least one when `default` is REQUIRED).
     default: the value when absent; REQUIRED for an argument that must be given.
     minimum: the smallest accepted int.
-    """
 
-    dest: str
-    flags: tuple[str, ...]
-    help: str
-    type: type = str
-    multiple: bool = False
-    default: object = None
-    metavar: str | None = None
-    minimum: int | None = None
-    hidden: bool = False
+    A plain class, not a dataclass: this table loads on every start, and making the two classes
+    with @dataclass costs more than parsing argv (treat the fields as read-only)."""
+
+    __slots__ = ("dest", "flags", "help", "type", "multiple", "default", "metavar", "minimum", "hidden")
+
+    def __init__(self, dest: str, flags: tuple[str, ...], help: str, type: type = str, multiple: bool = False,
+                 default: object = None, metavar: str | None = None, minimum: int | None = None,
+                 hidden: bool = False):
+        self.dest, self.flags, self.help, self.type, self.multiple = dest, flags, help, type, multiple
+        self.default, self.metavar, self.minimum, self.hidden = default, metavar, minimum, hidden
+
+    def __repr__(self) -> str:
+        return f"Param({self.dest!r}, {self.flags!r})"
 
     @property
     def is_argument(self) -> bool:
@@ -43,15 +43,17 @@ class Param:
         return self.default is REQUIRED
 
 
-@dataclass(frozen=True, slots=True)
 class Command:
     """A command: its name, one-line help and parameters. `interspersed=False`: options end at the
     first positional (run: what follows IMAGE is the container's command, options included)."""
 
-    name: str
-    help: str
-    params: tuple[Param, ...]
-    interspersed: bool = True
+    __slots__ = ("name", "help", "params", "interspersed")
+
+    def __init__(self, name: str, help: str, params: tuple[Param, ...], interspersed: bool = True):
+        self.name, self.help, self.params, self.interspersed = name, help, params, interspersed
+
+    def __repr__(self) -> str:
+        return f"Command({self.name!r})"
 
 
 def option(flags: str, dest: str, help: str, type: type = str, **kw) -> Param:
