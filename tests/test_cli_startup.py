@@ -1,0 +1,112 @@
+"""What the everyday read commands load (issue 16): `images`, `ps -a` and `inspect` (of an image and
+of a container) run without the runtime, without `inspect` (the console entry defers it: only
+dataclasses imports it, for a class written without a docstring) and without OpenSSL's hash module.
+These assert which modules are imported, never how long anything takes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.runhelpers import add_image, kernel_skip_reason
+
+#: loaded by none of the read commands (_hashlib: OpenSSL's hashes)
+NEVER = ("inspect", "_hashlib", "typer", "click", "requests")
+#: `run`'s path, loaded by neither `images`, `ps` nor `inspect IMAGE` (`inspect CONTAINER` still goes
+#: through control.py, which imports containers.py)
+RUNTIME = ("imagetool.containers", "imagetool.runtime", "imagetool.network.attach")
+
+
+def _imported(cli, *args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    argv = cli.argv(*args)
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
+                       text=True, timeout=120)
+    return r, {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def _loaded(imported: set[str], names) -> set[str]:
+    return {m for m in imported for n in names if m == n or m.startswith(n + ".")}
+
+
+@pytest.fixture
+def with_container(cli, busybox):
+    """The store holds busybox and one exited container named `exited`."""
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    add_image(cli.store_dir, busybox, "docker.io/library/busybox:latest")
+    r = cli("run", "--name", "exited", "--network", "none", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    yield cli
+    cli("rm", "-f", "exited")
+
+
+@pytest.mark.parametrize("args, runtime", [(("images",), False), (("ps", "-a"), False),
+                                           (("inspect", "busybox"), False), (("inspect", "exited"), True)])
+def test_read_commands_load_no_runtime_no_inspect_no_openssl(with_container, args, runtime):
+    r, imported = _imported(with_container, *args)
+    assert r.returncode == 0, r.stderr
+    assert "imagetool.commands" in imported and "json" in imported   # it did serve the command here
+    assert not _loaded(imported, NEVER if runtime else NEVER + RUNTIME)
+
+
+def test_inspect_of_an_image_loads_no_container_code_and_of_a_container_no_image_code(with_container):
+    _, imported = _imported(with_container, "inspect", "busybox")
+    assert "imagetool.images" in imported and not _loaded(imported, ("imagetool.control",))
+    _, imported = _imported(with_container, "inspect", "exited")
+    assert "imagetool.control" in imported and not _loaded(imported, ("imagetool.images", "imagetool.oci"))
+
+
+def test_ps_output_is_the_same_through_the_read_side(with_container):
+    """ps through containerstates (the fast path) and containers.list_containers agree."""
+    from imagetool import containers, containerstates
+    from store import Store
+
+    st = Store.open(with_container.store_dir)
+    fast = containerstates.list_containers(st, True, containers.reconcile)
+    assert [r.to_dict() for r in fast] == [r.to_dict() for r in containers.list_containers(st, all_=True)]
+    assert [r.name for r in fast] == ["exited"] and fast[0].status == "exited (0)"
+    r = with_container("ps", "-a", "--format", "json")
+    assert r.returncode == 0 and '"name": "exited"' in r.stdout
+
+
+def test_the_deferred_inspect_module_loads_on_first_use():
+    """After the console entry's stand-in: `import inspect`, `from inspect import …` and a dataclass
+    without a docstring (its __doc__ is made with inspect.signature) all get the real module."""
+    code = """if True:
+        import sys
+        from imagetool.__main__ import _defer_inspect
+        _defer_inspect()
+        import dataclasses
+        assert "ast" not in sys.modules, "inspect was loaded by importing dataclasses"
+        @dataclasses.dataclass
+        class Plain:
+            x: int
+        assert Plain.__doc__ == "Plain(x: int)", Plain.__doc__
+        import inspect
+        from inspect import signature
+        assert signature is inspect.signature and str(signature(lambda a, b=1: 0)) == "(a, b=1)"
+        assert sys.modules["inspect"].isfunction(len) is False
+        print("ok")
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_small_blobs_hash_without_openssl_and_agree_with_hashlib():
+    import hashlib
+
+    from store.digest import SMALL, Digest, _small_hasher
+
+    for algorithm in ("sha256", "sha512"):
+        for data in (b"", b"abc", bytes(range(256)) * 7, b"x" * SMALL):
+            h = _small_hasher(algorithm)
+            assert h is not None
+            h.update(data)
+            assert h.hexdigest() == hashlib.new(algorithm, data).hexdigest()
+    code = ("import sys; from store.digest import Digest; d = Digest.of_bytes(b'abc'); "
+            "assert '_hashlib' not in sys.modules; d2 = Digest.of_bytes(b'a' * (1 + (1 << 20))); "
+            "assert '_hashlib' in sys.modules; print(d)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(Digest.of_bytes(b"abc"))
