@@ -376,3 +376,42 @@ def test_the_loopback_guard_is_set_with_a_published_port_and_goes_with_its_netwo
         assert it("network", "rm", "guarded").returncode == 0
     assert rules() == []
     assert leftovers(netns, store) == CLEAN
+
+
+@needs_netns
+def test_start_again_of_a_container_whose_etc_files_link_to_the_host_writes_nothing_there(store, netns, hostside):  # noqa: F811
+    """The second start (a new monitor, the network set up again, the /etc files rewritten in the
+    container's directory) of a container whose /etc/hosts, resolv.conf and hostname link out."""
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    r = it("run", "-d", "--network", "bridge", "--name", "again", "evil", "sh", "-c", "cat /etc/hosts")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        assert it("wait", cid).stdout == "0\n"
+        r = it("start", "-a", cid)
+        assert r.returncode == 0 and "again" in r.stdout, r.stderr
+    finally:
+        assert it("rm", "-f", cid).returncode == 0
+    assert sorted(p.name for p in hostside.iterdir()) == ["marker", "resolv-target"]
+    assert (hostside / "resolv-target").read_text() == "HOST FILE\n"
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("name", ["../../../../../../../../{victim}", "/{victim}"])
+def test_a_network_name_is_never_a_path(it, store, tmp_path, name):
+    """`--network`, `network inspect` and `network rm` read `<store>/networks/NAME.conflist` and rm
+    removes `networks/ipam/NAME`: a name with a slash named a file (and a directory) anywhere."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    conf = networks.conflist("victim", "itvictim", "10.99.0.0/24", "10.99.0.1", tmp_path / "ipam")
+    Path(f"{victim}.conflist").write_text(json.dumps(conf))
+    arg = name.format(victim=str(victim).lstrip("/"))
+    for args in (["network", "inspect", arg], ["network", "rm", arg],
+                 ["run", "--rm", "--network", arg, "busybox", "true"]):
+        r = it(*args)
+        assert r.returncode != 0 and r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
+        assert "Bridge" not in r.stdout, r.stdout
+    assert (victim / "keep").exists() and Path(f"{victim}.conflist").exists()

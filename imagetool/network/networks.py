@@ -142,6 +142,8 @@ class Locked:
 
 
 def _read(d: Path, name: str) -> Network | None:
+    if not _NAME.fullmatch(name):   # never a path: `--network ../../x` or `network rm /x` named files outside
+        raise NetworkError(f"invalid network name {name[:64]!r}", hint="use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64")
     try:
         return _from_conflist(json.loads((d / f"{name}.conflist").read_text()))
     except FileNotFoundError:
@@ -152,7 +154,8 @@ def _read(d: Path, name: str) -> Network | None:
 
 def _all(d: Path) -> list[Network]:
     try:
-        names = sorted(p[:-len(".conflist")] for p in os.listdir(d) if p.endswith(".conflist"))
+        names = sorted(n for n in (p[:-len(".conflist")] for p in os.listdir(d) if p.endswith(".conflist"))
+                       if _NAME.fullmatch(n))
     except FileNotFoundError:
         return []
     return [n for n in (_read(d, name) for name in names) if n is not None]
