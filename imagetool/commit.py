@@ -37,12 +37,16 @@ CHANGES = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "EXPOSE", "LABEL", "USER")
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
+    """The image a commit made: its name (or none) and manifest digest."""
+
     name: str
     digest: str
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
+    """One line of `history`: an entry of the image config's history and its layer."""
+
     created: str
     created_by: str
     size: int

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class Info:
+    """What `imagetool info` reports about this machine and user."""
+
     user: str
     uid: int
     rootless: bool

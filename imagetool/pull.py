@@ -53,6 +53,8 @@ DOWNLOADED = "Downloaded newer image"
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
+    """What a pull did: the name tagged, the digest, whether anything was downloaded, and from where."""
+
     name: str      # the full name tagged in the store
     digest: str    # the digest the registry resolved the reference to
     status: str    # UP_TO_DATE or DOWNLOADED
@@ -61,6 +63,8 @@ class PullResult:
 
 @dataclass(frozen=True, slots=True)
 class _Resolved:
+    """The image manifest a reference resolved to, what the name is tagged to, and the way there."""
+
     manifest: oci.Manifest
     descriptor: Descriptor             # what the name is tagged to
     documents: tuple                   # (raw, Digest) of every index/manifest on the way down

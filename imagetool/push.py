@@ -30,6 +30,8 @@ FORMATS = ("oci", "docker")
 
 @dataclass(frozen=True, slots=True)
 class PushResult:
+    """What a push did: the name pushed, its digest and size, and how many blobs were sent."""
+
     name: str       # "host/repo:tag" pushed
     digest: str     # the manifest (or index) digest the tag points at
     size: int       # its size in bytes (as docker prints "digest: … size: …")

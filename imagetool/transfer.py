@@ -29,6 +29,8 @@ TRANSPORTS = ("docker", "oci", "oci-archive", "docker-archive", "store")
 
 @dataclass(frozen=True, slots=True)
 class Address:
+    """Where `copy` reads or writes an image: a transport, its path and the name there."""
+
     transport: str
     path: str          # the directory or file (docker, store: "")
     ref: str | None    # what names the image there
@@ -36,6 +38,8 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class CopyResult:
+    """What a copy did: the destination, the digest copied and how many blobs were sent."""
+
     destination: str
     digest: str
     sent: int

@@ -41,6 +41,8 @@ _TCHAR = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
+    """One challenge of a WWW-Authenticate header: its scheme, parameters or token68."""
+
     scheme: str                      # lower case: "bearer", "basic"
     params: dict = field(default_factory=dict)   # lower-case names
     token68: str | None = None
