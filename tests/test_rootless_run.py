@@ -342,3 +342,20 @@ def test_single_id_mapping_runs(rootless_user_nosub):  # noqa: F811
     assert uid == "0" and uid_map.split() == ["0", str(rootless_user_nosub.uid), "1"] and ptmx == "ptmx"
     assert it("run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 42").returncode == 42
     assert [e.name for e in (it.store / "containers").iterdir() if not e.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_cgroup_and_sys_mounts_are_read_only_all_the_way_down(it, clean, network):
+    """CVE-2023-25809's class: a rootless container must not write to a host cgroup the user owns
+    (on a v1 host, systemd gives the user its user@UID.service groups): every mount at or under
+    /sys (with --network host: the host's /sys, bound) is read-only, and creating a group or moving
+    a process fails."""
+    script = ("awk '$5 ~ \"^/sys\" {print $5, $6}' /proc/self/mountinfo; echo --; "
+              "for d in $(find /sys/fs/cgroup -maxdepth 6 -type d 2>/dev/null | head -200); do "
+              "mkdir $d/itr-escape 2>/dev/null && echo MADE $d; "
+              "[ -w $d/cgroup.procs ] && echo 0 > $d/cgroup.procs 2>/dev/null && echo MOVED $d; done; true")
+    out = _ok(it("run", "--rm", "--network", network, "busybox", "sh", "-c", script))
+    mounts, probes = out.split("--\n")
+    rows = [line.split() for line in mounts.splitlines()]
+    assert rows and all("ro" in opts.split(",") for _, opts in rows), rows
+    assert "MADE" not in probes and "MOVED" not in probes, probes
