@@ -415,3 +415,24 @@ def test_a_network_name_is_never_a_path(it, store, tmp_path, name):
         assert r.returncode != 0 and r.stderr.startswith("imagetool: error: ") and "Traceback" not in r.stderr, r.stderr
         assert "Bridge" not in r.stdout, r.stdout
     assert (victim / "keep").exists() and Path(f"{victim}.conflist").exists()
+
+
+def _hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
+@needs_kernel
+def test_a_flooding_healthcheck_keeps_4096_bytes_and_the_monitor_small(it, detached, store):
+    """A healthcheck that writes 200 MB: its recorded output is cut at 4096 bytes and neither the
+    monitor nor anything it keeps grows with the flood."""
+    cid = detached("--health-cmd", "head -c 200000000 /dev/zero | tr '\\0' x", "--health-interval", "1s",
+                   "--health-timeout", "60s", "busybox", "sleep", "1000")
+    monitor = json.loads((store / "containers" / cid / "state.json").read_text())["owner_pid"]
+    health = store / "containers" / cid / "health.json"
+    doc = _wait(lambda: health.exists() and (lambda d: d if d.get("Log") else None)(json.loads(health.read_text())),
+                "a healthcheck result", limit=120)
+    assert all(len(e["Output"].encode()) <= 4096 for e in doc["Log"]), [len(e["Output"]) for e in doc["Log"]]
+    assert doc["Log"][0]["ExitCode"] == 0 and doc["Log"][0]["Output"] == "x" * 4096
+    assert _hwm_kb(monitor) < 64 * 1024
+    assert health.stat().st_size < 64 * 1024
