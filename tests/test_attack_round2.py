@@ -436,3 +436,19 @@ def test_a_flooding_healthcheck_keeps_4096_bytes_and_the_monitor_small(it, detac
     assert doc["Log"][0]["ExitCode"] == 0 and doc["Log"][0]["Output"] == "x" * 4096
     assert _hwm_kb(monitor) < 64 * 1024
     assert health.stat().st_size < 64 * 1024
+
+
+def test_a_host_port_range_skips_ports_other_containers_publish():
+    """portmap's DNAT binds no socket: a port another container publishes binds fine here, so the
+    choice in `-p A-B:80` must skip the published ones too (two DNATs of one port would let the
+    second container take the first one's traffic), and say so when the whole range is taken."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        first = s.getsockname()[1]
+    spec = f"127.0.0.1:{first}-{first + 1}:80"
+    [m] = ports.allocate(ports.parse(spec), {("tcp", first)})
+    assert m.host_port == first + 1
+    with pytest.raises(NetworkError, match="in use"):
+        ports.allocate(ports.parse(spec), {("tcp", first), ("tcp", first + 1)})

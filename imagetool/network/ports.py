@@ -27,6 +27,7 @@ class PortMapping:
     host_port: int = 0
     protocol: str = "tcp"
     host_ip: str = ""
+    choices: tuple = ()   # -p 8000-8010:80: the host ports to pick one from (allocate)
 
     def to_cni(self) -> dict:
         out = {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol}
@@ -71,8 +72,8 @@ def parse(spec: str) -> list[PortMapping]:
     hosts = _range(m.group("host"), "host port", spec) if m.group("host") else [0] * len(conts)
     if len(hosts) != len(conts):
         if len(conts) == 1:
-            # docker: -p 8000-8010:80 picks one host port of the range; imagetool takes the first free
-            return [PortMapping(conts[0], _first_free(hosts, proto, ip, spec), proto, ip)]
+            # docker: -p 8000-8010:80 picks one host port of the range; allocate takes the first free
+            return [PortMapping(conts[0], 0, proto, ip, tuple(hosts))]
         raise NetworkError(f"-p {spec}: the host and container port ranges differ in length")
     return [PortMapping(c, h, proto, ip) for c, h in zip(conts, hosts)]
 
@@ -105,19 +106,20 @@ def _try_bind(proto: str, ip: str, port: int) -> int | None:
         s.close()
 
 
-def _first_free(ports, proto, ip, spec) -> int:
-    for p in ports:
-        if _try_bind(proto, ip, p):
-            return p
-    raise NetworkError(f"-p {spec}: every host port of the range is in use")
-
-
 def allocate(mappings, published=()) -> list[PortMapping]:
     """The mappings with a free host port chosen for each 0; a host port that a process holds or
     that another container publishes (`published`: (protocol, port) pairs; portmap's DNAT binds
     no socket) is refused."""
     out, seen = [], set(published)
     for m in mappings:
+        if m.choices:
+            port = next((p for p in m.choices if (m.protocol, p) not in seen and _try_bind(m.protocol, m.host_ip, p)),
+                        None)
+            if port is None:
+                raise NetworkError(f"every host port of {m.choices[0]}-{m.choices[-1]}/{m.protocol} is in use")
+            seen.add((m.protocol, port))
+            out.append(PortMapping(m.container_port, port, m.protocol, m.host_ip))
+            continue
         for _ in range(20):
             port = _try_bind(m.protocol, m.host_ip, m.host_port)
             if m.host_port or port is None or (m.protocol, port) not in seen:
