@@ -452,3 +452,18 @@ def test_a_host_port_range_skips_ports_other_containers_publish():
     assert m.host_port == first + 1
     with pytest.raises(NetworkError, match="in use"):
         ports.allocate(ports.parse(spec), {("tcp", first), ("tcp", first + 1)})
+
+
+def test_a_udp_port_a_host_service_holds_with_so_reuseaddr_is_busy():
+    """A host UDP service that set SO_REUSEADDR (avahi's mDNS, many DNS servers) would let a check
+    that sets it too bind the same port: the container's DNAT would then take the service's traffic."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        busy = s.getsockname()[1]
+        with pytest.raises(NetworkError, match="in use"):
+            ports.allocate(ports.parse(f"127.0.0.1:{busy}:53/udp"))
+        with pytest.raises(NetworkError, match="in use"):
+            ports.allocate(ports.parse(f"{busy}:53/udp"))

@@ -97,7 +97,8 @@ def _try_bind(proto: str, ip: str, port: int) -> int | None:
         return port
     s = _sock(proto, ip)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if proto == "tcp":   # TIME_WAIT leftovers are no user; for UDP it would share a live service's port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((ip or ("::" if s.family == socket.AF_INET6 else "0.0.0.0"), port))
         return s.getsockname()[1]
     except OSError:
