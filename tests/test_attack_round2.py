@@ -467,3 +467,9 @@ def test_a_udp_port_a_host_service_holds_with_so_reuseaddr_is_busy():
             ports.allocate(ports.parse(f"127.0.0.1:{busy}:53/udp"))
         with pytest.raises(NetworkError, match="in use"):
             ports.allocate(ports.parse(f"{busy}:53/udp"))
+
+
+def test_sctp_without_a_host_port_is_a_clear_error_not_host_port_0():
+    with pytest.raises(NetworkError, match="needs a host port"):
+        ports.allocate(ports.parse("80/sctp"))
+    assert ports.allocate(ports.parse("9132:80/sctp"))[0].host_port == 9132

@@ -94,7 +94,10 @@ def _sock(proto: str, ip: str) -> socket.socket:
 def _try_bind(proto: str, ip: str, port: int) -> int | None:
     """The port bound on (ip, port) then released, or None when it is in use."""
     if proto == "sctp":
-        return port
+        if port:
+            return port   # no SCTP socket to check it with in most kernels (module not loaded)
+        raise NetworkError("-p …/sctp needs a host port (HOSTPORT:CONTAINERPORT/sctp): "
+                           "no free SCTP port can be chosen here")
     s = _sock(proto, ip)
     try:
         if proto == "tcp":   # TIME_WAIT leftovers are no user; for UDP it would share a live service's port
