@@ -473,3 +473,15 @@ def test_sctp_without_a_host_port_is_a_clear_error_not_host_port_0():
     with pytest.raises(NetworkError, match="needs a host port"):
         ports.allocate(ports.parse("80/sctp"))
     assert ports.allocate(ports.parse("9132:80/sctp"))[0].host_port == 9132
+
+
+@pytest.mark.parametrize("subnet", ["0.0.0.0/0", "127.0.0.0/24", "10.0.0.0/1", "224.0.0.0/24", "169.254.0.0/24",
+                                    "0.0.0.0/24", "255.255.255.0/24"])
+def test_a_subnet_over_loopback_multicast_or_everything_is_refused(subnet, tmp_path):
+    """A bridge network on 0.0.0.0/0 or 127.0.0.0/8 would take the host's routes or loopback."""
+    from types import SimpleNamespace
+
+    (tmp_path / "store").mkdir()
+    with pytest.raises(NetworkError, match="subnet"):
+        networks.create(SimpleNamespace(root=tmp_path / "store"), "n1", subnet)
+    assert networks.create(SimpleNamespace(root=tmp_path / "store"), "n2", "192.0.2.0/24").subnet == "192.0.2.0/24"

@@ -25,6 +25,9 @@ DEFAULT_BRIDGE = "imagetool"   # + 6 hex digits (_bridge_name)
 RESERVED = ("private", "none", "host", "bridge", "default")   # modes, not networks
 CANDIDATES = ipaddress.ip_network("10.88.0.0/14")
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+MIN_PREFIX = 8
+_NOT_FOR_BRIDGES = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
 _LOCK = ".lock"
 
 
@@ -172,6 +175,11 @@ def _create_locked(d: Path, name: str, subnet: str | None, gateway: str | None) 
             raise NetworkError(f"invalid --subnet {subnet!r}: give a CIDR like 10.90.0.0/24") from None
         if net.version != 4 or net.prefixlen > 30:
             raise NetworkError(f"--subnet {subnet}: an IPv4 subnet of /30 or larger is needed")
+        if net.prefixlen < MIN_PREFIX:
+            raise NetworkError(f"--subnet {net}: at most a /{MIN_PREFIX} (a bridge's subnet is routed to it alone)")
+        special = next((r for r in _NOT_FOR_BRIDGES if r.overlaps(net)), None)
+        if special is not None:
+            raise NetworkError(f"--subnet {net} overlaps {special} (this host's, loopback, link-local or multicast)")
         clash = next((o for o in others if o.overlaps(net)), None)
         if clash:
             raise NetworkError(f"--subnet {net} overlaps another network's subnet {clash}")
