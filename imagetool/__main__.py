@@ -49,7 +49,7 @@ class _Deferred(type(sys)):
         return getattr(sys.modules[self.__name__], name)
 
 
-_LOADING = _thread.allocate_lock()
+_LOADING = _thread.RLock()   # reentrant: a use of the stand-in while the real module loads cannot deadlock
 
 
 if __name__ == "__main__":
