@@ -354,7 +354,7 @@ def test_a_container_cannot_reach_the_hosts_loopback_through_route_localnet(stor
 
 
 @needs_netns
-def test_the_loopback_guard_is_set_with_a_published_port_and_goes_with_its_network(store, netns):  # noqa: F811
+def test_the_bridge_guards_are_set_once_and_go_with_their_network(store, netns):  # noqa: F811
     import subprocess
 
     it = InNetns(store, netns)
@@ -366,15 +366,22 @@ def test_the_loopback_guard_is_set_with_a_published_port_and_goes_with_its_netwo
                              capture_output=True, text=True).stdout
         return [line for line in out.splitlines() if f"-i {bridge} " in line]
 
+    def filters():
+        out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "iptables-save", "-t", "filter"],
+                             capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if f"-i {bridge} " in line and line.startswith("-A INPUT ")]
+
     try:
         r = it("run", "--rm", "--network", "guarded", "-p", "127.0.0.1::80", "busybox", "true")
         assert r.returncode == 0, r.stderr
         assert rules() == [f"-A PREROUTING -d 127.0.0.0/8 -i {bridge} -j DROP"]
+        gw = json.loads((store / "networks" / "guarded.conflist").read_text())["plugins"][0]["ipam"]["ranges"][0][0]["gateway"]
+        assert filters() == [f"-A INPUT -d {gw}/32 ! -i {bridge} -p {p} -m {p} --dport 53 -j DROP" for p in ("udp", "tcp")]
         assert it("run", "--rm", "--network", "guarded", "-p", "127.0.0.1::80", "busybox", "true").returncode == 0
-        assert len(rules()) == 1   # once per bridge
+        assert len(rules()) == 1 and len(filters()) == 2   # once per bridge
     finally:
         assert it("network", "rm", "guarded").returncode == 0
-    assert rules() == []
+    assert rules() == [] and filters() == []
     assert leftovers(netns, store) == CLEAN
 
 
@@ -485,3 +492,31 @@ def test_a_subnet_over_loopback_multicast_or_everything_is_refused(subnet, tmp_p
     with pytest.raises(NetworkError, match="subnet"):
         networks.create(SimpleNamespace(root=tmp_path / "store"), "n1", subnet)
     assert networks.create(SimpleNamespace(root=tmp_path / "store"), "n2", "192.0.2.0/24").subnet == "192.0.2.0/24"
+
+
+@needs_netns
+def test_a_container_cannot_resolve_another_networks_names_at_its_gateway(store, netns):  # noqa: F811
+    """aardvark-dns listens on every network's gateway, all host addresses: a container of one
+    network asking at the other network's gateway must not learn that network's names."""
+    if dns.binary() is None:
+        pytest.skip("needs aardvark-dns")
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    made = []
+    try:
+        for n, subnet in (("neta", "10.97.1.0/24"), ("netb", "10.97.2.0/24")):
+            assert it("network", "create", "--subnet", subnet, n).returncode == 0
+        r = it("run", "-d", "--network", "netb", "--name", "secretb", "busybox", "sleep", "1000")
+        assert r.returncode == 0, r.stderr
+        made.append(r.stdout.strip())
+        r = it("run", "--rm", "--network", "neta", "busybox", "sh", "-c",
+               "timeout 3 nslookup secretb 10.97.2.1; echo ---; timeout 3 nslookup secretb 10.97.1.1; true")
+        assert r.returncode == 0, r.stderr
+        assert "10.97.2." not in r.stdout.replace("10.97.2.1", ""), r.stdout
+    finally:
+        for cid in made:
+            it("rm", "-f", cid)
+        for n in ("neta", "netb"):
+            it("network", "rm", n)
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from imagetool.errors import NetworkError
-from imagetool.network import cni, dns, hosts, netns, networks, ports
+from imagetool.network import cni, dns, guard, hosts, netns, networks, ports
 
 CACHE = "network.json"
 NETNS = "netns"
@@ -104,10 +104,7 @@ def setup(store, cdir: Path, cid: str, opts, spec: dict, narrator=None, find=Non
     if mappings:
         runtime_config["portMappings"] = [m.to_cni() for m in mappings]
     try:
-        if mappings:   # portmap turns route_localnet on for the bridge: its guard first (localnet.py)
-            from imagetool.network import localnet
-
-            localnet.guard(net.bridge)
+        guard.guard(net.bridge, net.gateway)   # before portmap turns route_localnet on (guard.py)
         netns.create(path)   # lo up in it: the loopback plugin's job, without its two execs
         if narrator is not None:
             narrator.report("network namespace", f"touch {path} && unshare --net={path} ip link set lo up", started)

@@ -267,7 +267,7 @@ def remove(store, name: str) -> str:
 
         shutil.rmtree(d / "ipam" / name, ignore_errors=True)
         subprocess.run(["ip", "link", "delete", net.bridge, "type", "bridge"], capture_output=True)
-        from imagetool.network import localnet
+        from imagetool.network import guard
 
-        localnet.unguard(net.bridge)
+        guard.unguard(net.bridge, net.gateway)
     return name
