@@ -520,3 +520,57 @@ def test_a_container_cannot_resolve_another_networks_names_at_its_gateway(store,
             it("network", "rm", n)
     assert leftovers(netns, store) == CLEAN
     before.assert_unchanged()
+
+
+_RA = r'''
+import socket, struct, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+prefix = socket.inet_pton(socket.AF_INET6, "2001:db8:66::")
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+ra += struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0) + prefix
+for _ in range(3):
+    s.sendto(ra, ("ff02::1", 0, 0, socket.if_nametoindex("eth0")))
+'''
+
+
+def _ras_received(netns_path: Path) -> int:
+    import subprocess
+
+    out = subprocess.run(["nsenter", f"--net={netns_path}", "cat", "/proc/net/snmp6"], capture_output=True,
+                         text=True).stdout
+    return int(next((line.split()[1] for line in out.splitlines() if line.startswith("Icmp6InRouterAdvertisements")), 0))
+
+
+@needs_netns
+def test_a_container_cannot_become_the_ipv6_router_of_its_neighbours(store, netns):  # noqa: F811
+    """CVE-2020-13401's class: a container with CAP_NET_RAW sends IPv6 router advertisements on its
+    bridge; a neighbour accepting them would take an address and a default route through it (a
+    man in the middle for every IPv6 destination). Once the neighbour has received them, it has
+    neither."""
+    import subprocess
+    import sys
+
+    it = InNetns(store, netns)
+    before = HostSnapshot(store)
+    made = []
+    try:
+        for name in ("ra-victim", "ra-attacker"):
+            r = it("run", "-d", "--network", "bridge", "--name", name, "busybox", "sleep", "1000")
+            assert r.returncode == 0, r.stderr
+            made.append(r.stdout.strip())
+        victim_ns, attacker_ns = (store / "containers" / cid / "netns" for cid in made)
+        sent = subprocess.run(["nsenter", f"--net={attacker_ns}", sys.executable, "-c", _RA], capture_output=True,
+                              text=True)
+        assert sent.returncode == 0, sent.stderr
+        _wait(lambda: _ras_received(victim_ns) > 0, "the advertisements to reach the neighbour")
+        r = it("exec", "ra-victim", "sh", "-c", "ip -6 route; ip -6 addr")
+        assert r.returncode == 0, r.stderr
+        assert "default" not in r.stdout and "2001:db8:66:" not in r.stdout, r.stdout
+    finally:
+        for cid in made:
+            it("rm", "-f", cid)
+    assert leftovers(netns, store) == CLEAN
+    before.assert_unchanged()

@@ -26,6 +26,19 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))   # SIOCSIFFLAGS, IFF_UP
 
 
+def _refuse_router_advertisements() -> None:
+    """accept_ra 0 for every interface of the current network namespace, those made later too
+    (`default`: the veth the bridge plugin moves in): another container on the bridge, with
+    CAP_NET_RAW, could otherwise advertise itself as the IPv6 router (CVE-2020-13401's class).
+    Addresses come from IPAM, never from advertisements. No IPv6 here: nothing to do."""
+    for conf in ("all", "default"):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{conf}/accept_ra", "w") as f:
+                f.write("0")
+        except FileNotFoundError:
+            return
+
+
 def create(path: str, loopback: bool = True) -> None:
     """A new network namespace bind-mounted on `path` (an empty file, created here), its `lo` up.
 
@@ -40,6 +53,7 @@ def create(path: str, loopback: bool = True) -> None:
         try:
             os.close(r)
             sc.unshare(sc.CLONE_NEWNET)
+            _refuse_router_advertisements()   # /proc/sys/net is the opener's namespace's: this new one
             if loopback:
                 _loopback_up()
             sc.mount("/proc/self/ns/net", path, None, sc.MS_BIND)
