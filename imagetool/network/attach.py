@@ -249,22 +249,11 @@ def ports_text(cdir: Path) -> str:
 
 
 def network_settings(cdir: Path) -> dict:
-    """inspect's NetworkSettings in docker's shape (Ports, IPAddress, Gateway, Networks…), from
-    the cached attachment; docker's empty values when the container has no CNI network now."""
-    doc = read(cdir) or {}
-    result = ((doc.get("attachments") or [{}])[-1].get("result") or {}) if doc else {}
-    ip = next(iter(result.get("ips", [])), {})
-    address, _, prefix = ip.get("address", "").partition("/")
-    macs = [i.get("mac", "") for i in result.get("interfaces", []) if i.get("sandbox")]
-    ports: dict = {}
-    for p in doc.get("ports", []):
-        ports.setdefault(f"{p['containerPort']}/{p['protocol']}", []).append(
-            {"HostIp": p.get("hostIP") or "0.0.0.0", "HostPort": str(p["hostPort"])})
-    endpoint = {"IPAddress": address, "IPPrefixLen": int(prefix or 0), "Gateway": ip.get("gateway", ""),
-                "MacAddress": macs[0] if macs else ""}
-    networks_ = ({doc["network"]: endpoint | {"Aliases": (doc.get("hosts") or {}).get("names", [])}}
-                 if doc.get("network") else {})   # container:NAME: the other one's network, none of its own
-    return {"SandboxKey": doc.get("netns", ""), "Ports": ports, **endpoint, "Networks": networks_}
+    """inspect's NetworkSettings (imagetool.network.network_settings: it reads this module's cache
+    without loading the set-up code)."""
+    from imagetool import network
+
+    return network.network_settings(cdir)
 
 
 def teardown(cdir: Path, strict: bool = False) -> None:
