@@ -92,7 +92,10 @@ def parse_duration(text: str, what: str) -> int:
     parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
     if not s or not parts or "".join(n + u for n, u in parts) != s:
         raise ImagetoolError(f"invalid {what} {text!r}", hint="use a duration such as 30s, 1m30s or 500ms")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+    total = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not total < 2**63:   # Go's limit (~292 years); also inf
+        raise ImagetoolError(f"invalid {what} {text[:40]!r}: out of range", hint="use a duration such as 30s, 1m30s or 500ms")
+    return int(total)
 
 
 def go_duration(ns: int) -> str:
@@ -122,7 +125,7 @@ def since_stamp(text: str, now_ns: int | None = None) -> str:
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
         ns = int(when.timestamp()) * 10**9 + int((frac or "0").ljust(9, "0"))
-    elif re.fullmatch(r"\d+(\.\d{1,9})?", s):
+    elif re.fullmatch(r"\d{1,30}(\.\d{1,9})?", s):
         whole, _, frac = s.partition(".")
         ns = int(whole) * 10**9 + int((frac or "0").ljust(9, "0"))
     else:
@@ -131,4 +134,7 @@ def since_stamp(text: str, now_ns: int | None = None) -> str:
         except ImagetoolError:
             raise ImagetoolError(f"invalid --since {text!r}",
                                  hint="use an RFC 3339 time (2026-12-02T18:00:00Z), a Unix time or a duration (10s)") from None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+    except (OverflowError, OSError, ValueError):   # a time gmtime cannot hold
+        raise ImagetoolError(f"invalid --since {text[:40]!r}: out of range") from None

@@ -574,3 +574,23 @@ def test_a_container_cannot_become_the_ipv6_router_of_its_neighbours(store, netn
             it("rm", "-f", cid)
     assert leftovers(netns, store) == CLEAN
     before.assert_unchanged()
+
+
+@needs_kernel
+@pytest.mark.parametrize("args", [["logs", "--since", "9" * 26], ["logs", "--since", "9" * 5000],
+                                  ["logs", "--since", "9" * 5000 + "s"], ["logs", "--since", "99999999999h"]])
+def test_out_of_range_times_are_one_line_errors(it, detached, args):
+    cid = detached("busybox", "echo", "hi")
+    r = it(*args, cid)
+    assert r.returncode != 0 and r.stderr.startswith("imagetool: error: invalid --since"), r.stderr
+    assert "internal error" not in r.stderr and len(r.stderr.splitlines()) <= 2, r.stderr
+
+
+@needs_kernel
+def test_an_out_of_range_health_interval_is_a_one_line_error(it, store):
+    before = HostSnapshot(store)
+    r = it("run", "-d", "--network", "none", "--health-cmd", "true", "--health-interval", "9" * 400 + "h",
+           "busybox", "true")
+    _one_line_error(r)
+    assert "out of range" in r.stderr
+    before.assert_unchanged()
