@@ -594,3 +594,19 @@ def test_an_out_of_range_health_interval_is_a_one_line_error(it, store):
     _one_line_error(r)
     assert "out of range" in r.stderr
     before.assert_unchanged()
+
+
+def test_an_image_exposing_every_port_cannot_make_p_publish_them_all():
+    """-P publishes what the image EXPOSEs: a hostile image's 64 ranges of 1024 ports would be
+    65536 binds and DNAT rules. A bound on what one container publishes."""
+    from types import SimpleNamespace
+
+    from imagetool.network import attach
+    from imagetool.specgen import EXPOSED_ANNOTATION
+
+    exposed = ",".join(f"{a}-{a + 1023}/tcp" for a in range(1, 65536 - 1023, 1024))
+    spec = {"annotations": {EXPOSED_ANNOTATION: exposed}}
+    with pytest.raises(NetworkError, match="at most"):
+        attach.wanted_ports(SimpleNamespace(publish=[], publish_all=True), spec)
+    few = {"annotations": {EXPOSED_ANNOTATION: "80/tcp,53/udp"}}
+    assert len(attach.wanted_ports(SimpleNamespace(publish=["8080:80"], publish_all=True), few)) == 3

@@ -182,6 +182,8 @@ def wanted_ports(opts, spec: dict) -> list:
 
         exposed = spec.get("annotations", {}).pop(EXPOSED_ANNOTATION, "")
         wanted += ports.parse_all(p for p in exposed.split(",") if p)
+    if len(wanted) > ports.MAX_MAPPINGS:   # a hostile image's EXPOSE 1-1024 1025-2048 … with -P
+        raise NetworkError(f"{len(wanted)} ports to publish: at most {ports.MAX_MAPPINGS} per container")
     return wanted
 
 

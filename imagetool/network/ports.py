@@ -17,6 +17,7 @@ from imagetool.errors import NetworkError
 _SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>(?:\d{1,5}(?:-\d{1,5})?)?):)?"
                    r"(?P<cont>\d{1,5}(?:-\d{1,5})?)(?:/(?P<proto>[a-z]+))?$")
 MAX_RANGE = 1024   # ports in one -p range: each is a bind check here and a DNAT rule of portmap's
+MAX_MAPPINGS = 4096   # ports one container publishes (every -p, and -P's EXPOSEd ones)
 
 
 @dataclass(frozen=True, slots=True)
