@@ -9,14 +9,12 @@ layer's diff_id is verified as it streams. On failure `dest` may hold a partial 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from imagetool.errors import UnpackError
 from imagetool.unpack.apply import Applier
 from imagetool.unpack.layers import Limits
-from imagetool.unpack.snapshots import TEMP_PREFIX, _layer_pairs
+from imagetool.unpack.snapshots import _layer_pairs, make_temp_dir, remove_tree
 
 
 def flatten(store, image, dest, limits: Limits | None = None) -> Path:
@@ -44,13 +42,12 @@ def new_dir_atomically(dest, fill) -> Path:
                               hint="choose a new directory, or remove it first")
     if not dest.parent.is_dir():
         raise UnpackError(f"{dest.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest.parent))
+    tmp = make_temp_dir(dest.parent)
     try:
-        os.chmod(tmp, 0o755)
         fill(tmp)
         os.rename(tmp, dest)   # point of no return
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     return dest
 

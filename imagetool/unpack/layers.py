@@ -62,7 +62,7 @@ class LayerStream:
     """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
 
     def __init__(self, raw: BinaryIO, media_type: str, diff_id=None, limits: Limits | None = None,
-                 name: str = "layer", prefetch: int | None = None):
+                 name: str = "layer", prefetch: int | None = None, chunk: int | None = None):
         self.name = name
         self.compression = compression_of(media_type)
         self.limits = limits or Limits()
@@ -79,12 +79,13 @@ class LayerStream:
         self._stop = threading.Event()
         if prefetch is not None:
             self.PREFETCH = max(1, prefetch)
-        self._src = compression.decompressing(raw, self.compression, name) if self.compression else raw
+        self._chunk = chunk or CHUNK   # bytes decoded (and blob bytes read) at a time
+        self._src = compression.decompressing(raw, self.compression, name, self._chunk) if self.compression else raw
 
     def read(self, n: int = -1) -> bytes:
         """At most `n` bytes (CHUNK when n < 0) of the uncompressed stream; b"" at its end.
 
-        The blob is read, decompressed, counted and hashed CHUNK by CHUNK on a helper thread
+        The blob is read, decompressed, counted and hashed chunk by chunk on a helper thread
         (zlib, zstandard and hashlib release the GIL, so this overlaps the caller's tar parsing
         and file writes on another core), at most PREFETCH chunks ahead: memory stays bounded.
         Errors arrive in stream order, after the data that preceded them."""
@@ -143,7 +144,7 @@ class LayerStream:
 
     def _read_chunk(self) -> bytes:
         try:
-            data = self._src.read(CHUNK)
+            data = self._src.read(self._chunk)
         except compression.Corrupt as e:        # Truncated included
             raise UnpackError(f"{self.name}: {e.detail}") from None
         except OSError as e:                    # reading the blob itself

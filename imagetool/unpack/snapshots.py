@@ -33,7 +33,6 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager, nullcontext
-import shutil
 from pathlib import Path
 
 from imagetool.errors import UnpackError
@@ -41,8 +40,35 @@ from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
-PREFETCH = 2  # MiB decoded ahead per layer in progress (layers.LayerStream's default is 16 for one); 4 put
-              # a cold run of the 316 MB image at 59-60 MB peak RSS, 2 at 55-56 MB (issue 16: < 60 MB)
+CHUNK = 256 << 10  # bytes decoded at a time per layer in progress (LayerStream's default is 1 MiB): the tar
+                   # reader's buffers and the writer's batches hold views of these, so smaller ones keep
+                   # less memory alive per layer (issue 16: peak RSS < 60 MB on the 1.26 GB pull)
+PREFETCH = 8  # chunks decoded ahead per layer in progress (2 MiB; LayerStream's default is 16 MiB for one)
+
+
+def make_temp_dir(parent: Path) -> Path:
+    """A new directory `parent/imagetool-tmp-<random>`, mode 0755 (what tempfile.mkdtemp does,
+    without loading tempfile and random on the unpack path: os.urandom names, O_EXCL by mkdir)."""
+    for _ in range(100):
+        tmp = parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}"
+        try:
+            os.mkdir(tmp, 0o700)
+        except FileExistsError:
+            continue
+        try:
+            os.chmod(tmp, 0o755)   # whatever the umask
+        except BaseException:
+            os.rmdir(tmp)
+            raise
+        return tmp
+    raise UnpackError(f"cannot make a temporary directory in {parent}")
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a temp dir and everything in it, ignoring errors (shutil loaded only here)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _layer_pairs(image) -> list:
@@ -208,16 +234,14 @@ def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name
     from imagetool.unpack.apply import Applier  # lazy: `run` of an unpacked image never applies a layer
     from imagetool.unpack.layers import LayerStream
 
-    import tempfile  # here: a `run` whose snapshots exist never loads it
-
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
+    tmp = make_temp_dir(final.parent)
     try:
-        os.chmod(tmp, 0o755)
         applier = Applier(tmp, "overlay", lowers=lowers, limits=limits, lowers_ready=lowers_ready)
         try:
             stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name,
-                                 prefetch=PREFETCH if turn is not None else None)
+                                 prefetch=PREFETCH if turn is not None else None,
+                                 chunk=CHUNK if turn is not None else None)
             try:
                 if turn is None:
                     applier.apply(stream, name)
@@ -242,9 +266,9 @@ def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name
             os.rename(tmp, final)
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
-                shutil.rmtree(tmp)   # another process won the race: use its snapshot
+                remove_tree(tmp)   # another process won the race: use its snapshot
                 return
             raise UnpackError(f"cannot commit snapshot {final}: {e.strerror}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise

@@ -28,7 +28,6 @@ cannot be extracted from one layer and are refused.
 from __future__ import annotations
 
 import struct
-from decimal import Decimal, InvalidOperation
 
 from zlib import adler32 as _adler32
 
@@ -433,6 +432,8 @@ class TarReader:
                 e._pad = -size_n % BLOCK if kind == REG else 0
             e.name = _str(nm)
             if merged and "mtime" in merged:
+                from decimal import Decimal, InvalidOperation   # here: most layers carry no PAX mtime
+
                 try:
                     m = Decimal(merged["mtime"].decode())
                     if not m.is_finite():
