@@ -139,6 +139,7 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
     program = seccomp.compile(section) if section else None
     pidfd = _open_target(target)
     flags = _ns_flags(target.pid)
+    oom = _oom_score_adj(target.pid)
     fds: list[int] = [pidfd]
     pipes = None
     try:
@@ -161,7 +162,7 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
                     pipes = _Console(child_sock)
                 else:
                     pipes.close_parent_ends()
-                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd)
+                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom)
             except BaseException as e:
                 _send_error(err_w, e)
             finally:
@@ -278,9 +279,22 @@ def _send_error(fd: int, e: BaseException) -> None:
         pass
 
 
-def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd) -> int:
+def _oom_score_adj(pid: int) -> str | None:
+    """The container's PID 1's oom_score_adj (the exec'd process gets it, not imagetool's own: a
+    caller run with a negative one would make the container's process the last the OOM killer picks)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom=None) -> int:
     """In the forked child: join the container, fork the process, reap it; its exit status."""
     sealed.make_non_dumpable()
+    if oom is not None:   # before the setns: /proc is still the host's, and the process inherits it
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(oom)
     ends = (pipes.sock,) if isinstance(pipes, _Console) else pipes.child_ends()
     _close_all_but({0, 1, 2, pidfd, err_w, trampoline, *ends})   # nothing else of the caller's goes in
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
