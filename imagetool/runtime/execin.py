@@ -293,8 +293,11 @@ def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, 
     """In the forked child: join the container, fork the process, reap it; its exit status."""
     sealed.make_non_dumpable()
     if oom is not None:   # before the setns: /proc is still the host's, and the process inherits it
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(oom)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(oom)
+        except OSError:   # below the floor a privileged ancestor set (EACCES): the caller's stays
+            pass
     ends = (pipes.sock,) if isinstance(pipes, _Console) else pipes.child_ends()
     _close_all_but({0, 1, 2, pidfd, err_w, trampoline, *ends})   # nothing else of the caller's goes in
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
