@@ -642,3 +642,33 @@ def test_a_containers_pid1_does_not_inherit_the_callers_oom_score_adj(it, store)
     assert r.returncode == 0, r.stderr
     before.assert_unchanged()
     assert r.stdout.strip() == "0", r.stdout
+
+
+_KEYRING_CALLER = r'''
+import ctypes, json, subprocess, sys
+from imagetool.runtime import syscalls as sc
+libc = ctypes.CDLL(None, use_errno=True)
+ADD_KEY = {"x86_64": 248, "aarch64": 217}[__import__("os").uname().machine]
+KEYCTL_SETPERM, KEY_SPEC_SESSION_KEYRING = 5, -3
+sc.join_session_keyring("it-attack-caller")
+key = libc.syscall(ADD_KEY, b"user", b"it-caller-secret", b"hunter2", 7, ctypes.c_int(KEY_SPEC_SESSION_KEYRING))
+assert key > 0 and libc.syscall(sc._SYS_keyctl, KEYCTL_SETPERM, key, 0x3f000000) == 0   # its possessor only
+r = subprocess.run(json.loads(sys.argv[1]), capture_output=True, text=True)
+print(json.dumps([r.returncode, r.stdout, r.stderr]))
+'''
+
+
+@needs_kernel
+def test_an_execd_process_does_not_possess_the_callers_session_keyring(it, detached):
+    """The caller's session keyring (a key only its possessor may see) must not go into the
+    container with exec, even into a --privileged one (no seccomp to stop keyctl there)."""
+    import subprocess
+    import sys
+
+    detached("--name", "keys", "--privileged", "busybox", "sleep", "1000")
+    r = subprocess.run([sys.executable, "-c", _KEYRING_CALLER, json.dumps(it.argv("exec", "keys", "cat", "/proc/keys"))],
+                       capture_output=True, text=True, env=it.env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code, out, err = json.loads(r.stdout)
+    assert code == 0 and "keyring" in out, err
+    assert "it-caller-secret" not in out, out

@@ -326,6 +326,11 @@ def _process(spec: dict, pipes, err_w, trampoline, program, args, env, user, cwd
     """In the container's namespaces and cgroup: become the exec'd process (never returns)."""
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
+    try:   # a session keyring of its own, never the caller's (as the init; runc exec does it too)
+        sc.join_session_keyring()
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
     if isinstance(pipes, _Console):
         console.attach(pipes.slave)
     else:
