@@ -672,3 +672,29 @@ def test_an_execd_process_does_not_possess_the_callers_session_keyring(it, detac
     code, out, err = json.loads(r.stdout)
     assert code == 0 and "keyring" in out, err
     assert "it-caller-secret" not in out, out
+
+
+@needs_kernel
+def test_an_execd_process_ignores_no_signal_it_was_not_told_to(it, detached):
+    """Python ignores SIGPIPE and SIGXFSZ, the monitor SIGHUP and SIGINT: an ignored disposition
+    survives exec, so `exec` and `exec -d` handed them on (a pipeline's writer never died of
+    SIGPIPE; kill -INT did nothing to an exec -d'd process)."""
+    detached("--name", "sigs", "busybox", "sleep", "1000")
+    r = it("exec", "sigs", "grep", "-E", "SigIgn|SigBlk", "/proc/self/status")   # no sh: ash ignores SIGQUIT itself
+    assert r.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], r.stdout
+    assert it("exec", "-d", "sigs", "sleep", "999").returncode == 0
+    look = ("for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline)\" = 'sleep 999 ' ] && "
+            "grep -E 'SigIgn|SigBlk' $p/status; done; true")
+    out = _wait(lambda: it("exec", "sigs", "sh", "-c", look).stdout, "the exec -d'd sleep")
+    assert out.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], out
+
+
+@needs_kernel
+@pytest.mark.xfail(strict=True, reason="runtime/init.py (B's): the built-in init hands on Python's ignored "
+                                       "SIGXFSZ to PID 1 (SigIgn 0x1000000): a write past RLIMIT_FSIZE gets "
+                                       "EFBIG instead of the default kill")
+def test_a_containers_pid1_ignores_no_signal(it, store):
+    before = HostSnapshot(store)
+    r = it("run", "--rm", "--network", "none", "busybox", "grep", "SigIgn", "/proc/self/status")
+    before.assert_unchanged()
+    assert r.stdout.split() == ["SigIgn:", "0" * 16], r.stdout
