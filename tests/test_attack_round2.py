@@ -630,6 +630,9 @@ def test_an_execd_process_gets_its_containers_oom_score_adj_not_the_callers(it, 
     r = it("exec", "oom", "cat", "/proc/self/oom_score_adj", preexec_fn=_with_oom_score_adj(500))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == pid1, (r.stdout, pid1)
+    nice1 = it("exec", "oom", "cut", "-d", " ", "-f", "19", "/proc/1/stat").stdout
+    r = it("exec", "oom", "cut", "-d", " ", "-f", "19", "/proc/self/stat", preexec_fn=lambda: os.nice(7))
+    assert (r.returncode, r.stdout) == (0, nice1), (r.stdout, nice1, r.stderr)
 
 
 @needs_kernel

@@ -140,6 +140,10 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
     pidfd = _open_target(target)
     flags = _ns_flags(target.pid)
     oom = _oom_score_adj(target.pid)
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, target.pid)   # PID 1's, not the caller's either
+    except OSError:
+        nice = None
     fds: list[int] = [pidfd]
     pipes = None
     try:
@@ -162,7 +166,7 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
                     pipes = _Console(child_sock)
                 else:
                     pipes.close_parent_ends()
-                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom)
+                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom, nice)
             except BaseException as e:
                 _send_error(err_w, e)
             finally:
@@ -289,7 +293,8 @@ def _oom_score_adj(pid: int) -> str | None:
         return None
 
 
-def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom=None) -> int:
+def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom=None,
+            nice=None) -> int:
     """In the forked child: join the container, fork the process, reap it; its exit status."""
     sealed.make_non_dumpable()
     if oom is not None:   # before the setns: /proc is still the host's, and the process inherits it
@@ -297,6 +302,11 @@ def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, 
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(oom)
         except OSError:   # below the floor a privileged ancestor set (EACCES): the caller's stays
+            pass
+    if nice is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:   # a lower nice than the caller's needs CAP_SYS_NICE
             pass
     ends = (pipes.sock,) if isinstance(pipes, _Console) else pipes.child_ends()
     _close_all_but({0, 1, 2, pidfd, err_w, trampoline, *ends})   # nothing else of the caller's goes in
