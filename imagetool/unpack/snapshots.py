@@ -40,9 +40,9 @@ from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
-CHUNK = 256 << 10  # bytes decoded at a time per layer in progress (LayerStream's default is 1 MiB): the tar
-                   # reader's buffers and the writer's batches hold views of these, so smaller ones keep
-                   # less memory alive per layer (issue 16: peak RSS < 60 MB on the 1.26 GB pull)
+CHUNK = 256 << 10  # bytes decoded at a time per layer in progress: the tar reader's buffers and the writer's
+                   # batches hold views of these, so small ones keep little memory alive per layer (issue 16:
+                   # with 1 MiB chunks, 2 ahead, the 1.26 GB pull peaked at 62-63 MB; with these, 52-56 MB)
 PREFETCH = 8  # chunks decoded ahead per layer in progress (2 MiB; LayerStream's default is 16 MiB for one)
 
 
