@@ -110,7 +110,9 @@ class _Writer:
     open fd, the data (a view of immutable bytes) and the mtime. The syscalls then overlap the
     parsing of the next entries. Files go in batches of at most BATCH files and BATCH_BYTES of
     data (few thread switches); at most IN_FLIGHT batches wait, so the fds held open and the
-    reader buffers kept alive stay bounded (~100 fds, a few MiB). `drain()` waits until every
+    reader buffers kept alive stay bounded (~100 fds, a few MiB); when that many wait, the
+    applier finishes the next batch itself instead of waiting (file creation is the bottleneck
+    of a small-file layer: so both cores make files). `drain()` waits until every
     handed file is closed (the applier calls it before apply() returns, on every path) and
     returns the first (entry name, error) or None.
     Nothing the thread does depends on a path: a later entry that replaces or deletes the file's
