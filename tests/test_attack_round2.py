@@ -701,3 +701,8 @@ def test_a_containers_pid1_ignores_no_signal(it, store):
     r = it("run", "--rm", "--network", "none", "busybox", "grep", "SigIgn", "/proc/self/status")
     before.assert_unchanged()
     assert r.stdout.split() == ["SigIgn:", "0" * 16], r.stdout
+
+
+def test_a_host_ip_that_is_not_this_hosts_is_said_as_such():
+    with pytest.raises(NetworkError, match="not an address of this host"):
+        ports.allocate(ports.parse("192.0.2.77:8080:80"))

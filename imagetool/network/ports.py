@@ -7,6 +7,7 @@ mappings go to the portmap plugin as its `portMappings` runtime config.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import socket
@@ -105,7 +106,9 @@ def _try_bind(proto: str, ip: str, port: int) -> int | None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((ip or ("::" if s.family == socket.AF_INET6 else "0.0.0.0"), port))
         return s.getsockname()[1]
-    except OSError:
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise NetworkError(f"-p {ip}:…: {ip} is not an address of this host") from None
         return None
     finally:
         s.close()
