@@ -497,7 +497,17 @@ class Applier:
             self._hardlink(ti, pfd, name, canon)
             self._mark(canon)
             return
-        if kind == REG or kind == DIR:
+        if kind == SYM:
+            try:                  # the common case first, as below: an existing entry fails with EEXIST
+                self._symlink(ti, pfd, name)
+            except FileExistsError:
+                pass
+            else:
+                if self.whiteouts and canon in self.whiteouts:
+                    self.whiteouts.discard(canon)
+                self._mark(canon)
+                return
+        elif kind == REG or kind == DIR:
             # the common case first: nothing at `name` yet (O_EXCL|O_NOFOLLOW, mkdir: an existing
             # entry, a symlink included, fails with EEXIST and takes the general path below)
             exact = self._creates_exact(ti, xattrs)
@@ -537,11 +547,7 @@ class Applier:
             if was_whiteout:
                 self._set_opaque(pfd, name)
         elif kind == SYM:
-            os.symlink(ti.linkname, name, dir_fd=pfd)
-            if self.privileged and (self._inherits or (ti.uid, ti.gid) != self._ids):
-                os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
-            m = ti.mtime_ns
-            os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
+            self._symlink(ti, pfd, name)
         elif ti.type in (CHR, BLK, FIFO):
             if not self._special(ti, pfd, name, xattrs):
                 return
@@ -634,6 +640,14 @@ class Applier:
         finally:
             os.close(fd)
         self.stats.files += 1
+
+    def _symlink(self, ti: Entry, pfd: int, name: str) -> None:
+        """A new symlink (FileExistsError when something is at `name`), its owner and mtime."""
+        os.symlink(ti.linkname, name, dir_fd=pfd)
+        if self.privileged and (self._inherits or (ti.uid, ti.gid) != self._ids):
+            os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+        m = ti.mtime_ns
+        os.utime(name, ns=(m, m), dir_fd=pfd, follow_symlinks=False)
 
     def _write_sparse(self, fd: int, ti: Entry, tf: TarReader) -> None:
         """A GNU sparse file: each segment's bytes at its offset (pwrite), then the real size; the
