@@ -195,7 +195,7 @@ def _write(cdir: str, state: dict) -> None:
     tmp = os.path.join(cdir, f".imagetool-state.json-{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
+            f.write(json.dumps(state))
         os.replace(tmp, path)
     except FileNotFoundError:
         pass

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -112,13 +111,16 @@ class _Trace:
         """A runtime step as a mark (explain.Step: its end, relative to the import)."""
         self.mark(f"{step.where}.{step.name.replace(' ', '_')}", _T0 + step.at_ms / 1000)
 
-    def report(self) -> None:
-        if not self.on:
-            return
+    def line(self) -> str:
+        """The breakdown so far: `imagetool-timing: step=ms ... total=ms` (a newline ends it)."""
         marks = sorted(self.marks, key=lambda m: m[1])
         parts = [f"{name}={1000 * (t - prev):.2f}" for (name, t), (_, prev) in zip(marks[1:], marks)]
         total = 1000 * (marks[-1][1] - marks[0][1])
-        sys.stderr.write(f"imagetool-timing: {' '.join(parts)} total={total:.2f}ms\n")
+        return f"imagetool-timing: {' '.join(parts)} total={total:.2f}ms\n"
+
+    def report(self) -> None:
+        if self.on:
+            sys.stderr.write(self.line())
 
 
 # ---------------------------------------------------------------- state
@@ -134,10 +136,14 @@ def _write_state(cdir: Path, state: dict) -> None:
 
 
 def write_json(path: Path, doc: dict) -> None:
-    tmp = path.parent / f".imagetool-{path.name}-{os.getpid()}.tmp"   # the monitor's health thread writes too
+    """Replace `path` atomically with `doc` (compact: json.dumps in one go takes the C encoder; an
+    `indent` would take the pure-Python one, ~1 ms for a spec). The temporary name carries the
+    writer's PID: other processes write a container's records too (the lean monitor, conmon.py,
+    state.json; each healthcheck probe, a short-lived process of its own, health.json)."""
+    tmp = path.parent / f".imagetool-{path.name}-{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
+            f.write(json.dumps(doc))
         os.replace(tmp, path)
     except FileNotFoundError:
         pass
@@ -298,7 +304,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
                 _write_state(cdir, state)
         reservation.prepare()
         trace.mark("prefork")
-        img = image_for(store, opts, pulling)
+        img = monitor.take_image() if monitor is not None else None
+        img = img or image_for(store, opts, pulling)
         trace.mark("image")
         from imagetool.specgen import spec_from_image
 
@@ -327,7 +334,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
         if monitor is None:
             code = container.wait()
         else:
-            monitor.ready(cid)
+            monitor.ready(cid, trace.line() if trace.on else None)   # (the monitor's stderr is /dev/null)
             monitor.hand_over(container, cdir, state)   # execs the lean monitor (conmon.py): no return
             code = container.wait(sink=log.write, forward=())
         trace.mark("exit")
@@ -361,6 +368,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
             if cdir is not None:
                 network.teardown(cdir)
                 if opts.rm or not keep:
+                    import shutil
+
                     shutil.rmtree(cdir, ignore_errors=True)
                 else:
                     state.update(status="exited", exit_code=code, pid=None,
@@ -495,6 +504,7 @@ def _prepare_rootfs(store, img, cdir: Path, mode: str, narrator):
 def _print_script(store, opts: RunOptions) -> int:
     """run --script: the POSIX sh script doing what `run` would (runtime/script.py); runs nothing.
     The rootfs is laid out in a temporary directory only to name the image's snapshot dirs."""
+    import shutil
     import tempfile
 
     from imagetool.runtime import script
@@ -572,6 +582,8 @@ def remove(store, id_or_name: str, force: bool = False) -> str:
             _stop(state)
     if busy:   # outside the lock: a monitor about to restart it takes the lock, sees STOPPED and ends
         _await_owner(state)
+    import shutil
+
     with _Lock(store):
         network.teardown(cdir, strict=not force)
         shutil.rmtree(cdir, ignore_errors=True)
@@ -600,6 +612,8 @@ def _await_owner(state: dict, limit: float = 30.0) -> None:
 def prune_exited(store) -> list[str]:
     """Remove every exited container (after reconciling dead owners) but those whose monitor will
     restart them; the removed ids."""
+    import shutil
+
     removed = []
     with _Lock(store):
         for cdir, state in _all_states(store):

@@ -64,15 +64,23 @@ class Monitor(Reply):
     the running container to the lean monitor (conmon.py). `restarts` and `delay` are the restart
     policy's count and next wait, carried across the hand-overs."""
 
-    def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1):
+    def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1, image=None):
         super().__init__(ready_fd)
         self.store = store
         self.cid: str | None = None
         self.restarts, self.delay = restarts, delay
+        self._image = image   # the image.Image the CLI looked up before the fork (its first run only)
 
-    def ready(self, cid: str) -> None:
+    def take_image(self):
+        """The image the CLI already loaded (inherited through the fork), once; None after."""
+        img, self._image = self._image, None
+        return img
+
+    def ready(self, cid: str, timing: str | None = None) -> None:
+        """The container runs: the CLI prints its id (and with IMAGETOOL_TRACE_TIMING, `timing`:
+        the run's breakdown in the monitor, whose own stderr is /dev/null)."""
         self.cid = cid
-        self.send({"id": cid})
+        self.send({"id": cid, "timing": timing} if timing else {"id": cid})
 
     def ended(self) -> None:
         """The run is over (or being torn down): nothing to stop here (the lean monitor probes)."""
@@ -169,8 +177,10 @@ def detach(store, opts, existing: str | None = None) -> str:
     from imagetool.runtime import rootless   # (the monitor's stderr is /dev/null: said here)
 
     rootless.warn_if_unlimited(opts.memory, opts.cpus, opts.pids_limit)
-    doc = spawn(lambda fd: _monitor_main(store, opts, fd, existing),
+    doc = spawn(lambda fd: _monitor_main(store, opts, fd, existing, img),
                 "the container's monitor exited before the container ran")
+    if doc.get("timing"):
+        sys.stderr.write(doc["timing"])
     return doc["id"]
 
 
@@ -245,12 +255,13 @@ def _daemon_stdio() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _monitor_main(store, opts, ready_fd: int, existing: str | None) -> int:
+def _monitor_main(store, opts, ready_fd: int, existing: str | None, img=None) -> int:
     """The monitor's start: run the container (containers.run hands it over to the lean monitor,
-    conmon.py, once it runs: no return then); a run that ended before that goes on as resume()'s."""
+    conmon.py, once it runs: no return then); a run that ended before that goes on as resume()'s.
+    `img`: the image the CLI looked up (not read again)."""
     from imagetool import containers
 
-    monitor = Monitor(ready_fd, store)
+    monitor = Monitor(ready_fd, store, image=img)
     try:
         if existing is not None:
             containers.remove_marker(store, existing, containers.STOPPED)

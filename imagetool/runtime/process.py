@@ -158,7 +158,7 @@ def create_cgroup(cgroup, narrator) -> None:
 def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
     """unshare(CLONE_NEWPID) and fork: the child is PID 1 of the new namespace and runs
     init.main; imagetool goes back to its own PID namespace for later children."""
-    from imagetool.runtime import explain, init
+    from imagetool.runtime import explain
 
     started = time.perf_counter()
     fds: dict = {}
@@ -177,6 +177,8 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
 
         def child() -> None:  # the init: never returns
             try:
+                from imagetool.runtime import init   # here: imported while imagetool looks up the image
+
                 for key in ("sync", "config", "console"):
                     if fds.get(key) is not None:
                         os.close(fds[key])

@@ -372,13 +372,13 @@ def _unmapped_uid() -> int:
 
 def cache_key(linux_seccomp: dict) -> str:
     """The compiled program's name: the section's canonical JSON, libseccomp's version, the arch."""
-    import hashlib  # (lazy: its OpenSSL import costs ~2.5 ms, needed only here)
+    from store.digest import Digest   # a small one-shot hash: without loading OpenSSL (~2.5 ms of every run)
 
     lib = _lib()
     lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
     version = ".".join(map(str, lib.seccomp_version().contents))
     text = json.dumps(linux_seccomp, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{os.uname().machine}\n{version}\n{text}".encode()).hexdigest()
+    return Digest.of_bytes(f"{os.uname().machine}\n{version}\n{text}".encode()).hex
 
 
 def compile(linux_seccomp: dict, cache_dir: str | os.PathLike | None = "") -> bytes:  # noqa: A001

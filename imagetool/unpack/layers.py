@@ -12,7 +12,6 @@ Reading, decompressing and hashing run on one helper thread, a few MiB ahead of 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -71,6 +70,8 @@ class LayerStream:
         algorithm = self.expected.partition(":")[0] if self.expected else "sha256"
         if algorithm not in ("sha256", "sha512"):
             raise UnpackError(f"{name}: unsupported diff_id algorithm {algorithm!r}")
+        import hashlib   # here: `run` of a present image loads this module but hashes no layer (OpenSSL ~3 ms)
+
         self._hash = hashlib.new(algorithm)
         self.bytes = 0
         self._left = b""          # the rest of a chunk a short read() did not take
