@@ -706,3 +706,17 @@ def test_a_containers_pid1_ignores_no_signal(it, store):
 def test_a_host_ip_that_is_not_this_hosts_is_said_as_such():
     with pytest.raises(NetworkError, match="not an address of this host"):
         ports.allocate(ports.parse("192.0.2.77:8080:80"))
+
+
+@needs_kernel
+def test_runc_runs_a_store_reached_through_a_symlink(store, tmp_path):
+    """--store through a symlink (/var/lib/imagetool -> /data/…): runc refused the rootfs path
+    ('invalid rootfs: not an absolute path, or a symlink')."""
+    if shutil.which("runc") is None:
+        pytest.skip("needs runc")
+    link = tmp_path / "store-link"
+    link.symlink_to(store)
+    before = HostSnapshot(store)
+    r = Imagetool(link)("run", "--rm", "--runtime", "runc", "--network", "none", "busybox", "echo", "ok")
+    before.assert_unchanged()
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr

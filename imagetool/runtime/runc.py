@@ -56,7 +56,7 @@ class Reservation:
         if bool(spec["process"].get("terminal")) != bool(self.io.tty):
             raise ContainerError("internal error: the spec's terminal setting differs from the io's")
         spec = json.loads(json.dumps(spec))
-        spec["root"]["path"] = rootfs.target
+        spec["root"]["path"] = os.path.realpath(rootfs.target)   # runc refuses a path through a symlink
         spec["linux"]["cgroupsPath"] = f"/{cgroups.PARENT}/{self.id}"
         if rootless.active():   # runc in the user's namespace: no cgroup (as the built-in runtime undelegated)
             rootless.runc_spec(spec)
