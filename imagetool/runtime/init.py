@@ -27,7 +27,7 @@ Then, with the spec (read from the config pipe):
   12. write_sysctls          linux.sysctl, before /proc/sys is made read-only
   13. mask_paths, readonly_paths, readonly_root
   14. join_session_keyring   a keyring of its own (as runc)
-  15. set_rlimits
+  15. set_rlimits, set_oom_score_adj (the spec's, else 0: never imagetool's own)
   16. resolve_user, enter_workdir   (the user from the container's /etc, read through the root)
   17. attach_terminal        -t: the pty slave as controlling terminal and fds 0-2
   18. load_seccomp_with_capabilities   when noNewPrivileges is NOT set (it needs CAP_SYS_ADMIN)
@@ -148,9 +148,22 @@ def _read_config(init: Init) -> bool:
 # ---------------------------------------------------------------- 1-3: before the spec
 
 
+def default_signals() -> None:
+    """Every signal's default action and none blocked: an ignored disposition survives exec, and
+    Python ignores SIGPIPE and SIGXFSZ (a detached run's monitor SIGHUP and SIGINT too), which the
+    container's PID 1 must not inherit (docker's and runc's PID 1 ignores nothing)."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:   # unconditionally: getsignal does not know what was set outside Python's signal module
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def new_session(init: Init) -> str:
-    for s in FORWARDED:
-        signal.signal(s, signal.SIG_DFL)
+    default_signals()
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.umask(0o022)   # the mount points the init makes are 0755 whatever imagetool's umask is
@@ -415,6 +428,21 @@ def set_rlimits(init: Init) -> str | None:
     return ("prlimit --pid $$ " + " ".join(shell.rlimit_options(rlimits))) if rlimits else None
 
 
+def set_oom_score_adj(init: Init) -> str | None:
+    """The spec's process.oomScoreAdj, else 0 (docker's default for a container), never
+    imagetool's own: the caller's score is not the container's. Lowering it needs
+    CAP_SYS_RESOURCE over the host: rootless, a lower value than the caller's stays the caller's."""
+    value = int(init.spec["process"].get("oomScoreAdj", 0))
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:
+        if not rootless.active():
+            raise
+        return None
+    return f"echo {value} > /proc/self/oom_score_adj"
+
+
 def resolve_user(init: Init) -> str:
     proc = init.spec["process"]
     init.env = list(proc.get("env", []))
@@ -554,7 +582,7 @@ _MOUNT_STEPS = {"/proc": mount_proc, "/dev": mount_dev, "/sys": mount_sys, "/sys
 
 RECIPE = (unshare_namespaces, make_private, mount_rootfs, mount_each, create_devices, open_console,
           set_hostname, loopback_up, pivot_root, write_sysctls, mask_paths, readonly_paths, readonly_root,
-          join_session_keyring, set_rlimits, resolve_user, enter_workdir, attach_terminal, load_seccomp_with_capabilities,
+          join_session_keyring, set_rlimits, set_oom_score_adj, resolve_user, enter_workdir, attach_terminal, load_seccomp_with_capabilities,
           drop_capabilities, set_no_new_privs, close_fds, wait_for_start, load_seccomp, exec_command)
 
 
