@@ -1,12 +1,18 @@
 """An independent attack pass on networking, exec, logs and rootless (issues 11-13), round 2.
 
 Every string from the user or the image is hostile: container names, --network-alias, --hostname,
---dns-search, -p, network names and /etc/subuid lines must not inject lines into /etc/hosts,
-/etc/resolv.conf, aardvark-dns's config or newuidmap's arguments, and bad ones are one-line errors
-with nothing left behind. A hostile image whose /etc/hosts, /etc/resolv.conf or /etc/hostname are
-symlinks to host paths must not get a host file written or bound over. An exec'd process, seen
-from inside the container, carries no host fd, cwd, root or executable, and no imagetool process
-of the host is visible there. A hostile container's log lines stay one JSON object a line.
+--dns-search, IPv6 zones, -p, -P's EXPOSEd ports, network names (never a path), subnets, user ids,
+durations and /etc/subuid lines must not inject lines into /etc/hosts, /etc/resolv.conf,
+aardvark-dns's config or newuidmap's arguments, and bad ones are one-line errors with nothing left
+behind. A hostile image whose /etc/hosts, /etc/resolv.conf or /etc/hostname are symlinks to host
+paths must not get a host file written or bound over (run, and start again). A container process
+with CAP_NET_RAW must not reach the host's loopback through route_localnet, another network's
+names at its gateway, or become its neighbours' IPv6 router; a published port must not take a
+host service's or another container's. An exec'd process, seen from inside the container,
+carries no host fd, cwd, root, executable, session keyring, ignored signal, oom_score_adj or
+nice value of the caller's, and no imagetool process of the host is visible there. A hostile
+container's log lines stay one JSON object a line; a flooding healthcheck stays 4096 bytes.
+Findings in files this pass does not own are xfail(strict) with the reason.
 
 The tests that make bridges run in a network namespace of their own (tests/test_network.py's
 `netns` fixture) and leave nothing there (its `leftovers`).
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from imagetool.errors import ImagetoolError, NetworkError
+from imagetool.errors import NetworkError
 from imagetool.network import dns, hosts, networks, ports
 from tests.runhelpers import HostSnapshot, Imagetool, busybox_store, kernel_skip_reason
 from tests.test_network import CLEAN, InNetns, leftovers, needs_netns, netns  # noqa: F401 (netns: a fixture)
