@@ -12,7 +12,8 @@ host service's or another container's. An exec'd process, seen from inside the c
 carries no host fd, cwd, root, executable, session keyring, ignored signal, oom_score_adj or
 nice value of the caller's, and no imagetool process of the host is visible there. A hostile
 container's log lines stay one JSON object a line; a flooding healthcheck stays 4096 bytes.
-Findings in files this pass does not own are xfail(strict) with the reason.
+Findings in files this pass does not own are xfail(strict) with the reason (PID 1's ignored
+SIGXFSZ and inherited oom_score_adj were, until runtime/init.py fixed them).
 
 The tests that make bridges run in a network namespace of their own (tests/test_network.py's
 `netns` fixture) and leave nothing there (its `leftovers`).
@@ -642,8 +643,6 @@ def test_an_execd_process_gets_its_containers_oom_score_adj_not_the_callers(it, 
 
 
 @needs_kernel
-@pytest.mark.xfail(strict=True, reason="runtime/init.py (B's): the container's PID 1 inherits imagetool's "
-                                       "oom_score_adj; docker gives containers 0 unless --oom-score-adj")
 def test_a_containers_pid1_does_not_inherit_the_callers_oom_score_adj(it, store):
     before = HostSnapshot(store)
     r = it("run", "--rm", "--network", "none", "busybox", "cat", "/proc/self/oom_score_adj",
@@ -699,9 +698,6 @@ def test_an_execd_process_ignores_no_signal_it_was_not_told_to(it, detached):
 
 
 @needs_kernel
-@pytest.mark.xfail(strict=True, reason="runtime/init.py (B's): the built-in init hands on Python's ignored "
-                                       "SIGXFSZ to PID 1 (SigIgn 0x1000000): a write past RLIMIT_FSIZE gets "
-                                       "EFBIG instead of the default kill")
 def test_a_containers_pid1_ignores_no_signal(it, store):
     before = HostSnapshot(store)
     r = it("run", "--rm", "--network", "none", "busybox", "grep", "SigIgn", "/proc/self/status")

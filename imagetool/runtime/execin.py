@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
 from imagetool.runtime import capabilities, console, sealed, seccomp, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
-from imagetool.runtime.init import find_executable
+from imagetool.runtime.init import default_signals, find_executable
 from imagetool.runtime.spec import env_get
 from imagetool.safepath import Root
 from imagetool.users import lookup as lookup_user
@@ -332,24 +332,11 @@ def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, 
     return supervise.reap(pid)
 
 
-def _default_signals() -> None:
-    """Every signal's default action and none blocked: an ignored one survives exec, and Python
-    ignores SIGPIPE and SIGXFSZ (the monitor SIGHUP and SIGINT too), which the command must not inherit."""
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:   # unconditionally: getsignal does not know what was set outside Python's signal module
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-
 def _process(spec: dict, pipes, err_w, trampoline, program, args, env, user, cwd) -> None:
     """In the container's namespaces and cgroup: become the exec'd process (never returns)."""
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
-    _default_signals()
+    default_signals()   # nothing ignored or blocked that the caller was (the init's own)
     try:   # a session keyring of its own, never the caller's (as the init; runc exec does it too)
         sc.join_session_keyring()
     except OSError as e:
