@@ -260,6 +260,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
     from imagetool.runtime import explain
 
     trace = _Trace()
+    trace.mark("open_store")   # (since this module's import: the store opened, the runtime's API imported)
     narrator = explain.SILENT
     if opts.explain or trace.on:   # the trace shows the init's steps too (they come as the narrator's)
         narrator = explain.Narrator(2 if opts.explain else None, t0=_T0,
@@ -302,6 +303,7 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
                     "runtime": backend, "cgroups": reservation.cgroup_paths, "snapshots": [],
                 }   # the cgroups are recorded before they exist: ps cleans up after a SIGKILL
                 _write_state(cdir, state)
+        trace.mark("record")   # the lock, the record and the reservation (the runtime's modules imported)
         reservation.prepare()
         trace.mark("prefork")
         img = monitor.take_image() if monitor is not None else None

@@ -69,7 +69,7 @@ def test_foreground_timing_names_both_sides_and_the_exit(it):
         it.env.pop("IMAGETOOL_TRACE_TIMING")
     assert r.returncode == 3, r.stderr
     steps = _steps(r.stderr)
-    for name in ("imagetool.create_cgroup", "imagetool.fork_init", "init.new_session", "init.join_cgroup",
+    for name in ("open_store", "record", "imagetool.create_cgroup", "imagetool.fork_init", "init.new_session", "init.join_cgroup",
                  "init.mount_rootfs", "imagetool.start", "exit", "imagetool.remove_cgroup", "cleanup"):
         assert name in steps, (name, r.stderr)
 
