@@ -4,7 +4,8 @@
     netns.py     a network namespace bind-mounted on a file (made, joined by path, removed)
     networks.py  the network configs: the default `imagetool` bridge, create/ls/inspect/rm
     ports.py     -p/--publish parsing, free and busy host ports
-    hosts.py     the container's /etc/hosts, /etc/resolv.conf and /etc/hostname
+    hosts.py     the container's /etc/hosts, /etc/resolv.conf and /etc/hostname (names checked)
+    guard.py     a bridge's iptables guards: no host loopback, DNS at its gateway from it only
     attach.py    the one glue containers.run calls: setup before create, teardown on every exit
     slirp.py     rootless (issue 13): slirp4netns on the container's namespace, -p through its API
 
