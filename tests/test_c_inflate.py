@@ -72,6 +72,7 @@ def test_writer_shares_work_when_behind(tmp_path, monkeypatch):
     from fixtures.tarbuild import build_tar, directory, file
     from imagetool.unpack.apply import Applier, _Writer
 
+    monkeypatch.setattr(_Writer, "THREADED", True)
     monkeypatch.setattr(_Writer, "BATCH", 2)
     monkeypatch.setattr(_Writer, "IN_FLIGHT", 1)
     shared = []
@@ -101,6 +102,32 @@ def test_writer_shares_work_when_behind(tmp_path, monkeypatch):
         assert p.read_bytes() == entries[i + 1].data
         assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, (1_000_000 + i) * 1_000_000_000)
     assert "imagetool-file-writer" in shared
+
+
+def test_writer_inline_below_three_cpus(tmp_path, monkeypatch):
+    """Without a core for it (the decoder thread and the tar loop take two), batches are finished
+    by the applier itself: no writer thread is started."""
+    import threading
+
+    from imagetool.unpack.apply import _Writer
+
+    monkeypatch.setattr(_Writer, "THREADED", None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _Writer._threaded() is False
+    monkeypatch.setattr(_Writer, "THREADED", None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert _Writer._threaded() is True
+    monkeypatch.setattr(_Writer, "THREADED", False)
+    w = _Writer()
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT) for i in range(_Writer.BATCH)]
+    for i, fd in enumerate(fds):
+        w.add(fd, b"data %d" % i, 1_000_000_000 * i, f"f{i}")
+    assert w._thread is None and not [t for t in threading.enumerate() if t.name == "imagetool-file-writer"]
+    assert w.drain() is None
+    w.close()
+    for i in range(_Writer.BATCH):
+        assert (tmp_path / f"f{i}").read_bytes() == b"data %d" % i
+        assert (tmp_path / f"f{i}").stat().st_mtime_ns == 1_000_000_000 * i
 
 
 def test_make_temp_dir(tmp_path):

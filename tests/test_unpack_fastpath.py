@@ -187,6 +187,15 @@ def _fds() -> set:
     return set(os.listdir("/proc/self/fd"))
 
 
+@pytest.fixture(params=[True, False], ids=["threaded", "inline"])
+def writer(request, monkeypatch):
+    """Both ways _Writer finishes batches: on its thread (>= 3 CPUs) and inline (fewer)."""
+    from imagetool.unpack.apply import _Writer
+
+    monkeypatch.setattr(_Writer, "THREADED", request.param)
+    return request.param
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A 1 MiB tmpfs (unmounted after the test)."""
@@ -199,7 +208,7 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(d)], check=True)
 
 
-def test_a_failed_write_on_the_writer_thread_is_one_clear_error(small_fs):
+def test_a_failed_write_on_the_writer_thread_is_one_clear_error(small_fs, writer):
     """Files finished on the writer thread: ENOSPC there becomes the layer's UnpackError naming
     the entry, and every fd is closed (the thread stops with the applier)."""
     from imagetool.errors import UnpackError
@@ -216,7 +225,7 @@ def test_a_failed_write_on_the_writer_thread_is_one_clear_error(small_fs):
     assert not [t for t in __import__("threading").enumerate() if t.name == "imagetool-file-writer"]
 
 
-def test_a_truncated_layer_leaves_no_fd_open(tmp_path):
+def test_a_truncated_layer_leaves_no_fd_open(tmp_path, writer):
     from imagetool.errors import UnpackError
 
     tar = build_tar([file(f"f{i:03}", b"x" * (i * 50)) for i in range(300)])
@@ -237,7 +246,7 @@ def test_a_truncated_layer_leaves_no_fd_open(tmp_path):
         assert os.stat(tmp_path / p).st_mtime == 1_600_000_000
 
 
-def test_many_small_files_keep_content_mtime_and_owner(tmp_path):
+def test_many_small_files_keep_content_mtime_and_owner(tmp_path, writer):
     """More files than the writer's batches hold, with owners that need an fchown and empty files."""
     entries = [file(f"d{i % 7}/f{i}", os.urandom(i % 3000), mode=0o640 if i % 2 else 0o644,
                     uid=i % 3, gid=i % 5, mtime=1_500_000_000 + i) for i in range(1000)]
@@ -250,7 +259,7 @@ def test_many_small_files_keep_content_mtime_and_owner(tmp_path):
             (i % 3, i % 5, e.mode, 1_500_000_000 + i)
 
 
-def test_names_created_by_the_writer_are_seen_by_later_entries(tmp_path):
+def test_names_created_by_the_writer_are_seen_by_later_entries(tmp_path, writer):
     """Files created on the writer thread exist for every later entry of the layer: a hardlink to
     one, a symlink, a directory or a file over one, an opaque marker or whiteout next to them."""
     from fixtures.tarbuild import opaque, whiteout
@@ -271,7 +280,7 @@ def test_names_created_by_the_writer_are_seen_by_later_entries(tmp_path):
     assert (tmp_path / "gone").read_bytes() == b"g"                  # a whiteout never hides its own layer
 
 
-def test_a_file_then_a_path_through_it_is_refused(tmp_path):
+def test_a_file_then_a_path_through_it_is_refused(tmp_path, writer):
     from imagetool.errors import UnpackError
 
     before = _fds()
@@ -285,7 +294,7 @@ def test_a_file_then_a_path_through_it_is_refused(tmp_path):
     assert (tmp_path / "a").read_bytes() == b"file"
 
 
-def test_more_directories_than_cached_fds(tmp_path):
+def test_more_directories_than_cached_fds(tmp_path, writer):
     """Past safepath's fd cache the applier retires directory fds: the writer's pending files
     in them are created first (never through a closed or reused fd)."""
     from imagetool.safepath import MAX_CACHED_FDS
@@ -301,7 +310,7 @@ def test_more_directories_than_cached_fds(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(f"d{i}" for i in range(n))
 
 
-def test_a_later_layer_replaces_a_file_the_writer_made(tmp_path):
+def test_a_later_layer_replaces_a_file_the_writer_made(tmp_path, writer):
     a = Applier(tmp_path, "plain")
     try:
         a.apply(io.BytesIO(build_tar([file("etc/x", b"layer 1"), file("etc/y", b"y")])))
