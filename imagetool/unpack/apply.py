@@ -30,7 +30,7 @@ Contract:
   when that is exact (`_creates_exact`: not when the umask would clear a bit, for setuid/setgid/
   sticky, with xattrs, nor once a setgid directory or a default ACL is in the tree), which saves
   the fchmod and, for entries owned by us, the fchown. New small files are then finished (data,
-  mtime, close) by `_Writer`'s thread, and created there too when the tree started empty and the
+  mtime, close) in batches by `_Writer` (on its thread with >= 3 CPUs), and created there too when the tree started empty and the
   name is one this applier never made (`_known`); whatever looks at names first waits for it
   (`_barrier`), and `apply()` returns only when all files are complete.
 - Refused (UnsafeLayer): ".." in names or hardlink targets, hardlinks to directories, an entry
