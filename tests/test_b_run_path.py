@@ -90,3 +90,44 @@ def test_records_are_compact_json_read_back_whole(it, store):
         assert [p.name for p in cdir.iterdir() if p.name.endswith(".tmp")] == []
     finally:
         assert it("rm", "b-records").returncode == 0
+
+
+def test_a_cpuset_parent_another_imagetool_just_made_is_filled_before_the_join(tmp_path):
+    """Two imagetools share the `imagetool/` parent group. One has just made it in the cpuset
+    hierarchy (a new cpuset group has no cpus and no mems) and not filled it yet; the other finds it
+    existing. Its container group must still get cpus and mems: joining an empty cpuset group
+    fails with ENOSPC ("No space left on device"), the error a benchmark round hit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from imagetool.runtime.cgroups.v1 import V1Cgroup
+
+    root = Path("/sys/fs/cgroup/cpuset")
+    if not (root / "cpuset.cpus").exists() or os.geteuid() != 0:
+        pytest.skip("needs root and the cgroup v1 cpuset hierarchy at /sys/fs/cgroup/cpuset")
+    top = root / f"imagetool-b-test-{os.getpid()}"
+    top.mkdir()
+    try:
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            (top / f).write_text((root / f).read_text())
+        (top / "imagetool").mkdir()   # made by "another imagetool", not filled yet
+        assert (top / "imagetool" / "cpuset.cpus").read_text().strip() == ""
+        group = top / "imagetool" / "c0ffee"
+        cg = V1Cgroup({"cpuset": group}, [(group, "tasks")])
+        assert cg.create() == [str(group)]
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            assert (group / f).read_text().strip() == (root / f).read_text().strip()
+        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            (group / "cgroup.procs").write_text(str(p.pid))   # ENOSPC before the fix
+            assert (group / "cgroup.procs").read_text().split() == [str(p.pid)]
+        finally:
+            p.communicate(b"")
+        cg.destroy()
+        assert not group.exists()
+    finally:
+        for d in (top / "imagetool" / "c0ffee", top / "imagetool", top):
+            if d.exists():
+                os.rmdir(d)

@@ -66,15 +66,20 @@ class V1Cgroup:
 
     @staticmethod
     def _mkdir(d: Path, cpuset: bool) -> list[str]:
+        """mkdir `d` ([] when it exists); in the cpuset hierarchy, empty cpus/mems filled from the
+        parent whether this call made it or not: another imagetool may have just made the shared
+        `imagetool/` parent and not filled it yet, and a task joining a cpuset group with no cpus
+        or mems gets ENOSPC ("No space left on device")."""
         try:
             os.mkdir(d)
+            made = [str(d)]
         except FileExistsError:
-            return []
+            made = []
         if cpuset:
             for f in ("cpuset.cpus", "cpuset.mems"):
                 if not (d / f).read_text().strip():
                     cg.write(d / f, (d.parent / f).read_text().strip())
-        return [str(d)]
+        return made
 
     def apply(self, resources: dict) -> list[tuple[str, str]]:
         """Write the spec's linux.resources (memory, memory+swap, cpu quota, pids, device rules);
