@@ -376,10 +376,14 @@ class Applier:
         with store.open(desc.digest) as raw:
             stream = LayerStream(raw, desc.media_type, diff_id, self.limits, name=name)
             try:
-                self.apply(stream, name)
-                stream.finish()
+                self.apply_stream(stream, name)
             finally:
                 stream.close()
+
+    def apply_stream(self, stream: LayerStream, name: str) -> None:
+        """Apply an open LayerStream, then drain it and check its diff_id (the caller closes it)."""
+        self.apply(stream, name)
+        stream.finish()
 
     def finish(self) -> None:
         """Set directory modes and mtimes (deferred so that later entries do not disturb them)."""

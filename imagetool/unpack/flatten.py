@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.apply import Applier
-from imagetool.unpack.layers import Limits
+from imagetool.unpack.layers import LayerStream, Limits
 from imagetool.unpack.snapshots import _layer_pairs, make_temp_dir, remove_tree
 
 
@@ -21,13 +20,37 @@ def flatten(store, image, dest, limits: Limits | None = None) -> Path:
     """Apply all of `image`'s layers onto the existing directory `dest` (see module docstring)."""
     limits = limits or Limits.from_env()
     dest = Path(dest)
-    applier = Applier(dest, "plain", limits=limits)
+    pairs = _layer_pairs(image)
+    raw = stream = None
     try:
-        for i, (desc, diff_id) in enumerate(_layer_pairs(image)):
-            applier.apply_blob(store, desc, diff_id, f"layer {i + 1} ({desc.digest})")
-        applier.finish()
+        if pairs:
+            # the first layer starts decoding (on LayerStream's thread) before the applier's
+            # modules load: a small image's unpack is bound by that decoding (busybox: ~8 ms of
+            # inflate against ~5 ms of imports it now overlaps)
+            desc, diff_id = pairs[0]
+            raw = store.open(desc.digest)
+            stream = LayerStream(raw, desc.media_type, diff_id, limits, name=f"layer 1 ({desc.digest})")
+            stream.start()
+        from imagetool.unpack.apply import Applier
+
+        applier = Applier(dest, "plain", limits=limits)
+        try:
+            for i, (desc, diff_id) in enumerate(pairs):
+                if i == 0:
+                    applier.apply_stream(stream, f"layer 1 ({desc.digest})")
+                    stream.close()
+                    raw.close()
+                    raw = stream = None
+                else:
+                    applier.apply_blob(store, desc, diff_id, f"layer {i + 1} ({desc.digest})")
+            applier.finish()
+        finally:
+            applier.close()
     finally:
-        applier.close()
+        if stream is not None:
+            stream.close()
+        if raw is not None:
+            raw.close()
     return dest
 
 

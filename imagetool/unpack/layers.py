@@ -117,6 +117,11 @@ class LayerStream:
 
     PREFETCH = 32              # chunks: up to 8 MiB decoded ahead (absorbs small-file vs large-file phases)
 
+    def start(self) -> None:
+        """Start decoding now, before the first read() (the caller has other work meanwhile)."""
+        if self._thread is None and not self._done:
+            self._start()
+
     def _start(self) -> None:
         import queue
 
