@@ -306,6 +306,8 @@ def _init_script(spec: dict, rootfs: Mount, lowers: list[str], ns_types: list[st
     if "CAP_SYS_CHROOT" not in bounding:
         raise ContainerError("run --script enters the root with chroot: it needs CAP_SYS_CHROOT in the "
                              "capability set", hint="run without --script, or keep CAP_SYS_CHROOT")
+    out += ["", "# the OOM killer's score: the spec's, else 0 (docker's), never the caller's",
+            f"echo {int(proc.get('oomScoreAdj', 0))} > /proc/self/oom_score_adj"]
     out += ["",
             "# 11. switch the root: the rootfs goes over / (runc's --no-pivot; pivot_root would leave no host",
             "#     tool to run the lines below); unshare --root chroots into it as the last step",
