@@ -60,6 +60,10 @@ def spec_from_image(config, opts=None, rootfs: str = "rootfs", *, rootfs_dir: Pa
     if S.env_get(env, "PATH") is None:
         env.insert(0, f"PATH={S.DEFAULT_PATH}")
     host = _opt(opts, "hostname") or hostname or "imagetool"
+    if _opt(opts, "hostname"):   # one rule for a hostname, whatever the network (sethostname, /etc files)
+        from imagetool.network.hosts import validate
+
+        validate(host, (), ())
     if S.env_get(env, "HOSTNAME") is None:
         env.append(f"HOSTNAME={host}")
     if tty and S.env_get(env, "TERM") is None:

@@ -725,9 +725,6 @@ def test_runc_runs_a_store_reached_through_a_symlink(store, tmp_path):
 
 
 @needs_kernel
-@pytest.mark.xfail(strict=True, reason="specgen/options (A's): --hostname is checked only where the /etc files "
-                                       "are written (network.hosts.validate); without a network it reaches "
-                                       "sethostname as given (docker refuses it: invalid hostname)")
 def test_a_hostname_with_a_line_break_is_refused_without_a_network_too(it, store):
     before = HostSnapshot(store)
     r = it("run", "--rm", "--network", "none", "--hostname", "a\nb", "busybox", "hostname")
