@@ -62,7 +62,7 @@ class LayerStream:
     """Uncompressed, hashed, size-limited view of a layer blob (see module docstring)."""
 
     def __init__(self, raw: BinaryIO, media_type: str, diff_id=None, limits: Limits | None = None,
-                 name: str = "layer", prefetch: int | None = None, chunk: int | None = None):
+                 name: str = "layer", prefetch: int | None = None):
         self.name = name
         self.compression = compression_of(media_type)
         self.limits = limits or Limits()
@@ -81,8 +81,7 @@ class LayerStream:
         self._stop = threading.Event()
         if prefetch is not None:
             self.PREFETCH = max(1, prefetch)
-        self._chunk = chunk or CHUNK   # bytes decoded (and blob bytes read) at a time
-        self._src = compression.decompressing(raw, self.compression, name, self._chunk) if self.compression else raw
+        self._src = compression.decompressing(raw, self.compression, name, CHUNK) if self.compression else raw
 
     def read(self, n: int = -1) -> bytes:
         """At most `n` bytes (CHUNK when n < 0) of the uncompressed stream; b"" at its end.
@@ -151,7 +150,7 @@ class LayerStream:
 
     def _read_chunk(self) -> bytes:
         try:
-            data = self._src.read(self._chunk)
+            data = self._src.read(CHUNK)
         except compression.Corrupt as e:        # Truncated included
             raise UnpackError(f"{self.name}: {e.detail}") from None
         except OSError as e:                    # reading the blob itself

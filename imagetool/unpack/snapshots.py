@@ -40,10 +40,10 @@ from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
-CHUNK = 256 << 10  # bytes decoded at a time per layer in progress: the tar reader's buffers and the writer's
-                   # batches hold views of these, so small ones keep little memory alive per layer (issue 16:
-                   # with 1 MiB chunks, 2 ahead, the 1.26 GB pull peaked at 62-63 MB; with these, 52-56 MB)
-PREFETCH = 8  # chunks decoded ahead per layer in progress (2 MiB; LayerStream's default is 16 MiB for one)
+PREFETCH = 8  # chunks (layers.CHUNK, 256 KiB) decoded ahead per layer in progress: 2 MiB (LayerStream's
+              # default is 8 MiB for one). The tar reader's buffers and the writer's batches hold views of
+              # the chunks (issue 16: with 1 MiB chunks, 2 ahead, the 1.26 GB pull peaked at 62-63 MB;
+              # with these, 52-56 MB)
 
 
 def make_temp_dir(parent: Path) -> Path:
@@ -240,8 +240,7 @@ def _create(raw, desc, diff_id, final: Path, lowers: tuple, limits: Limits, name
         applier = Applier(tmp, "overlay", lowers=lowers, limits=limits, lowers_ready=lowers_ready)
         try:
             stream = LayerStream(raw, desc.media_type, diff_id, limits, name=name,
-                                 prefetch=PREFETCH if turn is not None else None,
-                                 chunk=CHUNK if turn is not None else None)
+                                 prefetch=PREFETCH if turn is not None else None)
             try:
                 if turn is None:
                     applier.apply(stream, name)
