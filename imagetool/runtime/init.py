@@ -10,7 +10,8 @@ Before the spec exists (while imagetool still looks up the image):
    1. new_session            default signals, setsid, parent-death signal SIGKILL, umask 0022
    2. connect_stdio          fds 0-2 become the pipes (or an empty pipe until the pty exists): the
                              host's own stdout/stderr never stay in the container
-   3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace
+   3. join_cgroup            every hierarchy (see cgroups/), before the cgroup namespace; the
+                             cgroup2 group the init was cloned into is joined already (process.py)
 Then, with the spec (read from the config pipe):
    4. unshare_namespaces     mount, uts, ipc, cgroup, network, one by one (pid: imagetool, before the fork);
                              a namespace the spec names by path is joined (setns) instead
@@ -77,6 +78,7 @@ class Init:
     config_fd: int                    # imagetool -> child: the config, then the start byte
     narrator: object                  # explain.SILENT or explain.Forwarder
     cgroup: object | None = None      # a cgroup manager (cgroups/): .enter()
+    born_in: object | None = None     # the cgroup2 group the init was cloned into (CLONE_INTO_CGROUP)
     stdio: tuple = ()                 # (stdin or None, stdout, stderr) pipe ends, () with a tty
     console_socket: int | None = None  # with a tty: where the pty master goes
     spec: dict = field(default_factory=dict)
@@ -196,7 +198,10 @@ def connect_stdio(init: Init) -> str:
 def join_cgroup(init: Init) -> str | None:
     if init.cgroup is None:
         return None
-    return "\n".join(f"echo $$ > {shell.q(path)}" for path in init.cgroup.enter(0)) or None
+    lines = [f"echo $$ > {shell.q(path)}" for path in init.cgroup.enter(0, born_in=init.born_in)]
+    if init.born_in is not None:
+        lines.insert(0, f"# in {shell.q(str(init.born_in))} from birth: cloned into it (clone3 CLONE_INTO_CGROUP)")
+    return "\n".join(lines) or None
 
 
 # ---------------------------------------------------------------- 4-11: namespaces and mounts

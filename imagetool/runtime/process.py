@@ -175,7 +175,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
 
         fds["_trampoline"] = sealed.sealed_trampoline()    # what the init execs last (sealed.py)
 
-        def child() -> None:  # the init: never returns
+        def child(born_in=None) -> None:  # the init: never returns
             try:
                 from imagetool.runtime import init   # here: imported while imagetool looks up the image
 
@@ -189,21 +189,22 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
                             os.close(fd)
                 child_narrator = explain.Forwarder(sync_w) if narrator is not explain.SILENT else explain.SILENT
                 init.main(init.Init(sync_fd=sync_w, config_fd=config_r, narrator=child_narrator, cgroup=cgroup,
-                                    stdio=pipes.child_ends() if pipes else (),
+                                    born_in=born_in, stdio=pipes.child_ends() if pipes else (),
                                     console_socket=fds.get("_console_child"),
                                     trampoline_fd=fds["_trampoline"]))
             finally:
                 os._exit(125)
 
+        born_in = None
         if rootless.active():
             pid, fds["adopt"] = None, _fork_through_middle(child)   # the PID comes with create()
         else:
             pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 sc.unshare(sc.CLONE_NEWPID)
-                pid = os.fork()
+                pid, born_in = _fork_into(cgroup.unified_group)
                 if pid == 0:
-                    child()
+                    child(born_in)
             finally:
                 if os.getpid() != 1:
                     sc.setns(pidns, sc.CLONE_NEWPID)  # imagetool's later children stay in the host's PID namespace
@@ -221,10 +222,37 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             os.close(fds.pop(key))
     if "pipes" in fds:
         fds["pipes"].close_child_ends()
+    born = f", born in {born_in}/ (clone3 CLONE_INTO_CGROUP)" if born_in else ""
     narrator.report("fork init", f"unshare --pid --fork  # the init: PID 1 of a new PID namespace, host pid "
-                    f"{pid or '(rootless: through a middle process, adopted)'}",
+                    f"{pid or '(rootless: through a middle process, adopted)'}{born}",
                     started)
     return pid, fds
+
+
+def _fork_into(group) -> tuple[int, object]:
+    """fork, the child born in the cgroup2 `group` when there is one and the kernel agrees (clone3
+    CLONE_INTO_CGROUP): joining it later would be a `cgroup.procs` write, whose first use after a
+    quiet spell waits 10-20 ms for an RCU grace period. (pid, group born in or None); a plain fork,
+    and the init writes cgroup.procs itself, on an older kernel, under a seccomp filter that refuses
+    clone3, or when a thread is running (glibc's fork takes locks a raw clone does not)."""
+    if group is not None and _single_threaded():
+        try:
+            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                return sc.fork_into_cgroup(fd), group
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return os.fork(), None
+
+
+def _single_threaded() -> bool:
+    with open("/proc/self/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[17] == b"1"   # num_threads, the 20th field
 
 
 PR_SET_CHILD_SUBREAPER = 36

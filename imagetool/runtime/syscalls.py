@@ -9,6 +9,7 @@ import ctypes
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc_gil = ctypes.PyDLL(None, use_errno=True)   # calls that keep the GIL held, as os.fork does
 
 # clone/unshare flags
 CLONE_NEWNS = 0x00020000
@@ -18,6 +19,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+CLONE_INTO_CGROUP = 0x200000000
 
 # mount flags
 MS_RDONLY = 1
@@ -41,6 +43,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SYS_pivot_root = 155  # x86_64
 _SYS_capset = 126
+_SYS_clone3 = 435  # the same number on every architecture
 
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
@@ -49,6 +52,7 @@ _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_libc_gil.syscall.restype = ctypes.c_long
 
 
 def _check(ret: int, what: str) -> int:
@@ -237,3 +241,33 @@ def mount_setattr(fd: int, path: str, flags: int, attr_set: int, attr_clr: int =
     buf = ctypes.create_string_buffer(attr, len(attr))
     _check(_libc.syscall(_SYS_mount_setattr, ctypes.c_int(fd), _b(path), ctypes.c_uint(flags), buf,
                          ctypes.c_size_t(len(attr))), "mount_setattr")
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls",
+        "set_tid", "set_tid_size", "cgroup")]
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), the child born in the cgroup2 group open at `cgroup_fd` (clone3 with
+    CLONE_INTO_CGROUP, Linux 5.7): no `cgroup.procs` write, so none of the RCU grace period (10-20
+    ms) the kernel waits for on the first such write after a quiet spell. 0 in the child, its PID in
+    the parent; OSError (ENOSYS, EINVAL, EPERM under a seccomp filter...) when the kernel refuses:
+    nothing was forked then.
+
+    The interpreter's own fork bookkeeping (at-fork callbacks, the import lock, the GIL and thread
+    states in the child) is done through the same C API os.fork calls. Only for a single-threaded
+    process: glibc's fork also takes its malloc and stdio locks, which a raw clone does not."""
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_fd)   # SIGCHLD
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(_SYS_clone3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
+    return pid

@@ -92,6 +92,7 @@ class Unavailable:
         self.version = version
         self.reason = reason
         self.paths: list[str] = []
+        self.unified_group = None
 
     def create(self) -> list[str]:
         return []
@@ -103,7 +104,7 @@ class Unavailable:
             return []
         return [(self.reason, f"# resource limits ({', '.join(asked)}) cannot apply to a rootless container here")]
 
-    def enter(self, pid: int = 0) -> list[str]:
+    def enter(self, pid: int = 0, born_in=None) -> list[str]:
         return []
 
     def oom_killed(self) -> bool:

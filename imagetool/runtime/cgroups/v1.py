@@ -10,7 +10,8 @@ create groups (issue 14 item 4, as runc joins all of them).
 Joining is cheap on v1: the init writes `0` (itself) to each group's `tasks` file. Moving one
 thread skips the kernel's global threadgroup lock (and its RCU grace period, ~10 ms) that a
 `cgroup.procs` write takes; the init is single-threaded at that point, so its whole process
-moves. Only the hybrid's cgroup2 needs `cgroup.procs`.
+moves. The hybrid's cgroup2 has no `tasks`: the init is cloned straight into that group
+(clone3 CLONE_INTO_CGROUP, process.py), and `cgroup.procs` is written only where that is refused.
 """
 
 from __future__ import annotations
@@ -26,24 +27,30 @@ LIMITED = ("memory", "cpu", "pids", "devices")   # the controllers `apply` write
 class V1Cgroup:
     version = 1
 
-    def __init__(self, groups: dict[str, Path], joins: list[tuple[Path, str]] | None = None):
+    def __init__(self, groups: dict[str, Path], joins: list[tuple[Path, str]] | None = None,
+                 unified_group: Path | None = None):
         """`groups`: {controller: group directory} (controllers sharing a hierarchy share a path);
-        `joins`: every (group directory, file to write the pid to) to join, one per hierarchy."""
+        `joins`: every (group directory, file to write the pid to) to join, one per hierarchy;
+        `unified_group`: the hybrid's cgroup2 group among them (the init can be cloned into it)."""
         self.groups = groups
         self.joins = joins if joins is not None else [(p, "cgroup.procs") for p in sorted(set(groups.values()))]
+        self.unified_group = unified_group
 
     @classmethod
     def for_host(cls, container_id: str, mountinfo: str | None = None, proc_cgroup: str | None = None):
         own = cg.own_cgroups(proc_cgroup)
         groups: dict[str, Path] = {}
         joins: list[tuple[Path, str]] = []
+        unified = None
         for h in cg.hierarchies(mountinfo):
             base = own.get(h.key, "/").lstrip("/")
             group = Path(h.mountpoint, base, cg.PARENT, container_id)
             joins.append((group, "cgroup.procs" if h.fstype == "cgroup2" else "tasks"))
+            if h.fstype == "cgroup2":
+                unified = group
             for c in h.controllers:
                 groups[c] = group
-        return cls(groups, joins)
+        return cls(groups, joins, unified)
 
     @property
     def paths(self) -> list[str]:
@@ -124,11 +131,14 @@ class V1Cgroup:
             raise ContainerError(f"{option} needs the cgroup v1 {controller} controller, which is not mounted")
         return self.groups[controller]
 
-    def enter(self, pid: int = 0) -> list[str]:
-        """Move `pid` into every group; 0 means the caller, which must be single-threaded (it is
-        moved through `tasks`, see the module docstring). The files written."""
+    def enter(self, pid: int = 0, born_in: Path | None = None) -> list[str]:
+        """Move `pid` into every group but `born_in` (the hybrid's cgroup2 group the caller was
+        cloned into); 0 means the caller, which must be single-threaded (it is moved through
+        `tasks`, see the module docstring). The files written."""
         done = []
         for p, name in self.joins:
+            if p == born_in:
+                continue
             if pid:
                 name = "cgroup.procs"
             cg.write(p / name, pid)

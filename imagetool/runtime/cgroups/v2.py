@@ -26,6 +26,7 @@ class V2Cgroup:
         self.root = Path(root)
         self.parent = self.root / cg.PARENT
         self.group = self.parent / container_id
+        self.unified_group: Path | None = self.group   # where the init can be cloned into (CLONE_INTO_CGROUP)
 
     @property
     def paths(self) -> list[str]:
@@ -99,8 +100,11 @@ class V2Cgroup:
                 writes.append((str(g), "# BPF_PROG_TYPE_CGROUP_DEVICE program attached (device allow-list)"))
         return writes
 
-    def enter(self, pid: int = 0) -> list[str]:
-        """Move `pid` (0: the caller) into the group; the file written."""
+    def enter(self, pid: int = 0, born_in: Path | None = None) -> list[str]:
+        """Move `pid` (0: the caller) into the group; the file written. Nothing when `born_in` is
+        the group (the caller was cloned into it)."""
+        if born_in == self.group:
+            return []
         cg.write(self.group / "cgroup.procs", pid)
         return [str(self.group / "cgroup.procs")]
 
