@@ -17,22 +17,27 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
-from imagetool import containerstates, health, jsonlog
+from imagetool import health, jsonlog
 from imagetool import network
-from imagetool.containerstates import ContainerInfo, find, read_state   # the read side (ps, inspect)
-from imagetool.containerstates import all_states as _all_states, owner_alive as _owner_alive
 from imagetool.errors import ContainerError, ImageNotFound, ImagetoolError
 from imagetool.runtime.supervise import proc_start
 
 _T0 = time.perf_counter()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class RunOptions:
-    """Everything `imagetool run` accepts (docker's names and meanings)."""
+    """Everything `imagetool run` accepts (docker's names and meanings): `RunOptions(image, **options)`.
+
+    Defining it costs every `run`: the dataclass's generated functions are compiled at import.
+    Its __init__ is written here instead (the same signature as the generated one, keyword-only
+    after `image`; ~1.3 ms less), there is no __repr__ (50-odd fields: nobody prints it) and no
+    __hash__ (list fields made it raise anyway); == and dataclasses.fields/replace/asdict work."""
+
+    __hash__ = None
 
     image: str
     command: list = field(default_factory=list)
@@ -91,6 +96,50 @@ class RunOptions:
     health_retries: int | None = None
     health_start_period: str | None = None
     no_healthcheck: bool = False
+
+    def __init__(self, image: str, **options):
+        object.__setattr__(self, "image", image)
+        for f in _OPTIONS:
+            if f.name in options:
+                value = options.pop(f.name)
+            else:
+                value = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, value)
+        if options:
+            raise TypeError(f"RunOptions() got an unexpected keyword argument {next(iter(options))!r}")
+
+
+_OPTIONS = fields(RunOptions)[1:]   # every field after `image`: each has a default
+
+
+# ---------------------------------------------------------------- the read side (containerstates.py)
+# Loaded on first use: a `run` without --name reads no other container's record.
+
+
+def find(store, id_or_name: str) -> tuple[Path, dict]:
+    """containerstates.find: (directory, state) of a container by id, name or unique id prefix."""
+    from imagetool import containerstates
+
+    return containerstates.find(store, id_or_name)
+
+
+def read_state(cdir) -> dict | None:
+    """containerstates.read_state: the container's state.json, or None."""
+    from imagetool import containerstates
+
+    return containerstates.read_state(cdir)
+
+
+def _all_states(store) -> list[tuple[Path, dict]]:
+    from imagetool import containerstates
+
+    return containerstates.all_states(store)
+
+
+def _owner_alive(state: dict) -> bool:
+    from imagetool import containerstates
+
+    return containerstates.owner_alive(state)
 
 
 # ---------------------------------------------------------------- timing
@@ -563,8 +612,11 @@ def reconcile(cdir: Path, state: dict) -> dict | None:
     return state
 
 
-def list_containers(store, all_: bool = False) -> list[ContainerInfo]:
-    """Running containers (all of them with all_), oldest first; dead owners are reconciled first."""
+def list_containers(store, all_: bool = False) -> list:
+    """Running containers (all of them with all_: containerstates.ContainerInfo rows), oldest first;
+    dead owners are reconciled first."""
+    from imagetool import containerstates
+
     return containerstates.list_containers(store, all_, reconcile)
 
 

@@ -154,8 +154,8 @@ def _exit(rc: int) -> None:
     """Exit with `rc`, skipping the interpreter's module and object teardown (~12 ms after `run`)
     when no other thread is alive and no profiler or tracer is attached (cProfile writes its
     output at interpreter exit): the atexit callbacks still run, then stdout/stderr are flushed
-    and the process ends with os._exit. Otherwise a normal sys.exit."""
-    import atexit
+    and the process ends with os._exit. Otherwise a normal sys.exit. (No `atexit` loaded: nothing
+    was registered with it, nothing to run.)"""
     import os
 
     from imagetool.commands import flush_stdout
@@ -163,7 +163,9 @@ def _exit(rc: int) -> None:
     threading = sys.modules.get("threading")   # not loaded: no thread was started through it
     alone = threading is None or threading.active_count() == 1
     if alone and sys.getprofile() is None and sys.gettrace() is None:
-        atexit._run_exitfuncs()
+        atexit = sys.modules.get("atexit")
+        if atexit is not None:
+            atexit._run_exitfuncs()
         rc = flush_stdout(rc)
         sys.stderr.flush()
         os._exit(rc)

@@ -22,8 +22,8 @@ from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
 from imagetool.transports import walk
 
 MIN_PREFIX = 12
-_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX)
+_FULL_DIGEST = r"sha256:[0-9a-f]{64}"   # (both compiled on first use: re's cache)
+_PREFIX = r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +70,13 @@ def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
     text = ref_string.strip() if isinstance(ref_string, str) else ""
     if not text:
         raise InvalidReference('invalid reference "": repository name must have at least one component')
-    if _FULL_DIGEST.fullmatch(text):
+    if re.fullmatch(_FULL_DIGEST, text):
         return _by_digest(store, text, text[len("sha256:"):])
     ref = None
     try:
         ref = reference.parse(text)
     except InvalidReference:
-        if not _PREFIX.fullmatch(text):
+        if not re.fullmatch(_PREFIX, text):
             raise
     if ref is not None:
         try:
@@ -91,7 +91,7 @@ def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
         return text, store.resolve(text)     # a ref name written by another tool, verbatim
     except (RefNotFound, ValueError):
         pass
-    m = _PREFIX.fullmatch(text)
+    m = re.fullmatch(_PREFIX, text)
     if m:
         return _by_digest(store, text, m.group(1))
     raise _not_found(text)
@@ -99,7 +99,7 @@ def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
 
 def is_id(text: str) -> bool:
     """A full manifest digest or a 12+ hex prefix of one (what `docker` calls an image ID)."""
-    return bool(_FULL_DIGEST.fullmatch(text) or _PREFIX.fullmatch(text))
+    return bool(re.fullmatch(_FULL_DIGEST, text) or re.fullmatch(_PREFIX, text))
 
 
 def _same_repository(name: str, repository: str) -> bool:

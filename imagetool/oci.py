@@ -36,7 +36,7 @@ _ARCH_ALIASES = {
 }
 _ARCH_VARIANT = {"armhf": "v7", "armv7l": "v7", "armv7": "v7", "armel": "v6", "armv6l": "v6", "armv5l": "v5"}
 _OS_ALIASES = {"macos": "darwin"}
-_PLATFORM_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+_PLATFORM_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"   # (compiled on first use: re's cache)
 
 
 def _norm_arch(architecture: str, variant: str | None) -> tuple[str, str | None]:
@@ -79,7 +79,7 @@ class Platform:
     def parse(cls, text: str) -> "Platform":
         """"linux/amd64", "linux/arm64/v8", "linux/arm/v7"; an ImagetoolError for anything else."""
         parts = text.strip().split("/") if isinstance(text, str) else []
-        if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
+        if len(parts) not in (2, 3) or not all(re.fullmatch(_PLATFORM_PART, p, re.ASCII) for p in parts):
             raise ImagetoolError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 

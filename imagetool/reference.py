@@ -30,14 +30,21 @@ OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 NAME_MAX = 255
 
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+# The grammar's patterns, each compiled on first use (re's cache) and matched in ASCII mode with
+# _match(): `run busybox` needs two of them; compiling all of them at import took ~0.8 ms.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = re.compile(rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])", re.ASCII)
-_PORT = re.compile(r"[0-9]+", re.ASCII)
-_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-_DIGEST_ALGORITHM = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*", re.ASCII)
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
-_IMAGE_ID = re.compile(r"[a-f0-9]{64}", re.ASCII)
+_HOST = rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])"
+_PORT = r"[0-9]+"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST_ALGORITHM = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*"
+_SHA256 = r"sha256:[0-9a-f]{64}"
+_IMAGE_ID = r"[a-f0-9]{64}"
+
+
+def _match(pattern: str, text: str) -> bool:
+    """Whether all of `text` matches `pattern` (ASCII classes)."""
+    return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +92,13 @@ class Reference:
     def with_digest(self, digest) -> "Reference":
         """The same reference pinned to `digest` (a Digest or "sha256:<hex>"); the tag is kept."""
         d = str(digest)
-        if not _SHA256.fullmatch(d):
+        if not _match(_SHA256, d):
             raise InvalidReference(f"invalid digest {d!r}: expected sha256:<64 lowercase hex>")
         return dataclasses.replace(self, digest=d)
 
     def with_tag(self, tag: str) -> "Reference":
         """The same repository with another tag and no digest."""
-        if not _TAG.fullmatch(tag):
+        if not _match(_TAG, tag):
             raise InvalidReference(f"invalid tag {tag!r}")
         return dataclasses.replace(self, tag=tag, digest=None)
 
@@ -126,7 +133,7 @@ def parse(text: str) -> Reference:
         raise InvalidReference(f"invalid reference {text!r}: not a string")
     if text == "":
         raise _fail(text, "repository name must have at least one component")
-    if _IMAGE_ID.fullmatch(text):
+    if _match(_IMAGE_ID, text):
         raise _fail(text, "a 64-character hexadecimal string is an image ID, not a repository name")
     rest, at, digest = text.partition("@")
     if at:
@@ -135,7 +142,7 @@ def parse(text: str) -> Reference:
     tag = None
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not _match(_TAG, tag):
             if tag == "":
                 raise _fail(text, "empty tag after ':'")
             raise _fail(text, f'invalid tag "{tag}" (allowed: letters, digits, "_", ".", "-"; '
@@ -143,13 +150,14 @@ def parse(text: str) -> Reference:
     if rest == "":
         raise _fail(text, "repository name must have at least one component")
     domain, path = split_domain(rest)
-    _check_domain(text, domain)
+    if domain != DEFAULT_DOMAIN:   # (the default is a valid host: no need to compile _HOST for it)
+        _check_domain(text, domain)
     if path.lower() != path:
         raise _fail(text, "repository name must be lowercase")
     for component in path.split("/"):
         if component == "":
             raise _fail(text, "repository name has an empty path component")
-        if not _COMPONENT.fullmatch(component):
+        if not _match(_COMPONENT, component):
             raise _fail(text, f'invalid repository path component "{component}" (lowercase letters and digits, '
                               'separated by ".", "_", "__" or "-")')
     if len(domain) + 1 + len(path) > NAME_MAX:
@@ -163,11 +171,11 @@ def _check_digest(text: str, digest: str) -> None:
     if digest == "":
         raise _fail(text, "empty digest after '@'")
     algorithm, colon, hexpart = digest.partition(":")
-    if not colon or not _DIGEST_ALGORITHM.fullmatch(algorithm):
+    if not colon or not _match(_DIGEST_ALGORITHM, algorithm):
         raise _fail(text, f'invalid digest "{digest}" (expected sha256:<64 hex>)')
     if algorithm != "sha256":
         raise _fail(text, f'unsupported digest algorithm "{algorithm}" (only sha256)')
-    if not _SHA256.fullmatch(digest):
+    if not _match(_SHA256, digest):
         raise _fail(text, f'invalid digest "{digest}" (sha256 needs 64 lowercase hex digits)')
 
 
@@ -179,9 +187,9 @@ def _check_domain(text: str, domain: str) -> None:
             host, port = domain[:end + 1], domain[end + 2:]
     elif ":" in domain:
         host, _, port = domain.partition(":")
-    if not _HOST.fullmatch(host):
+    if not _match(_HOST, host):
         raise _fail(text, f'invalid registry host "{host}"')
-    if port is not None and not _PORT.fullmatch(port):
+    if port is not None and not _match(_PORT, port):
         raise _fail(text, f'invalid port "{port}" in registry "{domain}"')
 
 

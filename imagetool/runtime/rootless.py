@@ -27,7 +27,6 @@ user's /etc/subuid range). There the runtime holds every capability over what th
 from __future__ import annotations
 
 import os
-import resource
 import signal
 
 from imagetool import userns
@@ -41,6 +40,8 @@ def active() -> bool:
 def clamp_rlimit(which: int, soft: int, hard: int) -> tuple[int, int]:
     """(soft, hard) lowered to this process's hard limit (raising it needs CAP_SYS_RESOURCE in the
     initial namespace); RLIM_INFINITY counts as the largest."""
+    import resource
+
     cur_hard = resource.getrlimit(which)[1]
 
     def key(v: int) -> float:

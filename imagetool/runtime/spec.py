@@ -41,12 +41,12 @@ def device_rules() -> list[dict]:
     return rules
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)b?\s*$", re.IGNORECASE)
+_SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)b?\s*$"   # (compiled on first use: re's cache)
 
 
 def parse_memory(text: str, what: str = "memory") -> int:
     """Docker's memory strings: `7m`, `1g`, `512k`, `1.5g`, `7mb`, plain bytes (binary units)."""
-    m = _SIZE_RE.match(str(text))
+    m = re.match(_SIZE_RE, str(text), re.IGNORECASE)
     if not m:
         raise ImagetoolError(f"invalid {what} size {text!r}", hint="use bytes or a number with k, m, g (e.g. 7m)")
     value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
@@ -193,14 +193,14 @@ def parse_tmpfs(text: str) -> dict:
 # (same), net.* (its own network namespace, so not with --network host)
 _IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
                 "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
-_SYSCTL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_@:+-]*(\.[A-Za-z0-9_@:+-]+)+$")
+_SYSCTL_RE = r"^[A-Za-z0-9_][A-Za-z0-9_@:+-]*(\.[A-Za-z0-9_@:+-]+)+$"   # (compiled on first use)
 
 
 def parse_sysctl(text: str, host_network: bool = False) -> tuple[str, str]:
     """`--sysctl KEY=VALUE` -> (key with dots, value); a sysctl that is not namespaced is refused."""
     key, sep, value = text.partition("=")
     key = key.strip().replace("/", ".")
-    if not sep or not _SYSCTL_RE.match(key):
+    if not sep or not re.match(_SYSCTL_RE, key):
         raise ImagetoolError(f"invalid sysctl {text!r}", hint="use --sysctl KEY=VALUE, e.g. net.ipv4.ip_forward=1")
     if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
         return key, value

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 CHUNK = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Pipes:
-    """Both ends of the container's stdio pipes: the child's ends become its fds 0-2."""
+    """Both ends of the container's stdio pipes: the child's ends become its fds 0-2. Open fds, not a
+    value: compared by identity (no generated __eq__/__hash__ to compile at every run)."""
 
     stdin_r: int | None
     stdin_w: int | None

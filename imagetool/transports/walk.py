@@ -30,10 +30,11 @@ MAX_INDEX_DEPTH = 4
 Reader = Callable[[Descriptor], bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Node:
     """One manifest or index met on the walk: the descriptor that led to it (an index entry keeps
-    its platform), its exact bytes and its parsed form."""
+    its platform), its exact bytes and its parsed form. A step of one walk, compared by identity
+    (no generated __eq__/__hash__ to compile: every `run` loads this module)."""
 
     descriptor: Descriptor
     document: oci.Manifest | oci.Index
