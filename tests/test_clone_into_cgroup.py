@@ -3,7 +3,7 @@
 
   - syscalls.fork_into_cgroup: the child's /proc/self/cgroup names the group from its first
     instruction; a refused clone3 raises OSError and forks nothing
-  - process._fork_into falls back to a plain fork (the init then writes cgroup.procs itself) while a
+  - cgroups.fork_into falls back to a plain fork (the init then writes cgroup.procs itself) while a
     thread runs: glibc's fork takes locks a raw clone does not
   - a container says so in --explain, and its cgroup2 membership is the group's (the v1 hierarchies
     are still joined through `tasks`; the v2 VM's smoke test covers the v2-only layout)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from imagetool.runtime import process
+from imagetool.runtime import cgroups as cg
 from imagetool.runtime import syscalls as sc
 from tests.runfixtures import it, store_fixture  # noqa: F401  (pytest fixtures)
 from tests.runhelpers import kernel_skip_reason
@@ -101,7 +101,7 @@ def test_while_a_thread_runs_it_is_a_plain_fork(group):
     born = []
     try:
         def fork():
-            pid, where = process._fork_into(group)
+            pid, where = cg.fork_into(group)
             born.append(where)
             return pid
         seen, code = _child_cgroup(fork)

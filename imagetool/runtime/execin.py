@@ -9,7 +9,8 @@ Steps, in order (the lessons of runc's CVE-2016-9962 and CVE-2024-21626 in brack
               time against the one recorded (a recycled PID is never joined); fork
   joiner      make_non_dumpable [the container cannot ptrace it or open its /proc files], close
               every fd but its stdio and those it hands on [no host fd goes in], join
-              every cgroup of the container (cgroup.procs), setns(pidfd, every namespace that
+              every cgroup of the container (born in the cgroup2 one: cgroups.fork_into; `tasks`
+              of the v1 ones), setns(pidfd, every namespace that
               differs from imagetool's) in one call; that resets root and cwd to the container's
               root [no host cwd]; with -t open a pty of the container's own /dev/pts (resolved
               in its root) and send the master back over a socket (console.py); fork (a child is in the container's PID namespace); reap it and
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from imagetool.errors import CommandNotExecutable, CommandNotFound, ContainerError
-from imagetool.runtime import capabilities, console, sealed, seccomp, stdio, supervise, sync
+from imagetool.runtime import capabilities, cgroups, console, sealed, seccomp, stdio, supervise, sync
 from imagetool.runtime import syscalls as sc
 from imagetool.runtime.init import default_signals, find_executable
 from imagetool.runtime.spec import env_get
@@ -156,7 +157,7 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
             fds += [sock, child_sock]
         else:
             pipes = stdio.Pipes.make(interactive)
-        pid = os.fork()
+        pid, born_in = cgroups.fork_into(_cgroup2_group(target.cgroups))
         if pid == 0:
             code = 125
             try:
@@ -166,7 +167,8 @@ def execute(target: Target, args: list[str], env: list[str] = (), user: str | No
                     pipes = _Console(child_sock)
                 else:
                     pipes.close_parent_ends()
-                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom, nice)
+                code = _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom, nice,
+                               born_in)
             except BaseException as e:
                 _send_error(err_w, e)
             finally:
@@ -293,8 +295,14 @@ def _oom_score_adj(pid: int) -> str | None:
         return None
 
 
+def _cgroup2_group(groups) -> str | None:
+    """The cgroup2 group among the container's (v2's only one, the hybrid's unified one): the
+    joiner is cloned into it (cgroups.fork_into)."""
+    return next((g for g in groups if os.path.exists(os.path.join(g, "cgroup.controllers"))), None)
+
+
 def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, user, cwd, oom=None,
-            nice=None) -> int:
+            nice=None, born_in=None) -> int:
     """In the forked child: join the container, fork the process, reap it; its exit status."""
     sealed.make_non_dumpable()
     if oom is not None:   # before the setns: /proc is still the host's, and the process inherits it
@@ -311,9 +319,11 @@ def _joiner(target, pidfd, flags, pipes, err_w, trampoline, program, args, env, 
     ends = (pipes.sock,) if isinstance(pipes, _Console) else pipes.child_ends()
     _close_all_but({0, 1, 2, pidfd, err_w, trampoline, *ends})   # nothing else of the caller's goes in
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    for group in target.cgroups:
-        with open(os.path.join(group, "cgroup.procs"), "w") as f:
-            f.write("0")
+    for group in target.cgroups:   # single-threaded: `tasks` moves all of it, without cgroup.procs' RCU wait
+        if group != born_in:
+            tasks = os.path.join(group, "tasks")
+            with open(tasks if os.path.exists(tasks) else os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write("0")
     sc.setns(pidfd, flags)   # root and cwd become the container's
     os.close(pidfd)
     if isinstance(pipes, _Console):

@@ -202,7 +202,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 sc.unshare(sc.CLONE_NEWPID)
-                pid, born_in = _fork_into(cgroup.unified_group)
+                pid, born_in = cgroups.fork_into(cgroup.unified_group)
                 if pid == 0:
                     child(born_in)
             finally:
@@ -227,32 +227,6 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
                     f"{pid or '(rootless: through a middle process, adopted)'}{born}",
                     started)
     return pid, fds
-
-
-def _fork_into(group) -> tuple[int, object]:
-    """fork, the child born in the cgroup2 `group` when there is one and the kernel agrees (clone3
-    CLONE_INTO_CGROUP): joining it later would be a `cgroup.procs` write, whose first use after a
-    quiet spell waits 10-20 ms for an RCU grace period. (pid, group born in or None); a plain fork,
-    and the init writes cgroup.procs itself, on an older kernel, under a seccomp filter that refuses
-    clone3, or when a thread is running (glibc's fork takes locks a raw clone does not)."""
-    if group is not None and _single_threaded():
-        try:
-            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            fd = None
-        if fd is not None:
-            try:
-                return sc.fork_into_cgroup(fd), group
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-    return os.fork(), None
-
-
-def _single_threaded() -> bool:
-    with open("/proc/self/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[17] == b"1"   # num_threads, the 20th field
 
 
 PR_SET_CHILD_SUBREAPER = 36

@@ -155,6 +155,34 @@ def create(container_id: str, layout: str | None = None):
 # ---------------------------------------------------------------- shared helpers
 
 
+def fork_into(group) -> tuple[int, object]:
+    """fork, the child born in the cgroup2 `group` when there is one and the kernel agrees (clone3
+    CLONE_INTO_CGROUP): joining it later would be a `cgroup.procs` write, whose first use after a
+    quiet spell waits 10-20 ms for an RCU grace period. (pid, group born in or None); a plain fork,
+    and the child writes cgroup.procs itself, on an older kernel, under a seccomp filter that
+    refuses clone3, or when a thread is running (glibc's fork takes locks a raw clone does not)."""
+    from imagetool.runtime import syscalls
+
+    if group is not None and _single_threaded():
+        try:
+            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                return syscalls.fork_into_cgroup(fd), group
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return os.fork(), None
+
+
+def _single_threaded() -> bool:
+    with open("/proc/self/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[17] == b"1"   # num_threads, the 20th field
+
+
 def write(path: Path, value) -> None:
     """Write a control file (it must exist, as on cgroupfs)."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
