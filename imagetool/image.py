@@ -26,12 +26,13 @@ _FULL_DIGEST = r"sha256:[0-9a-f]{64}"   # (both compiled on first use: re's cach
 _PREFIX = r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Image:
     """An image in the store: its ref name, the descriptor of its image manifest, manifest and config.
 
     `name` is the full normalised name of the ref it was found through
     ("docker.io/library/busybox:latest"). `index` is set when the ref points at an index.
+    Compared by identity (compare `digest`s): no generated __eq__/__hash__ to compile at every `run`.
     """
 
     name: str

@@ -126,9 +126,10 @@ class Monitor(Reply):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RestartPolicy:
-    """docker's --restart: no | on-failure[:N] | always | unless-stopped (`limit` 0: no limit)."""
+    """docker's --restart: no | on-failure[:N] | always | unless-stopped (`limit` 0: no limit).
+    Asked (`again`), never compared: no generated __eq__/__hash__ to compile at every `run -d`."""
 
     name: str = "no"
     limit: int = 0

@@ -47,15 +47,16 @@ NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "start", "r
 _FORWARD = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT (signal is imported only when entering)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IdRange:
-    """`count` ids from `inside` (in the namespace) are `outside` .. outside+count-1 on the host."""
+    """`count` ids from `inside` (in the namespace) are `outside` .. outside+count-1 on the host.
+    (Never compared, like Mapping: no generated __eq__/__hash__; every `run` loads this module.)"""
     inside: int
     outside: int
     count: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mapping:
     """The uid and gid maps a user's namespace gets; `single` when there is no subordinate range."""
     user: str

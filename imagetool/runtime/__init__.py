@@ -29,11 +29,12 @@ from dataclasses import dataclass
 BACKENDS = ("imagetool", "runc", "crun")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class IO:
     """The container's stdio: pipes imagetool copies, or with `tty` a pty from the container's
     own devpts; `interactive` (-i) copies imagetool's stdin to it (else stdin is an empty pipe:
-    never a host file)."""
+    never a host file). A request nobody compares: no generated __eq__/__hash__ (every `run`
+    compiles the generated functions of the dataclasses it loads)."""
 
     interactive: bool = False
     tty: bool = False

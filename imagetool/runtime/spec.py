@@ -55,10 +55,10 @@ def parse_memory(text: str, what: str = "memory") -> int:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Volume:
     """A bind mount from the host: `-v SRC:DST[:ro|rw]` (ro: read-only all the way down, "rro",
-    submounts of SRC included)."""
+    submounts of SRC included). Never compared: no generated __eq__/__hash__ to compile at `run`."""
 
     source: str
     destination: str
