@@ -44,9 +44,10 @@ def _defer_inspect() -> None:
 
 # Other modules the standard library imports at its top for a path imagetool rarely or never takes:
 # ipaddress (urllib.parse, which pathlib imports: used for a URL with a bracketed host; ~1 ms; the
-# bridge network code loads it on first use of one of its names), bz2 and lzma (shutil: imported only
-# to know whether make_archive may offer them; ~1.5 ms of `run --rm`'s cleanup, with threading).
-DEFERRED = ("ipaddress", "bz2", "lzma")
+# bridge network code loads it on first use of one of its names), ntpath (pathlib: for
+# PureWindowsPath; ~0.3 ms, most of it looking for Windows-only modules), bz2 and lzma (shutil:
+# imported only to know whether make_archive may offer them; ~1.5 ms of `run --rm`'s cleanup).
+DEFERRED = ("ipaddress", "ntpath", "bz2", "lzma")
 
 
 def _defer(name: str) -> None:

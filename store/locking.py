@@ -11,7 +11,10 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # annotations only: not loaded at run time
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @contextmanager

@@ -6,7 +6,6 @@ concurrent writers never lose a ref and readers (who take no lock) never see a t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from store.atomic import write_atomic
 from store.descriptor import Descriptor
@@ -16,6 +15,7 @@ from store.locking import flocked
 
 TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 REF_NAME = "org.opencontainers.image.ref.name"

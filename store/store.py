@@ -7,20 +7,21 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 from store import blobs, refs
 from store.atomic import write_atomic
 from store.descriptor import Descriptor
 from store.digest import Digest
 from store.errors import CorruptStore, NotAStore, StoreError
-from store.ingest import IngestWriter
 from store.layout import KNOWN_ENTRIES, LAYOUT_VERSION, TEMP_PREFIX, Layout
 from store.locking import SHARED
 
 TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import BinaryIO
+
+    from store.ingest import IngestWriter   # (loaded by ingest(): commands that only read never write one)
 
     from store.gc import GCReport
 
@@ -146,6 +147,8 @@ class Store:
 
     def ingest(self, expected: Digest, size: int | None = None) -> IngestWriter:
         """A resumable writer for one blob; use as `with st.ingest(d, size) as w:` (see ingest.py)."""
+        from store.ingest import IngestWriter
+
         return IngestWriter(self._layout, expected, size)
 
     # -- refs ----------------------------------------------------------------------------------

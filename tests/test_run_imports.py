@@ -22,7 +22,7 @@ NOT_ON_RUN = (
     "imagetool.pull", "imagetool.registry", "imagetool.fetch", "imagetool.progress",
     "imagetool.transports.base", "imagetool.transports.store", "imagetool.transports.registry",
     "imagetool.cli", "typer", "click", "requests", "urllib3", "tqdm",
-    "inspect", "ipaddress", "bz2", "lzma", "_hashlib", "hashlib", "typing",
+    "inspect", "ipaddress", "ntpath", "bz2", "lzma", "_hashlib", "hashlib", "typing",
 )
 
 
