@@ -36,7 +36,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from imagetool.errors import UnpackError
-from imagetool.unpack.layers import Limits
 
 TEMP_PREFIX = "imagetool-tmp-"
 WORKERS = 2   # layers in progress at once; one of them applies entries at a time (see build_snapshots)
@@ -86,8 +85,12 @@ def ensure_snapshots(store, image, limits: Limits | None = None, workers: int = 
     def from_store(i: int, desc):
         return store.open(desc.digest)
 
+    pairs = _layer_pairs(image)
     with store.lock_shared():
-        return build_snapshots(store, _layer_pairs(image), from_store, limits, workers)
+        finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
+        if all(p.is_dir() for p in finals):   # the run of a present image: a snapshot has its name only once complete
+            return finals
+        return build_snapshots(store, pairs, from_store, limits, workers)
 
 
 def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None, workers: int = WORKERS,
@@ -115,6 +118,8 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     their temp dirs removed); snapshots already committed stay (they are complete).
     `on_done(i)`, when given, is called as layer i's snapshot is committed."""
     import threading
+
+    from imagetool.unpack.layers import Limits
 
     limits = limits or Limits.from_env()
     finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
