@@ -390,6 +390,15 @@ def wait(store, containers: list) -> None:
         print(control.wait(store(), c), flush=True)
 
 
+def attach(store, container: str, no_stdin: bool, sig_proxy: str, detach_keys: str | None) -> int:
+    from imagetool import attach as svc
+
+    if sig_proxy.lower() not in ("true", "false", "1", "0"):
+        raise _usage(f"invalid --sig-proxy {sig_proxy!r} (use true or false)")
+    return svc.attach(store(), container, stdin=not no_stdin, sig_proxy=sig_proxy.lower() in ("true", "1"),
+                      detach_keys=detach_keys)
+
+
 # ---------------------------------------------------------------- networks
 
 
@@ -469,7 +478,7 @@ def export(store, target: str, output: str | None) -> None:
 
 BODIES = {"images": images, "info": info, "inspect": inspect, "tag": tag, "rmi": rmi, "prune": prune, "pull": pull,
           "push": push, "copy": copy, "login": login, "logout": logout, "unpack": unpack, "run": run, "ps": ps,
-          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "exec": exec_, "start": start,
+          "rm": rm, "logs": logs, "stop": stop, "kill": kill, "wait": wait, "attach": attach, "exec": exec_, "start": start,
           "restart": restart, "commit": commit, "history": history, "load": load, "save": save, "import": import_,
           "export": export, "port": port, "network": network}
 """Command name → body; options.COMMANDS declares each one's keywords."""

@@ -250,6 +250,13 @@ COMMANDS: tuple[Command, ...] = (
         CONTAINERS,
         option("-s --signal", "signal", "Signal to send (default SIGKILL).", default="SIGKILL", metavar="SIGNAL"))),
     Command("wait", "Wait until containers exit; print each one's exit code.", (CONTAINERS,)),
+    Command("attach", "Attach this terminal's stdin, stdout and stderr to a running detached container.", (
+        argument("container", "CONTAINER", "Container id or name."),
+        option("--no-stdin", "no_stdin", "Do not attach stdin.", bool),
+        option("--sig-proxy", "sig_proxy", "Forward received signals to the container (without -t): true or "
+               "false.", default="true", metavar="BOOL"),
+        option("--detach-keys", "detach_keys", "Keys that detach, leaving the container running (default "
+               "ctrl-p,ctrl-q).", metavar="KEYS"))),
     Command("exec", "Run a command in a running container (its namespaces, cgroup, capabilities, seccomp).", (
         argument("container", "CONTAINER", "Container id or name."),
         argument("command", "COMMAND [ARG...]", "Command and arguments.", multiple=True),
