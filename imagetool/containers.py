@@ -536,12 +536,15 @@ def _record(opts: RunOptions, img, spec: dict, cdir: Path, monitor) -> dict:
 
 
 def _prepare_rootfs(store, img, cdir: Path, mode: str, narrator):
-    """The container's rootfs as one Mount (unpack/rootfs.py), reported as the recipe's first step."""
-    from imagetool.runtime import shell
+    """The container's rootfs as one Mount (unpack/rootfs.py), reported as the recipe's first step
+    (its shell lines written only for a narrator that shows or times them)."""
+    from imagetool.runtime import explain, shell
     from imagetool.unpack.rootfs import lowerdirs, prepare_rootfs
 
     started = time.perf_counter()
     rootfs = prepare_rootfs(store, img, cdir, mode)
+    if narrator is explain.SILENT:
+        return rootfs
     if rootfs.type == "overlay":
         lines = [shell.mkdir(str(cdir / d)) for d in ("l", "upper", "work", "rootfs")]
         lines += [shell.symlink(str(d), str(cdir / "l" / str(n)))
