@@ -11,7 +11,13 @@ Once the container exits, attach returns its exit code (sent by the monitor afte
 so --rm's too).
 
     attach(store, id_or_name, stdin, sig_proxy, detach_keys) -> exit code
+    start_attached(store, id_or_name, stdin, detach_keys) -> exit code   (`start -a`, `start -ai`)
     parse_detach_keys(text) -> bytes
+
+`start -a` starts the container (control.start) and attaches to it; its output from the start is
+lost to no race: the monitor's first packet says where its log stood when the attacher connected,
+and what the log got from the start up to there is printed first (jsonlog.between). One that has
+already ended when its socket is reached: its log from the start, then its recorded exit code.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import socket
 import sys
 import time
 
-from imagetool import containers
-from imagetool.conmon import ATTACH, EXIT, RESIZE, STDERR, STDIN, STDOUT
+from imagetool import containers, jsonlog
+from imagetool.conmon import ATTACH, EXIT, HELLO, RESIZE, STDERR, STDIN, STDOUT
 from imagetool.errors import ImagetoolError
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
@@ -60,9 +66,45 @@ def attach(store, id_or_name: str, stdin: bool = True, sig_proxy: bool = True, d
     if not state.get("detached"):
         raise ImagetoolError(f"container {id_or_name} was not started with -d: its own imagetool holds its terminal")
     sock = _connect(store, cdir, state["id"], id_or_name)
+    if sock is None:
+        raise ImagetoolError(STOPPED)
+    return _attached(store, state, sock, stdin, sig_proxy, keys)
+
+
+def start_attached(store, id_or_name: str, stdin: bool = False, detach_keys: str | None = None) -> int:
+    """docker start -a (-i: with stdin): start the exited container and attach to it; its output
+    from this start (see the module's doc), then its exit code."""
+    from imagetool import control
+
+    keys = parse_detach_keys(detach_keys or DEFAULT_DETACH_KEYS)
+    cdir, _ = containers.find(store, id_or_name)
+    log = cdir / containers.LOG
+    try:
+        st = os.stat(log)
+        since = (st.st_size, st.st_ino)
+    except FileNotFoundError:
+        since = (0, None)
+    control.start(store, id_or_name)
+    cdir, state = containers.find(store, id_or_name)
+    sock = _connect(store, cdir, state["id"], id_or_name)
+    if sock is None:   # it ended already: what it wrote, and how it ended
+        _print(jsonlog.entries(log, offset=since[0]))
+        return control.wait(store, state["id"])
+    return _attached(store, state, sock, stdin, True, keys, replay=(log, *since))
+
+
+def _attached(store, state: dict, sock: socket.socket, stdin: bool, sig_proxy: bool, keys: bytes,
+              replay=None) -> int:
+    opts = state.get("options") or {}
     tty = bool(opts.get("tty"))
-    session = _Session(store, state["id"], sock, tty=tty, stdin=stdin and bool(opts.get("interactive")), keys=keys)
+    session = _Session(store, state["id"], sock, tty=tty, stdin=stdin and bool(opts.get("interactive")), keys=keys,
+                       replay=replay)
     return session.run(sig_proxy=sig_proxy and not tty)
+
+
+def _print(entries) -> None:
+    for e in entries:
+        _write_all(1 if e["stream"] == "stdout" else 2, e["log"].encode())
 
 
 def _running(store, id_or_name: str):
@@ -73,9 +115,10 @@ def _running(store, id_or_name: str):
     return cdir, state
 
 
-def _connect(store, cdir, cid: str, id_or_name: str) -> socket.socket:
-    """A connection to the container's attach socket; a container just started gets CONNECT_LIMIT s
-    for its monitor to make it (run -d returns before the monitor execs conmon.py)."""
+def _connect(store, cdir, cid: str, id_or_name: str) -> socket.socket | None:
+    """A connection to the container's attach socket, None once it is not running; a container
+    just started gets CONNECT_LIMIT s for its monitor to make it (run -d returns before the
+    monitor execs conmon.py)."""
     deadline = time.monotonic() + CONNECT_LIMIT
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -83,7 +126,7 @@ def _connect(store, cdir, cid: str, id_or_name: str) -> socket.socket:
             dfd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             sock.close()
-            raise ImagetoolError(STOPPED) from None
+            return None
         try:
             sock.connect(f"/proc/self/fd/{dfd}/{ATTACH}")   # short whatever the store's path
             return sock
@@ -91,7 +134,10 @@ def _connect(store, cdir, cid: str, id_or_name: str) -> socket.socket:
             sock.close()
         finally:
             os.close(dfd)
-        _running(store, cid)   # exited meanwhile: the stopped container's error
+        try:
+            _running(store, cid)
+        except ImagetoolError:   # exited meanwhile
+            return None
         if time.monotonic() > deadline:
             raise ImagetoolError(f"cannot attach to container {id_or_name}: its monitor serves no attach socket",
                                  hint="a container started by an older imagetool cannot be attached to; "
@@ -103,9 +149,10 @@ class _Session:
     """One attachment: copies packets to stdout/stderr, stdin (scanned for the detach keys) to the
     socket, and window sizes; `run` returns the exit code."""
 
-    def __init__(self, store, cid: str, sock: socket.socket, tty: bool, stdin: bool, keys: bytes):
+    def __init__(self, store, cid: str, sock: socket.socket, tty: bool, stdin: bool, keys: bytes, replay=None):
         self.store, self.cid, self.sock, self.tty, self.keys = store, cid, sock, tty, keys
         self.stdin = stdin
+        self.replay = replay   # (log path, offset, inode): printed up to where the stream starts
         self.matched = 0   # how many of the detach keys the last stdin bytes were (held back)
 
     def run(self, sig_proxy: bool) -> int:
@@ -165,9 +212,21 @@ class _Session:
                     return self._recorded_exit()
                 if packet[0] == EXIT:
                     return int(packet[1:])
+                if packet[0] == HELLO:
+                    self._replay(packet[1:])
                 fd = outs.get(packet[0])
                 if fd is not None:
                     _write_all(fd, packet[1:])
+
+    def _replay(self, hello: bytes) -> None:
+        """start -a: the log from the start up to where the stream begins (the monitor's HELLO:
+        the log's size and inode then; a log rotated meanwhile is not replayed)."""
+        if self.replay is None:
+            return
+        (path, offset, ino), self.replay = self.replay, None
+        size, _, now = hello.decode().partition(" ")
+        if ino is None or str(ino) == now:
+            _print(jsonlog.between(path, offset if ino is not None else 0, int(size)))
 
     def _scan(self, data: bytes) -> tuple[bytes, bool]:
         """`data` with the detach keys taken out (a partial match held back until the next byte

@@ -362,16 +362,18 @@ def exec_(store, container: str, command: list, interactive: bool, tty: bool, de
                          tty=tty, detach=detach)
 
 
-def start(store, containers: list, attach: bool) -> int | None:
+def start(store, containers: list, attach: bool, interactive: bool, detach_keys: str | None) -> int | None:
     from imagetool import control
 
-    if attach and len(containers) != 1:
+    if (attach or interactive) and len(containers) != 1:
         raise _usage("start -a takes one container")
+    if attach or interactive:
+        from imagetool import attach as attaching
+
+        return attaching.start_attached(store(), containers[0], stdin=interactive, detach_keys=detach_keys)
     for c in containers:
-        code = control.start(store(), c, attach=attach)
-        if not attach:
-            print(c)
-    return code
+        control.start(store(), c)
+        print(c)
 
 
 def restart(store, containers: list, time: int | None) -> None:

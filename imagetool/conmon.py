@@ -25,8 +25,9 @@ probe or the interpreter that resumes.
 It also serves `imagetool attach` (attach.py is the client) on a unix socket, `attach` in the
 container's directory (SOCK_SEQPACKET, mode 0600, made under umask 0177; peers other than root or
 our own uid are refused). One packet is one message, its first byte its kind: from the monitor
-STDOUT / STDERR + output bytes (from the moment of attaching: nothing is replayed) and, once the
-container is torn down, EXIT + its exit code in ASCII; from an attacher STDIN + bytes (written to
+HELLO + "SIZE INODE" (ASCII: the log's current file, where the stream starts), STDOUT / STDERR +
+output bytes (from the moment of attaching: nothing is replayed but the line being written, not in
+the log yet: a shell's prompt) and, once the container is torn down, EXIT + its exit code in ASCII; from an attacher STDIN + bytes (written to
 the container's stdin, -i's pipe or the pty master of -t, only when it was started with -i) and
 RESIZE + rows, cols (two bytes each, big-endian: TIOCSWINSZ on the pty master). Nothing but these
 bytes crosses it: no fd is passed either way. Writes never block the loop: an attacher is sent
@@ -88,7 +89,7 @@ class _Probe:
 
 
 ATTACH = "attach"   # the attach socket's name in the container's directory
-STDIN, STDOUT, STDERR, EXIT, RESIZE = 1, 2, 3, 4, 5   # a packet's first byte: what it carries
+HELLO, STDIN, STDOUT, STDERR, EXIT, RESIZE = 0, 1, 2, 3, 4, 5   # a packet's first byte: what it carries
 BACKLOG = 1 << 20   # bytes queued for one attacher before it is dropped (it does not read)
 MAX_ATTACHERS = 64
 
@@ -97,8 +98,8 @@ class _Attachers:
     """The attach socket of the container in `cdir` and the attachers connected to it (see the
     module's doc). `streams`: the output fds main() reads; `held`: -i's stdin pipe (write end)."""
 
-    def __init__(self, cdir: str, streams: dict, held: list):
-        self.cdir = cdir
+    def __init__(self, cdir: str, streams: dict, held: list, log):
+        self.cdir, self.log = cdir, log
         self.listener = None
         self.queues = {}   # attacher fd -> [packets not yet sent]
         self.tty = next((fd for fd in streams if os.isatty(fd)), None)   # -t: the pty master
@@ -190,7 +191,10 @@ class _Attachers:
             if self.stdin is not None:
                 os.set_blocking(self.stdin, False)   # the pty master's reads follow select: never EAGAIN
         os.set_blocking(fd, False)
-        self.queues[fd] = []
+        hello = f"{self.log.size} {os.fstat(self.log.fd).st_ino}".encode()   # where the log is now
+        self.queues[fd] = [bytes((HELLO,)) + hello] + [bytes((STDOUT if stream == "stdout" else STDERR,)) + rest
+                                                       for stream, rest in self.log.pending().items() if rest]
+        self._flush(fd)
 
     def _receive(self, fd: int) -> None:
         try:
@@ -293,7 +297,7 @@ def main() -> None:
     from imagetool import jsonlog
 
     log = jsonlog.Writer(doc["log"], jsonlog.LogOptions(doc.get("max_size"), doc.get("max_file") or 1))
-    attachers = _Attachers(doc["cdir"], streams, held)
+    attachers = _Attachers(doc["cdir"], streams, held, log)
     attachers.open()
     check = doc.get("health")
     interval = check["Interval"] / 1e9 if check else None

@@ -105,6 +105,10 @@ class Writer:
         self._partial[stream] = rest
         self._emit(stream, texts)
 
+    def pending(self) -> dict:
+        """The unfinished line of each stream (bytes read, not yet in the file): {stream: bytes}."""
+        return dict(self._partial)
+
     def close(self) -> None:
         """Write what is left of an unfinished line on each stream, then close."""
         for stream in STREAMS:
@@ -196,6 +200,17 @@ def entries(path, tail: int | None = None, follow: bool = False, done=lambda: Tr
                 time.sleep(poll)
     finally:
         f.close()
+
+
+def between(path, start: int, end: int) -> list[dict]:
+    """The entries of the current file `path` from byte `start` to byte `end` (both at entry
+    boundaries, as Writer.size gives them)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return _docs(f.read(max(0, end - start)))
+    except FileNotFoundError:
+        return []
 
 
 def _replaced(f, path) -> bool:

@@ -270,7 +270,10 @@ COMMANDS: tuple[Command, ...] = (
         interspersed=False),
     Command("start", "Start exited containers again (on their own files) under a new monitor.", (
         CONTAINERS,
-        option("-a --attach", "attach", "Copy the container's output until it exits; its exit code.", bool))),
+        option("-a --attach", "attach", "Attach its output (from the start) until it exits; its exit code.", bool),
+        option("-i --interactive", "interactive", "Attach its stdin too (implies -a; a container run with -i).", bool),
+        option("--detach-keys", "detach_keys", "With -a: keys that detach, leaving it running (default "
+               "ctrl-p,ctrl-q).", metavar="KEYS"))),
     Command("restart", "Stop containers (as `stop`) and start them again.", (
         CONTAINERS,
         option("-t --time", "time", "Seconds to wait before SIGKILL (default 10).", int, minimum=0, metavar="N"))),

@@ -256,6 +256,7 @@ def test_tty_raw_terminal_window_size_and_detach(dt, it):
                                 start_new_session=True)
         try:
             _eventually(lambda: termios.tcgetattr(slave)[3] & termios.ICANON == 0, "the terminal in raw mode")
+            assert b"/ # " in _read_until(master, b"/ # ")   # the unfinished line (its prompt) is shown
             os.write(master, b"stty size\r")
             assert b"33 101" in _read_until(master, b"33 101")
             _winsize(slave, 40, 120)
@@ -278,6 +279,15 @@ def test_tty_raw_terminal_window_size_and_detach(dt, it):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_start_a_gets_the_output_from_the_start_once_and_start_ai_stdin(dt, it):
+    cid = dt.run("-i", "busybox", "sh", "-c", "echo 1; echo 2; read x; echo got $x; sleep 0.2; echo 4; exit 5")
+    r = it("start", "-a", cid)   # (already running: refused before anything)
+    assert r.returncode != 0 and "already running" in r.stderr
+    assert it("kill", cid).returncode == 0 and it("wait", cid).stdout == "137\n"
+    r = it("start", "-ai", cid, input="b\n")
+    assert (r.returncode, r.stdout) == (5, "1\n2\ngot b\n4\n"), r.stderr   # nothing lost, nothing twice
 
 
 def test_parse_detach_keys():
