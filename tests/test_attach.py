@@ -290,6 +290,31 @@ def test_start_a_gets_the_output_from_the_start_once_and_start_ai_stdin(dt, it):
     assert (r.returncode, r.stdout) == (5, "1\n2\ngot b\n4\n"), r.stderr   # nothing lost, nothing twice
 
 
+def test_an_attacher_that_does_not_read_holds_up_neither_the_container_nor_its_log(dt, it, store, attached):
+    cid = dt.run("-i", "busybox", "sh", "-c", "read x; yes 0123456789012345678901234567890123456789 | "
+                 "head -c 20000000; echo; echo done")
+    a = attached(cid, stdin=subprocess.PIPE)   # its stdout is never read
+    a.proc.stdin.write(b"go\n")
+    a.proc.stdin.flush()
+    assert it("wait", cid, timeout=300).stdout == "0\n"
+    assert it("logs", "--tail", "1", cid).stdout == "done\n"
+
+
+def test_a_killed_monitors_socket_is_replaced_by_the_next_start(dt, it, store, attached):
+    cid = dt.run("busybox", "sh", "-c", "while :; do echo t; sleep 0.1; done")
+    path = store / "containers" / cid / "attach"
+    _eventually(path.exists, "the socket")
+    monitor = dt.state(cid)["owner_pid"]
+    os.kill(monitor, signal.SIGKILL)
+    _eventually(lambda: _gone(monitor), "the monitor is gone")
+    r = it("attach", cid)   # reconciled: exited, whatever its stale socket says
+    assert r.returncode != 0 and "stopped container" in r.stderr
+    assert it("start", cid).returncode == 0
+    dt.monitors.add(dt.state(cid)["owner_pid"])
+    a = attached(cid)
+    assert a.line() == b"t\n"
+
+
 def test_parse_detach_keys():
     assert parse_detach_keys("ctrl-p,ctrl-q") == b"\x10\x11"
     assert parse_detach_keys("ctrl-@,a,ctrl-\\") == b"\x00a\x1c"
