@@ -22,6 +22,7 @@ import pytest
 
 from imagetool.attach import parse_detach_keys
 from imagetool.errors import ImagetoolError
+from tests.rootless import rootless_user  # noqa: F401  (a pytest fixture)
 from tests.runfixtures import host_unchanged, it, store_fixture  # noqa: F401  (pytest fixtures)
 from tests.runhelpers import kernel_skip_reason
 from tests.test_detached import Detached, _eventually, _gone
@@ -313,6 +314,25 @@ def test_a_killed_monitors_socket_is_replaced_by_the_next_start(dt, it, store, a
     dt.monitors.add(dt.state(cid)["owner_pid"])
     a = attached(cid)
     assert a.line() == b"t\n"
+
+
+def test_rootless_attach_as_the_containers_user(rootless_user):  # noqa: F811
+    """An ordinary user's container: its monitor (in the user's namespace) made the socket, the
+    user's attach (outside any namespace) is let in; another user is not (the socket's mode)."""
+    from tests.test_rootless_run import _user_store
+
+    it = _user_store(rootless_user)
+    r = it("run", "-d", "--name", "att", "--network", "none", "-i", "busybox", "sh", "-c",
+           "read x; echo got $x; exit 4")
+    assert r.returncode == 0, r.stderr
+    try:
+        (sock,) = _eventually(lambda: list((it.store / "containers").glob("*/attach")), "the socket")
+        st = os.lstat(sock)
+        assert st.st_uid == rootless_user.uid and stat.S_IMODE(st.st_mode) == 0o600
+        r = it("attach", "att", input="hi\n", timeout=LIMIT)
+        assert (r.returncode, r.stdout) == (4, "got hi\n"), r.stderr
+    finally:
+        it("rm", "-f", "att")
 
 
 def test_parse_detach_keys():
