@@ -27,9 +27,9 @@ container's directory (SOCK_SEQPACKET, mode 0600, made under umask 0177; peers o
 our own uid are refused). One packet is one message, its first byte its kind: from the monitor
 HELLO + "SIZE INODE" (ASCII: the log's current file, where the stream starts), STDOUT / STDERR +
 output bytes (from the moment of attaching: nothing is replayed but the line being written, not in
-the log yet: a shell's prompt) and, once the container is torn down, EXIT + its exit code in ASCII; from an attacher STDIN + bytes (written to
-the container's stdin, -i's pipe or the pty master of -t, only when it was started with -i) and
-RESIZE + rows, cols (two bytes each, big-endian: TIOCSWINSZ on the pty master). Nothing but these
+the log yet: a shell's prompt) and, once the container is torn down, EXIT + its exit code in
+ASCII; from an attacher STDIN + bytes (written to the container's stdin, -i's pipe or the pty
+master of -t, only when it was started with -i) and RESIZE + rows, cols (two bytes each, big-endian: TIOCSWINSZ on the pty master). Nothing but these
 bytes crosses it: no fd is passed either way. Writes never block the loop: an attacher is sent
 to without blocking and dropped once more than BACKLOG bytes wait for it; the container's stdin
 is written without blocking and, while some of it waits, attachers are not read. The socket is
@@ -165,6 +165,11 @@ class _Attachers:
             for fd in list(self.queues):
                 self.queues[fd].append(packet)
                 self._flush(fd)
+
+    def closed(self, fd: int) -> None:
+        """The output fd `fd` was closed (-t: the pty master, also stdin's way in)."""
+        if fd == self.stdin:
+            self.stdin, self.inbuf = None, b""
 
     def _accept(self) -> None:
         import _socket
@@ -330,6 +335,7 @@ def main() -> None:
             else:
                 os.close(fd)
                 del streams[fd]
+                attachers.closed(fd)
         if streams and probe is None and next_probe is not None and time.time() >= next_probe and not terminated:
             probe = _spawn_probe(doc)
     attachers.close_socket()

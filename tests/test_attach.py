@@ -318,7 +318,7 @@ def test_a_killed_monitors_socket_is_replaced_by_the_next_start(dt, it, store, a
 
 def test_rootless_attach_as_the_containers_user(rootless_user):  # noqa: F811
     """An ordinary user's container: its monitor (in the user's namespace) made the socket, the
-    user's attach (outside any namespace) is let in; another user is not (the socket's mode)."""
+    user's own (0600), and the user's attach (outside any namespace) is let in."""
     from tests.test_rootless_run import _user_store
 
     it = _user_store(rootless_user)
