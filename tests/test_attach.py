@@ -148,6 +148,14 @@ def test_other_detach_keys_and_no_stdin(dt, attached):
     assert b.line() == b"kept\n" and b.proc.poll() is None
 
 
+def test_a_tty_without_i_takes_no_stdin(dt, attached):
+    cid = dt.run("-t", "busybox", "sh", "-c", "while :; do echo t; sleep 0.1; done")
+    a = attached(cid, stdin=subprocess.PIPE)
+    a.proc.stdin.write(b"\x10\x11")   # not forwarded, so no detach keys either (as docker)
+    a.proc.stdin.close()
+    assert [a.line() for _ in range(3)] == [b"t\r\n"] * 3 and a.proc.poll() is None
+
+
 def test_the_exit_code_of_the_container_is_attachs(dt, it, attached):
     cid = dt.run("-i", "busybox", "sh", "-c", "read x; echo bye; exit 42")
     a = attached(cid, stdin=subprocess.PIPE)
