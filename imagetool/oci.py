@@ -130,7 +130,11 @@ class Platform:
 # ---------------------------------------------------------------- documents
 
 
-@dataclass(frozen=True, slots=True)
+# The documents are hashed by digest and compared by identity (compare their digests): no generated
+# __eq__ to compile at every command that loads this module (`run`, `images`, `inspect`, pull...).
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Manifest:
     """An image manifest (OCI or Docker v2 schema 2); `layers` are base first."""
 
@@ -146,7 +150,7 @@ class Manifest:
         return hash(self.digest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Index:
     """An OCI image index or a Docker manifest list."""
 
@@ -160,7 +164,7 @@ class Index:
         return hash(self.digest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ImageConfig:
     """The runtime-relevant fields of an image config; `raw` keeps the exact bytes (diff_ids base first)."""
 
