@@ -86,7 +86,11 @@ def start_attached(store, id_or_name: str, stdin: bool = False, detach_keys: str
         since = (0, None)
     control.start(store, id_or_name)
     cdir, state = containers.find(store, id_or_name)
-    sock = _connect(store, cdir, state["id"], id_or_name)
+    try:
+        sock = _connect(store, cdir, state["id"], id_or_name)
+    except ImagetoolError:   # a monitor that serves no socket: its log, followed
+        control.logs(store, state["id"], follow=True, offset=since[0])
+        return control.wait(store, state["id"])
     if sock is None:   # it ended already: what it wrote, and how it ended
         _print(jsonlog.entries(log, offset=since[0]))
         return control.wait(store, state["id"])
