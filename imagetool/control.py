@@ -171,25 +171,17 @@ def _await_exit(store, state: dict) -> dict | None:
             os.close(owner)
 
 
-def start(store, id_or_name: str, attach: bool = False) -> int | None:
+def start(store, id_or_name: str) -> None:
     """docker start: an exited container runs again under a new monitor, on its own directory
-    (files it wrote are still there; its log goes on). With `attach`, its output from this start
-    is copied until it exits: the exit code."""
+    (files it wrote are still there; its log goes on). `start -a`/`-ai` attach to it afterwards
+    through its monitor's socket (attach.start_attached)."""
     from imagetool.monitor import detach
 
-    cdir, state = _current(store, id_or_name)
+    _, state = _current(store, id_or_name)
     if state.get("status") in ("created", "running"):
         raise ImagetoolError(f"container {id_or_name} is already running",
                              hint="stop it first (imagetool stop), or use `imagetool restart`")
-    try:
-        offset = os.stat(cdir / containers.LOG).st_size
-    except FileNotFoundError:
-        offset = 0
     detach(store, containers.options_of(state), existing=state["id"])
-    if not attach:
-        return None
-    logs(store, state["id"], follow=True, offset=offset)
-    return wait(store, state["id"])
 
 
 def exec_(store, id_or_name: str, command: list, env=(), user: str | None = None, workdir: str | None = None,
