@@ -37,7 +37,7 @@ def q(value) -> str:
     each run of them is written `"$(printf '\\033')"` (POSIX octal escapes, no $'…'), so a printed
     script or --explain line is inert on a terminal and still gives the exact value when run."""
     text = str(value)
-    if all(_shown(c) for c in text):
+    if text.isprintable() or all(_shown(c) for c in text):   # (the first: one C call for the usual word)
         return shlex.quote(text)
     words = []
     for shown, run in itertools.groupby(text, key=_shown):
