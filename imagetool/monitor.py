@@ -8,10 +8,13 @@
     resume(), probe()               what the lean monitor execs (restart policy) or spawns
                                     (one healthcheck probe) in a full interpreter
 
-The CLI looks the image up (pulling it on its own terminal when missing), then forks; the child
-calls setsid() and forks the monitor, then exits, so the monitor is nobody's child but init's
+The CLI forks first; the child calls setsid() and forks the monitor, then exits, so the monitor
+is nobody's child but init's
 and has no controlling terminal: the CLI's exit, SIGKILL or SIGHUP, and the terminal closing do
-not reach it. The monitor's stdio is /dev/null and its cwd `/`. It runs containers.run itself:
+not reach it. The monitor's stdio is /dev/null and its cwd `/`. While it loads the run's
+modules, the CLI looks the image up (pulling it on its own terminal when missing) and then hands
+it the run over a pipe (_Started: the options, the image's digest); a CLI that fails or is killed
+before closes the pipe empty and the monitor exits. It runs containers.run itself:
 it owns the container (its PID is state.json's owner_pid). Once the container runs it execs the
 lean monitor (conmon.py, the same PID, ~10 MB), which holds its stdio and writes it to
 `container.log` (jsonlog.py), runs the healthcheck probes, reaps it, records the exit code and
@@ -173,16 +176,85 @@ def detach(store, opts, existing: str | None = None) -> str:
         raise ImagetoolError("run -d cannot be combined with --explain or --script")
     if opts.name and existing is None:
         containers.validate_name(opts.name)
-    img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
-    opts = dataclasses.replace(opts, image=img.name)
-    from imagetool.runtime import rootless   # (the monitor's stderr is /dev/null: said here)
+    started = _Started(store, existing)   # loads the runtime's modules while this process finds the image
+    try:
+        img = containers.image_for(store, opts)   # a pull happens here, on the CLI's terminal
+        from imagetool.runtime import rootless   # (the monitor's stderr is /dev/null: said here)
 
-    rootless.warn_if_unlimited(opts.memory, opts.cpus, opts.pids_limit)
-    doc = spawn(lambda fd: _monitor_main(store, opts, fd, existing, img),
-                "the container's monitor exited before the container ran")
+        rootless.warn_if_unlimited(opts.memory, opts.cpus, opts.pids_limit)
+    except BaseException:
+        started.cancel()
+        raise
+    doc = started.go(dataclasses.replace(opts, image=img.name), img)
     if doc.get("timing"):
         sys.stderr.write(doc["timing"])
     return doc["id"]
+
+
+class _Started:
+    """run -d's monitor, forked (spawn's double fork) before the CLI looks the image up: while the
+    CLI reads it (or pulls it), the monitor loads the modules the run needs on the other core,
+    the init's among them (the init it forks inherits them). `go(opts, img)` hands it the run: the
+    options as `start` reads them back from a record, and the image's digest (it reads the image
+    from the store again: the same one, or the error says it changed); its reply as spawn()'s.
+    `cancel()`, on any error before, ends it: EOF on its work pipe, it exits having done nothing."""
+
+    LOST = "the container's monitor exited before the container ran"
+
+    def __init__(self, store, existing: str | None):
+        work_r, self._work_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._reply_r = _fork_away(lambda fd: _prewarmed_main(store, work_r, self._work_w, fd, existing))
+        except BaseException:
+            os.close(self._work_w)
+            raise
+        finally:
+            os.close(work_r)
+
+    def go(self, opts, img) -> dict:
+        import dataclasses
+
+        data = json.dumps({"options": dataclasses.asdict(opts), "digest": str(img.digest)}).encode()
+        try:
+            while data:
+                data = data[os.write(self._work_w, data):]
+        except OSError:   # it is gone already: its reply (or none) says why
+            pass
+        finally:
+            os.close(self._work_w)
+        return _reply(self._reply_r, self.LOST)
+
+    def cancel(self) -> None:
+        os.close(self._work_w)
+        os.close(self._reply_r)
+
+
+def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: str | None) -> int:
+    """The monitor's start for run -d (see _Started): the modules, then the run it is handed."""
+    os.close(work_w)   # (close-on-exec, not closed by the fork): the CLI's end only
+    reply = Reply(ready_fd)
+    try:
+        from imagetool import containers, image
+        from imagetool.runtime import process, sync   # noqa: F401  (what the run uses)
+
+        data = sync.read_to_eof(work_r)
+        if not data:
+            return 0   # the CLI gave up before the run (its error is its own)
+        doc = json.loads(data)
+        opts = containers.options_of({"options": doc["options"]})
+        img = image.load(store, opts.image, platform=opts.platform)
+        if str(img.digest) != doc["digest"]:
+            raise ContainerError(f"the image {opts.image} changed while the container was being created",
+                                 hint="run it again")
+    except ImagetoolError as e:
+        reply.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
+        return 125
+    except BaseException as e:
+        reply.failed(f"the container's monitor failed: {e}", 125)
+        return 125
+    finally:
+        os.close(work_r)
+    return _monitor_main(store, opts, ready_fd, existing, img)
 
 
 def spawn(body, lost: str) -> dict:
@@ -190,6 +262,11 @@ def spawn(body, lost: str) -> dict:
     controlling terminal; stdio /dev/null, cwd `/`, the caller's inherited fds closed, SIGHUP and
     SIGINT ignored); the JSON object it writes on `fd` (a Reply), once `fd` is closed. One saying
     {"error", "code"} is raised here as the CLI's error; none at all is ContainerError(`lost`)."""
+    return _reply(_fork_away(body), lost)
+
+
+def _fork_away(body) -> int:
+    """The double fork of spawn(); the read end of `body`'s reply pipe."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:   # the child: setsid, fork the process, exit
@@ -207,6 +284,15 @@ def spawn(body, lost: str) -> dict:
     os.close(w)
     try:
         os.waitpid(pid, 0)
+    except BaseException:
+        os.close(r)
+        raise
+    return r
+
+
+def _reply(r: int, lost: str) -> dict:
+    """spawn()'s reading of the reply on `r` (closed here)."""
+    try:
         from imagetool.runtime import sync
 
         data = sync.read_to_eof(r)
