@@ -47,8 +47,11 @@ class Attached:
     SIGTERM) if a test leaves it running."""
 
     def __init__(self, it, *args, stdin=subprocess.DEVNULL):
+        # SIGINT at its default, as in a terminal's foreground job: a suite started in the background
+        # (`./tests/run &`) has it ignored, and an interpreter started so keeps it ignored
         self.proc = subprocess.Popen(it.argv("attach", *args), env=it.env, stdin=stdin, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def line(self) -> bytes:
         ready = select.select([self.proc.stdout], [], [], LIMIT)[0]
