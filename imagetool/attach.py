@@ -213,7 +213,7 @@ class _Session:
                 except ConnectionResetError:
                     packet = b""
                 if not packet:
-                    return self._recorded_exit()
+                    return self._ended_or_dropped()
                 if packet[0] == EXIT:
                     return int(packet[1:])
                 if packet[0] == HELLO:
@@ -276,6 +276,20 @@ class _Session:
             control.kill(self.store, self.cid, signum)
         except ImagetoolError:
             pass
+
+    def _ended_or_dropped(self) -> int:
+        """The socket closed without EXIT: a monitor that dropped this attacher (it fell more than
+        conmon.BACKLOG behind) while the container runs on is an error; else the recorded exit."""
+        from imagetool import containerstates
+
+        try:
+            _, state = containerstates.find(self.store, self.cid)
+        except ImagetoolError:
+            state = {}
+        if state.get("status") == "running" and containerstates.owner_alive(state):
+            raise ImagetoolError("attach was dropped: it fell more than 1 MiB behind the container's output",
+                                 hint="the container runs on; attach again, and read its output")
+        return self._recorded_exit()
 
     def _recorded_exit(self) -> int:
         from imagetool import control

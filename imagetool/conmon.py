@@ -31,7 +31,8 @@ the log yet: a shell's prompt) and, once the container is torn down, EXIT + its 
 ASCII; from an attacher STDIN + bytes (written to the container's stdin, -i's pipe or the pty
 master of -t, only when it was started with -i) and RESIZE + rows, cols (two bytes each, big-endian: TIOCSWINSZ on the pty master). Nothing but these
 bytes crosses it: no fd is passed either way. Writes never block the loop: an attacher is sent
-to without blocking and dropped once more than BACKLOG bytes wait for it; the container's stdin
+to without blocking and dropped once more than BACKLOG bytes (1 MiB, OVERHEAD counted per packet)
+wait for it (docker's attach blocks the container instead; the attacher is told); the container's stdin
 is written without blocking and, while some of it waits, attachers are not read. The socket is
 removed once the container's output ends (and with its directory); imports: _socket only
 (~0.2 MB; the socket module would add 0.6).
@@ -91,7 +92,33 @@ class _Probe:
 ATTACH = "attach"   # the attach socket's name in the container's directory
 HELLO, STDIN, STDOUT, STDERR, EXIT, RESIZE = 0, 1, 2, 3, 4, 5   # a packet's first byte: what it carries
 BACKLOG = 1 << 20   # bytes queued for one attacher before it is dropped (it does not read)
+PACKET = 1 << 16    # data bytes in one packet at most (attach.py reads 65536 + 1)
+OVERHEAD = 64       # counted against BACKLOG for each queued packet: a stream of 1-byte writes is not free
 MAX_ATTACHERS = 64
+
+
+class _Queue:
+    """What waits for one attacher: packets (kind byte + data; consecutive output of one stream
+    joined into one, up to PACKET) and `size`, their bytes plus OVERHEAD each. Sending pops whole
+    packets from the front; the size is kept, never summed again."""
+
+    def __init__(self):
+        from collections import deque
+
+        self.packets = deque()
+        self.size = 0
+
+    def add(self, kind: int, data: bytes, join: bool = True) -> None:
+        last = self.packets[-1] if self.packets else None
+        if join and last is not None and last[0] == kind and len(last) - 1 + len(data) <= PACKET:
+            last += data
+            self.size += len(data)
+            return
+        self.packets.append(bytearray((kind,)) + data)
+        self.size += 1 + len(data) + OVERHEAD
+
+    def __bool__(self) -> bool:
+        return bool(self.packets)
 
 
 class _Attachers:
@@ -101,7 +128,7 @@ class _Attachers:
     def __init__(self, cdir: str, streams: dict, held: list, log):
         self.cdir, self.log = cdir, log
         self.listener = None
-        self.queues = {}   # attacher fd -> [packets not yet sent]
+        self.queues = {}   # attacher fd -> _Queue: the packets not yet sent
         self.tty = next((fd for fd in streams if os.isatty(fd)), None)   # -t: the pty master
         self.held = held
         self.stdin = None   # where attachers' stdin goes (decided at the first attacher)
@@ -161,9 +188,9 @@ class _Attachers:
 
     def output(self, stream: str, data: bytes) -> None:
         if self.queues:
-            packet = bytes((STDOUT if stream == "stdout" else STDERR,)) + data
+            kind = STDOUT if stream == "stdout" else STDERR
             for fd in list(self.queues):
-                self.queues[fd].append(packet)
+                self.queues[fd].add(kind, data)
                 self._flush(fd)
 
     def closed(self, fd: int) -> None:
@@ -197,8 +224,11 @@ class _Attachers:
                 os.set_blocking(self.stdin, False)   # the pty master's reads follow select: never EAGAIN
         os.set_blocking(fd, False)
         hello = f"{self.log.size} {os.fstat(self.log.fd).st_ino}".encode()   # where the log is now
-        self.queues[fd] = [bytes((HELLO,)) + hello] + [bytes((STDOUT if stream == "stdout" else STDERR,)) + rest
-                                                       for stream, rest in self.log.pending().items() if rest]
+        queue = self.queues[fd] = _Queue()
+        queue.add(HELLO, hello, join=False)
+        for stream, rest in self.log.pending().items():
+            if rest:
+                queue.add(STDOUT if stream == "stdout" else STDERR, rest, join=False)
         self._flush(fd)
 
     def _receive(self, fd: int) -> None:
@@ -235,11 +265,13 @@ class _Attachers:
     def _flush(self, fd: int) -> None:
         queue = self.queues[fd]
         try:
-            while queue:
-                os.write(fd, queue[0])   # one packet, whole or not at all
-                queue.pop(0)
+            while queue.packets:
+                packet = queue.packets[0]
+                os.write(fd, packet)   # one packet, whole or not at all
+                queue.packets.popleft()
+                queue.size -= len(packet) + OVERHEAD
         except BlockingIOError:
-            if sum(map(len, queue)) > BACKLOG:
+            if queue.size > BACKLOG:
                 self._drop(fd)
         except OSError:
             self._drop(fd)
@@ -263,7 +295,7 @@ class _Attachers:
         slow ones), then EXIT and `code`, and close."""
         deadline = time.monotonic() + limit
         for fd in list(self.queues):
-            self.queues[fd].append(bytes((EXIT,)) + str(code).encode())
+            self.queues[fd].add(EXIT, str(code).encode(), join=False)
         while True:
             for fd in list(self.queues):
                 self._flush(fd)

@@ -214,7 +214,11 @@ class _Started:
     def go(self, opts, img) -> dict:
         import dataclasses
 
-        data = json.dumps({"options": dataclasses.asdict(opts), "digest": str(img.digest)}).encode()
+        try:
+            data = json.dumps({"options": dataclasses.asdict(opts), "digest": str(img.digest)}).encode()
+        except BaseException:
+            self.cancel()
+            raise
         try:
             while data:
                 data = data[os.write(self._work_w, data):]

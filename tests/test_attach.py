@@ -312,6 +312,23 @@ def test_an_attacher_that_does_not_read_holds_up_neither_the_container_nor_its_l
     assert it("logs", "--tail", "1", cid).stdout == "done\n"
 
 
+def test_an_attacher_dropped_for_not_reading_is_told_so(dt, it, store, attached):
+    """The monitor drops an attacher more than 1 MiB behind (its queue is counted as it grows, not
+    summed again); the attacher, once it reads on, ends with a one-line error, not a silent wait."""
+    cid = dt.run("-i", "busybox", "sh", "-c",
+                 "read x; yes 0123456789012345678901234567890123456789 | head -c 5000000; sleep 1000")
+    a = attached(cid, stdin=subprocess.PIPE)   # its stdout is not read until the container has written everything
+    a.proc.stdin.write(b"go\n")
+    a.proc.stdin.flush()
+    log = store / "containers" / cid / "container.log"
+    _eventually(lambda: log.exists() and log.stat().st_size > 5_000_000 * 1.5, "the output logged")
+    time.sleep(0.5)
+    code, out, err = a.finish()
+    assert code != 0 and b"attach was dropped" in err and len(err.splitlines()) <= 2, err
+    assert 0 < len(out) < 5_000_000
+    assert dt.state(cid)["status"] == "running"
+
+
 def test_a_killed_monitors_socket_is_replaced_by_the_next_start(dt, it, store, attached):
     cid = dt.run("busybox", "sh", "-c", "while :; do echo t; sleep 0.1; done")
     path = store / "containers" / cid / "attach"

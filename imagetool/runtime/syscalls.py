@@ -257,17 +257,27 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     nothing was forked then.
 
     The interpreter's own fork bookkeeping (at-fork callbacks, the import lock, the GIL and thread
-    states in the child) is done through the same C API os.fork calls. Only for a single-threaded
-    process: glibc's fork also takes its malloc and stdio locks, which a raw clone does not."""
-    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_fd)   # SIGCHLD
+    states in the child) is done through the same C API os.fork calls. Every signal is blocked from
+    before that until after it, in both processes: os.fork runs this stretch in C, here it is
+    bytecode, and a Python signal handler run in between would raise in the child with the
+    parent's state (its cleanup paths). Only for a single-threaded process: glibc's fork also takes
+    its malloc and stdio locks, resets arc4random and the thread's cached TID, which a raw clone
+    does not (none of which a single-threaded interpreter that execs or exits relies on)."""
+    import signal
+
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
     api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = _libc_gil.syscall(_SYS_clone3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        api.PyOS_BeforeFork()
+        pid = _libc_gil.syscall(_SYS_clone3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+        if pid == 0:
+            api.PyOS_AfterFork_Child()
+            return 0
+        err = ctypes.get_errno()
+        api.PyOS_AfterFork_Parent()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid < 0:
         raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
     return pid
