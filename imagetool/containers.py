@@ -343,7 +343,8 @@ def run(store, opts: RunOptions, monitor=None, existing: str | None = None, rest
                 cdir = _cdir(store, cid)
                 cdir.mkdir(mode=0o711)
                 reservation = runtime.reserve(cid, runtime.IO(opts.interactive, opts.tty), backend=backend,
-                                              narrator=narrator, bundle=str(cdir))
+                                              narrator=narrator, bundle=str(cdir),
+                                              memory_limit=bool(opts.memory or opts.memory_swap))
                 state = {
                     "id": cid, "name": opts.name or cid[:12], "image": opts.image, "image_digest": "",
                     "command": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -476,7 +477,8 @@ def _rerun(store, cdir: Path, opts: RunOptions, backend: str, narrator, restarts
         if restarts and (cdir / STOPPED).exists():   # stopped (or rm -f) while its monitor waited
             raise ImagetoolError(f"container {state.get('name')} was stopped")
         reservation = runtime.reserve(state["id"], runtime.IO(opts.interactive, opts.tty), backend=backend,
-                                      narrator=narrator, bundle=str(cdir))
+                                      narrator=narrator, bundle=str(cdir),
+                                      memory_limit=bool(opts.memory or opts.memory_swap))
         state.update(status="created", exit_code=None, pid=None, owner_pid=os.getpid(),
                      owner_start=proc_start(os.getpid()), cgroups=reservation.cgroup_paths, restart_count=restarts)
         state.pop("error", None)

@@ -223,7 +223,10 @@ it run --rm busybox sh -c 'exit 42'; echo "RESULT exit42 $?"
 out=$(it run --rm --explain -m 7m busybox cat /sys/fs/cgroup/memory.max 2>/tmp/explain.err); echo "RESULT sysfscg $out"
 echo "RESULT explain_steps $(grep -c '^imagetool: explain: ' /tmp/explain.err)"
 grep -q '^    echo 7340032 > /sys/fs/cgroup/imagetool/[0-9a-f]*/memory.max$' /tmp/explain.err; echo "RESULT explain_limit $?"
-grep -q 'born in /sys/fs/cgroup/imagetool/[0-9a-f]*/ (clone3 CLONE_INTO_CGROUP)' /tmp/explain.err; echo "RESULT born_in $?"
+grep -q 'born in /sys/fs/cgroup/imagetool/' /tmp/explain.err; echo "RESULT limited_born_in $?"
+it run --rm --explain busybox true 2>/tmp/born.err
+grep -q 'born in /sys/fs/cgroup/imagetool/[0-9a-f]*/ (clone3 CLONE_INTO_CGROUP)' /tmp/born.err; echo "RESULT born_in $?"
+for i in 1 2 3; do it run --rm -m 7m busybox sh -c 'data=$(head -c 7500000 /dev/urandom)' 2>/dev/null; echo "RESULT oom$i $?"; done
 it run --rm busybox sh -c 'mkdir /sys/fs/cgroup/x' 2>/tmp/ro.err; grep -q 'Read-only' /tmp/ro.err; echo "RESULT cgroup_ro $?"
 echo "RESULT tty $(it run --rm -t busybox tty | tr -d '\r')"
 echo before > /tmp/host.log; chmod 600 /tmp/host.log; it run --rm busybox sh -c 'chmod 777 /proc/self/fd/1' >> /tmp/host.log
@@ -251,7 +254,9 @@ def test_v2_vm_smoke(tmp_path):
     assert results["sysfscg"] == "7340032"          # the container's own cgroup at /sys/fs/cgroup
     assert results["cgroup_ro"] == "0"                # … read-only
     assert int(results["explain_steps"]) >= 30 and results["explain_limit"] == "0"   # --explain, v2 file names
-    assert results["born_in"] == "0"                 # the init cloned into its group (and the 7m limit held it)
+    assert results["born_in"] == "0"                 # the init cloned into its group
+    assert results["limited_born_in"] == "1"         # … but not with a memory limit: joined after its imports
+    assert [results[f"oom{i}"] for i in (1, 2, 3)] == ["137"] * 3   # so -m 7m leaves room for the container
     assert results["tty"] == "/dev/pts/0"             # the pty of the container's own devpts
     assert results["stdout_mode"] == "600"            # the host file behind stdout is out of reach
     assert results["leftover_cgroups"] == "0"

@@ -41,16 +41,18 @@ class IO:
 
 
 def reserve(container_id: str, io: IO, *, backend: str = "imagetool", narrator=None,
-            bundle: str | None = None, cgroup_layout: str | None = None):
+            bundle: str | None = None, cgroup_layout: str | None = None, memory_limit: bool = False):
     """The first half of `create` (see the module docstring); `bundle`: the directory for the
-    runc/crun config.json (the built-in runtime needs none)."""
+    runc/crun config.json (the built-in runtime needs none); `memory_limit`: the container will
+    have one (the built-in runtime's init then joins its cgroup only after its own imports, see
+    process.Reservation)."""
     from imagetool.runtime import explain
 
     narrator = narrator if narrator is not None else explain.SILENT
     if backend == "imagetool":
         from imagetool.runtime import process
 
-        return process.Reservation(container_id, io, narrator, cgroup_layout)
+        return process.Reservation(container_id, io, narrator, cgroup_layout, born_in_group=not memory_limit)
     if backend in ("runc", "crun"):
         from imagetool.runtime import runc
 

@@ -31,13 +31,20 @@ class Reservation:
     `cgroup_paths` are known before anything exists, so the caller can record them first (a
     later `ps` cleans up after an imagetool killed in between)."""
 
-    def __init__(self, container_id: str, io, narrator, cgroup_layout: str | None = None):
+    def __init__(self, container_id: str, io, narrator, cgroup_layout: str | None = None,
+                 born_in_group: bool = True):
+        """`born_in_group`: the init is cloned into its cgroup2 group (cgroups.fork_into). On v2
+        not for a container with a memory limit: what the forked interpreter touches from its
+        birth (its imports, the pages it copies) would be charged to that group, a few MB a small
+        limit (`-m 7m`) set afterwards may not leave; joined after the imports, as before, it is
+        not. (A hybrid's cgroup2 group has no memory controller: the v1 one is joined later.)"""
         self.id = container_id
         self.io = io
         self.narrator = narrator
         self.cgroup = cgroups.create(container_id, cgroup_layout)
         self.cgroup_layout = cgroup_layout or ("v2" if self.cgroup.version == 2 else "v1")
         self.cgroup_paths = self.cgroup.paths
+        self.born_in_group = born_in_group or self.cgroup.version == 1
         self.pid: int | None = None
         self._fds: dict = {}
         self._handed_over = False   # a Container owns the init and the cgroup now
@@ -49,7 +56,7 @@ class Reservation:
         """Create the cgroup and fork the init (it joins the cgroup and waits for its config).
         Call before starting threads."""
         create_cgroup(self.cgroup, self.narrator)
-        self.pid, self._fds = fork_init(self.cgroup, self.io, self.narrator)
+        self.pid, self._fds = fork_init(self.cgroup, self.io, self.narrator, self.born_in_group)
         self._reader = sync.Reader(self._fds["sync"])
         if self.narrator is not explain.SILENT:
             self.narrator.sources.append(self._reader.ready_steps)
@@ -155,7 +162,7 @@ def create_cgroup(cgroup, narrator) -> None:
     narrator.report("create cgroup", "\n".join(shell.cgroup_create(d) for d in made) or "# exists", started)
 
 
-def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
+def fork_init(cgroup, io, narrator, born_in_group: bool = True) -> tuple[int, dict]:
     """unshare(CLONE_NEWPID) and fork: the child is PID 1 of the new namespace and runs
     init.main; imagetool goes back to its own PID namespace for later children."""
     from imagetool.runtime import explain
@@ -202,7 +209,7 @@ def fork_init(cgroup, io, narrator) -> tuple[int, dict]:
             pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 sc.unshare(sc.CLONE_NEWPID)
-                pid, born_in = cgroups.fork_into(cgroup.unified_group)
+                pid, born_in = cgroups.fork_into(cgroup.unified_group if born_in_group else None)
                 if pid == 0:
                     child(born_in)
             finally:
