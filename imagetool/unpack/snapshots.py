@@ -85,12 +85,8 @@ def ensure_snapshots(store, image, limits: Limits | None = None, workers: int = 
     def from_store(i: int, desc):
         return store.open(desc.digest)
 
-    pairs = _layer_pairs(image)
     with store.lock_shared():
-        finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
-        if all(p.is_dir() for p in finals):   # the run of a present image: a snapshot has its name only once complete
-            return finals
-        return build_snapshots(store, pairs, from_store, limits, workers)
+        return build_snapshots(store, _layer_pairs(image), from_store, limits, workers)
 
 
 def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None, workers: int = WORKERS,
@@ -117,12 +113,17 @@ def build_snapshots(store, pairs: list, open_layer, limits: Limits | None = None
     The first failure in time is raised; it stops the other layers (their readers are aborted,
     their temp dirs removed); snapshots already committed stay (they are complete).
     `on_done(i)`, when given, is called as layer i's snapshot is committed."""
+    finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
+    if all(p.is_dir() for p in finals):   # all made already (the run of a present image): nothing to load
+        if on_done is not None:
+            for i in range(len(finals)):
+                on_done(i)
+        return finals
     import threading
 
     from imagetool.unpack.layers import Limits
 
     limits = limits or Limits.from_env()
-    finals = [store.snapshot_path(diff_id) for _, diff_id in pairs]
     done = [threading.Event() for _ in pairs]
     turn = _Turn() if workers > 1 and len(pairs) > 1 else None
     failed: list = [None] * len(pairs)
