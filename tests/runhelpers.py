@@ -150,3 +150,16 @@ def busybox_store(root: Path, extra: dict | None = None) -> Path:
         add_image(root, img, f"docker.io/library/{name}:latest")
     return root
 
+
+def imports_of(cli, *args, python_flags=()) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`imagetool ARGS` under `python -X importtime` (and `python_flags`): the result and the names
+    of every module it imported."""
+    argv = cli.argv(*args)
+    r = subprocess.run([argv[0], *python_flags, "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return r, {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def loaded(imported: set[str], names) -> set[str]:
+    """The modules of `imported` that are one of `names` or inside one of those packages."""
+    return {m for m in imported for n in names if m == n or m.startswith(n + ".")}

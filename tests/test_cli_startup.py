@@ -8,24 +8,13 @@ import sys
 
 import pytest
 
-from tests.runhelpers import add_image, kernel_skip_reason
+from tests.runhelpers import add_image, imports_of, kernel_skip_reason, loaded
 
 #: loaded by none of the read commands (_hashlib: OpenSSL's hashes)
 NEVER = ("inspect", "_hashlib", "typer", "click", "requests")
 #: `run`'s path, loaded by neither `images`, `ps` nor `inspect IMAGE` (`inspect CONTAINER` still goes
 #: through control.py, which imports containers.py)
 RUNTIME = ("imagetool.containers", "imagetool.runtime", "imagetool.network.attach")
-
-
-def _imported(cli, *args) -> tuple[subprocess.CompletedProcess, set[str]]:
-    argv = cli.argv(*args)
-    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
-                       text=True, timeout=120)
-    return r, {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-
-
-def _loaded(imported: set[str], names) -> set[str]:
-    return {m for m in imported for n in names if m == n or m.startswith(n + ".")}
 
 
 @pytest.fixture
@@ -44,18 +33,18 @@ def with_container(cli, busybox):
 @pytest.mark.parametrize("args, runtime", [(("images",), False), (("ps", "-a"), False),
                                            (("inspect", "busybox"), False), (("inspect", "exited"), True)])
 def test_read_commands_load_no_runtime_no_inspect_no_openssl(with_container, args, runtime):
-    r, imported = _imported(with_container, *args)
+    r, imported = imports_of(with_container, *args)
     assert r.returncode == 0, r.stderr
     assert "imagetool.commands" in imported and "json" in imported   # it did serve the command here
-    assert not _loaded(imported, NEVER if runtime else NEVER + RUNTIME)
+    assert not loaded(imported, NEVER if runtime else NEVER + RUNTIME)
 
 
 def test_inspect_of_an_image_loads_no_container_code_and_of_a_container_no_image_code(with_container):
-    _, imported = _imported(with_container, "inspect", "busybox")
-    assert "imagetool.images" in imported and not _loaded(imported, ("imagetool.control",))
-    _, imported = _imported(with_container, "inspect", "exited")
+    _, imported = imports_of(with_container, "inspect", "busybox")
+    assert "imagetool.images" in imported and not loaded(imported, ("imagetool.control",))
+    _, imported = imports_of(with_container, "inspect", "exited")
     assert "imagetool.control" in imported
-    assert not _loaded(imported, ("imagetool.images", "imagetool.oci", "imagetool.network.attach"))
+    assert not loaded(imported, ("imagetool.images", "imagetool.oci", "imagetool.network.attach"))
 
 
 def test_ps_output_is_the_same_through_the_read_side(with_container):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.runhelpers import add_image, kernel_skip_reason
+from tests.runhelpers import add_image, imports_of, kernel_skip_reason, loaded
 
 #: never on a root `run` of a present image with --network none (in the CLI, nor its forked init)
 NOT_ON_RUN = (
@@ -27,14 +27,7 @@ NOT_ON_RUN = (
 
 
 def _imported(cli, *args) -> tuple[subprocess.CompletedProcess, set[str]]:
-    argv = cli.argv(*args)
-    r = subprocess.run([argv[0], "-S", "-X", "importtime", *argv[1:]], env=cli.env, capture_output=True,
-                       text=True, timeout=120, stdin=subprocess.DEVNULL)
-    return r, {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-
-
-def _loaded(imported: set[str], names) -> set[str]:
-    return {m for m in imported for n in names if m == n or m.startswith(n + ".")}
+    return imports_of(cli, *args, python_flags=("-S",))   # -S: the editable venv's finder loads pathlib &c.
 
 
 @pytest.fixture
@@ -54,7 +47,7 @@ def test_run_rm_loads_only_what_it_uses(with_busybox):
     assert r.returncode == 0, r.stderr
     # it did run a container here, through the built-in runtime
     assert {"imagetool.containers", "imagetool.runtime.process", "imagetool.runtime.init"} <= imported
-    assert not _loaded(imported, NOT_ON_RUN)
+    assert not loaded(imported, NOT_ON_RUN)
 
 
 def test_run_d_cli_side_loads_only_what_it_uses(with_busybox):
@@ -63,7 +56,7 @@ def test_run_d_cli_side_loads_only_what_it_uses(with_busybox):
     try:
         assert r.returncode == 0, r.stderr
         assert "imagetool.monitor" in imported and "imagetool.image" in imported
-        assert not _loaded(imported, NOT_ON_RUN)
+        assert not loaded(imported, NOT_ON_RUN)
     finally:
         if r.stdout.strip():
             cli("rm", "-f", r.stdout.strip())
