@@ -32,6 +32,7 @@ import time
 from imagetool import containers, jsonlog
 from imagetool.conmon import ATTACH, EXIT, HELLO, RESIZE, STDERR, STDIN, STDOUT
 from imagetool.errors import ImagetoolError
+from imagetool.runtime.stdio import _write_all   # (console.py's too)
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 STOPPED = "you cannot attach to a stopped container, start it first"
@@ -298,8 +299,3 @@ class _Session:
             return control.wait(self.store, self.cid)
         except ImagetoolError:
             return 125
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
