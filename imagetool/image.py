@@ -26,13 +26,14 @@ _FULL_DIGEST = r"sha256:[0-9a-f]{64}"   # (both compiled on first use: re's cach
 _PREFIX = r"(?:sha256:)?([0-9a-f]{%d,64})" % MIN_PREFIX
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Image:
     """An image in the store: its ref name, the descriptor of its image manifest, manifest and config.
 
     `name` is the full normalised name of the ref it was found through
     ("docker.io/library/busybox:latest"). `index` is set when the ref points at an index.
-    Compared by identity (compare `digest`s): no generated __eq__/__hash__ to compile at every `run`.
+    Compared by identity (compare `digest`s): no generated __eq__/__hash__/__repr__ to compile at
+    every `run`.
     """
 
     name: str
@@ -54,6 +55,9 @@ class Image:
     def size(self) -> int:
         """Manifest + config + compressed layers, in bytes."""
         return self.descriptor.size + self.manifest.config.size + sum(la.size for la in self.manifest.layers)
+
+    def __repr__(self) -> str:
+        return f"Image({self.name!r}, {self.digest})"
 
 
 def _not_found(text: str) -> ImageNotFound:

@@ -13,11 +13,12 @@ from imagetool import oci, reference
 from imagetool.errors import ImageNotFound, InvalidReference, ManifestError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ImageSummary:
     """One row of `imagetool images`: repository as Docker shows it (`busybox`, `localhost:5000/app`),
     tag (None for a digest-only name), the digest the ref points at, and the total size in bytes
-    (manifest + config + compressed layers of the host's image when the ref is an index)."""
+    (manifest + config + compressed layers of the host's image when the ref is an index).
+    A row to print, never compared: no generated __eq__/__repr__ to compile at every `images`."""
 
     repository: str
     tag: str | None
@@ -28,10 +29,13 @@ class ImageSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __repr__(self) -> str:
+        return f"ImageSummary({self.name!r}, {self.digest}, {self.size} bytes)"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class PruneReport:
-    """What `prune` removed: container ids, then the store's GC counts."""
+    """What `prune` removed: container ids, then the store's GC counts (printed, never compared)."""
 
     containers: list = field(default_factory=list)
     blobs: int = 0

@@ -56,12 +56,14 @@ def _norm_arch(architecture: str, variant: str | None) -> tuple[str, str | None]
     return arch, v
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Platform:
     """os/architecture[/variant], normalised (x86_64 → amd64, aarch64 → arm64/v8, armhf → arm/v7).
 
     Construct with `Platform.parse()`, `Platform.from_dict()` or `Platform.host()`; the direct
-    constructor normalises too.
+    constructor normalises too. Equal (and hashed alike) when all three fields are; __eq__,
+    __hash__ and __repr__ are written out as dataclass would generate them (generated ones are
+    compiled at every start of every command that loads this module).
     """
 
     os: str
@@ -125,6 +127,17 @@ class Platform:
 
     def __str__(self) -> str:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.os, self.architecture, self.variant) == (other.os, other.architecture, other.variant)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.os, self.architecture, self.variant))
+
+    def __repr__(self) -> str:
+        return f"Platform(os={self.os!r}, architecture={self.architecture!r}, variant={self.variant!r})"
 
 
 # ---------------------------------------------------------------- documents

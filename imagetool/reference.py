@@ -47,12 +47,14 @@ def _match(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Reference:
     """A normalised reference. Build it with `parse()`; the fields are already valid.
 
     domain: "docker.io", "localhost:5000", "ghcr.io"; path: "library/busybox";
     tag: "latest" or None (only when a digest is given); digest: "sha256:<hex>" or None.
+    Equal (and hashed alike) when all four fields are; __eq__, __hash__ and __repr__ are written
+    out as dataclass would generate them (generated ones are compiled at every start).
     """
 
     domain: str
@@ -107,6 +109,17 @@ class Reference:
 
     def __str__(self) -> str:
         return self.name + self._suffix()
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.domain, self.path, self.tag, self.digest) == (other.domain, other.path, other.tag, other.digest)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.domain, self.path, self.tag, self.digest))
+
+    def __repr__(self) -> str:
+        return f"Reference(domain={self.domain!r}, path={self.path!r}, tag={self.tag!r}, digest={self.digest!r})"
 
 
 def _fail(text: str, why: str) -> InvalidReference:

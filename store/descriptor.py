@@ -12,10 +12,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Descriptor:
     """An OCI descriptor. `annotations` and `platform` are plain dicts (treat them as read-only);
-    `to_dict()` / `from_dict()` round-trip the OCI JSON form (empty extras are omitted)."""
+    `to_dict()` / `from_dict()` round-trip the OCI JSON form (empty extras are omitted).
+
+    Equal when every field is; hashed by media type, digest and size. __eq__ and __repr__ are
+    written out as dataclass would generate them (generated ones are compiled at every start)."""
 
     media_type: str
     digest: Digest
@@ -34,6 +37,16 @@ class Descriptor:
 
     def __hash__(self) -> int:
         return hash((self.media_type, self.digest, self.size))
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return ((self.media_type, self.digest, self.size, self.annotations, self.platform, self.urls)
+                    == (other.media_type, other.digest, other.size, other.annotations, other.platform, other.urls))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return (f"Descriptor(media_type={self.media_type!r}, digest={self.digest!r}, size={self.size!r}, "
+                f"annotations={self.annotations!r}, platform={self.platform!r}, urls={self.urls!r})")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 
@@ -11,15 +10,19 @@ from store.errors import InvalidDigest
 #: algorithm -> length of its lowercase hex encoding
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 CANONICAL = "sha256"
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX_DIGITS = "0123456789abcdef"
 #: Digest.of_bytes hashes up to this many bytes without loading hashlib (see _small_hasher)
 SMALL = 1 << 20
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Digest:
     """A content digest. Construction validates, so `hex` never contains `/`, `.` or anything but
-    lowercase hex of the algorithm's exact length: a Digest can always be used as a file name."""
+    lowercase hex of the algorithm's exact length: a Digest can always be used as a file name.
+
+    Equal (and hashed alike) when algorithm and hex are. __eq__, __hash__ and __repr__ are written
+    out as dataclass would generate them: generated ones are compiled (exec) at every start of
+    every command, and the store loads this class first (no ordering: nothing sorts digests)."""
 
     algorithm: str
     hex: str
@@ -29,7 +32,7 @@ class Digest:
             raise InvalidDigest(f"invalid digest algorithm {self.algorithm!r}: "
                                 f"expected one of {', '.join(sorted(ALGORITHMS))}")
         want = ALGORITHMS[self.algorithm]
-        if not isinstance(self.hex, str) or len(self.hex) != want or not _HEX.fullmatch(self.hex):
+        if not isinstance(self.hex, str) or len(self.hex) != want or self.hex.strip(_HEX_DIGITS):
             raise InvalidDigest(f"invalid {self.algorithm} digest hex {self.hex!r}: "
                                 f"expected {want} lowercase hex characters")
 
@@ -63,6 +66,17 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.algorithm, self.hex) == (other.algorithm, other.hex)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.algorithm, self.hex))
+
+    def __repr__(self) -> str:
+        return f"Digest(algorithm={self.algorithm!r}, hex={self.hex!r})"
 
 
 def _small_hasher(algorithm: str):

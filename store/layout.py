@@ -15,11 +15,15 @@ KNOWN_ENTRIES = frozenset({"oci-layout", "index.json", "index.json.lock", "gc.lo
                            "blobs", "ingest", "snapshots", "containers", "networks", "lost+found"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Layout:
-    """Paths of one store. Every digest-derived path uses a validated Digest, so it stays inside."""
+    """Paths of one store. Every digest-derived path uses a validated Digest, so it stays inside.
+    One per Store, never compared (no generated __eq__/__repr__ to compile at every start)."""
 
     root: Path
+
+    def __repr__(self) -> str:
+        return f"Layout(root={self.root!r})"
 
     @property
     def oci_layout(self) -> Path:

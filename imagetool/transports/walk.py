@@ -30,11 +30,11 @@ MAX_INDEX_DEPTH = 4
 Reader = Callable[[Descriptor], bytes]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Node:
     """One manifest or index met on the walk: the descriptor that led to it (an index entry keeps
     its platform), its exact bytes and its parsed form. A step of one walk, compared by identity
-    (no generated __eq__/__hash__ to compile: every `run` loads this module)."""
+    (no generated __eq__/__hash__/__repr__ to compile: every `run` loads this module)."""
 
     descriptor: Descriptor
     document: oci.Manifest | oci.Index
@@ -46,6 +46,9 @@ class Node:
     @property
     def is_index(self) -> bool:
         return isinstance(self.document, oci.Index)
+
+    def __repr__(self) -> str:
+        return f"Node({self.document!r})"
 
 
 def node(read: Reader, desc: Descriptor, parent: Descriptor | None = None) -> Node:
