@@ -85,9 +85,13 @@ def _size(store, desc: Descriptor) -> int:
 def list_images(store) -> list[ImageSummary]:
     """Every named ref of the store, sorted by repository then tag."""
     rows = []
+    sizes: dict = {}   # the tags of one image: its manifest is read and parsed once
     for name, desc in store.refs():
         repo, tag = _split_name(name)
-        rows.append(ImageSummary(repo, tag, str(desc.digest), _size(store, desc), name))
+        key = (desc.media_type, desc.digest, desc.size)
+        if key not in sizes:
+            sizes[key] = _size(store, desc)
+        rows.append(ImageSummary(repo, tag, str(desc.digest), sizes[key], name))
     rows.sort(key=lambda r: (r.repository, r.tag or "", r.name))
     return rows
 

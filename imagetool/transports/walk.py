@@ -17,7 +17,6 @@ Indexes nested more than MAX_INDEX_DEPTH deep are refused (ManifestError), whate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable
 
 from store import Descriptor
 
@@ -27,7 +26,11 @@ from imagetool.errors import ManifestError
 
 MAX_INDEX_DEPTH = 4
 
-Reader = Callable[[Descriptor], bytes]
+TYPE_CHECKING = False  # annotations only: collections.abc is not loaded for them at every `run`/`images`
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Reader = Callable[[Descriptor], bytes]
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
