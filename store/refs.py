@@ -11,7 +11,6 @@ from store.atomic import write_atomic
 from store.descriptor import Descriptor
 from store.errors import CorruptStore, InvalidDescriptor, RefNotFound, StoreError
 from store.layout import Layout
-from store.locking import flocked
 
 TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
 if TYPE_CHECKING:
@@ -55,6 +54,8 @@ def ensure_index(layout: Layout) -> None:
     """Create an empty index.json unless one exists (under the lock: never clobbers refs)."""
     if layout.index_json.exists():
         return
+    from store.locking import flocked   # (here: commands that only read load neither it nor contextlib)
+
     with flocked(layout.index_lock):
         if not layout.index_json.exists():
             write_atomic(layout.index_json, _dump(empty_index()))
@@ -130,6 +131,8 @@ def untag(layout: Layout, name: str) -> None:
 
 
 def _update(layout: Layout, change: Callable[[list[dict]], list[dict]]) -> None:
+    from store.locking import flocked
+
     with flocked(layout.index_lock):
         index = read_index(layout) if layout.index_json.exists() else empty_index()
         index["manifests"] = change(index["manifests"])

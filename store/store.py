@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from contextlib import contextmanager
 from pathlib import Path
 
 from store import blobs, refs
@@ -14,11 +13,10 @@ from store.descriptor import Descriptor
 from store.digest import Digest
 from store.errors import CorruptStore, NotAStore, StoreError
 from store.layout import KNOWN_ENTRIES, LAYOUT_VERSION, TEMP_PREFIX, Layout
-from store.locking import SHARED
 
 TYPE_CHECKING = False  # typing is not imported at run time (~2 ms of every start): annotations only
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
     from typing import BinaryIO
 
     from store.ingest import IngestWriter   # (loaded by ingest(): commands that only read never write one)
@@ -142,7 +140,7 @@ class Store:
 
     def put(self, data: bytes, expected: Digest | None = None) -> Digest:
         """Store `data` (verified against `expected`); DigestMismatch stores nothing."""
-        with SHARED.hold(self._layout.gc_lock):
+        with self.lock_shared():
             return blobs.put(self._layout, data, expected)
 
     def ingest(self, expected: Digest, size: int | None = None) -> IngestWriter:
@@ -153,7 +151,7 @@ class Store:
 
     # -- refs ----------------------------------------------------------------------------------
     def tag(self, name: str, desc: Descriptor) -> None:
-        with SHARED.hold(self._layout.gc_lock):
+        with self.lock_shared():
             refs.tag(self._layout, name, desc)
 
     def resolve(self, name: str) -> Descriptor:
@@ -166,15 +164,16 @@ class Store:
         return refs.refs(self._layout)
 
     # -- gc ------------------------------------------------------------------------------------
-    @contextmanager
-    def lock_shared(self) -> Iterator[None]:
-        """Hold the store-wide GC lock shared: gc() waits until every holder is done.
+    def lock_shared(self) -> AbstractContextManager[None]:
+        """Hold the store-wide GC lock shared (`with st.lock_shared():`): gc() waits until every
+        holder is done.
 
         Hold it across a whole pull / load / unpack / container creation, from the first blob or
         snapshot written until the ref or state.json that makes them reachable is written.
         Reentrant and thread-safe within a process; never call gc() while holding it."""
-        with SHARED.hold(self._layout.gc_lock):
-            yield
+        from store.locking import SHARED   # (here: commands that only read load neither it nor contextlib)
+
+        return SHARED.hold(self._layout.gc_lock)
 
     def gc(self, ingest_max_age: float = 86400) -> GCReport:
         """Remove what no ref and no container reaches (see gc.py); waits for shared holders."""

@@ -15,6 +15,12 @@ NEVER = ("inspect", "_hashlib", "typer", "click", "requests")
 #: `run`'s path, loaded by neither `images`, `ps` nor `inspect IMAGE` (`inspect CONTAINER` still goes
 #: through control.py, which imports containers.py)
 RUNTIME = ("imagetool.containers", "imagetool.runtime", "imagetool.network.attach")
+#: the store's write side (locks, ingest, GC) and what only it needs, loaded by neither `images` nor
+#: `inspect IMAGE`: they read index.json, manifests and configs, take no lock and write nothing
+#: (what the interpreter's start loaded already, e.g. contextlib for an editable install's finder, is
+#: not imagetool's doing: see _loaded_by_imagetool)
+WRITE_SIDE = ("store.locking", "store.ingest", "store.gc", "contextlib", "fcntl", "tempfile", "threading",
+              "typing", "collections.abc")
 
 
 @pytest.fixture
@@ -45,6 +51,22 @@ def test_inspect_of_an_image_loads_no_container_code_and_of_a_container_no_image
     _, imported = imports_of(with_container, "inspect", "exited")
     assert "imagetool.control" in imported
     assert not loaded(imported, ("imagetool.images", "imagetool.oci", "imagetool.network.attach"))
+
+
+def _loaded_by_imagetool(cli, *args) -> set[str]:
+    """The modules `imagetool ARGS` imports beyond those of the interpreter's own start."""
+    r, imported = imports_of(cli, *args)
+    assert r.returncode == 0, r.stderr
+    bare = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=cli.env, capture_output=True,
+                          text=True, timeout=60)
+    return imported - {line.split("|")[-1].strip() for line in bare.stderr.splitlines()}
+
+
+@pytest.mark.parametrize("args", [("images",), ("inspect", "busybox")])
+def test_image_read_commands_load_no_store_write_side(with_container, args):
+    imported = _loaded_by_imagetool(with_container, *args)
+    assert "store.refs" in imported and "imagetool.oci" in imported   # it did read the store here
+    assert not loaded(imported, WRITE_SIDE)
 
 
 def test_ps_output_is_the_same_through_the_read_side(with_container):
