@@ -21,6 +21,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from store.digest import is_hex
+
 from imagetool.errors import InvalidReference
 
 DEFAULT_DOMAIN = "docker.io"
@@ -30,11 +32,10 @@ OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 NAME_MAX = 255
 
-# The grammar is checked with str methods (the _is_* functions, each with its pattern): compiling
-# the regexes cost ~0.1 ms each at the first reference of every `run`, `images` or `inspect`.
-# Only the digest algorithm of a reference that is not sha256 (an error) is matched by a regex.
+# The grammar is checked with str methods (store.digest.is_hex and the _is_* functions, each with
+# its pattern): compiling the regexes cost ~0.1 ms each at the first reference of every `run`,
+# `images` or `inspect`. Only a digest algorithm other than sha256 (an error) is matched by a regex.
 _DIGEST_ALGORITHM = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*"
-_HEX = "0123456789abcdef"
 _DIGITS = "0123456789"
 _LOWER_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ALNUM = _LOWER_ALNUM + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -47,14 +48,9 @@ def _match(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
-def _is_hex(text: str, length: int) -> bool:
-    """`[0-9a-f]{length}`"""
-    return len(text) == length and not text.strip(_HEX)
-
-
 def _is_sha256(text: str) -> bool:
     """`sha256:[0-9a-f]{64}`"""
-    return text.startswith("sha256:") and _is_hex(text[7:], 64)
+    return text.startswith("sha256:") and is_hex(text[7:], 64)
 
 
 def _is_tag(text: str) -> bool:
@@ -178,7 +174,7 @@ def parse(text: str) -> Reference:
         raise InvalidReference(f"invalid reference {text!r}: not a string")
     if text == "":
         raise _fail(text, "repository name must have at least one component")
-    if _is_hex(text, 64):
+    if is_hex(text, 64):
         raise _fail(text, "a 64-character hexadecimal string is an image ID, not a repository name")
     rest, at, digest = text.partition("@")
     if at:
