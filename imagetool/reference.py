@@ -191,7 +191,7 @@ def parse(text: str) -> Reference:
     if rest == "":
         raise _fail(text, "repository name must have at least one component")
     domain, path = split_domain(rest)
-    if domain != DEFAULT_DOMAIN:   # (the default is a valid host: no need to compile _HOST for it)
+    if domain != DEFAULT_DOMAIN:   # (the default is a valid host: no need to check it)
         _check_domain(text, domain)
     if path.lower() != path:
         raise _fail(text, "repository name must be lowercase")
