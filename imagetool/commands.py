@@ -170,7 +170,7 @@ def rmi(store, refs: list) -> None:
 
 
 def prune(store) -> None:
-    from imagetool import images as svc
+    from imagetool import prune as svc
 
     for line in svc.prune(store()).lines():
         print(line)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ContainerInfo:
     """One row of `ps` (docker's columns); `to_dict` is its --format json."""
 
@@ -39,6 +39,9 @@ class ContainerInfo:
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "image": self.image, "command": self.command,
                 "status": self.status, "exit_code": self.exit_code, "created": self.created, "ports": self.ports}
+
+    def __repr__(self) -> str:   # (written: rows are compared through to_dict(), never printed but to debug)
+        return f"ContainerInfo({self.id[:12]}, {self.name!r}, {self.status})"
 
 
 def read_state(cdir: Path) -> dict | None:

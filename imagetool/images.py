@@ -1,9 +1,9 @@
-"""Services for `images`, `inspect`, `tag`, `rmi` and `prune`: they return data and never print."""
+"""Services for `images`, `inspect`, `tag` and `rmi` (`prune`: prune.py): they return data and never print."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from store import Descriptor
 from store.errors import RefNotFound
@@ -31,25 +31,6 @@ class ImageSummary:
 
     def __repr__(self) -> str:
         return f"ImageSummary({self.name!r}, {self.digest}, {self.size} bytes)"
-
-
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
-class PruneReport:
-    """What `prune` removed: container ids, then the store's GC counts (printed, never compared)."""
-
-    containers: list = field(default_factory=list)
-    blobs: int = 0
-    bytes: int = 0
-    snapshots: int = 0
-    ingests: int = 0
-
-    def lines(self) -> list[str]:
-        out = []
-        if self.containers:
-            out.append("Deleted Containers: " + ", ".join(c[:12] for c in self.containers))
-        out.append(f"Deleted {self.blobs} blobs, {self.snapshots} snapshots, {self.ingests} partial downloads")
-        out.append(f"Total reclaimed space: {human_size(self.bytes)}")
-        return out
 
 
 def human_size(n: int) -> str:
@@ -166,12 +147,3 @@ def _names_same(name: str, text: str) -> bool:
         return reference.parse(text).name == reference.parse(name).name
     except InvalidReference:
         return False
-
-
-def prune(store) -> PruneReport:
-    """Remove exited containers, then everything no ref or container reaches (store GC)."""
-    from imagetool import containers
-
-    removed = list(containers.prune_exited(store))
-    report = store.gc()
-    return PruneReport(removed, report.blobs, report.bytes, report.snapshots, report.ingests)
