@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     _defer_inspect()
     for name in DEFERRED:
         _defer(name)
+    _defer_url_parse()
     from imagetool import fastcli
 
     fastcli.main(argv)  # exits when it served the command
@@ -42,7 +43,8 @@ def _defer_inspect() -> None:
     _defer("inspect")
 
 
-# Other modules the standard library imports at its top for a path imagetool rarely or never takes:
+# Other modules the standard library imports at its top for a path imagetool rarely or never takes
+# (urllib.parse itself: _defer_url_parse):
 # ipaddress (urllib.parse, which pathlib imports: used for a URL with a bracketed host; ~1 ms; the
 # bridge network code loads it on first use of one of its names), ntpath (pathlib: for
 # PureWindowsPath; ~0.3 ms, most of it looking for Windows-only modules), bz2 and lzma (shutil:
@@ -67,12 +69,37 @@ class _Deferred(type(sys)):
             if sys.modules.get(self.__name__) is self:
                 del sys.modules[self.__name__]
                 try:
-                    real = __import__(self.__name__)
+                    __import__(self.__name__)
+                    real = sys.modules[self.__name__]   # (__import__ of "a.b" returns the package a)
                 except BaseException:
                     sys.modules[self.__name__] = self
                     raise
                 self.__dict__.update(real.__dict__)
         return getattr(sys.modules[self.__name__], name)
+
+
+def _defer_url_parse() -> None:
+    """A stand-in for urllib.parse (~1 ms: named tuples, regexes), which pathlib imports at its top
+    for `as_uri()` only, by `from urllib.parse import quote_from_bytes`: so the stand-in's
+    quote_from_bytes is a function that loads the real module when called. Set as the package's
+    attribute too, as the import system would; the real module replaces it on first use."""
+    if "urllib.parse" in sys.modules:
+        return
+    import urllib
+
+    stand = _DeferredParse("urllib.parse")
+    stand.quote_from_bytes = lambda *args, **kwargs: stand.__getattr__("quote_from_bytes")(*args, **kwargs)
+    sys.modules["urllib.parse"] = urllib.parse = stand
+
+
+class _DeferredParse(_Deferred):
+    """urllib.parse's stand-in: a from-import asks `hasattr(module, "__path__")` first (is it a
+    package?), which must not load the module."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return super().__getattr__(name)
 
 
 _LOADING = _thread.RLock()   # reentrant: a use of the stand-in while the real module loads cannot deadlock

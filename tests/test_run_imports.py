@@ -63,16 +63,20 @@ def test_run_d_cli_side_loads_only_what_it_uses(with_busybox):
 
 
 def test_deferred_standard_modules_load_on_first_use():
-    """After the console entry's stand-ins: urllib.parse (which imports ipaddress) and shutil (bz2,
-    lzma) import without loading them, and each loads on first use of one of its names, through
-    `import x`, `from x import y` and a module that imported the stand-in before."""
+    """After the console entry's stand-ins: pathlib (urllib.parse, which imports ipaddress) and shutil
+    (bz2, lzma) import without loading them, and each loads on first use of one of its names,
+    through `import x`, `from x import y` and a module that imported the stand-in before."""
     code = """if True:
         import sys
-        from imagetool.__main__ import DEFERRED, _defer
+        from imagetool.__main__ import DEFERRED, _defer, _defer_url_parse
         for name in DEFERRED:
             _defer(name)
-        import shutil, urllib.parse
-        assert not any(type(sys.modules[n]).__name__ == "module" for n in DEFERRED)
+        _defer_url_parse()
+        import pathlib, shutil, urllib.parse
+        assert not any(type(sys.modules[n]).__name__ == "module" for n in (*DEFERRED, "urllib.parse"))
+        assert pathlib.Path("/a b").as_uri() == "file:///a%20b"   # urllib.parse loads, through pathlib
+        assert type(sys.modules["urllib.parse"]).__name__ == "module"
+        assert type(sys.modules["ipaddress"]).__name__ != "module"
         assert urllib.parse.urlsplit("http://[::1]:8080/x").hostname == "::1"   # ipaddress loads
         assert type(sys.modules["ipaddress"]).__name__ == "module"
         import ipaddress
