@@ -129,13 +129,17 @@ class Monitor(Reply):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RestartPolicy:
     """docker's --restart: no | on-failure[:N] | always | unless-stopped (`limit` 0: no limit).
-    Asked (`again`), never compared: no generated __eq__/__hash__ to compile at every `run -d`."""
+    Asked (`again`), never compared: no generated __eq__/__hash__ to compile at every `run -d`;
+    __repr__ written out as dataclass would generate it."""
 
     name: str = "no"
     limit: int = 0
+
+    def __repr__(self) -> str:
+        return f"RestartPolicy(name={self.name!r}, limit={self.limit!r})"
 
     @classmethod
     def parse(cls, text: str) -> "RestartPolicy":

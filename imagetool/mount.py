@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Mount:
     """`mount -t TYPE -o OPTIONS SOURCE TARGET`, as a value.
 
     `type`: "overlay", "bind", "proc", "tmpfs", …; `options`: mount(8)-style words ("ro",
     "rbind", "lowerdir=l/1:l/0", …). `cwd`: the directory relative paths in `options` resolve
     against (overlay's short `l/<n>` lowerdirs keep the mount data inside one page), or None.
+    Equal (and hashed alike) when all five fields are; __eq__, __hash__ and __repr__ are written
+    out as dataclass would generate them (generated ones are compiled at every `run`).
     """
 
     type: str
@@ -24,6 +26,19 @@ class Mount:
     target: str
     options: tuple[str, ...] = ()
     cwd: str | None = None
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return ((self.type, self.source, self.target, self.options, self.cwd)
+                    == (other.type, other.source, other.target, other.options, other.cwd))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.source, self.target, self.options, self.cwd))
+
+    def __repr__(self) -> str:
+        return (f"Mount(type={self.type!r}, source={self.source!r}, target={self.target!r}, "
+                f"options={self.options!r}, cwd={self.cwd!r})")
 
     def option(self, key: str) -> str | None:
         """The value of a `key=value` option (None when absent)."""

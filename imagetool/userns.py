@@ -47,23 +47,32 @@ NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "start", "r
 _FORWARD = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT (signal is imported only when entering)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class IdRange:
     """`count` ids from `inside` (in the namespace) are `outside` .. outside+count-1 on the host.
-    (Never compared, like Mapping: no generated __eq__/__hash__; every `run` loads this module.)"""
+    (Never compared, like Mapping: no generated __eq__/__hash__; every `run` loads this module, so
+    __repr__ is written out as dataclass would generate it rather than compiled at each start.)"""
     inside: int
     outside: int
     count: int
 
+    def __repr__(self) -> str:
+        return f"IdRange(inside={self.inside!r}, outside={self.outside!r}, count={self.count!r})"
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(frozen=True, eq=False, repr=False)
 class Mapping:
-    """The uid and gid maps a user's namespace gets; `single` when there is no subordinate range."""
+    """The uid and gid maps a user's namespace gets; `single` when there is no subordinate range.
+    (Never compared; __repr__ written out as dataclass would generate it, like IdRange's.)"""
     user: str
     uid: int
     gid: int
     uids: tuple = field(default_factory=tuple)
     gids: tuple = field(default_factory=tuple)
+
+    def __repr__(self) -> str:
+        return (f"Mapping(user={self.user!r}, uid={self.uid!r}, gid={self.gid!r}, uids={self.uids!r}, "
+                f"gids={self.gids!r})")
 
     @property
     def single(self) -> bool:

@@ -29,14 +29,27 @@ DB_LIMIT = 4 << 20          # bytes read of each of /etc/passwd and /etc/group
 MAX_ID = (1 << 32) - 2      # (uid_t)-1 means "no change" to the kernel
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class User:
-    """Numeric credentials for the container's process."""
+    """Numeric credentials for the container's process. Equal (and hashed alike) when all four
+    fields are; __eq__, __hash__ and __repr__ are written out as dataclass would generate them
+    (generated ones are compiled at every `run`)."""
 
     uid: int
     gid: int
     additional_gids: tuple[int, ...] = ()
     home: str | None = None
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.uid, self.gid, self.additional_gids, self.home) == (other.uid, other.gid, other.additional_gids, other.home)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.uid, self.gid, self.additional_gids, self.home))
+
+    def __repr__(self) -> str:
+        return f"User(uid={self.uid!r}, gid={self.gid!r}, additional_gids={self.additional_gids!r}, home={self.home!r})"
 
 
 def lookup(root: Root | str | os.PathLike | None, text: str | None) -> User:

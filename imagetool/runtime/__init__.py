@@ -29,15 +29,19 @@ from dataclasses import dataclass
 BACKENDS = ("imagetool", "runc", "crun")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class IO:
     """The container's stdio: pipes imagetool copies, or with `tty` a pty from the container's
     own devpts; `interactive` (-i) copies imagetool's stdin to it (else stdin is an empty pipe:
     never a host file). A request nobody compares: no generated __eq__/__hash__ (every `run`
-    compiles the generated functions of the dataclasses it loads)."""
+    compiles the generated functions of the dataclasses it loads); __repr__ written out as
+    dataclass would generate it."""
 
     interactive: bool = False
     tty: bool = False
+
+    def __repr__(self) -> str:
+        return f"IO(interactive={self.interactive!r}, tty={self.tty!r})"
 
 
 def reserve(container_id: str, io: IO, *, backend: str = "imagetool", narrator=None,

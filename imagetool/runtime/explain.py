@@ -28,15 +28,21 @@ from dataclasses import dataclass
 from imagetool.errors import printable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Step:
-    """One step as reported: who did it ("imagetool" or "init"), its name, its shell, its time."""
+    """One step as reported: who did it ("imagetool" or "init"), its name, its shell, its time.
+    Printed by the narrator, never compared: no generated __eq__/__hash__ (generated methods are
+    compiled at every `run`); __repr__ written out as dataclass would generate it."""
 
     where: str
     name: str
     command: str
     ms: float      # how long the step took
     at_ms: float   # when it ended, since the narrator was made
+
+    def __repr__(self) -> str:
+        return (f"Step(where={self.where!r}, name={self.name!r}, command={self.command!r}, "
+                f"ms={self.ms!r}, at_ms={self.at_ms!r})")
 
 
 class Narrator:

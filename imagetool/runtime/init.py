@@ -70,9 +70,11 @@ _NS_FLAGS = (("mount", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLO
              ("cgroup", sc.CLONE_NEWCGROUP), ("network", sc.CLONE_NEWNET))
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Init:
-    """The init's working state: the fds imagetool gave it, then what the spec and the steps add."""
+    """The init's working state: the fds imagetool gave it, then what the spec and the steps add.
+    Mutable working state, never compared or printed whole: only __init__ is generated (each
+    generated method is compiled in the child at every run), the __repr__ below is short."""
 
     sync_fd: int                      # child -> imagetool: JSON lines (sync.py), close-on-exec
     config_fd: int                    # imagetool -> child: the config, then the start byte
@@ -93,6 +95,9 @@ class Init:
     gid: int = 0
     groups: list = field(default_factory=list)
     env: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Init(sync_fd={self.sync_fd}, config_fd={self.config_fd}, uid={self.uid}, gid={self.gid})"
 
 
 def main(init: Init) -> None:

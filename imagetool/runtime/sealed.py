@@ -196,14 +196,19 @@ _AARCH64_WORDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Arch:
-    """What differs per architecture: the ELF machine, the code, the page size to align to."""
+    """What differs per architecture: the ELF machine, the code, the page size to align to.
+    One constant per architecture (ARCHES), never compared: no generated __eq__/__hash__, and a
+    short __repr__ (generated methods are compiled at every `run`)."""
 
     name: str
     e_machine: int
     code: bytes
     align: int
+
+    def __repr__(self) -> str:
+        return f"Arch({self.name!r}, e_machine={self.e_machine}, {len(self.code)} bytes of code, align={self.align:#x})"
 
 
 ARCHES = {

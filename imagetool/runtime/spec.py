@@ -55,14 +55,18 @@ def parse_memory(text: str, what: str = "memory") -> int:
     return value
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Volume:
     """A bind mount from the host: `-v SRC:DST[:ro|rw]` (ro: read-only all the way down, "rro",
-    submounts of SRC included). Never compared: no generated __eq__/__hash__ to compile at `run`."""
+    submounts of SRC included). Never compared: no generated __eq__/__hash__ to compile at `run`;
+    __repr__ written out as dataclass would generate it."""
 
     source: str
     destination: str
     readonly: bool = False
+
+    def __repr__(self) -> str:
+        return f"Volume(source={self.source!r}, destination={self.destination!r}, readonly={self.readonly!r})"
 
     def to_mount(self) -> dict:
         return {"destination": self.destination, "type": "bind", "source": self.source,

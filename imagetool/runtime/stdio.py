@@ -19,10 +19,10 @@ from dataclasses import dataclass
 CHUNK = 1 << 16
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Pipes:
     """Both ends of the container's stdio pipes: the child's ends become its fds 0-2. Open fds, not a
-    value: compared by identity (no generated __eq__/__hash__ to compile at every run)."""
+    value: compared by identity (no generated __eq__/__hash__/__repr__ to compile at every run)."""
 
     stdin_r: int | None
     stdin_w: int | None
@@ -44,6 +44,10 @@ class Pipes:
         if interactive:
             return cls(fds[4], fds[5], fds[0], fds[1], fds[2], fds[3])
         return cls(None, None, fds[0], fds[1], fds[2], fds[3])
+
+    def __repr__(self) -> str:
+        return (f"Pipes(stdin {self.stdin_r}->{self.stdin_w}, stdout {self.stdout_w}->{self.stdout_r}, "
+                f"stderr {self.stderr_w}->{self.stderr_r})")
 
     def child_ends(self) -> tuple:
         return (self.stdin_r, self.stdout_w, self.stderr_w)

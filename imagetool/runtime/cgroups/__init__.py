@@ -23,13 +23,26 @@ from pathlib import Path
 PARENT = "imagetool"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Hierarchy:
-    """One mounted cgroup hierarchy: a v1 one (its controllers, or `name=systemd`) or cgroup2."""
+    """One mounted cgroup hierarchy: a v1 one (its controllers, or `name=systemd`) or cgroup2.
+    Equal (and hashed alike) when all three fields are; __eq__, __hash__ and __repr__ are written
+    out as dataclass would generate them (generated ones are compiled at every `run`)."""
 
     fstype: str                    # "cgroup" (v1) or "cgroup2"
     mountpoint: str
     controllers: tuple[str, ...]   # v1: ("cpu", "cpuacct") or ("name=systemd",); cgroup2: ()
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.fstype, self.mountpoint, self.controllers) == (other.fstype, other.mountpoint, other.controllers)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.fstype, self.mountpoint, self.controllers))
+
+    def __repr__(self) -> str:
+        return f"Hierarchy(fstype={self.fstype!r}, mountpoint={self.mountpoint!r}, controllers={self.controllers!r})"
 
     @property
     def key(self) -> str:
