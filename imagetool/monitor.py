@@ -129,14 +129,19 @@ class Monitor(Reply):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class RestartPolicy:
     """docker's --restart: no | on-failure[:N] | always | unless-stopped (`limit` 0: no limit).
     Asked (`again`), never compared: no generated __eq__/__hash__ to compile at every `run -d`;
-    __repr__ written out as dataclass would generate it."""
+    __init__ and __repr__ written out as dataclass would generate them."""
 
     name: str = "no"
     limit: int = 0
+
+    def __init__(self, name: str = "no", limit: int = 0) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "name", name)
+        _set(self, "limit", limit)
 
     def __repr__(self) -> str:
         return f"RestartPolicy(name={self.name!r}, limit={self.limit!r})"

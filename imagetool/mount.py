@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Mount:
     """`mount -t TYPE -o OPTIONS SOURCE TARGET`, as a value.
 
     `type`: "overlay", "bind", "proc", "tmpfs", …; `options`: mount(8)-style words ("ro",
     "rbind", "lowerdir=l/1:l/0", …). `cwd`: the directory relative paths in `options` resolve
     against (overlay's short `l/<n>` lowerdirs keep the mount data inside one page), or None.
-    Equal (and hashed alike) when all five fields are; __eq__, __hash__ and __repr__ are written
-    out as dataclass would generate them (generated ones are compiled at every `run`).
+    Equal (and hashed alike) when all five fields are; __init__, __eq__, __hash__ and __repr__ are
+    written out as dataclass would generate them (generated ones are compiled at every `run`).
     """
 
     type: str
@@ -26,6 +26,15 @@ class Mount:
     target: str
     options: tuple[str, ...] = ()
     cwd: str | None = None
+
+    def __init__(self, type: str, source: str, target: str, options: tuple[str, ...] = (),
+                 cwd: str | None = None) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "type", type)
+        _set(self, "source", source)
+        _set(self, "target", target)
+        _set(self, "options", options)
+        _set(self, "cwd", cwd)
 
     def __eq__(self, other):
         if other.__class__ is self.__class__:

@@ -47,28 +47,42 @@ NEEDS_USERNS = frozenset({"pull", "load", "import", "unpack", "run", "start", "r
 _FORWARD = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT (signal is imported only when entering)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class IdRange:
     """`count` ids from `inside` (in the namespace) are `outside` .. outside+count-1 on the host.
     (Never compared, like Mapping: no generated __eq__/__hash__; every `run` loads this module, so
-    __repr__ is written out as dataclass would generate it rather than compiled at each start.)"""
+    __init__ and __repr__ are written out as dataclass would generate them, not compiled at start.)"""
     inside: int
     outside: int
     count: int
+
+    def __init__(self, inside: int, outside: int, count: int) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "inside", inside)
+        _set(self, "outside", outside)
+        _set(self, "count", count)
 
     def __repr__(self) -> str:
         return f"IdRange(inside={self.inside!r}, outside={self.outside!r}, count={self.count!r})"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Mapping:
     """The uid and gid maps a user's namespace gets; `single` when there is no subordinate range.
-    (Never compared; __repr__ written out as dataclass would generate it, like IdRange's.)"""
+    (Never compared; __init__ and __repr__ written out as dataclass would generate them, like IdRange's.)"""
     user: str
     uid: int
     gid: int
     uids: tuple = field(default_factory=tuple)
     gids: tuple = field(default_factory=tuple)
+
+    def __init__(self, user: str, uid: int, gid: int, uids: tuple = (), gids: tuple = ()) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "user", user)
+        _set(self, "uid", uid)
+        _set(self, "gid", gid)
+        _set(self, "uids", uids)
+        _set(self, "gids", gids)
 
     def __repr__(self) -> str:
         return (f"Mapping(user={self.user!r}, uid={self.uid!r}, gid={self.gid!r}, uids={self.uids!r}, "

@@ -29,20 +29,29 @@ DB_LIMIT = 4 << 20          # bytes read of each of /etc/passwd and /etc/group
 MAX_ID = (1 << 32) - 2      # (uid_t)-1 means "no change" to the kernel
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class User:
     """Numeric credentials for the container's process. Equal (and hashed alike) when all four
-    fields are; __eq__, __hash__ and __repr__ are written out as dataclass would generate them
-    (generated ones are compiled at every `run`)."""
+    fields are; __init__, __eq__, __hash__ and __repr__ are written out as dataclass would generate
+    them (generated ones are compiled at every `run`)."""
 
     uid: int
     gid: int
     additional_gids: tuple[int, ...] = ()
     home: str | None = None
 
+    def __init__(self, uid: int, gid: int, additional_gids: tuple[int, ...] = (),
+                 home: str | None = None) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "uid", uid)
+        _set(self, "gid", gid)
+        _set(self, "additional_gids", additional_gids)
+        _set(self, "home", home)
+
     def __eq__(self, other):
         if other.__class__ is self.__class__:
-            return (self.uid, self.gid, self.additional_gids, self.home) == (other.uid, other.gid, other.additional_gids, other.home)
+            return ((self.uid, self.gid, self.additional_gids, self.home)
+                    == (other.uid, other.gid, other.additional_gids, other.home))
         return NotImplemented
 
     def __hash__(self) -> int:

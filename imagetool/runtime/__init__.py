@@ -29,16 +29,21 @@ from dataclasses import dataclass
 BACKENDS = ("imagetool", "runc", "crun")
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class IO:
     """The container's stdio: pipes imagetool copies, or with `tty` a pty from the container's
     own devpts; `interactive` (-i) copies imagetool's stdin to it (else stdin is an empty pipe:
     never a host file). A request nobody compares: no generated __eq__/__hash__ (every `run`
-    compiles the generated functions of the dataclasses it loads); __repr__ written out as
-    dataclass would generate it."""
+    compiles the generated functions of the dataclasses it loads); __init__ and __repr__
+    written out as dataclass would generate them."""
 
     interactive: bool = False
     tty: bool = False
+
+    def __init__(self, interactive: bool = False, tty: bool = False) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "interactive", interactive)
+        _set(self, "tty", tty)
 
     def __repr__(self) -> str:
         return f"IO(interactive={self.interactive!r}, tty={self.tty!r})"

@@ -28,17 +28,25 @@ from dataclasses import dataclass
 from imagetool.errors import printable
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Step:
     """One step as reported: who did it ("imagetool" or "init"), its name, its shell, its time.
     Printed by the narrator, never compared: no generated __eq__/__hash__ (generated methods are
-    compiled at every `run`); __repr__ written out as dataclass would generate it."""
+    compiled at every `run`); __init__ and __repr__ written out as dataclass would generate them."""
 
     where: str
     name: str
     command: str
     ms: float      # how long the step took
     at_ms: float   # when it ended, since the narrator was made
+
+    def __init__(self, where: str, name: str, command: str, ms: float, at_ms: float) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "where", where)
+        _set(self, "name", name)
+        _set(self, "command", command)
+        _set(self, "ms", ms)
+        _set(self, "at_ms", at_ms)
 
     def __repr__(self) -> str:
         return (f"Step(where={self.where!r}, name={self.name!r}, command={self.command!r}, "

@@ -196,16 +196,23 @@ _AARCH64_WORDS = (
 )
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Arch:
     """What differs per architecture: the ELF machine, the code, the page size to align to.
-    One constant per architecture (ARCHES), never compared: no generated __eq__/__hash__, and a
-    short __repr__ (generated methods are compiled at every `run`)."""
+    One constant per architecture (ARCHES), never compared: no generated __eq__/__hash__, a short
+    __repr__ and a written __init__ (generated methods are compiled at every `run`)."""
 
     name: str
     e_machine: int
     code: bytes
     align: int
+
+    def __init__(self, name: str, e_machine: int, code: bytes, align: int) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "name", name)
+        _set(self, "e_machine", e_machine)
+        _set(self, "code", code)
+        _set(self, "align", align)
 
     def __repr__(self) -> str:
         return f"Arch({self.name!r}, e_machine={self.e_machine}, {len(self.code)} bytes of code, align={self.align:#x})"

@@ -55,15 +55,21 @@ def parse_memory(text: str, what: str = "memory") -> int:
     return value
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Volume:
     """A bind mount from the host: `-v SRC:DST[:ro|rw]` (ro: read-only all the way down, "rro",
     submounts of SRC included). Never compared: no generated __eq__/__hash__ to compile at `run`;
-    __repr__ written out as dataclass would generate it."""
+    __init__ and __repr__ written out as dataclass would generate them."""
 
     source: str
     destination: str
     readonly: bool = False
+
+    def __init__(self, source: str, destination: str, readonly: bool = False) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "source", source)
+        _set(self, "destination", destination)
+        _set(self, "readonly", readonly)
 
     def __repr__(self) -> str:
         return f"Volume(source={self.source!r}, destination={self.destination!r}, readonly={self.readonly!r})"

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 CHUNK = 1 << 16
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Pipes:
     """Both ends of the container's stdio pipes: the child's ends become its fds 0-2. Open fds, not a
-    value: compared by identity (no generated __eq__/__hash__/__repr__ to compile at every run)."""
+    value: compared by identity (no generated __eq__/__hash__/__repr__ to compile at every run;
+    __init__ written out as dataclass would generate it)."""
 
     stdin_r: int | None
     stdin_w: int | None
@@ -30,6 +31,16 @@ class Pipes:
     stdout_w: int
     stderr_r: int
     stderr_w: int
+
+    def __init__(self, stdin_r: int | None, stdin_w: int | None, stdout_r: int, stdout_w: int,
+                 stderr_r: int, stderr_w: int) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "stdin_r", stdin_r)
+        _set(self, "stdin_w", stdin_w)
+        _set(self, "stdout_r", stdout_r)
+        _set(self, "stdout_w", stdout_w)
+        _set(self, "stderr_r", stderr_r)
+        _set(self, "stderr_w", stderr_w)
 
     @classmethod
     def make(cls, interactive: bool) -> "Pipes":

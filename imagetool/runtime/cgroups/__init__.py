@@ -23,19 +23,26 @@ from pathlib import Path
 PARENT = "imagetool"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
 class Hierarchy:
     """One mounted cgroup hierarchy: a v1 one (its controllers, or `name=systemd`) or cgroup2.
-    Equal (and hashed alike) when all three fields are; __eq__, __hash__ and __repr__ are written
-    out as dataclass would generate them (generated ones are compiled at every `run`)."""
+    Equal (and hashed alike) when all three fields are; __init__, __eq__, __hash__ and __repr__ are
+    written out as dataclass would generate them (generated ones are compiled at every `run`)."""
 
     fstype: str                    # "cgroup" (v1) or "cgroup2"
     mountpoint: str
     controllers: tuple[str, ...]   # v1: ("cpu", "cpuacct") or ("name=systemd",); cgroup2: ()
 
+    def __init__(self, fstype: str, mountpoint: str, controllers: tuple[str, ...]) -> None:
+        _set = object.__setattr__   # frozen: as the generated __init__ does
+        _set(self, "fstype", fstype)
+        _set(self, "mountpoint", mountpoint)
+        _set(self, "controllers", controllers)
+
     def __eq__(self, other):
         if other.__class__ is self.__class__:
-            return (self.fstype, self.mountpoint, self.controllers) == (other.fstype, other.mountpoint, other.controllers)
+            return ((self.fstype, self.mountpoint, self.controllers)
+                    == (other.fstype, other.mountpoint, other.controllers))
         return NotImplemented
 
     def __hash__(self) -> int:
