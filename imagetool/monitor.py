@@ -67,12 +67,14 @@ class Monitor(Reply):
     the running container to the lean monitor (conmon.py). `restarts` and `delay` are the restart
     policy's count and next wait, carried across the hand-overs."""
 
-    def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1, image=None):
+    def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1, image=None,
+                 cli_pid: int | None = None):
         super().__init__(ready_fd)
         self.store = store
         self.cid: str | None = None
         self.restarts, self.delay = restarts, delay
         self._image = image   # the image.Image the CLI looked up before the fork (its first run only)
+        self._cli_pid = cli_pid   # the CLI waiting for ready() (its first run only)
 
     def take_image(self):
         """The image the CLI already loaded (inherited through the fork), once; None after."""
@@ -92,6 +94,8 @@ class Monitor(Reply):
         """Exec the lean monitor (conmon.py) for the running `container`: the same PID, its init
         still our child, its output fds handed on; never returns unless the exec cannot be done
         (another thread runs, or the interpreter is not there): then the caller waits as before."""
+        _let_exit(self._cli_pid)
+        self._cli_pid = None
         import threading
 
         from imagetool import containers
@@ -166,6 +170,25 @@ class RestartPolicy:
         return True
 
 
+def _let_exit(pid: int | None, limit: float = 0.05) -> None:
+    """Wait (at most `limit` s) for the CLI `pid`, told the container runs, to print the id and exit:
+    the lean monitor's exec (a new interpreter's start) would otherwise take the core the CLI's
+    last few ms want (measured: `run -d` ~1 ms faster). The container's output waits in its pipe
+    meanwhile. Nothing to wait for when it is gone (or its PID was never known)."""
+    if pid is None:
+        return
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:   # gone already
+        return
+    try:
+        select.select([fd], [], [], limit)   # readable once the process has exited
+    finally:
+        os.close(fd)
+
+
 def detach(store, opts, existing: str | None = None) -> str:
     """Start `opts` (run -d) under its own monitor; the container's full id once it runs. With
     `existing`, that exited container starts again (`imagetool start`)."""
@@ -212,8 +235,9 @@ class _Started:
 
     def __init__(self, store, existing: str | None):
         work_r, self._work_w = os.pipe2(os.O_CLOEXEC)
+        cli = os.getpid()
         try:
-            self._reply_r = _fork_away(lambda fd: _prewarmed_main(store, work_r, self._work_w, fd, existing))
+            self._reply_r = _fork_away(lambda fd: _prewarmed_main(store, work_r, self._work_w, fd, existing, cli))
         except BaseException:
             os.close(self._work_w)
             raise
@@ -242,7 +266,7 @@ class _Started:
         os.close(self._reply_r)
 
 
-def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: str | None) -> int:
+def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: str | None, cli: int) -> int:
     """The monitor's start for run -d (see _Started): the modules, then the run it is handed."""
     os.close(work_w)   # (close-on-exec, not closed by the fork): the CLI's end only
     reply = Reply(ready_fd)
@@ -267,7 +291,7 @@ def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: st
         return 125
     finally:
         os.close(work_r)
-    return _monitor_main(store, opts, ready_fd, existing, img)
+    return _monitor_main(store, opts, ready_fd, existing, img, cli)
 
 
 def spawn(body, lost: str) -> dict:
@@ -355,13 +379,13 @@ def _daemon_stdio() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _monitor_main(store, opts, ready_fd: int, existing: str | None, img=None) -> int:
+def _monitor_main(store, opts, ready_fd: int, existing: str | None, img=None, cli: int | None = None) -> int:
     """The monitor's start: run the container (containers.run hands it over to the lean monitor,
     conmon.py, once it runs: no return then); a run that ended before that goes on as resume()'s.
-    `img`: the image the CLI looked up (not read again)."""
+    `img`: the image the CLI looked up (not read again); `cli`: its PID."""
     from imagetool import containers
 
-    monitor = Monitor(ready_fd, store, image=img)
+    monitor = Monitor(ready_fd, store, image=img, cli_pid=cli)
     try:
         if existing is not None:
             containers.remove_marker(store, existing, containers.STOPPED)

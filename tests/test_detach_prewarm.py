@@ -105,3 +105,28 @@ def test_the_monitor_runs_the_clis_options_and_image(it, store):
         assert r.stdout.strip() == "1|two words|/tmp|pw", r.stderr
     finally:
         d.cleanup()
+
+
+def test_the_monitor_lets_its_cli_exit_before_it_execs_the_lean_monitor():
+    """monitor._let_exit: back once the CLI's process has exited (not before), and at once for one
+    gone already; the limit only bounds the wait for a CLI that lingers."""
+    import subprocess
+    import sys
+
+    from imagetool.monitor import _let_exit
+
+    cli = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    try:
+        _let_exit(cli.pid, limit=30)
+        assert cli.poll() is not None   # it had exited when the wait ended
+    finally:
+        cli.kill()
+        cli.wait()
+    _let_exit(cli.pid, limit=30)   # reaped: no such process, nothing to wait for
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        _let_exit(lingering.pid, limit=0.05)
+        assert lingering.poll() is None   # the limit ended the wait, not the process
+    finally:
+        lingering.kill()
+        lingering.wait()
