@@ -94,10 +94,10 @@ def _defer_url_parse() -> None:
 
 class _DeferredParse(_Deferred):
     """urllib.parse's stand-in: a from-import asks `hasattr(module, "__path__")` first (is it a
-    package?), which must not load the module."""
+    package?), which must not load the module (any other name, `__all__` too, loads it)."""
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        if name == "__path__":
             raise AttributeError(name)
         return super().__getattr__(name)
 

@@ -65,11 +65,6 @@ def _id_hex(text: str) -> str | None:
     return hexpart if MIN_PREFIX <= len(hexpart) <= 64 and is_hex(hexpart, len(hexpart)) else None
 
 
-def _is_full_digest(text: str) -> bool:
-    """`sha256:[0-9a-f]{64}`"""
-    return len(text) == 71 and text.startswith("sha256:") and _id_hex(text) is not None
-
-
 def _not_found(text: str) -> ImageNotFound:
     return ImageNotFound(f"image {text} not found in the store", hint=f"pull it with `imagetool pull {text}`")
 
@@ -85,7 +80,7 @@ def resolve(store, ref_string: str) -> tuple[str, Descriptor]:
     text = ref_string.strip() if isinstance(ref_string, str) else ""
     if not text:
         raise InvalidReference('invalid reference "": repository name must have at least one component')
-    if _is_full_digest(text):
+    if reference.is_sha256(text):
         return _by_digest(store, text, text[len("sha256:"):])
     ref = None
     try:

@@ -68,13 +68,13 @@ class Monitor(Reply):
     policy's count and next wait, carried across the hand-overs."""
 
     def __init__(self, ready_fd: int | None, store=None, restarts: int = 0, delay: float = 0.1, image=None,
-                 cli_pid: int | None = None):
+                 cli: int | None = None):
         super().__init__(ready_fd)
         self.store = store
         self.cid: str | None = None
         self.restarts, self.delay = restarts, delay
         self._image = image   # the image.Image the CLI looked up before the fork (its first run only)
-        self._cli_pid = cli_pid   # the CLI waiting for ready() (its first run only)
+        self.cli = cli   # a pidfd of the CLI waiting for ready() (its first run only; closed by _let_exit)
 
     def take_image(self):
         """The image the CLI already loaded (inherited through the fork), once; None after."""
@@ -94,8 +94,8 @@ class Monitor(Reply):
         """Exec the lean monitor (conmon.py) for the running `container`: the same PID, its init
         still our child, its output fds handed on; never returns unless the exec cannot be done
         (another thread runs, or the interpreter is not there): then the caller waits as before."""
-        _let_exit(self._cli_pid)
-        self._cli_pid = None
+        cli, self.cli = self.cli, None
+        _let_exit(cli)
         import threading
 
         from imagetool import containers
@@ -170,23 +170,30 @@ class RestartPolicy:
         return True
 
 
-def _let_exit(pid: int | None, limit: float = 0.05) -> None:
-    """Wait (at most `limit` s) for the CLI `pid`, told the container runs, to print the id and exit:
-    the lean monitor's exec (a new interpreter's start) would otherwise take the core the CLI's
-    last few ms want (measured: `run -d` ~1 ms faster). The container's output waits in its pipe
-    meanwhile. Nothing to wait for when it is gone (or its PID was never known)."""
-    if pid is None:
+def _cli_pidfd(pid: int) -> int | None:
+    """A pidfd of the CLI `pid`, opened while it waits for its monitor (so it is that process, not a
+    later one given its PID); None when it is gone already or the kernel has no pidfds."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _let_exit(cli: int | None, limit: float = 0.05) -> None:
+    """Wait (at most `limit` s) for the CLI of pidfd `cli`, told the container runs, to print the id
+    and exit, then close `cli`: the lean monitor's exec (a new interpreter's start) would otherwise
+    take the core the CLI's last few ms want (measured: `run -d` ~1 ms faster). The container's
+    output waits in its pipe meanwhile. Nothing to wait for without a pidfd."""
+    if cli is None:
         return
     import select
 
     try:
-        fd = os.pidfd_open(pid)
-    except OSError:   # gone already
-        return
-    try:
-        select.select([fd], [], [], limit)   # readable once the process has exited
+        poller = select.poll()
+        poller.register(cli, select.POLLIN)   # readable once the process has exited
+        poller.poll(int(limit * 1000))
     finally:
-        os.close(fd)
+        os.close(cli)
 
 
 def detach(store, opts, existing: str | None = None) -> str:
@@ -269,6 +276,7 @@ class _Started:
 def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: str | None, cli: int) -> int:
     """The monitor's start for run -d (see _Started): the modules, then the run it is handed."""
     os.close(work_w)   # (close-on-exec, not closed by the fork): the CLI's end only
+    cli = _cli_pidfd(cli)   # it is alive: it waits for this process's reply
     reply = Reply(ready_fd)
     try:
         from imagetool import containers, image
@@ -276,6 +284,7 @@ def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: st
 
         data = sync.read_to_eof(work_r)
         if not data:
+            _let_exit(cli, 0)
             return 0   # the CLI gave up before the run (its error is its own)
         doc = json.loads(data)
         opts = containers.options_of({"options": doc["options"]})
@@ -283,11 +292,12 @@ def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: st
         if str(img.digest) != doc["digest"]:
             raise ContainerError(f"the image {opts.image} changed while the container was being created",
                                  hint="run it again")
-    except ImagetoolError as e:
-        reply.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
-        return 125
     except BaseException as e:
-        reply.failed(f"the container's monitor failed: {e}", 125)
+        _let_exit(cli, 0)
+        if isinstance(e, ImagetoolError):
+            reply.failed(e.message, e.exit_code if e.exit_code != 1 else 125, e.hint)
+        else:
+            reply.failed(f"the container's monitor failed: {e}", 125)
         return 125
     finally:
         os.close(work_r)
@@ -382,10 +392,10 @@ def _daemon_stdio() -> None:
 def _monitor_main(store, opts, ready_fd: int, existing: str | None, img=None, cli: int | None = None) -> int:
     """The monitor's start: run the container (containers.run hands it over to the lean monitor,
     conmon.py, once it runs: no return then); a run that ended before that goes on as resume()'s.
-    `img`: the image the CLI looked up (not read again); `cli`: its PID."""
+    `img`: the image the CLI looked up (not read again); `cli`: a pidfd of it (closed here)."""
     from imagetool import containers
 
-    monitor = Monitor(ready_fd, store, image=img, cli_pid=cli)
+    monitor = Monitor(ready_fd, store, image=img, cli=cli)
     try:
         if existing is not None:
             containers.remove_marker(store, existing, containers.STOPPED)
@@ -397,6 +407,8 @@ def _monitor_main(store, opts, ready_fd: int, existing: str | None, img=None, cl
         monitor.failed(f"the container's monitor failed: {e}", 125)
     finally:
         monitor.failed("the container ended before it ran", 125)   # a no-op once ready() was sent
+        cli, monitor.cli = monitor.cli, None
+        _let_exit(cli, 0)   # (closed: a run that ended before it was handed over)
     return 125
 
 

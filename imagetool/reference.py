@@ -48,8 +48,8 @@ def _match(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
-def _is_sha256(text: str) -> bool:
-    """`sha256:[0-9a-f]{64}`"""
+def is_sha256(text: str) -> bool:
+    """`sha256:[0-9a-f]{64}` (a full canonical digest; image.py's ID check too)"""
     return text.startswith("sha256:") and is_hex(text[7:], 64)
 
 
@@ -122,7 +122,7 @@ class Reference:
     def with_digest(self, digest) -> "Reference":
         """The same reference pinned to `digest` (a Digest or "sha256:<hex>"); the tag is kept."""
         d = str(digest)
-        if not _is_sha256(d):
+        if not is_sha256(d):
             raise InvalidReference(f"invalid digest {d!r}: expected sha256:<64 lowercase hex>")
         return dataclasses.replace(self, digest=d)
 
@@ -216,7 +216,7 @@ def _check_digest(text: str, digest: str) -> None:
         raise _fail(text, f'invalid digest "{digest}" (expected sha256:<64 hex>)')
     if algorithm != "sha256":
         raise _fail(text, f'unsupported digest algorithm "{algorithm}" (only sha256)')
-    if not _is_sha256(digest):
+    if not is_sha256(digest):
         raise _fail(text, f'invalid digest "{digest}" (sha256 needs 64 lowercase hex digits)')
 
 

@@ -108,24 +108,29 @@ def test_the_monitor_runs_the_clis_options_and_image(it, store):
 
 
 def test_the_monitor_lets_its_cli_exit_before_it_execs_the_lean_monitor():
-    """monitor._let_exit: back once the CLI's process has exited (not before), and at once for one
-    gone already; the limit only bounds the wait for a CLI that lingers."""
+    """monitor._let_exit: back once the CLI's process has exited (not before), closing the pidfd
+    opened while the CLI was alive (_cli_pidfd: never a later process given the same PID); the
+    limit only bounds the wait for a CLI that lingers; nothing to do without a pidfd."""
     import subprocess
     import sys
 
-    from imagetool.monitor import _let_exit
+    from imagetool.monitor import _cli_pidfd, _let_exit
 
     cli = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     try:
-        _let_exit(cli.pid, limit=30)
+        fd = _cli_pidfd(cli.pid)
+        assert fd is not None
+        _let_exit(fd, limit=30)
         assert cli.poll() is not None   # it had exited when the wait ended
+        with pytest.raises(OSError):
+            os.fstat(fd)                # and the pidfd is closed
     finally:
         cli.kill()
         cli.wait()
-    _let_exit(cli.pid, limit=30)   # reaped: no such process, nothing to wait for
+    _let_exit(None)
     lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        _let_exit(lingering.pid, limit=0.05)
+        _let_exit(_cli_pidfd(lingering.pid), limit=0.05)
         assert lingering.poll() is None   # the limit ended the wait, not the process
     finally:
         lingering.kill()
