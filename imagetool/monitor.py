@@ -276,7 +276,7 @@ class _Started:
 def _prewarmed_main(store, work_r: int, work_w: int, ready_fd: int, existing: str | None, cli: int) -> int:
     """The monitor's start for run -d (see _Started): the modules, then the run it is handed."""
     os.close(work_w)   # (close-on-exec, not closed by the fork): the CLI's end only
-    cli = _cli_pidfd(cli)   # it is alive: it waits for this process's reply
+    cli = _cli_pidfd(cli)   # alive now (looking the image up, or waiting for this process)
     reply = Reply(ready_fd)
     try:
         from imagetool import containers, image
